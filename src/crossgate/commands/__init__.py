@@ -1,0 +1,13 @@
+"""CLI subcommands. Each module exposes ``register(subparsers)`` that sets ``func`` on its parser.
+
+To add a command: write ``commands/<name>.py`` with ``register`` and list it below.
+"""
+
+from __future__ import annotations
+
+from crossgate.commands import generate
+from crossgate.commands.common import CommandError
+
+COMMAND_MODULES = [generate]
+
+__all__ = ["COMMAND_MODULES", "CommandError"]

@@ -1,0 +1,107 @@
+"""``crossgate generate``: one prompt through a pipeline with TGATE, optionally beside the plain one."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+
+from crossgate.commands.common import (
+    DTYPES,
+    CommandError,
+    finite_float,
+    gate_step_arg,
+    labelled_row,
+    load_pipeline,
+    positive_int,
+    save_image,
+    to_pil,
+    upscale_for_viewing,
+)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "generate", help="generate an image with TGATE (optionally --compare with plain)"
+    )
+    p.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the prompt (or use --prompt)")
+    p.add_argument("--prompt", dest="prompt_opt", help="the prompt")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument(
+        "--model", default=None, help="diffusers pipeline folder or Hub id (default: embedded model)"
+    )
+    p.add_argument("--steps", type=positive_int, default=25, help="num_inference_steps (default 25)")
+    p.add_argument(
+        "--gate-step",
+        type=gate_step_arg,
+        default=None,
+        help="TGATE gate m: int steps or fraction in (0,1] (default: 0.4 of --steps)",
+    )
+    p.add_argument("--no-tgate", action="store_true", help="run the plain pipeline only")
+    p.add_argument("--guidance", type=finite_float, default=None, help="guidance_scale (default: pipeline's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--out", default="out.png", help="output PNG (default out.png)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run the plain pipeline; write both side by side labelled with wall times",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import crossgate
+
+    prompt = args.prompt_opt or args.prompt_text
+    if not prompt:
+        raise CommandError('a prompt is required: crossgate generate "a red circle left of a blue square"')
+    gate = args.gate_step if args.gate_step is not None else 0.4
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    pipe.set_progress_bar_config(disable=False, leave=False)
+    if not args.no_tgate:
+        try:
+            crossgate.apply(pipe, gate_step=gate)
+        except crossgate.UnsupportedPipelineError as error:
+            raise CommandError(str(error)) from None
+        crossgate.remove(pipe)
+
+    def generate(label: str) -> tuple[Any, float]:
+        kwargs: dict[str, Any] = dict(
+            prompt=prompt,
+            negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps,
+            generator=torch.Generator("cpu").manual_seed(args.seed),
+        )
+        for key, value in (("guidance_scale", args.guidance), ("height", args.height), ("width", args.width)):
+            if value is not None:
+                kwargs[key] = value
+        print(f"{label}:")
+        start = time.perf_counter()
+        image = pipe(**kwargs).images[0]
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return to_pil(image), time.perf_counter() - start
+
+    results: list[tuple[Any, str]] = []
+    if args.compare or args.no_tgate:
+        image, seconds = generate("plain")
+        results.append((image, f"plain {seconds:.2f}s"))
+    if not args.no_tgate:
+        with crossgate.enabled(pipe, gate_step=gate):
+            image, seconds = generate(f"TGATE gate_step={gate}")
+            stats = crossgate.get_session(pipe).last_call
+        label = f"TGATE m={stats.gate}/{stats.num_steps} {seconds:.2f}s" if stats else f"TGATE {seconds:.2f}s"
+        results.append((image, label))
+    images = [upscale_for_viewing(image) for image, _ in results]
+    out_image = labelled_row(images, [label for _, label in results]) if len(results) > 1 else images[0]
+    path = save_image(out_image, args.out)
+    for _, label in results:
+        print(label)
+    print(f"wrote {path}")
+    return 0

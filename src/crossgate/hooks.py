@@ -1,0 +1,132 @@
+"""The diffusers ``ModelHook`` subclasses that implement TGATE.
+
+Two hooks share one :class:`~crossgate.state.GateState`:
+
+* :class:`CrossAttentionGateHook` sits on every cross-attention module. Before the gate it lets the
+  module's own attention processor run (LoRA, IP-Adapter, fused or custom processors stay in
+  charge) and keeps a reference to the latest output. From the gate on it returns the cached output
+  (the mean of the CFG halves) without computing anything.
+* :class:`DenoiserGateHook` sits on the denoiser. From the gate on, when the call runs CFG, it feeds
+  one half of the ``[uncond; cond]`` batch through the denoiser and hands the pipeline the result
+  for both halves, so the pipeline's own guidance arithmetic returns it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from crossgate.state import GateState
+
+CROSS_ATTENTION_HOOK = "crossgate_cross_attention"
+DENOISER_HOOK = "crossgate_denoiser"
+
+
+class CrossAttentionGateHook(ModelHook):
+    """Compute before the gate, replay the converged output after it."""
+
+    _is_stateful = True
+
+    def __init__(self, state: GateState, name: str) -> None:
+        super().__init__()
+        self.state = state
+        self.name = name
+        self.cache: torch.Tensor | None = None
+        self._latest: torch.Tensor | None = None
+        self.computed_steps: set[int] = set()
+        self.computed_calls = 0
+        self.replayed_calls = 0
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        if not state.gated:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            if state.active:
+                self._latest = output
+                self.computed_calls += 1
+                self.computed_steps.add(state.step)
+            return output
+        if self.cache is None:
+            self.cache = self._freeze_cache()
+        self.replayed_calls += 1
+        return self.cache
+
+    def _freeze_cache(self) -> torch.Tensor:
+        latest, self._latest = self._latest, None
+        if latest is None:
+            raise RuntimeError(
+                f"crossgate: cross-attention layer {self.name!r} was never computed before the gate, so "
+                "there is no output to replay. Something skipped it in every step before the gate."
+            )
+        if not self.state.cfg:
+            return latest
+        uncond, cond = latest.chunk(2, dim=0)
+        return (uncond + cond) / 2
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.cache = None
+        self._latest = None
+        self.computed_steps = set()
+        self.computed_calls = 0
+        self.replayed_calls = 0
+        return module
+
+
+class DenoiserGateHook(ModelHook):
+    """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed."""
+
+    _is_stateful = True
+
+    def __init__(self, state: GateState, cfg_active: Callable[[], bool], use_cond_half: bool) -> None:
+        super().__init__()
+        self.state = state
+        self._cfg_active = cfg_active
+        self._half = 1 if use_cond_half else 0
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        if not state.active:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        if state.cfg is None:
+            state.cfg = bool(self._cfg_active())
+        full = _batch_size(args, kwargs)
+        if not (state.gated and state.cfg):
+            state.denoiser_batches.append(full)
+            return self.fn_ref.original_forward(*args, **kwargs)
+        if full % 2:
+            raise RuntimeError(
+                f"crossgate: expected a [uncond; cond] batch after the gate but the denoiser got batch "
+                f"{full}; this pipeline may call the denoiser separately per CFG branch (unsupported)."
+            )
+        half = full // 2
+        pick = slice(self._half * half, (self._half + 1) * half)
+        args, kwargs = _map_batch((args, kwargs), full, lambda t: t[pick])
+        state.denoiser_batches.append(half)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        return _map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+    if not isinstance(sample, torch.Tensor):
+        raise RuntimeError("crossgate: could not find the denoiser's latent input to read the batch size.")
+    return sample.shape[0]
+
+
+def _map_batch(tree: Any, batch: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to every tensor in ``tree`` whose leading dimension is the batch."""
+    if isinstance(tree, torch.Tensor):
+        return fn(tree) if tree.dim() > 0 and tree.shape[0] == batch else tree
+    if isinstance(tree, dict):
+        mapped = {key: _map_batch(value, batch, fn) for key, value in tree.items()}
+        return mapped if type(tree) is dict else type(tree)(**mapped)
+    if isinstance(tree, (list, tuple)):
+        mapped = [_map_batch(value, batch, fn) for value in tree]
+        return type(tree)(mapped) if not hasattr(tree, "_fields") else type(tree)(*mapped)
+    return tree

@@ -1,0 +1,188 @@
+"""Apply TGATE to a diffusers pipeline instance, and take it off again.
+
+The pipeline's own ``__call__`` keeps running. crossgate learns where a call's denoising loop starts,
+advances and ends from the pipeline's own progress bar (every diffusers pipeline wraps its loop in
+``with self.progress_bar(total=...)`` and calls ``update()`` once per completed step, which already
+counts a second-order scheduler's two denoiser calls as one step). The progress bar is replaced on
+this instance only, never on its class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry
+
+from crossgate.adapters import ModelAdapter, resolve_adapter
+from crossgate.config import TGateConfig
+from crossgate.hooks import CROSS_ATTENTION_HOOK, DENOISER_HOOK, CrossAttentionGateHook, DenoiserGateHook
+from crossgate.state import CallStats, GateState
+
+_SESSION_ATTR = "_crossgate_session"
+
+
+@dataclass
+class TGateSession:
+    """Everything crossgate attached to one pipeline, so that ``remove`` can undo all of it."""
+
+    config: TGateConfig
+    adapter: ModelAdapter
+    state: GateState
+    denoiser: torch.nn.Module
+    cross_attention: dict[str, CrossAttentionGateHook] = field(default_factory=dict)
+    denoiser_hook: DenoiserGateHook | None = None
+    hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
+    last_call: CallStats | None = None
+
+    def unhook(self) -> None:
+        for module, hook_name in reversed(self.hooked):
+            module._diffusers_hook.remove_hook(hook_name, recurse=False)
+        self.hooked.clear()
+
+    def begin_loop(self, num_steps: int) -> None:
+        self._reset_hooks()
+        self.state.begin(num_steps, self.config.resolve_gate(num_steps))
+
+    def end_loop(self) -> None:
+        if self.state.active:
+            self.last_call = replace(
+                self.state.snapshot(),
+                cross_attention_computed_steps={
+                    n: len(h.computed_steps) for n, h in self.cross_attention.items()
+                },
+                cross_attention_replays={n: h.replayed_calls for n, h in self.cross_attention.items()},
+            )
+        self.state.reset()
+        for hook in self.cross_attention.values():
+            hook.cache = None
+            hook._latest = None
+
+    def _reset_hooks(self) -> None:
+        for hook in self.cross_attention.values():
+            hook.reset_state(None)
+
+
+def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any:
+    """Enable TGATE on ``pipe`` in place and return it.
+
+    ``config`` defaults to :class:`TGateConfig()`; keyword ``overrides`` replace its fields
+    (``apply(pipe, gate_step=0.4)``). Applying again replaces the configuration (the same config
+    twice is a no-op). Nothing is changed on the pipeline if validation fails.
+    """
+    config = TGateConfig() if config is None else config
+    if not isinstance(config, TGateConfig):
+        raise TypeError(f"config must be a crossgate.TGateConfig, got {type(config).__name__}.")
+    if overrides:
+        config = config.with_overrides(**overrides)
+    session = get_session(pipe)
+    if session is not None:
+        if session.config == config:
+            return pipe
+        remove(pipe)
+    adapter = resolve_adapter(pipe)
+    state = GateState()
+    session = TGateSession(config=config, adapter=adapter, state=state, denoiser=adapter.denoiser(pipe))
+    registered = session.hooked
+    try:
+        for name, module in adapter.cross_attention(pipe):
+            hook = CrossAttentionGateHook(state, name)
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, CROSS_ATTENTION_HOOK)
+            registered.append((module, CROSS_ATTENTION_HOOK))
+            session.cross_attention[name] = hook
+        session.denoiser_hook = DenoiserGateHook(
+            state,
+            cfg_active=lambda: adapter.cfg_active(pipe),
+            use_cond_half=config.post_gate_inputs == "cond",
+        )
+        HookRegistry.check_if_exists_or_initialize(session.denoiser).register_hook(
+            session.denoiser_hook, DENOISER_HOOK
+        )
+        registered.append((session.denoiser, DENOISER_HOOK))
+        pipe.progress_bar = _progress_bar_for(pipe, session)
+        setattr(pipe, _SESSION_ATTR, session)
+    except BaseException:
+        session.unhook()
+        pipe.__dict__.pop("progress_bar", None)
+        raise
+    return pipe
+
+
+def remove(pipe: Any) -> Any:
+    """Take TGATE off ``pipe``; calling it on a pipeline without TGATE does nothing."""
+    session = get_session(pipe)
+    if session is None:
+        return pipe
+    session.unhook()
+    session.end_loop()
+    pipe.__dict__.pop("progress_bar", None)
+    delattr(pipe, _SESSION_ATTR)
+    return pipe
+
+
+@contextlib.contextmanager
+def enabled(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Iterator[Any]:
+    """``with crossgate.enabled(pipe, gate_step=0.4): pipe(...)``: TGATE inside the block only."""
+    apply(pipe, config, **overrides)
+    try:
+        yield pipe
+    finally:
+        remove(pipe)
+
+
+def get_session(pipe: Any) -> TGateSession | None:
+    """The TGATE session attached to ``pipe``, or None (useful for stats and tests)."""
+    return pipe.__dict__.get(_SESSION_ATTR) if hasattr(pipe, "__dict__") else None
+
+
+def is_applied(pipe: Any) -> bool:
+    return get_session(pipe) is not None
+
+
+def _progress_bar_for(pipe: Any, session: TGateSession):
+    """An instance-level ``progress_bar`` that reports the loop's start, steps and end to ``session``."""
+    make_bar = type(pipe).progress_bar.__get__(pipe)
+
+    def progress_bar(iterable: Any = None, total: int | None = None) -> _LoopTracker:
+        bar = make_bar(iterable=iterable, total=total)
+        steps = total if total is not None else len(iterable)
+        return _LoopTracker(bar, session, steps)
+
+    return progress_bar
+
+
+class _LoopTracker:
+    """Wraps the pipeline's tqdm bar: entering it starts a gated loop, ``update`` counts a step."""
+
+    def __init__(self, bar: Any, session: TGateSession, num_steps: int) -> None:
+        self._bar = bar
+        self._session = session
+        self._num_steps = num_steps
+
+    def __enter__(self) -> _LoopTracker:
+        self._bar.__enter__()
+        self._session.begin_loop(self._num_steps)
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        self._session.end_loop()
+        return self._bar.__exit__(*exc)
+
+    def update(self, n: int = 1) -> Any:
+        self._session.state.step += n
+        return self._bar.update(n)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._session.begin_loop(self._num_steps)
+        try:
+            for item in self._bar:
+                yield item
+                self._session.state.step += 1
+        finally:
+            self._session.end_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)
