@@ -1,0 +1,80 @@
+"""An independent TGATE: an explicit sampling loop that caches and replays cross-attention by hand.
+
+It shares nothing with crossgate's engine (no hooks registry, no progress bar): plain torch forward
+hooks replace each cross-attention output after the gate, and the loop itself drops CFG. Tests
+compare ``crossgate.apply`` against it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from crossgate.adapters import cross_attention_modules
+
+
+@torch.no_grad()
+def reference_latents(pipe, prompts, *, steps, gate, guidance, seed, sdxl=False, height=32, width=32):
+    device = torch.device("cpu")
+    cfg = guidance > 1
+    batch = len(prompts)
+    if sdxl:
+        pos, neg, pooled, neg_pooled = pipe.encode_prompt(
+            prompts,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=True,
+            negative_prompt=[""] * batch,
+        )
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * batch, dtype=pos.dtype)
+    else:
+        pos, neg = pipe.encode_prompt(prompts, device, 1, True, negative_prompt=[""] * batch)
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps, device=device)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    shape = (
+        batch,
+        pipe.unet.config.in_channels,
+        height // pipe.vae_scale_factor,
+        width // pipe.vae_scale_factor,
+    )
+    latents = torch.randn(shape, generator=generator, dtype=pos.dtype) * scheduler.init_noise_sigma
+
+    cache: dict[str, torch.Tensor] = {}
+    mode = {"record": False, "replay": False}
+
+    def make_hook(name):
+        def hook(module, inputs, output):
+            if mode["replay"]:
+                return cache[name]
+            if mode["record"]:
+                cache[name] = (output[:batch] + output[batch:]) / 2 if cfg else output
+            return output
+
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in cross_attention_modules(pipe.unet)]
+    try:
+        for i, t in enumerate(scheduler.timesteps):
+            step = i // scheduler.order
+            mode["record"] = step == gate - 1
+            mode["replay"] = step >= gate
+            two_branches = cfg and step < gate
+            model_in = torch.cat([latents, latents]) if two_branches else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            text = torch.cat([neg, pos]) if two_branches else (neg if cfg else pos)
+            kwargs = {}
+            if sdxl:
+                pooled_in = (
+                    torch.cat([neg_pooled, pooled]) if two_branches else (neg_pooled if cfg else pooled)
+                )
+                ids = torch.cat([time_ids, time_ids]) if two_branches else time_ids
+                kwargs["added_cond_kwargs"] = {"text_embeds": pooled_in, "time_ids": ids}
+            noise = pipe.unet(model_in, t, encoder_hidden_states=text, return_dict=False, **kwargs)[0]
+            if two_branches:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + guidance * (cond - uncond)
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return latents
