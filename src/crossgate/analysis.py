@@ -21,7 +21,7 @@ import torch
 
 from crossgate.adapters import cross_attention_modules, resolve_adapter
 from crossgate.eval.metrics import mse, psnr_from_mse, ssim
-from crossgate.eval.sampling import StepTracker, check_step_callback, generate_images, null_text
+from crossgate.eval.sampling import StepTracker, cfg_active, check_step_callback, generate_images, null_text
 
 VIEWS = ("mean", "cond", "uncond")
 
@@ -111,7 +111,7 @@ def record_convergence(
         return hook
 
     def views_of(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = bool(adapter.cfg_active(pipe)) and tensor.shape[0] % 2 == 0
+        cfg = cfg_active(pipe, tensor.shape[0], tracker.prompts)
         if not cfg_seen:
             cfg_seen.append(cfg)
         flat = tensor.reshape(tensor.shape[0], -1)

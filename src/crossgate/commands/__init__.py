@@ -5,9 +5,9 @@ To add a command: write ``commands/<name>.py`` with ``register`` and list it bel
 
 from __future__ import annotations
 
-from crossgate.commands import generate, macs
+from crossgate.commands import analyze, eval, generate, macs
 from crossgate.commands.common import CommandError
 
-COMMAND_MODULES = [generate, macs]
+COMMAND_MODULES = [generate, macs, eval, analyze]
 
 __all__ = ["COMMAND_MODULES", "CommandError"]

@@ -1,0 +1,274 @@
+"""``crossgate eval``'s engine: generate held-out captions under several configurations and score them.
+
+Every configuration generates the same (caption, seed) pairs, so the plain pipeline's image at a seed
+is the reference for PSNR/SSIM, and accuracy differences are differences of configuration only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from crossgate.eval.judge import Judge, score_images
+from crossgate.eval.metrics import frechet_distance, mse, psnr_from_mse, ssim
+from crossgate.eval.sampling import Generation, StepTracker, generate_images, null_text
+
+KINDS = ("plain", "tgate", "null-before", "null-after")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One way of sampling: ``plain``, ``tgate`` at gate ``m``, or null text before/after step ``m``."""
+
+    kind: str
+    gate: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown configuration kind {self.kind!r}; use one of {KINDS}")
+        if (self.kind == "plain") != (self.gate is None):
+            raise ValueError(f"{self.kind!r} {'takes no' if self.kind == 'plain' else 'needs a'} gate step")
+        if self.gate is not None and self.gate < 1:
+            raise ValueError(f"gate step must be >= 1, got {self.gate}")
+
+    @property
+    def name(self) -> str:
+        return "plain" if self.kind == "plain" else f"{self.kind} m={self.gate}"
+
+    @classmethod
+    def parse(cls, spec: str) -> RunConfig:
+        """``plain``, ``tgate:10``, ``null-before:6``, ``null-after:6`` (``10`` alone means ``tgate:10``)."""
+        text = spec.strip().lower()
+        if text == "plain":
+            return cls("plain")
+        kind, _, gate = text.rpartition(":")
+        kind = kind or "tgate"
+        try:
+            value = int(gate)
+        except ValueError:
+            raise ValueError(
+                f"bad configuration {spec!r}; use plain, tgate:M, null-before:M or null-after:M (M an int)"
+            ) from None
+        return cls(kind, value)
+
+
+@dataclass
+class ConfigResult:
+    """Scores of one configuration (accuracies are fractions; MACs are per image, denoiser only)."""
+
+    name: str
+    kind: str
+    gate: int | None
+    images: int
+    object_accuracy: float
+    relation_accuracy: float
+    relation_flipped: float
+    relation_margin: float
+    caption_accuracy: float
+    located: float
+    frechet: float
+    psnr: float
+    ssim: float
+    macs_per_image: int
+    macs_vs_plain: float
+    seconds: float
+    seconds_per_image: float
+    denoiser_batches: list[int] = field(default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    steps: int
+    guidance_scale: float | None
+    per_caption: int
+    captions: list[str]
+    seed: int
+    reference_frechet: float
+    results: list[ConfigResult]
+    samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        from crossgate.analysis import _finite
+
+        data = {key: value for key, value in asdict(self).items() if key != "samples"}
+        return _finite(data)
+
+
+def reference_images(captions: Sequence[str], per_caption: int, seed: int, size: int = 32) -> np.ndarray:
+    """Real procedural images of ``captions`` (``per_caption`` each), the FD's reference set."""
+    from crossgate.embedded.scenes import parse_caption, render, sample_scene
+
+    rng = np.random.default_rng(seed)
+    comps = [parse_caption(c) for c in captions]
+    return np.stack([render(sample_scene(rng, comp), size) for comp in comps for _ in range(per_caption)])
+
+
+def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation]) -> tuple[int, Any]:
+    """Linear/conv MACs the denoiser executes for one image under a configuration, and its CallStats.
+
+    ``run(prompts, seeds)`` generates under the configuration. Counted live
+    (:class:`crossgate.accounting.LinearConvCounter`, the paper's calflops convention) on a separate
+    one-image call, so the timed calls carry no counting hooks; a replayed cross-attention runs no
+    layers and costs nothing.
+    """
+    from crossgate.accounting import LinearConvCounter
+
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    with LinearConvCounter(denoiser) as counter:
+        generation = run([prompt], [0])
+    return counter.total, (generation.stats[-1] if generation.stats else None)
+
+
+def evaluate(
+    pipe: Any,
+    captions: Sequence[str],
+    configs: Sequence[RunConfig],
+    per_caption: int = 4,
+    steps: int = 25,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    judge: Judge | None = None,
+    keep_samples: int = 8,
+    log: Callable[[str], None] = print,
+) -> EvalReport:
+    """Generate ``per_caption`` images per caption under each configuration and score them.
+
+    The plain configuration runs first (added when missing): it is the reference for PSNR/SSIM and
+    for the MACs ratio. Image ``k`` of caption ``i`` uses seed ``seed + i * per_caption + k`` in
+    every configuration. Wall time counts the pipeline calls only, after a warm-up call.
+    """
+
+    if not captions:
+        raise ValueError("no captions to evaluate")
+    if per_caption < 1:
+        raise ValueError(f"per_caption must be >= 1, got {per_caption}")
+    bad = [c.name for c in configs if c.gate is not None and c.kind != "tgate" and c.gate > steps]
+    if bad:
+        raise ValueError(f"null-text gate steps beyond --steps {steps}: {bad}")
+    judge = judge or Judge()
+    configs = list(dict.fromkeys([RunConfig("plain"), *configs]))
+    comps = [judge.parse(c) for c in captions]
+    prompts = [c for c in captions for _ in range(per_caption)]
+    targets = [comp for comp in comps for _ in range(per_caption)]
+    seeds = [seed + i for i in range(len(prompts))]
+    reference = reference_images(captions, per_caption, seed + 1_000_003)
+    floor = reference_images(captions, per_caption, seed + 2_000_003)
+    ref_features = np.stack([judge.features(im) for im in reference])
+    reference_fd = frechet_distance(ref_features, np.stack([judge.features(im) for im in floor]))
+    # Warm-up (allocations, lazy imports) so the first configuration's wall time is not inflated.
+    generate_images(pipe, prompts[:1], seeds[:1], 1, guidance_scale, batch_size)
+
+    plain_images: np.ndarray | None = None
+    plain_macs = 0
+    results: list[ConfigResult] = []
+    samples: dict[str, np.ndarray] = {}
+    for config in configs:
+        log(f"[eval] {config.name}: {len(prompts)} images, {steps} steps")
+
+        def run(ps: Sequence[str], ss: Sequence[int], config: RunConfig = config):
+            return _run_config(pipe, config, ps, ss, steps, guidance_scale, batch_size)
+
+        generation = run(prompts, seeds)
+        images = generation.images
+        judged = _resize(images, 32) if images.shape[1:3] != (32, 32) else images
+        macs, stats = count_macs_per_image(pipe, prompts[0], run)
+        if plain_images is None:
+            plain_images, plain_macs = images, macs
+        acc = score_images(judge, judged, targets)
+        features = np.stack([judge.features(im) for im in judged])
+        errors = mse(images, plain_images)
+        results.append(
+            ConfigResult(
+                name=config.name,
+                kind=config.kind,
+                gate=config.gate,
+                images=len(images),
+                object_accuracy=acc.object_accuracy,
+                relation_accuracy=acc.relation_accuracy,
+                relation_flipped=acc.relation_flipped_accuracy,
+                relation_margin=acc.relation_margin,
+                caption_accuracy=acc.caption_accuracy,
+                located=acc.located,
+                frechet=frechet_distance(features, ref_features),
+                psnr=psnr_from_mse(float(errors.mean())),
+                ssim=float(ssim(images, plain_images).mean()),
+                macs_per_image=int(macs),
+                macs_vs_plain=macs / plain_macs if plain_macs else float("nan"),
+                seconds=generation.seconds,
+                seconds_per_image=generation.seconds / len(images),
+                denoiser_batches=list(stats.denoiser_batches) if stats is not None else [],
+            )
+        )
+        samples[config.name] = images[::per_caption][:keep_samples]
+        log(
+            f"[eval] {config.name}: objects {acc.object_accuracy:.3f} relation {acc.relation_accuracy:.3f} "
+            f"(flipped {acc.relation_flipped_accuracy:.3f}) FD {results[-1].frechet:.3f} "
+            f"{generation.seconds:.1f}s"
+        )
+    return EvalReport(
+        steps=steps,
+        guidance_scale=guidance_scale,
+        per_caption=per_caption,
+        captions=list(captions),
+        seed=seed,
+        reference_frechet=reference_fd,
+        results=results,
+        samples=samples,
+    )
+
+
+def _run_config(
+    pipe: Any,
+    config: RunConfig,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int,
+    guidance_scale: float | None,
+    batch_size: int,
+):
+    import crossgate
+
+    if config.kind == "plain":
+        return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size)
+    if config.kind == "tgate":
+        with crossgate.enabled(pipe, gate_step=config.gate):
+            return generate_images(
+                pipe,
+                prompts,
+                seeds,
+                steps,
+                guidance_scale,
+                batch_size,
+                after_call=lambda: crossgate.get_session(pipe).last_call,
+            )
+    tracker = StepTracker()
+    window = "before" if config.kind == "null-before" else "after"
+    with null_text(pipe, window, config.gate, tracker):
+        return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size, tracker=tracker)
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BOX)) for im in images]
+    )
+
+
+def default_captions(which: str = "held-out", limit: int | None = None) -> list[str]:
+    """Captions of the embedded scenes: ``held-out`` (never trained on), ``train`` or ``all``."""
+    from crossgate.embedded import scenes
+
+    pick = {
+        "held-out": scenes.held_out_compositions,
+        "train": scenes.training_compositions,
+        "all": scenes.all_compositions,
+    }
+    if which not in pick:
+        raise ValueError(f"unknown caption set {which!r}; use one of {sorted(pick)}")
+    captions = [scenes.composition_caption(c) for c in pick[which]()]
+    return captions[:limit] if limit else captions
