@@ -33,6 +33,7 @@ BENCH_MODELS: dict[str, tuple[str, int]] = {
     "sdxl": ("sdxl_unet.json", 512),
     "tiny": ("", 32),
     "tiny-sdxl": ("", 32),
+    "embedded": ("", 32),  # the shipped trained model (crossgate.embedded), loaded by the CLI
 }
 PEERS = ("tgate", "tgate-v2", "deepcache", "tomesd", "pab")
 

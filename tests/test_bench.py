@@ -1,0 +1,125 @@
+"""Smoke tests of the benchmark code path on the tiny pipeline (seconds; no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from crossgate.accounting import CallMeter, Schedule, image_macs
+from crossgate.bench import (
+    BenchError,
+    Variant,
+    build_variants,
+    crossgate_variant,
+    markdown,
+    random_pipeline,
+    run_bench,
+)
+from crossgate.cli import main
+
+STEPS = 4
+KWARGS = dict(prompt="a red cat", num_inference_steps=STEPS, height=32, width=32, output_type="latent")
+
+
+def _latents(pipe) -> torch.Tensor:
+    return pipe(**KWARGS, generator=torch.Generator().manual_seed(0)).images
+
+
+def test_run_bench_counts_macs_and_reports_ratios() -> None:
+    pipe = random_pipeline("tiny")
+
+    def broken(_kwargs):
+        raise RuntimeError("peer exploded")
+
+    variants = [
+        Variant("plain"),
+        crossgate_variant(pipe, 2),
+        Variant("missing peer", unavailable="not installed"),
+        Variant("broken peer", call=broken),
+    ]
+    report = run_bench(pipe, variants, KWARGS, repeats=1, log=lambda _: None, model="tiny")
+    rows = {row["config"]: row for row in report.rows()}
+
+    with CallMeter(pipe) as meter:
+        _latents(pipe)
+    call = meter.call_macs()
+    assert report.results[0].macs == image_macs(call, Schedule.plain(STEPS))
+    assert report.results[1].macs == image_macs(call, Schedule.tgate(STEPS, 2))
+
+    gated = rows["crossgate m=2"]
+    assert gated["runs"] == 1
+    assert gated["predicted_speedup"] == pytest.approx(report.results[0].macs / report.results[1].macs)
+    assert gated["efficiency"] == pytest.approx(gated["speedup"] / gated["predicted_speedup"])
+    assert rows["missing peer"]["note"] == "not installed" and rows["missing peer"]["runs"] == 0
+    assert "peer exploded" in rows["broken peer"]["note"] and rows["broken peer"]["speedup"] is None
+    table = markdown([report])
+    assert "| crossgate m=2 |" in table and "peer exploded" in table
+
+
+PEER_MODULES = {
+    "tgate": "tgate",
+    "tgate-v2": "tgate",
+    "deepcache": "DeepCache",
+    "tomesd": "tomesd",
+    "pab": None,
+}
+
+
+@pytest.mark.parametrize("peer", sorted(PEER_MODULES))
+def test_peer_is_fully_removed_after_its_run(peer: str) -> None:
+    """A peer's disable() must leave the pipeline exactly as plain, or later rows would be unfair."""
+    module = PEER_MODULES[peer]
+    if module and importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} not installed")
+    pipe = random_pipeline("tiny")
+    before = _latents(pipe)
+    variant = next(
+        v for v in build_variants(pipe, [2], [peer]) if v.name.split()[0] not in ("plain", "crossgate")
+    )
+    assert variant.unavailable is None
+    variant.enable()
+    try:
+        call = variant.call or (lambda kw: pipe(**kw))
+        gated = call(dict(KWARGS, generator=torch.Generator().manual_seed(0))).images
+    finally:
+        variant.disable()
+    assert gated.shape == before.shape
+    assert torch.equal(_latents(pipe), before)
+
+
+def test_official_tgate_does_the_same_work_as_crossgate() -> None:
+    if importlib.util.find_spec("tgate") is None:
+        pytest.skip("tgate not installed")
+    pipe = random_pipeline("tiny")
+    variants = build_variants(pipe, [2], ["tgate"])
+    report = run_bench(pipe, variants, KWARGS, repeats=0, log=lambda _: None)  # warm-up counts only
+    macs = {r.name: r.macs for r in report.results}
+    assert macs["crossgate m=2"] == macs["tgate pkg m=2"] < macs["plain"]
+
+
+def test_bad_peer_and_model_are_rejected() -> None:
+    with pytest.raises(BenchError, match="unknown peer"):
+        build_variants(random_pipeline("tiny"), [2], ["nope"])
+    with pytest.raises(BenchError, match="unknown bench model"):
+        random_pipeline("sd99")
+
+
+def test_cli_bench_writes_table_csv_and_chart(tmp_path, capsys) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", "--model", "tiny", "--steps", "2", "--gate-step", "1", "--repeats", "1", "--quiet"]
+    assert main([*args, "--peers", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| crossgate m=1 |" in text
+    assert (out / "bench.md").read_text().count("| plain |") == 1
+    assert (out / "bench.csv").read_text().startswith("model,config,median_s")
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "bench.png").stat().st_size > 0
+
+
+def test_cli_bench_rejects_cuda_without_gpu(capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["bench", "--model", "tiny", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
