@@ -273,20 +273,29 @@ class OutputDir:
                 "Choose a writable --out folder."
             ) from None
 
-    def lock(self) -> None:
-        """Hold an exclusive lock so two runs never write the same folder; the OS drops it on kill -9."""
+    def lock(self, wait_s: float = 10.0) -> None:
+        """Hold an exclusive lock so two runs never write the same folder.
+
+        The OS drops the lock when its holder dies (even by kill -9), but not instantly: wait a little.
+        """
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; documented as unsupported for concurrent runs
             return
         handle = open(self.root / LOCK, "a")  # noqa: SIM115 - held for the whole run
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise BatchError(
-                f"another crossgate batch run is writing to {str(self.root)!r}; wait for it or use another --out."
-            ) from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    raise BatchError(
+                        f"another crossgate batch run is writing to {str(self.root)!r} (it holds "
+                        f"{LOCK}); wait for it to finish, stop it, or use another --out."
+                    ) from None
+                time.sleep(0.1)
         self._lock_handle = handle
 
     def unlock(self) -> None:
@@ -483,8 +492,6 @@ def run_batch(
     reads the input and the folder itself and reaches the same plan; only the main process cleans,
     locks, shows progress and writes the manifest.
     """
-    import crossgate
-
     main = state.is_main_process
     out.check_writable(tag=f"-{state.process_index}")
     config = settings.as_config()
@@ -511,24 +518,21 @@ def run_batch(
             )
         start = time.perf_counter()
         if batches:
-            pipe = load_pipe()
-            pipe.set_progress_bar_config(disable=True)
-            if settings.tgate:
-                crossgate.apply(pipe, gate_step=settings.gate_step)
-            start = time.perf_counter()
-            state.wait_for_everyone()
-            with (
-                state.split_between_processes(batches) as mine,
-                _progress(main, len(items), len(items) - todo) as bar,
-            ):
-                for batch in mine:
-                    _run_one(pipe, batch, settings, out, state, done)
-                    if main:
-                        bar.n = _count_done(out, items)
-                        bar.refresh()
-                _wait_for_all(state, bar if main else None, out, items)
-                bar.n = _count_done(out, items)
-                bar.refresh()
+            with state.split_between_processes(batches) as mine:
+                pipe = (
+                    _prepare_pipe(load_pipe, settings) if mine else None
+                )  # idle extra processes load nothing
+                state.wait_for_everyone()
+                start = time.perf_counter()  # throughput counts generation only, not model loading
+                with _progress(main, len(items), len(items) - todo) as bar:
+                    for batch in mine:
+                        _run_one(pipe, batch, settings, out, state, done)
+                        if main:
+                            bar.n = _count_done(out, items)
+                            bar.refresh()
+                    _wait_for_all(state, bar if main else None, out, items)
+                    bar.n = _count_done(out, items)
+                    bar.refresh()
         seconds = time.perf_counter() - start
         summary = RunSummary(len(items), len(items) - todo, todo, seconds, state.num_processes)
         if main:
@@ -542,6 +546,16 @@ def run_batch(
     finally:
         if main:
             out.unlock()
+
+
+def _prepare_pipe(load_pipe: Callable[[], Any], settings: GenerationSettings) -> Any:
+    import crossgate
+
+    pipe = load_pipe()
+    pipe.set_progress_bar_config(disable=True)
+    if settings.tgate:
+        crossgate.apply(pipe, gate_step=settings.gate_step)
+    return pipe
 
 
 def _run_one(

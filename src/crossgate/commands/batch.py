@@ -1,0 +1,152 @@
+"""``crossgate batch``: many prompts to a folder of images + manifest, on one or many accelerate processes.
+
+    crossgate batch prompts.txt --out runs/a
+    accelerate launch --num_processes 8 -m crossgate.cli batch prompts.jsonl --out runs/a
+
+See docs/batch.md for the guarantees (determinism, resume after kill -9, manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crossgate.commands.common import (
+    DTYPES,
+    CommandError,
+    default_model,
+    finite_float,
+    gate_step_arg,
+    load_pipeline,
+    positive_int,
+)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "batch",
+        help="generate images for a file of prompts (resumable; runs under `accelerate launch`)",
+        description=(
+            "Generate one image per prompt into OUT/images, with OUT/manifest.jsonl. Run it plainly or "
+            "under `accelerate launch` (each process takes a share). Killed and started again with the "
+            "same arguments, it generates only what is missing. See docs/batch.md."
+        ),
+    )
+    p.add_argument("prompts", metavar="PROMPTS", help="text file (one prompt per line) or JSONL file")
+    p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
+    p.add_argument(
+        "--format",
+        choices=("auto", "text", "jsonl"),
+        default="auto",
+        help="input format (default auto: JSONL for *.jsonl or when the first line starts with '{')",
+    )
+    p.add_argument(
+        "--model", default=None, help="diffusers pipeline folder or Hub id (default: embedded model)"
+    )
+    p.add_argument("--steps", type=positive_int, default=25, help="num_inference_steps (default 25)")
+    p.add_argument(
+        "--gate-step",
+        type=gate_step_arg,
+        default=0.4,
+        help="TGATE gate m: int steps or fraction in (0,1] (default 0.4)",
+    )
+    p.add_argument("--no-tgate", action="store_true", help="run the plain pipeline (no TGATE)")
+    p.add_argument("--guidance", type=finite_float, default=None, help="guidance_scale (default: pipeline's)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="base seed for prompts without their own seed (default 0)"
+    )
+    p.add_argument("--height", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=4,
+        help="prompts per pipeline call (default 4); images are bit-reproducible for a fixed batch size",
+    )
+    p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is available")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads per process (default: torch's)"
+    )
+    p.set_defaults(func=run)
+
+
+def resolve_model(model: str | None) -> str:
+    """The model as recorded in run.json: an absolute folder path, or a Hub id as given."""
+    model = model or default_model()
+    if model is None:
+        raise CommandError("--model is required (no embedded default model is installed).")
+    path = Path(model).expanduser()
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    if not looks_local:
+        return model
+    if not (path / "model_index.json").is_file():
+        raise CommandError(
+            f"model folder {model!r} not found or not a diffusers pipeline (no model_index.json); "
+            "pass a folder saved with save_pretrained."
+        )
+    return str(path.resolve())
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from crossgate.batch import BatchError, GenerationSettings, OutputDir, parse_prompts, run_batch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    # Asking for CPU without CUDA is what makes `accelerate launch --multi_gpu` start gloo processes.
+    state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+
+    if not state.is_main_process:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()  # one progress display: the main process's
+        transformers_logging.disable_progress_bar()
+
+    def fail(message: str) -> None:
+        # Every process sees the same error; only the main process prints it.
+        if state.is_main_process:
+            raise CommandError(message)
+        raise SystemExit(2)
+
+    try:
+        model = resolve_model(args.model)
+        items = parse_prompts(args.prompts, args.format, args.seed)
+        settings = GenerationSettings(
+            model=model,
+            steps=args.steps,
+            guidance=args.guidance,
+            height=args.height,
+            width=args.width,
+            tgate=not args.no_tgate,
+            gate_step=args.gate_step,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+        )
+        device = str(state.device)
+        summary = run_batch(
+            items,
+            OutputDir(Path(args.out)),
+            settings,
+            state,
+            load_pipe=lambda: load_pipeline(model, device, args.dtype),
+            log=lambda text: print(text, flush=True),
+        )
+    except (BatchError, CommandError) as error:
+        fail(str(error))
+        return 2
+    if state.is_main_process:
+        print(
+            f"generated {summary.generated} image(s) in {summary.seconds:.2f} s = "
+            f"{summary.images_per_second:.2f} images/s on {summary.num_processes} process(es) "
+            f"(batch size {args.batch_size}); {summary.already_done} were already done",
+            flush=True,
+        )
+        extra = f" ({summary.foreign_records} from earlier inputs)" if summary.foreign_records else ""
+        print(f"manifest: {Path(args.out) / 'manifest.jsonl'} ({summary.manifest_records} records{extra})")
+    return 0
