@@ -277,9 +277,10 @@ def test_bad_input_errors(tmp_path, model_dir, capsys):
     assert code == 2 and "contains no prompts" in err
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "a"}\nnot json\n')
+    bad.write_text('{"prompt": "a"}\n{"prompt": "b", "id": "000001"}\nnot json\n')
     code, _, err = run_cli(capsys, str(bad), *common_args(model_dir, tmp_path / "o2"))
-    assert code == 2 and "line 2: not valid JSON" in err
+    assert code == 2 and "line 2: duplicate id '000001'" in err and "line 3: not valid JSON" in err
+    assert err.index("line 2:") < err.index("line 3:"), "problems are listed in line order"
     assert not (tmp_path / "o2").exists(), "refused before creating anything"
 
     good = tmp_path / "good.txt"

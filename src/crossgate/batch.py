@@ -133,6 +133,7 @@ def parse_prompts(path: str | Path, fmt: str = "auto", base_seed: int = 0) -> li
         elif item is not None:
             items.append(item)
     problems.extend(_duplicate_problems(items))
+    problems.sort(key=lambda text: int(text.split(":", 1)[0].removeprefix("line ")))
     if problems:
         raise BatchError(
             f"{str(path)!r} has {len(problems)} problem(s); nothing was generated. Fix them and run again:"
