@@ -200,10 +200,10 @@ def sample_scene(rng: np.random.Generator, composition: Composition | None = Non
     )
 
 
-def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject, scale: float) -> None:
+def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject, scale: float, fill: object = None) -> None:
     cx, cy, h = obj.cx * scale, obj.cy * scale, obj.size * scale / 2
     box = (cx - h, cy - h, cx + h, cy + h)
-    fill = COLOURS[obj.colour]
+    fill = COLOURS[obj.colour] if fill is None else fill
     if obj.shape == "circle":
         draw.ellipse(box, fill=fill)
     elif obj.shape == "square":
