@@ -508,5 +508,7 @@ def counting(root: nn.Module) -> Iterator[LinearConvCounter]:
 
 
 def tera(macs: int | float, digits: int = 3) -> str:
-    """MACs as the paper prints them (``16.938T``)."""
+    """MACs as the paper prints them (``16.938T``); small models (< 0.1T) in G so digits remain."""
+    if abs(macs) < 1e11:
+        return f"{macs / 1e9:.{digits}f}G"
     return f"{macs / 1e12:.{digits}f}T"
