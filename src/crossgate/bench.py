@@ -352,7 +352,10 @@ def run_bench(
     model: str = "",
     setting: str = "",
 ) -> BenchReport:
-    """Warm up and count MACs per configuration, then time ``repeats`` rotating rounds."""
+    """Warm up and count MACs per configuration, then time ``repeats`` rotating rounds.
+
+    ``warmup=0`` (for slow CPU runs) skips the untimed runs and counts MACs in the first round.
+    """
     results = {v.name: Result(v.name, error=v.unavailable) for v in variants}
     denoiser = _denoiser(pipe)
 
@@ -392,7 +395,17 @@ def run_bench(
     for round_ in range(repeats):
         shift = round_ % max(1, len(live))
         for variant in live[shift:] + live[:shift]:
-            seconds = once(variant)
+            if results[variant.name].error is not None:
+                continue
+            try:
+                # Without warm-up the first round also counts MACs (the hooks cost microseconds).
+                seconds = once(variant, count=warmup == 0 and round_ == 0)
+            except Exception as error:
+                results[
+                    variant.name
+                ].error = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+                log(f"  {variant.name} failed:\n{traceback.format_exc(limit=3)}")
+                continue
             results[variant.name].times.append(seconds)
             log(f"  round {round_ + 1}/{repeats} {variant.name}: {seconds:.2f} s")
     return BenchReport(model, setting, [results[v.name] for v in variants])

@@ -59,7 +59,12 @@ def register(subparsers: Any) -> None:
         help="peer methods to include (default: all; pass --peers with no value for none)",
     )
     p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median reported)")
-    p.add_argument("--warmup", type=positive_int, default=1, help="untimed runs per configuration")
+    p.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=1,
+        help="untimed runs per configuration (0: count MACs in the first timed round; for slow CPUs)",
+    )
     p.add_argument("--guidance", type=finite_float, default=7.5)
     p.add_argument("--decode", action="store_true", help="include the VAE decode (default: latents only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -155,6 +160,16 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"wrote {out / 'bench.md'}, {out / 'bench.csv'}" + (f", {out / 'bench.png'}" if charted else ""))
     return 0
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
 
 
 def environment_header(args: argparse.Namespace) -> str:
