@@ -115,8 +115,9 @@ def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation])
     layers and costs nothing.
     """
     from crossgate.accounting import LinearConvCounter
+    from crossgate.adapters import resolve_adapter
 
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    denoiser = resolve_adapter(pipe).denoiser(pipe)
     with LinearConvCounter(denoiser) as counter:
         generation = run([prompt], [0])
     return counter.total, (generation.stats[-1] if generation.stats else None)
