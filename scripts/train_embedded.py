@@ -93,7 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N held-out captions")
     p.add_argument("--eval-steps", type=int, default=25, help="sampling steps of the evaluation")
     p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop (and export) after this")
+    p.add_argument(
+        "--time-limit", type=float, default=0.0, help="minutes from start; checkpoint (and export) and stop"
+    )
     p.add_argument("--tiny", action="store_true", help="tiny components (tests)")
     return p.parse_args(argv)
 
@@ -125,8 +127,21 @@ def train_vae(args, data, device, overrides) -> torch.nn.Module:
         step = state["step"]
         log(f"vae: resumed at step {step}")
     vae.train()
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     while step < args.vae_steps:
+        if args.deadline and time.time() > args.deadline:
+            save_atomic(
+                {
+                    "model": vae.state_dict(),
+                    "opt": opt.state_dict(),
+                    "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                },
+                path,
+            )
+            log(f"vae: time limit reached at step {step}; rerun with --resume to continue")
+            return None
         idx = torch.randint(0, len(data.images), (args.batch,), generator=gen)
         lr = args.vae_lr * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps))
         for g in opt.param_groups:
@@ -148,7 +163,10 @@ def train_vae(args, data, device, overrides) -> torch.nn.Module:
                 path,
             )
         if step % 100 == 0:
-            log(f"vae step {step}/{args.vae_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+            cpu = time.process_time() - c0
+            log(
+                f"vae step {step}/{args.vae_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s, cpu {cpu:.0f}s)"
+            )
     vae.eval()
     with torch.no_grad():
         x = data.images[:512].to(device)
@@ -182,8 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    args.deadline = time.time() + args.time_limit * 60 if args.time_limit > 0 else 0.0
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    log("command: python scripts/train_embedded.py " + " ".join(sys.argv[1:] if argv is None else argv))
     over = TINY if args.tiny else {"vae": {}, "text": {}, "unet": {}}
 
     train_comps = compositions(args.axis, held=False)
@@ -193,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"rendered {len(data.images)} scenes of {len(train_comps)} compositions in {time.time() - t0:.0f}s")
 
     vae = train_vae(args, data, device, over["vae"])
+    if vae is None:
+        return {"best": None, "history": [], "step": 0}
     latents = encode_means(vae, data.images.to(device)).float()
     scale = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scale)
@@ -258,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"new best at step {step} (score {score:.1f})")
         (args.work / "history.json").write_text(json.dumps({"best": best, "history": history}, indent=1))
 
-    t_start = time.time()
+    t_start, c_start = time.time(), time.process_time()
     unet.train()
     text_encoder.train()
     losses = []
@@ -288,8 +310,11 @@ def main(argv: list[str] | None = None) -> dict:
         losses.append(loss.item())
         if step % 100 == 0:
             el = time.time() - t_start
-            log(f"step {step}/{args.steps} loss {sum(losses[-100:]) / 100:.4f} lr {lr:.2e} ({el:.0f}s)")
-        timed_out = args.time_limit > 0 and time.time() - t_start > args.time_limit * 60
+            cpu = time.process_time() - c_start
+            log(
+                f"step {step}/{args.steps} loss {sum(losses[-100:]) / 100:.4f} lr {lr:.2e} ({el:.0f}s, cpu {cpu:.0f}s)"
+            )
+        timed_out = bool(args.deadline) and time.time() > args.deadline
         if step % args.eval_every == 0 or step == args.steps or timed_out:
             evaluate_and_export()
         if step % args.ckpt_every == 0 or step == args.steps or timed_out:

@@ -39,7 +39,7 @@ def test_training_step_learns_on_a_fixed_batch(tmp_path):
     torch.manual_seed(0)
     tok = write_tokenizer(tmp_path)
     data = make_data(8, seed=0, compositions=training_compositions())
-    assert data.images.shape == (16, 3, 32, 32) and data.captions[0] == ""
+    assert data.images.shape == (8, 3, 32, 32) and data.captions[0] == ""
     ids = tokenize(tok, data.captions)[data.caption_index]
     text = build_text_encoder(tok, projection_dim=32, **TINY_TEXT)
     unet = build_unet(**TINY_UNET)
