@@ -6,7 +6,7 @@ Two hooks share one :class:`~crossgate.state.GateState`:
   module's own attention processor run (LoRA, IP-Adapter, fused or custom processors stay in
   charge) and keeps a reference to the latest output. From the gate on it returns the cached output
   (the mean of the CFG halves) without computing anything.
-* :class:`DenoiserGateHook` sits on the denoiser. From the gate on, when the call runs CFG, it feeds
+* :class:`DenoiserGate` sits on the denoiser. From the gate on, when the call runs CFG, it feeds
   one half of the ``[uncond; cond]`` batch through the denoiser and hands the pipeline the result
   for both halves, so the pipeline's own guidance arithmetic returns it unchanged.
 """
@@ -22,7 +22,6 @@ from diffusers.hooks import ModelHook
 from crossgate.state import GateState
 
 CROSS_ATTENTION_HOOK = "crossgate_cross_attention"
-DENOISER_HOOK = "crossgate_denoiser"
 
 
 class CrossAttentionGateHook(ModelHook):
@@ -75,27 +74,44 @@ class CrossAttentionGateHook(ModelHook):
         return module
 
 
-class DenoiserGateHook(ModelHook):
-    """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed."""
+class DenoiserGate:
+    """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed.
 
-    _is_stateful = True
+    Unlike the cross-attention hooks this one never skips the module, it only rewrites its inputs
+    and output, so it uses PyTorch's own forward pre-hook and forward hook. Those survive anything
+    that re-wraps ``forward``: accelerate's model offloading re-installs its wrapper at the end of
+    every call (``maybe_free_model_hooks``) and drops any forward wrapper registered after it.
+    """
 
     def __init__(self, state: GateState, cfg_active: Callable[[], bool], use_cond_half: bool) -> None:
-        super().__init__()
         self.state = state
         self._cfg_active = cfg_active
         self._half = 1 if use_cond_half else 0
+        self._halved: int | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def attach(self, denoiser: torch.nn.Module) -> None:
+        self._handles = [
+            denoiser.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
+            denoiser.register_forward_hook(self._after),
+        ]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        self._halved = None
         state = self.state
         if not state.active:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return None
         if state.cfg is None:
             state.cfg = bool(self._cfg_active())
         full = _batch_size(args, kwargs)
         if not (state.gated and state.cfg):
             state.denoiser_batches.append(full)
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return None
         if full % 2:
             raise RuntimeError(
                 f"crossgate: expected a [uncond; cond] batch after the gate but the denoiser got batch "
@@ -103,13 +119,15 @@ class DenoiserGateHook(ModelHook):
             )
         half = full // 2
         pick = slice(self._half * half, (self._half + 1) * half)
-        args, kwargs = _map_batch((args, kwargs), full, lambda t: t[pick])
         state.denoiser_batches.append(half)
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        return _map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+        self._halved = half
+        return _map_batch((args, kwargs), full, lambda t: t[pick])
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module
+    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        half, self._halved = self._halved, None
+        if half is None:
+            return None
+        return _map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:

@@ -10,6 +10,7 @@ this instance only, never on its class.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,10 +20,12 @@ from diffusers.hooks import HookRegistry
 
 from crossgate.adapters import ModelAdapter, resolve_adapter
 from crossgate.config import TGateConfig
-from crossgate.hooks import CROSS_ATTENTION_HOOK, DENOISER_HOOK, CrossAttentionGateHook, DenoiserGateHook
+from crossgate.hooks import CROSS_ATTENTION_HOOK, CrossAttentionGateHook, DenoiserGate
 from crossgate.state import CallStats, GateState
 
 _SESSION_ATTR = "_crossgate_session"
+# Methods crossgate shadows on the pipeline instance (never on its class); remove() deletes them.
+_INSTANCE_PATCHES = ("progress_bar", "encode_prompt")
 
 
 @dataclass
@@ -34,11 +37,14 @@ class TGateSession:
     state: GateState
     denoiser: torch.nn.Module
     cross_attention: dict[str, CrossAttentionGateHook] = field(default_factory=dict)
-    denoiser_hook: DenoiserGateHook | None = None
+    denoiser_gate: DenoiserGate | None = None
     hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
     last_call: CallStats | None = None
+    prompt_cfg: bool | None = None
 
     def unhook(self) -> None:
+        if self.denoiser_gate is not None:
+            self.denoiser_gate.detach()
         for module, hook_name in reversed(self.hooked):
             module._diffusers_hook.remove_hook(hook_name, recurse=False)
         self.hooked.clear()
@@ -93,20 +99,20 @@ def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, CROSS_ATTENTION_HOOK)
             registered.append((module, CROSS_ATTENTION_HOOK))
             session.cross_attention[name] = hook
-        session.denoiser_hook = DenoiserGateHook(
+        session.denoiser_gate = DenoiserGate(
             state,
-            cfg_active=lambda: adapter.cfg_active(pipe),
+            cfg_active=lambda: adapter.cfg_active(pipe, session.prompt_cfg),
             use_cond_half=config.post_gate_inputs == "cond",
         )
-        HookRegistry.check_if_exists_or_initialize(session.denoiser).register_hook(
-            session.denoiser_hook, DENOISER_HOOK
-        )
-        registered.append((session.denoiser, DENOISER_HOOK))
+        session.denoiser_gate.attach(session.denoiser)
         pipe.progress_bar = _progress_bar_for(pipe, session)
+        if callable(getattr(type(pipe), "encode_prompt", None)):
+            pipe.encode_prompt = _encode_prompt_for(pipe, session)
         setattr(pipe, _SESSION_ATTR, session)
     except BaseException:
         session.unhook()
-        pipe.__dict__.pop("progress_bar", None)
+        for name in _INSTANCE_PATCHES:
+            pipe.__dict__.pop(name, None)
         raise
     return pipe
 
@@ -118,7 +124,8 @@ def remove(pipe: Any) -> Any:
         return pipe
     session.unhook()
     session.end_loop()
-    pipe.__dict__.pop("progress_bar", None)
+    for name in _INSTANCE_PATCHES:
+        pipe.__dict__.pop(name, None)
     delattr(pipe, _SESSION_ATTR)
     return pipe
 
@@ -152,6 +159,28 @@ def _progress_bar_for(pipe: Any, session: TGateSession):
         return _LoopTracker(bar, session, steps)
 
     return progress_bar
+
+
+def _encode_prompt_for(pipe: Any, session: TGateSession):
+    """An instance-level ``encode_prompt`` that notes whether the call asked for CFG embeddings.
+
+    Pipelines without a ``do_classifier_free_guidance`` property (PixArt) still pass that decision
+    to ``encode_prompt``; the arguments are only observed, never changed.
+    """
+    original = type(pipe).encode_prompt.__get__(pipe)
+    signature = inspect.signature(original)
+
+    def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+            bound.apply_defaults()
+            flag = bound.arguments.get("do_classifier_free_guidance")
+        except TypeError:
+            flag = None
+        session.prompt_cfg = None if flag is None else bool(flag)
+        return original(*args, **kwargs)
+
+    return encode_prompt
 
 
 class _LoopTracker:

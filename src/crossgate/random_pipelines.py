@@ -23,6 +23,15 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 
+def _ready(pipe: Any) -> Any:
+    """Inference mode for every model (built modules start in training mode, with dropout on)."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def char_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     """A CLIP tokenizer whose vocabulary is single characters (every lowercase text encodes)."""
     chars = string.ascii_lowercase + string.digits + ".,'-!?"
@@ -102,11 +111,10 @@ def tiny_sd_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionPip
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _ready(pipe)
 
 
-def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+def tiny_sdxl_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionXLPipeline:
     """An SDXL pipeline (two text encoders, pooled embeds and time ids) with tiny random weights."""
     torch.manual_seed(seed)
     tokenizer = char_tokenizer()
@@ -126,6 +134,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         projection_class_embeddings_input_dim=6 * 8 + 16,
         cross_attention_dim=32,
         norm_num_groups=8,
+        **unet_overrides,
     )
     pipe = StableDiffusionXLPipeline(
         vae=tiny_vae(),
@@ -137,5 +146,142 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         scheduler=_ddim(),
         force_zeros_for_empty_prompt=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _ready(pipe)
+
+
+def char_fast_tokenizer(max_length: int = 32, eos: bool = True):
+    """A fast character-level tokenizer (for T5/Gemma-style pipelines), built in memory."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>", "<bos>"]
+    chars = string.ascii_lowercase + string.digits + " .,'-!?:"
+    vocab = {tok: i for i, tok in enumerate([*specials, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    if eos:
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        model_max_length=max_length,
+    )
+
+
+def tiny_pixart_pipeline(seed: int = 0, sigma: bool = False):
+    """PixArt-Alpha (or -Sigma) with a tiny T5 encoder and transformer; latents 8x8 for 64x64 images."""
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        PixArtTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer()
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
+    cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
+    pipe = cls(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_vae(),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+    return _ready(pipe)
+
+
+def tiny_sana_pipeline(seed: int = 0):
+    """Sana with a tiny Gemma2 encoder, DC-AE and linear-attention transformer."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=300, eos=False)
+    transformer = SanaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=4,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=4,
+        cross_attention_dim=8,
+        caption_channels=8,
+        sample_size=32,
+    )
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=8,
+            intermediate_size=64,
+            max_position_embeddings=512,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            pad_token_id=0,
+            bos_token_id=3,
+            eos_token_id=1,
+        )
+    )
+    pipe = SanaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+    return _ready(pipe)

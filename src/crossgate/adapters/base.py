@@ -13,28 +13,38 @@ class UnsupportedPipelineError(TypeError):
 
 def is_attention_module(module: torch.nn.Module) -> bool:
     """Diffusers attention modules carry a swappable ``processor`` (old and new style alike)."""
-    return hasattr(module, "processor") and hasattr(module, "is_cross_attention")
+    return hasattr(module, "processor") and hasattr(module, "to_q")
+
+
+def is_cross_attention(name: str, module: torch.nn.Module) -> bool:
+    """Whether an attention module attends to the conditioning (text, image embedding).
+
+    Classic ``Attention`` says so itself (``is_cross_attention``, set when ``cross_attention_dim``
+    is given; a UNet's ``attn2`` with ``double_self_attention`` is correctly excluded). Newer
+    per-model attention classes (LTX, Wan) do not, and follow the diffusers convention that the
+    conditioning attention of a transformer block is its ``attn2``.
+    """
+    flag = getattr(module, "is_cross_attention", None)
+    if flag is not None:
+        return bool(flag)
+    return name.rsplit(".", 1)[-1] == "attn2"
 
 
 def cross_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Every attention module of ``denoiser`` whose keys/values come from the conditioning.
-
-    Diffusers marks these with ``is_cross_attention`` (set when ``cross_attention_dim`` is given),
-    which is exactly the set TGATE caches: UNet ``attn2``, PixArt/Sana ``attn2``, video ``attn2``.
-    """
+    """Every cross-attention module of ``denoiser``: exactly the set TGATE caches."""
     return [
         (name, module)
         for name, module in denoiser.named_modules()
-        if is_attention_module(module) and bool(getattr(module, "is_cross_attention", False))
+        if is_attention_module(module) and is_cross_attention(name, module)
     ]
 
 
 def self_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Every attention module of ``denoiser`` that attends within the image tokens."""
+    """Every attention module of ``denoiser`` that attends within the latent tokens."""
     return [
         (name, module)
         for name, module in denoiser.named_modules()
-        if is_attention_module(module) and not bool(getattr(module, "is_cross_attention", False))
+        if is_attention_module(module) and not is_cross_attention(name, module)
     ]
 
 
@@ -51,16 +61,23 @@ class ModelAdapter:
     def cross_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
         return cross_attention_modules(self.denoiser(pipe))
 
-    def cfg_active(self, pipe: object) -> bool:
+    def cfg_active(self, pipe: object, from_encode_prompt: bool | None) -> bool:
         """Whether the running call batches ``[uncond; cond]``; read once per call, mid-call.
 
-        Diffusers pipelines expose ``do_classifier_free_guidance`` (it is False for
-        guidance-distilled models such as LCM, whose UNet has ``time_cond_proj_dim``).
+        Most pipelines expose ``do_classifier_free_guidance`` (False for guidance-distilled models
+        such as LCM). Those that do not (PixArt) pass the decision to their own ``encode_prompt``,
+        which crossgate observes on the instance (``from_encode_prompt``).
         """
-        flag = getattr(pipe, "do_classifier_free_guidance", None)
+        try:
+            flag = getattr(pipe, "do_classifier_free_guidance", None)
+        except AttributeError:  # the property reads a value set only inside __call__
+            flag = None
+        if flag is None:
+            flag = from_encode_prompt
         if flag is None:
             raise UnsupportedPipelineError(
                 f"{type(pipe).__name__} does not say whether it runs classifier-free guidance "
-                "(no `do_classifier_free_guidance`); crossgate needs an adapter for it."
+                "(no `do_classifier_free_guidance`, and its encode_prompt was not seen); crossgate "
+                "needs an adapter for it."
             )
         return bool(flag)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 from crossgate.adapters.base import ModelAdapter, UnsupportedPipelineError
 
 UNET = ModelAdapter(family="unet", denoiser_attr="unet")
@@ -27,8 +30,30 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
                 "cross-attention layers, so there is nothing for TGATE to cache. TGATE applies to "
                 "text-conditioned models whose attention attends to the prompt (SD, SDXL, PixArt, ...)."
             )
+        if calls_denoiser_per_cfg_branch(type(pipe), adapter.denoiser_attr):
+            raise UnsupportedPipelineError(
+                f"{type(pipe).__name__} calls its denoiser separately for the conditional and the "
+                "unconditional branch (not as one [uncond; cond] batch), so dropping the CFG branch "
+                "after the gate would need to skip whole denoiser calls; crossgate does not support "
+                "such pipelines yet (e.g. Wan, QwenImage, CogView4)."
+            )
         return adapter
     raise UnsupportedPipelineError(
         f"{type(pipe).__name__} has neither a `unet` nor a `transformer` denoiser; crossgate does not "
         "know where to gate it."
     )
+
+
+def calls_denoiser_per_cfg_branch(pipeline_cls: type, denoiser_attr: str) -> bool:
+    """Whether ``pipeline_cls.__call__`` assigns the output of two separate denoiser calls.
+
+    Pipelines that batch CFG call the denoiser once per step (``noise_pred = self.unet(...)``);
+    Wan, QwenImage, CogView4 and friends call it once per branch. Read from the source, so the
+    refusal happens at ``apply()`` rather than mid-call.
+    """
+    try:
+        source = inspect.getsource(pipeline_cls.__call__)
+    except (OSError, TypeError):
+        return False
+    pattern = re.compile(rf"=\s*(?:self\.{re.escape(denoiser_attr)}|current_model)\(")
+    return len(pattern.findall(source)) >= 2

@@ -1,0 +1,536 @@
+"""Tiny random-weight pipelines of every supported family, with the call that exercises each.
+
+Each builder returns a :class:`Case`: the pipeline, the keyword arguments of a short call, the
+denoiser's attribute name and whether that call runs CFG as one batch. The support matrix in the
+README is rendered from :data:`CASES` (see test_support_matrix.py), so it cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from crossgate import random_pipelines as rp
+
+
+@dataclass
+class Case:
+    pipe: Any
+    kwargs: dict[str, Any]
+    denoiser_attr: str = "unet"
+    cfg: bool = True
+    steps: int = 6
+    gate: int = 3
+    actual_steps: int | None = None  # denoising steps the loop really runs (img2img strength)
+    notes: str = ""
+    extra_modules: dict[str, Any] = field(default_factory=dict)
+
+
+def _image(size: int = 32, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def sd() -> Case:
+    return Case(
+        rp.tiny_sd_pipeline(), {"prompt": ["a red circle", "a blue square"], "negative_prompt": ["", "x"]}
+    )
+
+
+def sdxl() -> Case:
+    return Case(rp.tiny_sdxl_pipeline(), {"prompt": "a red circle", "num_images_per_prompt": 2})
+
+
+def sd_no_cfg() -> Case:
+    return Case(rp.tiny_sd_pipeline(), {"prompt": "a red circle", "guidance_scale": 1.0}, cfg=False)
+
+
+def pixart_alpha() -> Case:
+    return Case(
+        rp.tiny_pixart_pipeline(),
+        {
+            "prompt": "a red circle",
+            "height": 16,
+            "width": 16,
+            "use_resolution_binning": False,
+            "clean_caption": False,
+            "num_images_per_prompt": 2,
+        },
+        denoiser_attr="transformer",
+    )
+
+
+def pixart_sigma() -> Case:
+    return Case(
+        rp.tiny_pixart_pipeline(sigma=True),
+        {
+            "prompt": "a red circle",
+            "height": 16,
+            "width": 16,
+            "use_resolution_binning": False,
+            "clean_caption": False,
+            "max_sequence_length": 32,
+        },
+        denoiser_attr="transformer",
+    )
+
+
+def sana() -> Case:
+    return Case(
+        rp.tiny_sana_pipeline(),
+        {
+            "prompt": "a red circle",
+            "height": 32,
+            "width": 32,
+            "use_resolution_binning": False,
+            "clean_caption": False,
+            "max_sequence_length": 16,
+            "complex_human_instruction": None,
+        },
+        denoiser_attr="transformer",
+    )
+
+
+def pixart_lcm() -> Case:
+    from diffusers import LCMScheduler
+
+    pipe = rp.tiny_pixart_pipeline()
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    return Case(
+        pipe,
+        {
+            "prompt": "a red circle",
+            "height": 16,
+            "width": 16,
+            "use_resolution_binning": False,
+            "clean_caption": False,
+            "guidance_scale": 1.0,
+        },
+        denoiser_attr="transformer",
+        cfg=False,
+        steps=4,
+        gate=1,
+    )
+
+
+def _lcm_unet_pipe(xl: bool):
+    from diffusers import LCMScheduler
+
+    build = rp.tiny_sdxl_pipeline if xl else rp.tiny_sd_pipeline
+    pipe = build(time_cond_proj_dim=8)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def lcm_sd() -> Case:
+    from diffusers import LatentConsistencyModelPipeline
+
+    base = _lcm_unet_pipe(xl=False)
+    pipe = LatentConsistencyModelPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=base.unet,
+        scheduler=base.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    rp._ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "guidance_scale": 6.0}, cfg=False, steps=4, gate=1)
+
+
+def lcm_sdxl() -> Case:
+    return Case(
+        _lcm_unet_pipe(xl=True), {"prompt": "a red circle", "guidance_scale": 6.0}, cfg=False, steps=4, gate=1
+    )
+
+
+def sd_img2img() -> Case:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = StableDiffusionImg2ImgPipeline(**rp.tiny_sd_pipeline().components)
+    rp._ready(pipe)
+    return Case(
+        pipe, {"prompt": "a red circle", "image": _image(), "strength": 0.5}, steps=10, gate=2, actual_steps=5
+    )
+
+
+def sdxl_img2img() -> Case:
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        **rp.tiny_sdxl_pipeline().components, requires_aesthetics_score=False
+    )
+    rp._ready(pipe)
+    return Case(
+        pipe, {"prompt": "a red circle", "image": _image(), "strength": 0.5}, steps=10, gate=2, actual_steps=5
+    )
+
+
+def sd_inpaint() -> Case:
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline(**rp.tiny_sd_pipeline(in_channels=9).components)
+    rp._ready(pipe)
+    return Case(
+        pipe,
+        {
+            "prompt": "a red circle",
+            "image": _image(),
+            "mask_image": _image(seed=1),
+            "height": 32,
+            "width": 32,
+            "strength": 1.0,
+        },
+    )
+
+
+def sdxl_inpaint() -> Case:
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    pipe = StableDiffusionXLInpaintPipeline(
+        **rp.tiny_sdxl_pipeline().components, requires_aesthetics_score=False
+    )
+    rp._ready(pipe)
+    return Case(
+        pipe,
+        {
+            "prompt": "a red circle",
+            "image": _image(),
+            "mask_image": _image(seed=1),
+            "height": 32,
+            "width": 32,
+            "strength": 0.8,
+        },
+        steps=10,
+        gate=3,
+        actual_steps=8,
+    )
+
+
+def sd_controlnet() -> Case:
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    base = rp.tiny_sd_pipeline()
+    torch.manual_seed(2)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(8, 16))
+    with torch.no_grad():  # from_unet zero-initialises the outputs; make the control matter
+        for p in controlnet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet)
+    rp._ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "image": _image()})
+
+
+def sdxl_controlnet() -> Case:
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    base = rp.tiny_sdxl_pipeline()
+    torch.manual_seed(2)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(8, 16))
+    with torch.no_grad():
+        for p in controlnet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    pipe = StableDiffusionXLControlNetPipeline(**base.components, controlnet=controlnet)
+    rp._ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "image": _image()})
+
+
+def _ip_adapter_state_dict(unet, image_embed_dim: int = 16) -> dict[str, dict[str, torch.Tensor]]:
+    """Random IP-Adapter weights in the layout `load_ip_adapter` reads (text keys by processor index)."""
+    from diffusers.models.embeddings import ImageProjection
+
+    layers: dict[str, torch.Tensor] = {}
+    cross_dim = unet.config.cross_attention_dim
+    for index, name in enumerate(unet.attn_processors.keys()):
+        if name.endswith("attn1.processor"):
+            continue
+        module = unet.get_submodule(name[: -len(".processor")])
+        hidden = module.to_q.in_features if hasattr(module, "to_q") else module.inner_dim
+        inner = module.to_k.out_features
+        layers[f"{index}.to_k_ip.weight"] = torch.randn(inner, cross_dim) * 0.05
+        layers[f"{index}.to_v_ip.weight"] = torch.randn(inner, cross_dim) * 0.05
+        del hidden
+    projection = ImageProjection(
+        cross_attention_dim=cross_dim, image_embed_dim=image_embed_dim, num_image_text_embeds=4
+    )
+    state = projection.state_dict()
+    image_proj = {
+        "proj.weight": state["image_embeds.weight"],
+        "proj.bias": state["image_embeds.bias"],
+        "norm.weight": state["norm.weight"],
+        "norm.bias": state["norm.bias"],
+    }
+    return {"image_proj": image_proj, "ip_adapter": layers}
+
+
+def _with_ip_adapter(pipe, batch: int) -> dict[str, Any]:
+    torch.manual_seed(3)
+    pipe.unet._load_ip_adapter_weights([_ip_adapter_state_dict(pipe.unet)])
+    pipe.set_ip_adapter_scale(0.8)
+    embeds = torch.randn(2 * batch, 1, 16)  # [negative; positive] image embeds, as CFG expects
+    return {"ip_adapter_image_embeds": [embeds]}
+
+
+def sd_ip_adapter() -> Case:
+    pipe = rp.tiny_sd_pipeline()
+    return Case(pipe, {"prompt": "a red circle", **_with_ip_adapter(pipe, 1)})
+
+
+def sdxl_ip_adapter() -> Case:
+    pipe = rp.tiny_sdxl_pipeline()
+    return Case(pipe, {"prompt": "a red circle", **_with_ip_adapter(pipe, 1)})
+
+
+def sd_lora() -> Case:
+    from peft import LoraConfig
+
+    pipe = rp.tiny_sd_pipeline()
+    torch.manual_seed(4)
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+        )
+    )
+    return Case(pipe, {"prompt": "a red circle"})
+
+
+def sd_model_cpu_offload() -> Case:
+    pipe = rp.tiny_sd_pipeline()
+    pipe.enable_model_cpu_offload(device="cpu")
+    return Case(pipe, {"prompt": "a red circle"})
+
+
+def svd() -> Case:
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=16,
+        num_attention_heads=4,
+        projection_class_embeddings_input_dim=48,
+        addition_time_embed_dim=16,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        use_karras_sigmas=True,
+    )
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        latent_channels=4,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16,
+            projection_dim=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=224,
+            intermediate_size=24,
+            patch_size=32,
+        )
+    )
+    feature_extractor = CLIPImageProcessor()  # SVD resizes to 224 itself before this runs
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=scheduler,
+        feature_extractor=feature_extractor,
+    )
+    rp._ready(pipe)
+    return Case(
+        pipe,
+        {
+            "image": _image(),
+            "height": 32,
+            "width": 32,
+            "num_frames": 2,
+            "decode_chunk_size": 2,
+            "min_guidance_scale": 1.5,
+            "max_guidance_scale": 3.0,
+        },
+        steps=4,
+        gate=2,
+    )
+
+
+def ltx_video() -> Case:
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    tokenizer = rp.char_fast_tokenizer(max_length=16)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=2,
+        caption_channels=32,
+    )
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1),
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
+    pipe = LTXPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    rp._ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "height": 32, "width": 32, "num_frames": 9, "max_sequence_length": 16},
+        denoiser_attr="transformer",
+        steps=4,
+        gate=2,
+    )
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One supported family: its builder and what the README's support matrix says about it."""
+
+    build: Callable[[], Case]
+    pipeline: str
+    cfg: str = "batched, dropped after the gate"
+
+
+_PIXART_CFG = "batched (mask doubled), dropped after the gate"
+_DISTILLED = "none (guidance-distilled): full batch cached, no averaging"
+
+CASES: dict[str, Spec] = {
+    "SD 1.x/2.x": Spec(sd, "StableDiffusionPipeline"),
+    "SD, guidance <= 1": Spec(sd_no_cfg, "StableDiffusionPipeline", "off: output cached as is"),
+    "SDXL": Spec(sdxl, "StableDiffusionXLPipeline"),
+    "PixArt-Alpha": Spec(pixart_alpha, "PixArtAlphaPipeline", _PIXART_CFG),
+    "PixArt-Sigma": Spec(pixart_sigma, "PixArtSigmaPipeline", _PIXART_CFG),
+    "Sana": Spec(sana, "SanaPipeline"),
+    "LCM (SD UNet)": Spec(lcm_sd, "LatentConsistencyModelPipeline", _DISTILLED),
+    "LCM (SDXL UNet)": Spec(lcm_sdxl, "StableDiffusionXLPipeline", _DISTILLED),
+    "PixArt-LCM": Spec(pixart_lcm, "PixArtAlphaPipeline", _DISTILLED),
+    "SD img2img": Spec(sd_img2img, "StableDiffusionImg2ImgPipeline"),
+    "SDXL img2img": Spec(sdxl_img2img, "StableDiffusionXLImg2ImgPipeline"),
+    "SD inpainting": Spec(sd_inpaint, "StableDiffusionInpaintPipeline"),
+    "SDXL inpainting": Spec(sdxl_inpaint, "StableDiffusionXLInpaintPipeline"),
+    "SD ControlNet": Spec(sd_controlnet, "StableDiffusionControlNetPipeline"),
+    "SDXL ControlNet": Spec(sdxl_controlnet, "StableDiffusionXLControlNetPipeline"),
+    "SD IP-Adapter": Spec(sd_ip_adapter, "StableDiffusionPipeline"),
+    "SDXL IP-Adapter": Spec(sdxl_ip_adapter, "StableDiffusionXLPipeline"),
+    "SD LoRA (PEFT)": Spec(sd_lora, "StableDiffusionPipeline"),
+    "SD + model CPU offload": Spec(sd_model_cpu_offload, "StableDiffusionPipeline"),
+    "Stable Video Diffusion": Spec(
+        svd, "StableVideoDiffusionPipeline", "batched (per-frame guidance), dropped after the gate"
+    ),
+    "LTX-Video": Spec(ltx_video, "LTXPipeline"),
+}
+
+# Rows of the matrix that are not a family case: (what, status, where it is tested).
+OTHER_ROWS: list[tuple[str, str, str]] = [
+    (
+        "img2img / inpainting `gate_step`",
+        "counts the steps the loop runs (`strength` x steps)",
+        "test_family[SD img2img]",
+    ),
+    ("model CPU offload, crossgate applied first", "supported", "test_compose.py"),
+    (
+        "`torch.compile` of the denoiser",
+        "supported; matches eager; graphs compiled in the first call only",
+        "test_compile.py",
+    ),
+    ("sequential CPU offload", "not tested: accelerate's sequential offload fails on CPU-only machines", "-"),
+    (
+        "Wan, QwenImage, CogView4, Flux true-CFG (CFG as separate denoiser calls)",
+        "refused at `apply()` with the reason",
+        "test_pipeline_calling_the_denoiser_per_cfg_branch_is_refused",
+    ),
+    (
+        "SD3, Flux (joint attention, no cross-attention)",
+        "refused at `apply()`: nothing to gate",
+        "test_pipeline_without_cross_attention_is_refused_cleanly",
+    ),
+]
+
+
+def render_support_matrix() -> str:
+    """The README's support matrix, from :data:`CASES` and :data:`OTHER_ROWS`."""
+    lines = [
+        "| family | pipeline class | CFG | tested in |",
+        "|---|---|---|---|",
+    ]
+    for name, spec in CASES.items():
+        lines.append(f"| {name} | `{spec.pipeline}` | {spec.cfg} | `test_family[{name}]` |")
+    lines += ["", "| also | status | tested in |", "|---|---|---|"]
+    for what, status, where in OTHER_ROWS:
+        lines.append(f"| {what} | {status} | {where if where == '-' else f'`{where}`'} |")
+    return "\n".join(lines)
