@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from crossgate.adapters import cross_attention_modules
+from crossgate.adapters.base import cross_attention_modules, self_attention_modules
 
 
 @torch.no_grad()
-def reference_latents(pipe, prompts, *, steps, gate, guidance, seed, sdxl=False, height=32, width=32):
+def reference_latents(
+    pipe, prompts, *, steps, gate, guidance, seed, sdxl=False, height=32, width=32, sa_plan=None
+):
+    """``sa_plan``: optional per-step letters for self-attention, "C" compute, "S" store, "R" reuse."""
     device = torch.device("cpu")
     cfg = guidance > 1
     batch = len(prompts)
@@ -53,9 +56,27 @@ def reference_latents(pipe, prompts, *, steps, gate, guidance, seed, sdxl=False,
         return hook
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in cross_attention_modules(pipe.unet)]
+    sa_cache: dict[str, torch.Tensor] = {}
+    current = {"step": 0}
+
+    def make_sa_hook(name):
+        def hook(module, inputs, output):
+            action = sa_plan[current["step"]]
+            if action == "R":
+                return sa_cache[name]
+            if action == "S":
+                at_gate = current["step"] == gate - 1
+                sa_cache[name] = (output[:batch] + output[batch:]) / 2 if (cfg and at_gate) else output
+            return output
+
+        return hook
+
+    if sa_plan is not None:
+        handles += [m.register_forward_hook(make_sa_hook(n)) for n, m in self_attention_modules(pipe.unet)]
     try:
         for i, t in enumerate(scheduler.timesteps):
             step = i // scheduler.order
+            current["step"] = step
             mode["record"] = step == gate - 1
             mode["replay"] = step >= gate
             two_branches = cfg and step < gate

@@ -11,6 +11,7 @@ the pipeline's own ``__call__``.
 """
 
 from crossgate.adapters import UnsupportedPipelineError
+from crossgate.compose import compose_deepcache
 from crossgate.config import ConfigError, TGateConfig
 from crossgate.pipeline import apply, enabled, get_session, is_applied, remove
 
@@ -19,6 +20,7 @@ __all__ = [
     "TGateConfig",
     "UnsupportedPipelineError",
     "apply",
+    "compose_deepcache",
     "enabled",
     "get_session",
     "is_applied",

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
+from crossgate.schedule import Action
 from crossgate.state import GateState
 
 CROSS_ATTENTION_HOOK = "crossgate_cross_attention"
+SELF_ATTENTION_HOOK = "crossgate_self_attention"
 
 
 class CrossAttentionGateHook(ModelHook):
@@ -60,10 +62,7 @@ class CrossAttentionGateHook(ModelHook):
                 f"crossgate: cross-attention layer {self.name!r} was never computed before the gate, so "
                 "there is no output to replay. Something skipped it in every step before the gate."
             )
-        if not self.state.cfg:
-            return latest
-        uncond, cond = latest.chunk(2, dim=0)
-        return (uncond + cond) / 2
+        return _cfg_mean(latest) if self.state.cfg else latest
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.cache = None
@@ -71,6 +70,43 @@ class CrossAttentionGateHook(ModelHook):
         self.computed_steps = set()
         self.computed_calls = 0
         self.replayed_calls = 0
+        return module
+
+
+class SelfAttentionCacheHook(ModelHook):
+    """TGATE v2: recompute self-attention only on the schedule's steps, reuse it in between."""
+
+    _is_stateful = True
+
+    def __init__(self, state: GateState, name: str, action: Callable[[int, int], Action]) -> None:
+        super().__init__()
+        self.state = state
+        self.name = name
+        self._action = action
+        self.cache: torch.Tensor | None = None
+        self.computed_steps: set[int] = set()
+        self.reused_calls = 0
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        if not state.active:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        action = self._action(state.step, state.gate)
+        batch = _batch_size(args, kwargs)
+        if action is Action.REUSE and self.cache is not None and self.cache.shape[0] == batch:
+            self.reused_calls += 1
+            return self.cache
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.computed_steps.add(state.step)
+        if action is Action.STORE:
+            at_gate = state.step == state.gate - 1
+            self.cache = _cfg_mean(output) if at_gate and state.cfg else output
+        return output
+
+    def reset_state(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
+        self.cache = None
+        self.computed_steps = set()
+        self.reused_calls = 0
         return module
 
 
@@ -128,6 +164,12 @@ class DenoiserGate:
         if half is None:
             return None
         return _map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+
+
+def _cfg_mean(output: torch.Tensor) -> torch.Tensor:
+    """The mean of the ``[uncond; cond]`` halves: what one pass at batch B replays after the gate."""
+    uncond, cond = output.chunk(2, dim=0)
+    return (uncond + cond) / 2
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:

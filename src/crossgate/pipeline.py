@@ -20,7 +20,14 @@ from diffusers.hooks import HookRegistry
 
 from crossgate.adapters import ModelAdapter, resolve_adapter
 from crossgate.config import TGateConfig
-from crossgate.hooks import CROSS_ATTENTION_HOOK, CrossAttentionGateHook, DenoiserGate
+from crossgate.hooks import (
+    CROSS_ATTENTION_HOOK,
+    SELF_ATTENTION_HOOK,
+    CrossAttentionGateHook,
+    DenoiserGate,
+    SelfAttentionCacheHook,
+)
+from crossgate.schedule import self_attention_action
 from crossgate.state import CallStats, GateState
 
 _SESSION_ATTR = "_crossgate_session"
@@ -37,6 +44,7 @@ class TGateSession:
     state: GateState
     denoiser: torch.nn.Module
     cross_attention: dict[str, CrossAttentionGateHook] = field(default_factory=dict)
+    self_attention: dict[str, SelfAttentionCacheHook] = field(default_factory=dict)
     denoiser_gate: DenoiserGate | None = None
     hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
     last_call: CallStats | None = None
@@ -61,14 +69,19 @@ class TGateSession:
                     n: len(h.computed_steps) for n, h in self.cross_attention.items()
                 },
                 cross_attention_replays={n: h.replayed_calls for n, h in self.cross_attention.items()},
+                self_attention_computed_steps={
+                    n: sorted(h.computed_steps) for n, h in self.self_attention.items()
+                },
             )
         self.state.reset()
         for hook in self.cross_attention.values():
             hook.cache = None
             hook._latest = None
+        for hook in self.self_attention.values():
+            hook.cache = None
 
     def _reset_hooks(self) -> None:
-        for hook in self.cross_attention.values():
+        for hook in (*self.cross_attention.values(), *self.self_attention.values()):
             hook.reset_state(None)
 
 
@@ -99,6 +112,13 @@ def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any
             HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, CROSS_ATTENTION_HOOK)
             registered.append((module, CROSS_ATTENTION_HOOK))
             session.cross_attention[name] = hook
+        if config.caches_self_attention:
+            action = _self_attention_schedule(config)
+            for name, module in adapter.self_attention(pipe):
+                sa_hook = SelfAttentionCacheHook(state, name, action)
+                HookRegistry.check_if_exists_or_initialize(module).register_hook(sa_hook, SELF_ATTENTION_HOOK)
+                registered.append((module, SELF_ATTENTION_HOOK))
+                session.self_attention[name] = sa_hook
         session.denoiser_gate = DenoiserGate(
             state,
             cfg_active=lambda: adapter.cfg_active(pipe, session.prompt_cfg),
@@ -147,6 +167,19 @@ def get_session(pipe: Any) -> TGateSession | None:
 
 def is_applied(pipe: Any) -> bool:
     return get_session(pipe) is not None
+
+
+def _self_attention_schedule(config: TGateConfig):
+    def action(step: int, gate: int):
+        return self_attention_action(
+            step,
+            gate,
+            config.self_attention_interval,
+            config.self_attention_interval_after,
+            config.self_attention_warm_up,
+        )
+
+    return action
 
 
 def _progress_bar_for(pipe: Any, session: TGateSession):

@@ -68,3 +68,4 @@ class CallStats:
     denoiser_batches: list[int]
     cross_attention_computed_steps: dict[str, int] = field(default_factory=dict)
     cross_attention_replays: dict[str, int] = field(default_factory=dict)
+    self_attention_computed_steps: dict[str, list[int]] = field(default_factory=dict)

@@ -61,6 +61,9 @@ class ModelAdapter:
     def cross_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
         return cross_attention_modules(self.denoiser(pipe))
 
+    def self_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
+        return self_attention_modules(self.denoiser(pipe))
+
     def cfg_active(self, pipe: object, from_encode_prompt: bool | None) -> bool:
         """Whether the running call batches ``[uncond; cond]``; read once per call, mid-call.
 
