@@ -134,7 +134,7 @@ def evaluate(
     batch_size: int = 32,
     judge: Judge | None = None,
     keep_samples: int = 8,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> EvalReport:
     """Generate ``per_caption`` images per caption under each configuration and score them.
 
@@ -143,6 +143,7 @@ def evaluate(
     every configuration. Wall time counts the pipeline calls only, after a warm-up call.
     """
 
+    log = log or (lambda line: print(line, flush=True))
     if not captions:
         raise ValueError("no captions to evaluate")
     if per_caption < 1:
