@@ -6,9 +6,12 @@ value never leaves a pipeline half-patched.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 PostGateInputs = Literal["uncond", "cond"]
 
@@ -35,16 +38,46 @@ class TGateConfig:
         self_attention_interval_after: the interval after the gate (1, the default, recomputes
             every step; the paper finds caching late harmful).
         self_attention_warm_up: steps that always compute before self-attention caching starts.
+        auto_tolerance: with ``gate_step="auto"``, the gate closes after the first step whose
+            convergence statistic (see :mod:`crossgate.hooks`: the relative change of the CFG-mean
+            cross-attention output from the previous step, per image, averaged over images and
+            layers) is below this value.
+        auto_min_fraction, auto_max_fraction: guard rails for ``"auto"``: the gate is never before
+            ``round(min * n)`` steps and always by ``round(max * n)``.
+        per_layer: with ``"auto"``, each cross-attention layer freezes itself when its own change
+            falls below the tolerance; CFG is dropped once every layer has frozen (or at the max).
+        layer_gates: fixed per-layer gates as fractions of the steps, ``{layer name: fraction}``
+            (what :meth:`from_profile` loads); CFG is dropped at ``gate_step``.
     """
 
-    gate_step: int | float = 10
+    gate_step: int | float | Literal["auto"] = 10
     post_gate_inputs: PostGateInputs = "uncond"
     self_attention_interval: int | None = None
     self_attention_interval_after: int = 1
     self_attention_warm_up: int = 2
+    auto_tolerance: float = 0.05
+    auto_min_fraction: float = 0.2
+    auto_max_fraction: float = 0.8
+    per_layer: bool = False
+    layer_gates: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         _validate_gate_step(self.gate_step)
+        _validate_auto(self)
+        if isinstance(self.layer_gates, Mapping):
+            object.__setattr__(self, "layer_gates", tuple(sorted(self.layer_gates.items())))
+        if self.layer_gates is not None:
+            for name, fraction in self.layer_gates:
+                if (
+                    not isinstance(name, str)
+                    or isinstance(fraction, bool)
+                    or not isinstance(fraction, (int, float))
+                ):
+                    raise ConfigError(
+                        f"layer_gates must map layer names to fractions, got {name!r}: {fraction!r}."
+                    )
+                if not 0 < fraction <= 1:
+                    raise ConfigError(f"layer_gates[{name!r}]={fraction!r} is not a fraction in (0, 1].")
         if self.post_gate_inputs not in ("uncond", "cond"):
             raise ConfigError(f"post_gate_inputs must be 'uncond' or 'cond', got {self.post_gate_inputs!r}.")
         if self.self_attention_interval is not None:
@@ -57,11 +90,54 @@ class TGateConfig:
         """Whether any step reuses self-attention (TGATE v2)."""
         return self.self_attention_interval is not None or self.self_attention_interval_after > 1
 
+    @property
+    def is_auto(self) -> bool:
+        return self.gate_step == "auto"
+
     def resolve_gate(self, num_steps: int) -> int:
-        """The gate as a number of steps for a call of ``num_steps`` denoising steps."""
+        """The gate (for ``"auto"``: its latest possible step) for a call of ``num_steps`` steps."""
+        if self.is_auto:
+            return _fraction_to_steps(self.auto_max_fraction, num_steps)
         if isinstance(self.gate_step, float):
-            return max(1, round(self.gate_step * num_steps))
+            return _fraction_to_steps(self.gate_step, num_steps)
         return int(self.gate_step)
+
+    def resolve_min_gate(self, num_steps: int) -> int:
+        """The earliest step ``"auto"`` may gate at."""
+        return (
+            _fraction_to_steps(self.auto_min_fraction, num_steps)
+            if self.is_auto
+            else self.resolve_gate(num_steps)
+        )
+
+    def resolve_layer_gates(self, num_steps: int) -> dict[str, int]:
+        """Fixed per-layer gates in steps (empty unless ``layer_gates`` is set)."""
+        return {name: _fraction_to_steps(f, num_steps) for name, f in (self.layer_gates or ())}
+
+    @classmethod
+    def from_profile(cls, path: str | Path, **overrides: Any) -> TGateConfig:
+        """The fixed schedule a ``crossgate calibrate`` profile (JSON) describes.
+
+        The profile stores gates as fractions of its step count, so a profile made at n steps also
+        applies (proportionally) to other step counts; use one profile per model and scheduler.
+        """
+        try:
+            profile = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"profile {str(path)!r} not found; make one with `crossgate calibrate`."
+            ) from None
+        except (OSError, json.JSONDecodeError) as error:
+            raise ConfigError(f"profile {str(path)!r} is not readable JSON: {error}") from None
+        if not isinstance(profile, dict) or "gate_fraction" not in profile:
+            raise ConfigError(
+                f"profile {str(path)!r} has no 'gate_fraction'; was it written by `crossgate calibrate`?"
+            )
+        fields: dict[str, Any] = {"gate_step": float(profile["gate_fraction"])}
+        if profile.get("layer_gate_fractions"):
+            fields["layer_gates"] = {k: float(v) for k, v in profile["layer_gate_fractions"].items()}
+        fields.update(overrides)
+        return cls(**fields)
 
     def with_overrides(self, **overrides: object) -> TGateConfig:
         """A copy with some fields replaced (validated again)."""
@@ -73,8 +149,33 @@ class TGateConfig:
         return replace(self, **overrides)
 
 
+def _fraction_to_steps(fraction: float, num_steps: int) -> int:
+    return max(1, round(fraction * num_steps))
+
+
+def _validate_auto(config: TGateConfig) -> None:
+    tol = config.auto_tolerance
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
+        raise ConfigError(f"auto_tolerance must be a positive number (e.g. 0.05), got {tol!r}.")
+    lo, hi = config.auto_min_fraction, config.auto_max_fraction
+    for name, value in (("auto_min_fraction", lo), ("auto_max_fraction", hi)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ConfigError(f"{name} must be a fraction in (0, 1], got {value!r}.")
+    if lo > hi:
+        raise ConfigError(f"auto_min_fraction ({lo}) must not exceed auto_max_fraction ({hi}).")
+    if config.per_layer and not config.is_auto:
+        raise ConfigError(
+            "per_layer=True needs gate_step='auto' (fixed per-layer gates come from layer_gates)."
+        )
+
+
 def _validate_gate_step(value: object) -> None:
-    hint = "use an int >= 1 (steps with cross-attention) or a float in (0, 1] (fraction of the steps)"
+    hint = (
+        "use an int >= 1 (steps with cross-attention), a float in (0, 1] (fraction of the steps) "
+        "or 'auto' (gate when cross-attention has converged)"
+    )
+    if value == "auto":
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"gate_step must be a number, got {value!r} ({type(value).__name__}); {hint}.")
     if isinstance(value, float):

@@ -35,25 +35,44 @@ class CrossAttentionGateHook(ModelHook):
         super().__init__()
         self.state = state
         self.name = name
+        self.own_gate: int | None = None  # a per-layer gate (profile or per-layer auto)
         self.cache: torch.Tensor | None = None
         self._latest: torch.Tensor | None = None
+        self._latest_step: int | None = None
+        self.change: tuple[int, float] | None = None  # (step, relative change from the step before)
         self.computed_steps: set[int] = set()
         self.computed_calls = 0
         self.replayed_calls = 0
 
+    @property
+    def gate(self) -> int:
+        return self.own_gate if self.own_gate is not None else self.state.gate
+
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
-        if not state.gated:
+        if not (state.active and state.step >= self.gate):
             output = self.fn_ref.original_forward(*args, **kwargs)
             if state.active:
-                self._latest = output
-                self.computed_calls += 1
-                self.computed_steps.add(state.step)
+                self._record(output)
             return output
         if self.cache is None:
             self.cache = self._freeze_cache()
         self.replayed_calls += 1
+        batch = _batch_size(args, kwargs)
+        if batch == 2 * self.cache.shape[0]:  # this layer froze while CFG still runs
+            return torch.cat([self.cache, self.cache], dim=0)
         return self.cache
+
+    def _record(self, output: torch.Tensor) -> None:
+        step = self.state.step
+        if self.state.watch_convergence and self._latest is not None and self._latest_step != step:
+            self.change = (step, relative_change(self._view(output), self._view(self._latest)))
+        self._latest, self._latest_step = output, step
+        self.computed_calls += 1
+        self.computed_steps.add(step)
+
+    def _view(self, output: torch.Tensor) -> torch.Tensor:
+        return _cfg_mean(output) if self.state.cfg else output
 
     def _freeze_cache(self) -> torch.Tensor:
         latest, self._latest = self._latest, None
@@ -62,15 +81,30 @@ class CrossAttentionGateHook(ModelHook):
                 f"crossgate: cross-attention layer {self.name!r} was never computed before the gate, so "
                 "there is no output to replay. Something skipped it in every step before the gate."
             )
-        return _cfg_mean(latest) if self.state.cfg else latest
+        return self._view(latest)
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+    def reset_state(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
+        self.own_gate = None
         self.cache = None
         self._latest = None
+        self._latest_step = None
+        self.change = None
         self.computed_steps = set()
         self.computed_calls = 0
         self.replayed_calls = 0
         return module
+
+
+def relative_change(current: torch.Tensor, previous: torch.Tensor) -> float:
+    """``||current - previous|| / ||previous||`` per image (Frobenius), averaged over images.
+
+    The convergence statistic of ``gate_step="auto"``; the same definition as
+    :func:`crossgate.analysis.record_convergence`'s "mean" view, so a calibration and a live auto
+    gate measure the same thing.
+    """
+    current, previous = current.float().flatten(1), previous.float().flatten(1)
+    ratio = (current - previous).norm(dim=1) / previous.norm(dim=1).clamp_min(1e-12)
+    return float(ratio.mean())
 
 
 class SelfAttentionCacheHook(ModelHook):

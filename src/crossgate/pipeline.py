@@ -59,7 +59,38 @@ class TGateSession:
 
     def begin_loop(self, num_steps: int) -> None:
         self._reset_hooks()
-        self.state.begin(num_steps, self.config.resolve_gate(num_steps))
+        config = self.config
+        self.state.begin(num_steps, config.resolve_gate(num_steps), watch_convergence=config.is_auto)
+        for name, gate in config.resolve_layer_gates(num_steps).items():
+            if name in self.cross_attention:
+                self.cross_attention[name].own_gate = min(gate, self.state.gate)
+
+    def end_step(self) -> None:
+        """Called at each completed step: where ``gate_step="auto"`` decides to close the gate."""
+        state, config = self.state, self.config
+        if not (state.active and config.is_auto):
+            return
+        step = state.step
+        changes = {
+            n: h.change[1] for n, h in self.cross_attention.items() if h.change and h.change[0] == step
+        }
+        if not changes:
+            return
+        state.convergence.append(sum(changes.values()) / len(changes))
+        next_step = step + 1
+        if next_step >= state.gate or next_step < config.resolve_min_gate(state.num_steps):
+            return
+        tolerance = config.auto_tolerance
+        if not config.per_layer:
+            if state.convergence[-1] < tolerance:
+                state.gate = next_step
+            return
+        for name, change in changes.items():
+            hook = self.cross_attention[name]
+            if hook.own_gate is None and change < tolerance:
+                hook.own_gate = next_step
+        if all(h.own_gate is not None for h in self.cross_attention.values()):
+            state.gate = next_step
 
     def end_loop(self) -> None:
         if self.state.active:
@@ -72,6 +103,7 @@ class TGateSession:
                 self_attention_computed_steps={
                     n: sorted(h.computed_steps) for n, h in self.self_attention.items()
                 },
+                layer_gates={n: h.gate for n, h in self.cross_attention.items()},
             )
         self.state.reset()
         for hook in self.cross_attention.values():
@@ -234,6 +266,7 @@ class _LoopTracker:
         return self._bar.__exit__(*exc)
 
     def update(self, n: int = 1) -> Any:
+        self._session.end_step()
         self._session.state.step += n
         return self._bar.update(n)
 
@@ -242,6 +275,7 @@ class _LoopTracker:
         try:
             for item in self._bar:
                 yield item
+                self._session.end_step()
                 self._session.state.step += 1
         finally:
             self._session.end_loop()

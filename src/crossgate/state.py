@@ -29,12 +29,15 @@ class GateState:
     gate: int = 0
     cfg: bool | None = None
     denoiser_batches: list[int] = field(default_factory=list)
+    watch_convergence: bool = False
+    convergence: list[float] = field(default_factory=list)
 
-    def begin(self, num_steps: int, gate: int) -> None:
+    def begin(self, num_steps: int, gate: int, watch_convergence: bool = False) -> None:
         self.reset()
         self.active = True
         self.num_steps = num_steps
         self.gate = gate
+        self.watch_convergence = watch_convergence
 
     def reset(self) -> None:
         self.active = False
@@ -43,6 +46,8 @@ class GateState:
         self.gate = 0
         self.cfg = None
         self.denoiser_batches = []
+        self.watch_convergence = False
+        self.convergence = []
 
     def snapshot(self) -> CallStats:
         return CallStats(
@@ -50,6 +55,7 @@ class GateState:
             gate=self.gate,
             cfg=self.cfg,
             denoiser_batches=list(self.denoiser_batches),
+            convergence=list(self.convergence),
         )
 
     @property
@@ -69,3 +75,5 @@ class CallStats:
     cross_attention_computed_steps: dict[str, int] = field(default_factory=dict)
     cross_attention_replays: dict[str, int] = field(default_factory=dict)
     self_attention_computed_steps: dict[str, list[int]] = field(default_factory=dict)
+    convergence: list[float] = field(default_factory=list)  # auto: mean relative change, steps 1..
+    layer_gates: dict[str, int] = field(default_factory=dict)  # the gate each layer used

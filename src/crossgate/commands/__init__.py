@@ -5,9 +5,9 @@ To add a command: write ``commands/<name>.py`` with ``register`` and list it bel
 
 from __future__ import annotations
 
-from crossgate.commands import analyze, batch, bench, eval, generate, macs
+from crossgate.commands import analyze, batch, bench, calibrate, eval, generate, macs
 from crossgate.commands.common import CommandError
 
-COMMAND_MODULES = [generate, macs, batch, eval, analyze, bench]
+COMMAND_MODULES = [generate, macs, batch, eval, analyze, bench, calibrate]
 
 __all__ = ["COMMAND_MODULES", "CommandError"]

@@ -15,8 +15,11 @@ class CommandError(Exception):
 
 
 def gate_step_arg(text: str) -> int | float:
-    """Parse ``--gate-step``: an int (steps) or a fraction in (0, 1]."""
+    """Parse ``--gate-step``: an int (steps), a fraction in (0, 1], or ``auto``."""
     from crossgate.config import ConfigError, TGateConfig
+
+    if text == "auto":
+        return "auto"
 
     try:
         value: int | float = int(text)

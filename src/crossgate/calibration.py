@@ -1,0 +1,84 @@
+"""Calibrate a fixed TGATE schedule from measured convergence: ``crossgate calibrate``.
+
+A profile applies the live ``gate_step="auto"`` rule offline, on the layer-averaged (and per-layer)
+convergence curves of a few prompts, so users get a deterministic schedule per model, scheduler and
+step count: ``TGateConfig.from_profile(path)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from crossgate.analysis import ConvergenceResult, record_convergence
+
+
+def first_gate(curve: Sequence[float], tolerance: float, min_gate: int, max_gate: int) -> int:
+    """The gate the auto rule picks on ``curve`` (``curve[t-1]`` = change from step t-1 to t).
+
+    The gate closes after the first step ``t`` whose change is below ``tolerance`` and for which
+    ``t + 1`` is within ``[min_gate, max_gate]``; it closes at ``max_gate`` otherwise.
+    """
+    for index, change in enumerate(curve):
+        gate = index + 2  # curve[index] is measured at step index + 1; the gate follows it
+        if gate >= max_gate:
+            break
+        if gate >= min_gate and change < tolerance:
+            return gate
+    return max_gate
+
+
+def profile_from_convergence(
+    result: ConvergenceResult,
+    tolerance: float,
+    min_fraction: float = 0.2,
+    max_fraction: float = 0.8,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A calibration profile (JSON-ready) from recorded convergence curves."""
+    n = result.num_steps
+    min_gate = max(1, round(min_fraction * n))
+    max_gate = max(1, round(max_fraction * n))
+    gate = first_gate(result.average("mean"), tolerance, min_gate, max_gate)
+    layer_gates = {
+        layer: first_gate(result.relative_change["mean"][layer], tolerance, min_gate, max_gate)
+        for layer in result.layers
+    }
+    return {
+        **(meta or {}),
+        "num_inference_steps": n,
+        "tolerance": tolerance,
+        "min_fraction": min_fraction,
+        "max_fraction": max_fraction,
+        "gate_step": gate,
+        "gate_fraction": gate / n,
+        "layer_gate_steps": layer_gates,
+        "layer_gate_fractions": {layer: g / n for layer, g in layer_gates.items()},
+        "convergence": result.average("mean"),
+        "prompts": list(result.prompts),
+    }
+
+
+def calibrate(
+    pipe: Any,
+    prompts: Sequence[str],
+    num_inference_steps: int = 25,
+    tolerance: float = 0.05,
+    min_fraction: float = 0.2,
+    max_fraction: float = 0.8,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run ``prompts`` through the plain ``pipe`` and derive a profile."""
+    result = record_convergence(pipe, prompts, num_inference_steps, guidance_scale=guidance_scale, seed=seed)
+    meta = {"scheduler": type(pipe.scheduler).__name__, "pipeline": type(pipe).__name__}
+    return profile_from_convergence(result, tolerance, min_fraction, max_fraction, meta)
+
+
+def write_profile(profile: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=2))
+    return path

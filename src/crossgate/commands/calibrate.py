@@ -1,0 +1,86 @@
+"""``crossgate calibrate``: measure convergence on a few prompts and write a fixed-schedule profile."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from crossgate.commands.common import DTYPES, CommandError, finite_float, load_pipeline, positive_int
+
+DEFAULT_PROMPTS = (
+    "a red circle left of a blue square",
+    "a green triangle above a yellow circle",
+    "a blue square right of a red triangle",
+    "a yellow square below a green circle",
+)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="measure cross-attention convergence and write a profile for TGateConfig.from_profile",
+    )
+    p.add_argument(
+        "--model", default=None, help="diffusers pipeline folder or Hub id (default: embedded model)"
+    )
+    p.add_argument(
+        "--prompt", action="append", default=[], help="a prompt (repeatable; default: 4 scene captions)"
+    )
+    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument(
+        "--scheduler", default=None, help="diffusers scheduler class name, e.g. EulerDiscreteScheduler"
+    )
+    p.add_argument(
+        "--tolerance", type=finite_float, default=0.05, help="relative-change tolerance (default 0.05)"
+    )
+    p.add_argument("--min-fraction", type=finite_float, default=0.2)
+    p.add_argument("--max-fraction", type=finite_float, default=0.8)
+    p.add_argument("--guidance", type=finite_float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--out", default="crossgate-profile.json")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossgate.calibration import calibrate, write_profile
+    from crossgate.config import ConfigError, TGateConfig
+
+    try:  # the same validation a config made from the profile gets
+        TGateConfig(
+            gate_step="auto",
+            auto_tolerance=args.tolerance,
+            auto_min_fraction=args.min_fraction,
+            auto_max_fraction=args.max_fraction,
+        )
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    pipe = load_pipeline(args.model, args.device, args.dtype)
+    if args.scheduler:
+        import diffusers
+
+        cls = getattr(diffusers, args.scheduler, None)
+        if cls is None or not hasattr(cls, "from_config"):
+            raise CommandError(f"unknown scheduler {args.scheduler!r}; use a diffusers scheduler class name.")
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    profile = calibrate(
+        pipe,
+        args.prompt or DEFAULT_PROMPTS,
+        args.steps,
+        args.tolerance,
+        args.min_fraction,
+        args.max_fraction,
+        args.guidance,
+        args.seed,
+    )
+    profile["model"] = args.model or "embedded"
+    path = write_profile(profile, args.out)
+    print(
+        f"gate_step {profile['gate_step']}/{args.steps} (fraction {profile['gate_fraction']:.2f}); "
+        f"per-layer gates {min(profile['layer_gate_steps'].values())}..{max(profile['layer_gate_steps'].values())}"
+    )
+    print(f"wrote {path}; use: crossgate.TGateConfig.from_profile({str(path)!r})")
+    return 0

@@ -1,0 +1,176 @@
+"""gate_step="auto", per-layer gating and calibration profiles, on the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import crossgate
+from crossgate.calibration import first_gate, profile_from_convergence
+
+PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
+
+
+@pytest.fixture(scope="module")
+def _embedded():
+    from diffusers import StableDiffusionPipeline
+
+    from crossgate.embedded import default_model_path
+
+    path = default_model_path()
+    if path is None:
+        pytest.skip("embedded model not installed")
+    pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def pipe(_embedded):
+    yield _embedded
+    crossgate.remove(_embedded)
+
+
+def gen(pipe, steps=20, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(PROMPTS, num_inference_steps=steps, generator=generator, output_type="latent").images
+
+
+def test_auto_gate_equals_the_fixed_gate_it_chose(pipe):
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1)
+    auto = gen(pipe)
+    stats = crossgate.get_session(pipe).last_call
+    assert 4 <= stats.gate < 16  # inside the guard rails (0.2 n .. 0.8 n), not at either end
+    assert stats.convergence[-1] < 0.1 <= max(stats.convergence[: stats.gate - 2] or [1.0])
+    assert set(stats.cross_attention_computed_steps.values()) == {stats.gate}
+    crossgate.apply(pipe, gate_step=stats.gate)
+    assert torch.equal(gen(pipe), auto)
+
+
+def test_guard_rails(pipe):
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=100.0)
+    gen(pipe)
+    assert crossgate.get_session(pipe).last_call.gate == 4  # round(0.2 * 20)
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=1e-9)
+    gen(pipe)
+    assert crossgate.get_session(pipe).last_call.gate == 16  # round(0.8 * 20)
+
+
+def test_auto_that_cannot_engage_is_exactly_plain(pipe):
+    plain = gen(pipe)
+    crossgate.apply(pipe, gate_step="auto", auto_min_fraction=1.0, auto_max_fraction=1.0)
+    assert torch.equal(gen(pipe), plain)
+
+
+def test_live_statistic_equals_the_analysis_curve(pipe):
+    from crossgate.analysis import record_convergence
+
+    recorded = record_convergence(pipe, PROMPTS, num_inference_steps=20, seed=0, batch_size=2).average("mean")
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=1e-9)
+    generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]  # as analysis seeds them
+    pipe(PROMPTS, num_inference_steps=20, generator=generators, output_type="latent")
+    live = crossgate.get_session(pipe).last_call.convergence
+    assert len(live) == 15  # steps 1 .. 15, before the gate at 16
+    torch.testing.assert_close(torch.tensor(live), torch.tensor(recorded[:15]), rtol=1e-4, atol=1e-6)
+
+
+def test_per_layer_gates_and_profile_replay(pipe, tmp_path):
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1, per_layer=True)
+    per_layer = gen(pipe)
+    stats = crossgate.get_session(pipe).last_call
+    gates = stats.layer_gates
+    assert len(set(gates.values())) > 1, "layers should converge at different steps"
+    assert stats.cross_attention_computed_steps == gates
+    assert stats.gate == max(gates.values())  # CFG dropped once every layer froze
+    assert stats.denoiser_batches == [4] * stats.gate + [2] * (20 - stats.gate)
+
+    profile = {
+        "gate_fraction": stats.gate / 20,
+        "layer_gate_fractions": {k: v / 20 for k, v in gates.items()},
+    }
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    crossgate.apply(pipe, crossgate.TGateConfig.from_profile(path))
+    assert torch.equal(gen(pipe), per_layer)
+
+
+def test_auto_does_not_leak_between_calls(pipe):
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1, per_layer=True)
+    first = gen(pipe)
+    gen(pipe, seed=3)
+    assert torch.equal(gen(pipe), first)
+
+
+def test_first_gate_rule():
+    curve = [0.5, 0.3, 0.2, 0.09, 0.05, 0.04]  # change at steps 1..6
+    assert first_gate(curve, 0.1, min_gate=1, max_gate=7) == 5  # below at step 4 -> gate after it
+    assert first_gate(curve, 0.1, min_gate=6, max_gate=7) == 6
+    assert first_gate(curve, 0.01, min_gate=1, max_gate=7) == 7
+
+
+def test_calibrate_profile_roundtrip(pipe, tmp_path):
+    from crossgate.calibration import calibrate, write_profile
+
+    profile = calibrate(pipe, PROMPTS, num_inference_steps=20, tolerance=0.1)
+    assert profile["gate_step"] == first_gate(profile["convergence"], 0.1, 4, 16)
+    path = write_profile(profile, tmp_path / "p.json")
+    config = crossgate.TGateConfig.from_profile(path)
+    assert config.resolve_gate(20) == profile["gate_step"]
+    assert config.resolve_layer_gates(20) == profile["layer_gate_steps"]
+
+
+def test_profile_errors(tmp_path):
+    with pytest.raises(crossgate.ConfigError, match="not found"):
+        crossgate.TGateConfig.from_profile(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(crossgate.ConfigError, match="not readable JSON"):
+        crossgate.TGateConfig.from_profile(tmp_path / "bad.json")
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(crossgate.ConfigError, match="gate_fraction"):
+        crossgate.TGateConfig.from_profile(tmp_path / "empty.json")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(gate_step="later"),
+        dict(gate_step="auto", auto_tolerance=0),
+        dict(gate_step="auto", auto_tolerance=float("nan")),
+        dict(gate_step="auto", auto_min_fraction=0.9, auto_max_fraction=0.5),
+        dict(gate_step=5, per_layer=True),
+        dict(layer_gates={"x": 1.5}),
+    ],
+)
+def test_bad_auto_settings(bad):
+    with pytest.raises(crossgate.ConfigError):
+        crossgate.TGateConfig(**bad)
+
+
+def test_cli_calibrate(tmp_path, _sd_template, capsys):
+    from crossgate.cli import main
+
+    model = tmp_path / "tiny"
+    _sd_template.save_pretrained(model)
+    out = tmp_path / "profile.json"
+    assert (
+        main(["calibrate", "--model", str(model), "--steps", "6", "--prompt", "a red cat", "--out", str(out)])
+        == 0
+    )
+    profile = json.loads(out.read_text())
+    assert profile["num_inference_steps"] == 6 and 1 <= profile["gate_step"] <= 6
+    assert "from_profile" in capsys.readouterr().out
+    assert main(["calibrate", "--model", str(model), "--tolerance", "-1", "--out", str(out)]) == 2
+
+
+def test_profile_from_convergence_is_pure():
+    from crossgate.analysis import ConvergenceResult
+
+    result = ConvergenceResult(layers=["a", "b"], num_steps=10, cfg=True, prompts=["x"])
+    result.relative_change = {
+        "mean": {"a": [0.5, 0.2, 0.05, 0.01] + [0.01] * 5, "b": [0.5, 0.4, 0.3, 0.2] + [0.01] * 5}
+    }
+    profile = profile_from_convergence(result, 0.1, 0.2, 0.8)
+    assert profile["layer_gate_steps"] == {"a": 4, "b": 6}
+    assert profile["gate_step"] == 6  # average [.5,.3,.175,.105,.01] first below 0.1 at step 5
