@@ -37,8 +37,16 @@ def register(subparsers: Any) -> None:
         "--gate-step",
         type=gate_step_arg,
         default=None,
-        help="TGATE gate m: int steps or fraction in (0,1] (default: 0.4 of --steps)",
+        help="TGATE gate m: int steps, fraction in (0,1], or auto (default: 0.4 of --steps)",
     )
+    p.add_argument(
+        "--self-attention-interval",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="TGATE v2: recompute self-attention every K-th step before the gate (default: off)",
+    )
+    p.add_argument("--profile", default=None, help="a `crossgate calibrate` profile (overrides --gate-step)")
     p.add_argument("--no-tgate", action="store_true", help="run the plain pipeline only")
     p.add_argument("--guidance", type=finite_float, default=None, help="guidance_scale (default: pipeline's)")
     p.add_argument("--seed", type=int, default=0)
@@ -62,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if not prompt:
         raise CommandError('a prompt is required: crossgate generate "a red circle left of a blue square"')
     gate = args.gate_step if args.gate_step is not None else 0.4
+    config = None if args.no_tgate else _config(args, gate)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=False, leave=False)
     if not args.no_tgate:
         try:
-            crossgate.apply(pipe, gate_step=gate)
+            crossgate.apply(pipe, config)
         except crossgate.UnsupportedPipelineError as error:
             raise CommandError(str(error)) from None
         crossgate.remove(pipe)
@@ -93,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         image, seconds = generate("plain")
         results.append((image, f"plain {seconds:.2f}s"))
     if not args.no_tgate:
-        with crossgate.enabled(pipe, gate_step=gate):
+        with crossgate.enabled(pipe, config):
             image, seconds = generate(f"TGATE gate_step={gate}")
             stats = crossgate.get_session(pipe).last_call
         label = f"TGATE m={stats.gate}/{stats.num_steps} {seconds:.2f}s" if stats else f"TGATE {seconds:.2f}s"
@@ -105,3 +114,16 @@ def run(args: argparse.Namespace) -> int:
         print(label)
     print(f"wrote {path}")
     return 0
+
+
+def _config(args: argparse.Namespace, gate: Any):
+    from crossgate.config import ConfigError, TGateConfig
+
+    try:
+        if args.profile:
+            return TGateConfig.from_profile(
+                args.profile, self_attention_interval=args.self_attention_interval
+            )
+        return TGateConfig(gate_step=gate, self_attention_interval=args.self_attention_interval)
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
