@@ -40,3 +40,20 @@ def run(pipe, prompt="a red circle", steps=8, seed=0, **kwargs):
     kwargs.setdefault("output_type", "latent")
     generator = torch.Generator("cpu").manual_seed(seed)
     return pipe(prompt, num_inference_steps=steps, generator=generator, **kwargs).images
+
+
+class ProcessorCounter:
+    """Wraps the attention processor of each given module: counts real attention computations."""
+
+    def __init__(self, modules):
+        self.calls: dict[str, int] = {}
+        for name, module in modules:
+            self.calls[name] = 0
+            module.set_processor(self._wrap(name, module.processor))
+
+    def _wrap(self, name, processor):
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return processor(*args, **kwargs)
+
+        return counted

@@ -16,7 +16,7 @@ from diffusers import (
 )
 
 import crossgate
-from conftest import run
+from conftest import ProcessorCounter, run
 from crossgate.adapters import cross_attention_modules
 from reference_tgate import reference_latents
 
@@ -33,23 +33,6 @@ SCHEDULERS = {
 def use_scheduler(pipe, name):
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
     return pipe
-
-
-class ProcessorCounter:
-    """Wraps every cross-attention processor: counts real attention computations per module."""
-
-    def __init__(self, denoiser):
-        self.calls: dict[str, int] = {}
-        for name, module in cross_attention_modules(denoiser):
-            self.calls[name] = 0
-            module.set_processor(self._wrap(name, module.processor))
-
-    def _wrap(self, name, processor):
-        def counted(*args, **kwargs):
-            self.calls[name] += 1
-            return processor(*args, **kwargs)
-
-        return counted
 
 
 class BatchRecorder:
@@ -97,7 +80,7 @@ def test_matches_independent_reference(sd_pipe, sdxl_pipe, family, scheduler, gu
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
 def test_counts_cross_attention_and_halved_batch(sd_pipe, scheduler):
     use_scheduler(sd_pipe, scheduler)
-    counter = ProcessorCounter(sd_pipe.unet)
+    counter = ProcessorCounter(cross_attention_modules(sd_pipe.unet))
     recorder = BatchRecorder(sd_pipe.unet)
     run(sd_pipe, steps=6)
     plain_calls = dict(counter.calls)
@@ -127,7 +110,7 @@ def test_counts_cross_attention_and_halved_batch(sd_pipe, scheduler):
 
 def test_heun_counts_steps_not_calls(sd_pipe):
     use_scheduler(sd_pipe, "heun")
-    counter = ProcessorCounter(sd_pipe.unet)
+    counter = ProcessorCounter(cross_attention_modules(sd_pipe.unet))
     crossgate.apply(sd_pipe, gate_step=3)
     run(sd_pipe, steps=6)
     # Heun evaluates the denoiser twice per step (except the last): 3 gated steps = 6 evaluations.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import crossgate
-from conftest import run
+from conftest import ProcessorCounter, run
 from crossgate.adapters.base import self_attention_modules
 from crossgate.schedule import Action, format_plan, self_attention_plan
 from reference_tgate import reference_latents
@@ -33,24 +33,9 @@ def _computed(plan):
     return [i for i, a in enumerate(plan) if a is not Action.REUSE]
 
 
-class SelfAttentionCounter:
-    def __init__(self, denoiser):
-        self.calls = {}
-        for name, module in self_attention_modules(denoiser):
-            self.calls[name] = 0
-            module.set_processor(self._wrap(name, module.processor))
-
-    def _wrap(self, name, processor):
-        def counted(*args, **kwargs):
-            self.calls[name] += 1
-            return processor(*args, **kwargs)
-
-        return counted
-
-
 @pytest.mark.parametrize("after", [1, 2])
 def test_counts_follow_the_schedule_sd(sd_pipe, after):
-    counter = SelfAttentionCounter(sd_pipe.unet)
+    counter = ProcessorCounter(self_attention_modules(sd_pipe.unet))
     crossgate.apply(sd_pipe, gate_step=5, self_attention_interval=3, self_attention_interval_after=after)
     run(sd_pipe, steps=10)
     plan = self_attention_plan(10, 5, 3, after, 2)

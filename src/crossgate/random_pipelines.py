@@ -171,6 +171,24 @@ def char_fast_tokenizer(max_length: int = 32, eos: bool = True):
     )
 
 
+def tiny_t5_encoder(tokenizer: Any, width: int = 32):
+    """A two-layer T5 encoder (PixArt, LTX) over ``tokenizer``'s vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=width,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config)
+
+
 def tiny_pixart_pipeline(seed: int = 0, sigma: bool = False):
     """PixArt-Alpha (or -Sigma) with a tiny T5 encoder and transformer; latents 8x8 for 64x64 images."""
     from diffusers import (
@@ -179,7 +197,6 @@ def tiny_pixart_pipeline(seed: int = 0, sigma: bool = False):
         PixArtSigmaPipeline,
         PixArtTransformer2DModel,
     )
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tokenizer = char_fast_tokenizer()
@@ -200,19 +217,7 @@ def tiny_pixart_pipeline(seed: int = 0, sigma: bool = False):
         norm_elementwise_affine=False,
         norm_eps=1e-6,
     )
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    )
+    text_encoder = tiny_t5_encoder(tokenizer)
     cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
     pipe = cls(
         tokenizer=tokenizer,
