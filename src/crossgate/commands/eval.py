@@ -22,6 +22,21 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+}
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    """Swap ``pipe``'s scheduler for another built from the same config (betas, prediction type)."""
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[name])
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "eval",
@@ -54,7 +69,18 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="extra configuration: plain, tgate:M, null-before:M, null-after:M (repeatable)",
+        help=(
+            "extra configuration (repeatable): plain, tgate:M, tgate:M:k=K (TGATE v2: self-attention "
+            "recomputed every K-th step before the gate), tgate:M:late=K (every K-th step after it), "
+            "null-before:M, null-after:M, auto:TOL (gate when cross-attention converged), "
+            "auto-layer:TOL (per layer), profile:PATH (a `crossgate calibrate` profile)"
+        ),
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=sorted(SCHEDULERS),
+        default=None,
+        help="replace the pipeline's scheduler (same config): " + ", ".join(sorted(SCHEDULERS)),
     )
     p.add_argument("--per-caption", type=positive_int, default=4, help="images per caption (default 4)")
     p.add_argument(
@@ -116,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     captions = _captions(args)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
+    if args.scheduler:
+        set_scheduler(pipe, args.scheduler)
     try:
         crossgate.apply(pipe, gate_step=1)
     except crossgate.UnsupportedPipelineError as error:

@@ -6,8 +6,10 @@ is the reference for PSNR/SSIM, and accuracy differences are differences of conf
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,43 +18,119 @@ from crossgate.eval.judge import Judge, score_images
 from crossgate.eval.metrics import frechet_distance, mse, psnr_from_mse, ssim
 from crossgate.eval.sampling import Generation, StepTracker, generate_images, null_text
 
-KINDS = ("plain", "tgate", "null-before", "null-after")
+KINDS = ("plain", "tgate", "null-before", "null-after", "auto", "auto-layer", "profile")
+SPEC_HELP = (
+    "plain, tgate:M[:k=K][:late=K], null-before:M, null-after:M, auto:TOL, auto-layer:TOL or "
+    "profile:PATH (M, K ints >= 1; TOL a positive float)"
+)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One way of sampling: ``plain``, ``tgate`` at gate ``m``, or null text before/after step ``m``."""
+    """One way of sampling.
+
+    ``plain``; ``tgate`` at gate ``m`` (optionally TGATE v2: self-attention reused with interval
+    ``interval`` before the gate, ``late`` after it); null text before/after step ``m``; ``auto`` /
+    ``auto-layer`` (gate chosen from convergence at ``tolerance``); ``profile`` (a calibrated JSON).
+    """
 
     kind: str
     gate: int | None = None
+    interval: int | None = None
+    late: int = 1
+    tolerance: float | None = None
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown configuration kind {self.kind!r}; use one of {KINDS}")
-        if (self.kind == "plain") != (self.gate is None):
-            raise ValueError(f"{self.kind!r} {'takes no' if self.kind == 'plain' else 'needs a'} gate step")
+        takes_gate = self.kind in ("tgate", "null-before", "null-after")
+        if takes_gate == (self.gate is None):
+            raise ValueError(f"{self.kind!r} {'needs a' if takes_gate else 'takes no'} gate step")
         if self.gate is not None and self.gate < 1:
             raise ValueError(f"gate step must be >= 1, got {self.gate}")
+        if (self.interval is not None or self.late != 1) and self.kind != "tgate":
+            raise ValueError("k=/late= (self-attention caching) apply to tgate:M only")
+        if (self.interval is not None and self.interval < 1) or self.late < 1:
+            raise ValueError("self-attention intervals k= and late= must be ints >= 1")
+        if self.auto != (self.tolerance is not None):
+            raise ValueError(f"{self.kind!r} {'needs a' if self.auto else 'takes no'} tolerance")
+        if self.tolerance is not None and not (self.tolerance > 0 and math.isfinite(self.tolerance)):
+            raise ValueError(f"tolerance must be a positive number, got {self.tolerance}")
+        if (self.kind == "profile") != bool(self.profile):
+            raise ValueError("profile:PATH needs a path (and only profile takes one)")
+
+    @property
+    def auto(self) -> bool:
+        return self.kind in ("auto", "auto-layer")
+
+    @property
+    def data_dependent(self) -> bool:
+        """The gate depends on the images being generated (so MACs are counted on the real batch)."""
+        return self.auto
 
     @property
     def name(self) -> str:
-        return "plain" if self.kind == "plain" else f"{self.kind} m={self.gate}"
+        if self.kind == "plain":
+            return "plain"
+        if self.auto:
+            return f"{self.kind} tol={self.tolerance:g}"
+        if self.kind == "profile":
+            return f"profile {Path(str(self.profile)).name}"
+        extra = (f" k={self.interval}" if self.interval else "") + (
+            f" late={self.late}" if self.late > 1 else ""
+        )
+        return f"{self.kind} m={self.gate}{extra}"
+
+    def tgate_config(self) -> Any:
+        """The :class:`crossgate.TGateConfig` of a ``tgate``/``auto``/``profile`` configuration."""
+        from crossgate.config import TGateConfig
+
+        if self.kind == "profile":
+            return TGateConfig.from_profile(str(self.profile))
+        if self.auto:
+            return TGateConfig(
+                gate_step="auto", auto_tolerance=self.tolerance, per_layer=self.kind == "auto-layer"
+            )
+        if self.kind != "tgate":
+            raise ValueError(f"{self.name!r} is not a TGATE configuration")
+        return TGateConfig(
+            gate_step=self.gate,
+            self_attention_interval=self.interval,
+            self_attention_interval_after=self.late,
+        )
 
     @classmethod
     def parse(cls, spec: str) -> RunConfig:
-        """``plain``, ``tgate:10``, ``null-before:6``, ``null-after:6`` (``10`` alone means ``tgate:10``)."""
-        text = spec.strip().lower()
-        if text == "plain":
+        """``plain``, ``tgate:10``, ``tgate:10:k=3``, ``tgate:10:late=3``, ``null-before:6``,
+        ``null-after:6``, ``auto:0.05``, ``auto-layer:0.05``, ``profile:PATH`` (``10`` alone means
+        ``tgate:10``)."""
+        text = spec.strip()
+        bad = f"bad configuration {spec!r}; use {SPEC_HELP}"
+        if text.lower() == "plain":
             return cls("plain")
-        kind, _, gate = text.rpartition(":")
-        kind = kind or "tgate"
+        if text.lower().startswith("profile:"):
+            return cls("profile", profile=text[len("profile:") :])
+        parts = text.lower().split(":")
+        if len(parts) == 1:
+            parts = ["tgate", *parts]
+        kind, value, options = parts[0], parts[1], parts[2:]
         try:
-            value = int(gate)
-        except ValueError:
+            if kind in ("auto", "auto-layer"):
+                if options:
+                    raise ValueError(bad)
+                return cls(kind, tolerance=float(value))
+            fields: dict[str, int] = {}
+            for option in options:
+                key, sep, number = option.partition("=")
+                if not sep or key not in ("k", "late") or key in fields:
+                    raise ValueError(bad)
+                fields[key] = int(number)
+            return cls(kind, int(value), interval=fields.get("k"), late=fields.get("late", 1))
+        except ValueError as error:
             raise ValueError(
-                f"bad configuration {spec!r}; use plain, tgate:M, null-before:M or null-after:M (M an int)"
+                bad if "invalid literal" in str(error) or "could not" in str(error) else str(error)
             ) from None
-        return cls(kind, value)
 
 
 @dataclass
@@ -77,6 +155,7 @@ class ConfigResult:
     seconds: float
     seconds_per_image: float
     denoiser_batches: list[int] = field(default_factory=list)
+    gate_used: str = ""  # the gate(s) the engine used, one per pipeline call (auto: chosen live)
 
 
 @dataclass
@@ -121,6 +200,17 @@ def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation])
     with LinearConvCounter(denoiser) as counter:
         generation = run([prompt], [0])
     return counter.total, (generation.stats[-1] if generation.stats else None)
+
+
+def count_macs_live(pipe: Any, call: Callable[[], Generation]) -> tuple[int, Generation]:
+    """Linear/conv MACs per image executed by ``call()`` itself (for data-dependent gates)."""
+    from crossgate.accounting import LinearConvCounter
+    from crossgate.adapters import resolve_adapter
+
+    denoiser = resolve_adapter(pipe).denoiser(pipe)
+    with LinearConvCounter(denoiser) as counter:
+        generation = call()
+    return round(counter.total / len(generation.images)), generation
 
 
 def evaluate(
@@ -174,10 +264,17 @@ def evaluate(
         def run(ps: Sequence[str], ss: Sequence[int], config: RunConfig = config):
             return _run_config(pipe, config, ps, ss, steps, guidance_scale, batch_size)
 
-        generation = run(prompts, seeds)
+        if config.data_dependent:
+            # The gate is chosen from the batch's own convergence, so a separate one-image call
+            # could gate elsewhere: count the real calls (their wall time then includes the hooks).
+            macs, generation = count_macs_live(pipe, lambda: run(prompts, seeds))
+            stats = generation.stats[-1] if generation.stats else None
+        else:
+            generation = run(prompts, seeds)
+            macs, stats = count_macs_per_image(pipe, prompts[0], run)
         images = generation.images
         judged = _resize(images, 32) if images.shape[1:3] != (32, 32) else images
-        macs, stats = count_macs_per_image(pipe, prompts[0], run)
+        gate_used = ",".join(str(s.gate) for s in generation.stats if s is not None)
         if plain_images is None:
             plain_images, plain_macs = images, macs
         acc = score_images(judge, judged, targets)
@@ -185,7 +282,9 @@ def evaluate(
         errors = mse(images, plain_images)
         results.append(
             ConfigResult(
-                name=config.name,
+                name=f"{config.name} (gate {gate_used})"
+                if config.kind in ("auto", "auto-layer", "profile")
+                else config.name,
                 kind=config.kind,
                 gate=config.gate,
                 images=len(images),
@@ -203,6 +302,7 @@ def evaluate(
                 seconds=generation.seconds,
                 seconds_per_image=generation.seconds / len(images),
                 denoiser_batches=list(stats.denoiser_batches) if stats is not None else [],
+                gate_used=gate_used,
             )
         )
         samples[config.name] = images[::per_caption][:keep_samples]
@@ -236,8 +336,8 @@ def _run_config(
 
     if config.kind == "plain":
         return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size)
-    if config.kind == "tgate":
-        with crossgate.enabled(pipe, gate_step=config.gate):
+    if config.kind in ("tgate", "auto", "auto-layer", "profile"):
+        with crossgate.enabled(pipe, config.tgate_config()):
             return generate_images(
                 pipe,
                 prompts,
