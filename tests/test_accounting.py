@@ -148,6 +148,23 @@ def test_prediction_equals_execution(factory, gate: int) -> None:
         assert meter.executed < 2 * image_macs(call, Schedule.plain(steps))
 
 
+@pytest.mark.parametrize("interval", [2, 3])
+def test_v2_prediction_equals_execution(interval: int) -> None:
+    """With self-attention caching too: the v2 schedule predicts exactly what ran."""
+    if "self_attention_interval" not in crossgate.TGateConfig.__dataclass_fields__:
+        pytest.skip("engine without self-attention caching")
+    pipe = tiny_sd_pipeline()
+    steps, gate = 8, 6
+    with crossgate.enabled(pipe, gate_step=gate, self_attention_interval=interval), CallMeter(pipe) as meter:
+        pipe("a red circle", num_inference_steps=steps, output_type="latent")
+        stats = crossgate.get_session(pipe).last_call
+    call = meter.call_macs()
+    predicted = image_macs(call, Schedule.tgate_v2(steps, gate, interval))
+    assert predicted < image_macs(call, Schedule.tgate(steps, gate))  # some steps really cached
+    assert executed_macs(call, stats) == predicted
+    assert meter.executed == predicted
+
+
 def test_plain_execution_matches_plain_schedule() -> None:
     pipe = tiny_sd_pipeline()
     with CallMeter(pipe) as meter:

@@ -414,7 +414,9 @@ def executed_macs(call: CallMacs, stats: CallStats, convention: Convention = "li
 
     Every denoiser pass runs the full model for its batch, minus each cross-attention module that
     was replayed in it. A module is replayed once per gated pass, and the gated passes are the last
-    ones of the call, so module ``j``'s ``r`` replays fall in the last ``r`` passes.
+    ones of the call, so module ``j``'s ``r`` replays fall in the last ``r`` passes. With
+    self-attention caching, each self-attention module also saves its MACs at every step missing
+    from its ``self_attention_computed_steps``.
     """
     passes = stats.denoiser_batches
     macs = sum(passes) * call.full(convention)
@@ -425,6 +427,19 @@ def executed_macs(call: CallMacs, stats: CallStats, convention: Convention = "li
             )
         if replays:
             macs -= sum(passes[-replays:]) * call.cross_attention[name][_check(convention)]
+    # Self-attention caching (TGATE v2): a module skipped at a step saves its MACs for that step's batch.
+    computed_steps = getattr(stats, "self_attention_computed_steps", None) or {}
+    if computed_steps and len(passes) != stats.num_steps:
+        raise AccountingError(
+            "self-attention accounting needs one denoiser pass per step; this call made "
+            f"{len(passes)} passes in {stats.num_steps} steps."
+        )
+    for name, steps in computed_steps.items():
+        if name not in call.self_attention:
+            raise AccountingError(f"self-attention module {name!r} is not in the counted model {call.model}.")
+        computed = set(steps)
+        skipped = sum(b for step, b in enumerate(passes) if step not in computed)
+        macs -= skipped * call.self_attention[name][_check(convention)]
     return macs
 
 

@@ -152,6 +152,18 @@ def crossgate_variant(pipe: Any, gate: int) -> Variant:
     )
 
 
+def crossgate_v2_variant(pipe: Any, gate: int, interval: int) -> Variant:
+    """crossgate with TGATE v2's self-attention caching (interval ``k`` before the gate)."""
+    name = f"crossgate v2 m={gate},k={interval}"
+    if "self_attention_interval" not in crossgate.TGateConfig.__dataclass_fields__:
+        return Variant(name, unavailable="this crossgate engine has no self-attention schedule")
+    return Variant(
+        name,
+        enable=lambda: crossgate.apply(pipe, gate_step=gate, self_attention_interval=interval),
+        disable=lambda: crossgate.remove(pipe),
+    )
+
+
 def official_tgate_variant(pipe: Any, gate: int, interval: int | None = None) -> Variant:
     """The official ``tgate`` package (its forked ``pipe.tgate`` loop), v1 or v2 (``interval`` = k)."""
     name = f"tgate pkg m={gate}" if interval is None else f"tgate pkg v2 m={gate},k={interval}"
@@ -266,12 +278,7 @@ def build_variants(
     variants = [Variant("plain")]
     variants += [crossgate_variant(pipe, m) for m in gates]
     if "tgate-v2" in peers:
-        variants.append(
-            Variant(
-                f"crossgate v2 m={gates[0]},k={v2_interval}",
-                unavailable="the crossgate engine has no self-attention schedule yet",
-            )
-        )
+        variants.append(crossgate_v2_variant(pipe, gates[0], v2_interval))
     for peer in peers:
         if peer == "tgate":
             variants.append(official_tgate_variant(pipe, gates[0]))
