@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from crossgate.adapters.base import cross_attention_modules, self_attention_modules
+from crossgate.schedule import Action, self_attention_plan
 from crossgate.state import CallStats
 
 Convention = Literal["linear_conv", "all"]
@@ -383,16 +384,12 @@ class Schedule:
 
 
 def v2_self_attention_steps(num_steps: int, gate_step: int, interval: int, warm_up: int = 2) -> list[bool]:
-    """Which steps compute self-attention under TGATE v2's published schedule.
-
-    As described for the release (semantics-planning phase): steps ``< warm_up`` and the warm-up
-    step compute; after it, until the step before the gate, a step computes only when its index is
-    a multiple of ``interval`` and otherwise reuses the last cached output; the step before the gate
-    and every step after it compute (fidelity-improving interval 1).
-    """
+    """Which steps compute self-attention under TGATE v2 (the engine's own schedule,
+    :func:`crossgate.schedule.self_attention_plan`, so prediction and execution share one rule)."""
     if interval < 1:
         raise AccountingError(f"self-attention interval k must be >= 1, got {interval}.")
-    return [not (warm_up < i < gate_step - 1 and i % interval != 0) for i in range(num_steps)]
+    plan = self_attention_plan(num_steps, gate_step, interval, warm_up=warm_up)
+    return [action is not Action.REUSE for action in plan]
 
 
 def _check_steps(num_steps: int) -> None:

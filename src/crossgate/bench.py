@@ -62,7 +62,13 @@ def random_pipeline(
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from crossgate.random_pipelines import _ddim, char_tokenizer, tiny_sd_pipeline, tiny_sdxl_pipeline
+    from crossgate.random_pipelines import (
+        _ddim,
+        char_tokenizer,
+        clip_text_config,
+        tiny_sd_pipeline,
+        tiny_sdxl_pipeline,
+    )
 
     if model == "tiny":
         return tiny_sd_pipeline(seed).to(device, dtype)
@@ -85,8 +91,10 @@ def random_pipeline(
             second = unet_config["cross_attention_dim"] - 768
             pipe = StableDiffusionXLPipeline(
                 vae=vae,
-                text_encoder=CLIPTextModel(_clip_config(tokenizer, 768)),
-                text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer, second, pooled)),
+                text_encoder=CLIPTextModel(clip_text_config(tokenizer, 768, heads=12)),
+                text_encoder_2=CLIPTextModelWithProjection(
+                    clip_text_config(tokenizer, second, pooled, heads=second // 64)
+                ),
                 tokenizer=tokenizer,
                 tokenizer_2=tokenizer,
                 unet=unet,
@@ -96,7 +104,13 @@ def random_pipeline(
         else:
             pipe = StableDiffusionPipeline(
                 vae=vae,
-                text_encoder=CLIPTextModel(_clip_config(tokenizer, unet_config["cross_attention_dim"])),
+                text_encoder=CLIPTextModel(
+                    clip_text_config(
+                        tokenizer,
+                        unet_config["cross_attention_dim"],
+                        heads=unet_config["cross_attention_dim"] // 64,
+                    )
+                ),
                 tokenizer=tokenizer,
                 unet=unet,
                 scheduler=_ddim(),
@@ -106,23 +120,6 @@ def random_pipeline(
             )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
-
-
-def _clip_config(tokenizer: Any, hidden: int, projection: int | None = None) -> Any:
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=hidden // 64,
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=1,
-        projection_dim=projection or hidden,
-    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,13 +43,16 @@ def char_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
-def _text_config(tokenizer: CLIPTokenizer, hidden: int, projection: int | None = None) -> CLIPTextConfig:
+def clip_text_config(
+    tokenizer: CLIPTokenizer, hidden: int, projection: int | None = None, heads: int = 2
+) -> CLIPTextConfig:
+    """A two-layer CLIP text encoder config of width ``hidden`` over ``tokenizer``'s vocabulary."""
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         max_position_embeddings=tokenizer.model_max_length,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -100,7 +103,7 @@ def tiny_sd_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionPip
     )
     unet_kwargs.update(unet_overrides)
     unet = UNet2DConditionModel(**unet_kwargs)
-    text_encoder = CLIPTextModel(_text_config(tokenizer, 32))
+    text_encoder = CLIPTextModel(clip_text_config(tokenizer, 32))
     pipe = StableDiffusionPipeline(
         vae=tiny_vae(),
         text_encoder=text_encoder,
@@ -138,8 +141,8 @@ def tiny_sdxl_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionX
     )
     pipe = StableDiffusionXLPipeline(
         vae=tiny_vae(),
-        text_encoder=CLIPTextModel(_text_config(tokenizer, 16)),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer, 16, projection=16)),
+        text_encoder=CLIPTextModel(clip_text_config(tokenizer, 16)),
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(tokenizer, 16, projection=16)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet,
