@@ -160,22 +160,21 @@ def sdxl_img2img() -> Case:
     )
 
 
+_INPAINT_CALL = {
+    "prompt": "a red circle",
+    "image": _image(),
+    "mask_image": _image(seed=1),
+    "height": 32,
+    "width": 32,
+}
+
+
 def sd_inpaint() -> Case:
     from diffusers import StableDiffusionInpaintPipeline
 
     pipe = StableDiffusionInpaintPipeline(**rp.tiny_sd_pipeline(in_channels=9).components)
     rp._ready(pipe)
-    return Case(
-        pipe,
-        {
-            "prompt": "a red circle",
-            "image": _image(),
-            "mask_image": _image(seed=1),
-            "height": 32,
-            "width": 32,
-            "strength": 1.0,
-        },
-    )
+    return Case(pipe, {**_INPAINT_CALL, "strength": 1.0})
 
 
 def sdxl_inpaint() -> Case:
@@ -188,11 +187,7 @@ def sdxl_inpaint() -> Case:
     return Case(
         pipe,
         {
-            "prompt": "a red circle",
-            "image": _image(),
-            "mask_image": _image(seed=1),
-            "height": 32,
-            "width": 32,
+            **_INPAINT_CALL,
             "strength": 0.8,
         },
         steps=10,

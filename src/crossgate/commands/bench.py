@@ -17,6 +17,7 @@ from crossgate.commands.common import (
     default_model,
     finite_float,
     load_pipeline,
+    non_negative_int,
     positive_int,
 )
 
@@ -160,16 +161,6 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print(f"wrote {out / 'bench.md'}, {out / 'bench.csv'}" + (f", {out / 'bench.png'}" if charted else ""))
     return 0
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
 
 
 def environment_header(args: argparse.Namespace) -> str:
