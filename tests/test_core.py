@@ -124,6 +124,9 @@ def test_fractional_gate_resolves_against_the_calls_steps(sd_pipe):
     assert crossgate.get_session(sd_pipe).last_call.gate == 4
     run(sd_pipe, steps=5)
     assert crossgate.get_session(sd_pipe).last_call.gate == 2
+    crossgate.apply(sd_pipe, gate_step=0.5)
+    run(sd_pipe, steps=5)  # 2.5 rounds half up
+    assert crossgate.get_session(sd_pipe).last_call.gate == 3
 
 
 def test_no_leakage_between_calls(sd_pipe, _sd_template):

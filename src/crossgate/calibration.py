@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crossgate.analysis import ConvergenceResult, record_convergence
+from crossgate.config import fraction_to_steps
 
 
 def first_gate(curve: Sequence[float], tolerance: float, min_gate: int, max_gate: int) -> int:
@@ -39,8 +40,8 @@ def profile_from_convergence(
 ) -> dict[str, Any]:
     """A calibration profile (JSON-ready) from recorded convergence curves."""
     n = result.num_steps
-    min_gate = max(1, round(min_fraction * n))
-    max_gate = max(1, round(max_fraction * n))
+    min_gate = fraction_to_steps(min_fraction, n)
+    max_gate = fraction_to_steps(max_fraction, n)
     gate = first_gate(result.average("mean"), tolerance, min_gate, max_gate)
     layer_gates = {
         layer: first_gate(result.relative_change["mean"][layer], tolerance, min_gate, max_gate)

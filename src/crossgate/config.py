@@ -97,22 +97,22 @@ class TGateConfig:
     def resolve_gate(self, num_steps: int) -> int:
         """The gate (for ``"auto"``: its latest possible step) for a call of ``num_steps`` steps."""
         if self.is_auto:
-            return _fraction_to_steps(self.auto_max_fraction, num_steps)
+            return fraction_to_steps(self.auto_max_fraction, num_steps)
         if isinstance(self.gate_step, float):
-            return _fraction_to_steps(self.gate_step, num_steps)
+            return fraction_to_steps(self.gate_step, num_steps)
         return int(self.gate_step)
 
     def resolve_min_gate(self, num_steps: int) -> int:
         """The earliest step ``"auto"`` may gate at."""
         return (
-            _fraction_to_steps(self.auto_min_fraction, num_steps)
+            fraction_to_steps(self.auto_min_fraction, num_steps)
             if self.is_auto
             else self.resolve_gate(num_steps)
         )
 
     def resolve_layer_gates(self, num_steps: int) -> dict[str, int]:
         """Fixed per-layer gates in steps (empty unless ``layer_gates`` is set)."""
-        return {name: _fraction_to_steps(f, num_steps) for name, f in (self.layer_gates or ())}
+        return {name: fraction_to_steps(f, num_steps) for name, f in (self.layer_gates or ())}
 
     @classmethod
     def from_profile(cls, path: str | Path, **overrides: Any) -> TGateConfig:
@@ -149,8 +149,9 @@ class TGateConfig:
         return replace(self, **overrides)
 
 
-def _fraction_to_steps(fraction: float, num_steps: int) -> int:
-    return max(1, round(fraction * num_steps))
+def fraction_to_steps(fraction: float, num_steps: int) -> int:
+    """``fraction * num_steps`` rounded half up (0.5 of 25 steps is 13), at least 1."""
+    return max(1, math.floor(fraction * num_steps + 0.5))
 
 
 def _validate_auto(config: TGateConfig) -> None:
