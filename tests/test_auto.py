@@ -43,7 +43,8 @@ def test_auto_gate_equals_the_fixed_gate_it_chose(pipe):
     auto = gen(pipe)
     stats = crossgate.get_session(pipe).last_call
     assert 4 <= stats.gate < 16  # inside the guard rails (0.2 n .. 0.8 n), not at either end
-    assert stats.convergence[-1] < 0.1 <= max(stats.convergence[: stats.gate - 2] or [1.0])
+    scaled = [c * 20 / 25 for c in stats.convergence]  # the tolerance is per 1/25 of the trajectory
+    assert scaled[-1] < 0.1 <= max(scaled[: stats.gate - 2] or [1.0])
     assert set(stats.cross_attention_computed_steps.values()) == {stats.gate}
     crossgate.apply(pipe, gate_step=stats.gate)
     assert torch.equal(gen(pipe), auto)
@@ -108,13 +109,24 @@ def test_first_gate_rule():
     assert first_gate(curve, 0.1, min_gate=1, max_gate=7) == 5  # below at step 4 -> gate after it
     assert first_gate(curve, 0.1, min_gate=6, max_gate=7) == 6
     assert first_gate(curve, 0.01, min_gate=1, max_gate=7) == 7
+    # scale 2 (a 50-step call): the change must be below 0.1 / 2 = 0.05, first true at step 6
+    assert first_gate(curve, 0.1, min_gate=1, max_gate=8, scale=2.0) == 7
+
+
+def test_tolerance_is_stated_per_25th_of_the_trajectory(pipe):
+    """The same scaled statistic: at n=40 the gate fires where change * 40/25 < tol."""
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1)
+    gen(pipe, steps=40)
+    stats = crossgate.get_session(pipe).last_call
+    scaled = [c * 40 / 25 for c in stats.convergence]
+    assert scaled[-1] < 0.1 and all(v >= 0.1 for v in scaled[7 : stats.gate - 2])
 
 
 def test_calibrate_profile_roundtrip(pipe, tmp_path):
     from crossgate.calibration import calibrate, write_profile
 
     profile = calibrate(pipe, PROMPTS, num_inference_steps=20, tolerance=0.1)
-    assert profile["gate_step"] == first_gate(profile["convergence"], 0.1, 4, 16)
+    assert profile["gate_step"] == first_gate(profile["convergence"], 0.1, 4, 16, scale=20 / 25)
     path = write_profile(profile, tmp_path / "p.json")
     config = crossgate.TGateConfig.from_profile(path)
     assert config.resolve_gate(20) == profile["gate_step"]
@@ -167,10 +179,10 @@ def test_cli_calibrate(tmp_path, _sd_template, capsys):
 def test_profile_from_convergence_is_pure():
     from crossgate.analysis import ConvergenceResult
 
-    result = ConvergenceResult(layers=["a", "b"], num_steps=10, cfg=True, prompts=["x"])
+    result = ConvergenceResult(layers=["a", "b"], num_steps=25, cfg=True, prompts=["x"])
     result.relative_change = {
-        "mean": {"a": [0.5, 0.2, 0.05, 0.01] + [0.01] * 5, "b": [0.5, 0.4, 0.3, 0.2] + [0.01] * 5}
+        "mean": {"a": [0.5, 0.2, 0.05, 0.01] + [0.01] * 20, "b": [0.5, 0.4, 0.3, 0.2] + [0.01] * 20}
     }
     profile = profile_from_convergence(result, 0.1, 0.2, 0.8)
-    assert profile["layer_gate_steps"] == {"a": 4, "b": 6}
+    assert profile["layer_gate_steps"] == {"a": 5, "b": 6}  # a: below at step 3, but min gate is 5
     assert profile["gate_step"] == 6  # average [.5,.3,.175,.105,.01] first below 0.1 at step 5

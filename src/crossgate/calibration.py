@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from crossgate.analysis import ConvergenceResult, record_convergence
-from crossgate.config import fraction_to_steps
+from crossgate.config import TGateConfig, fraction_to_steps
 
 
-def first_gate(curve: Sequence[float], tolerance: float, min_gate: int, max_gate: int) -> int:
+def first_gate(
+    curve: Sequence[float], tolerance: float, min_gate: int, max_gate: int, scale: float = 1.0
+) -> int:
     """The gate the auto rule picks on ``curve`` (``curve[t-1]`` = change from step t-1 to t).
 
-    The gate closes after the first step ``t`` whose change is below ``tolerance`` and for which
-    ``t + 1`` is within ``[min_gate, max_gate]``; it closes at ``max_gate`` otherwise.
+    The gate closes after the first step ``t`` whose change times ``scale`` (``n / 25``, see
+    ``TGateConfig.auto_tolerance``) is below ``tolerance`` and for which ``t + 1`` is within
+    ``[min_gate, max_gate]``; it closes at ``max_gate`` otherwise.
     """
+    tolerance = tolerance / scale
     for index, change in enumerate(curve):
         gate = index + 2  # curve[index] is measured at step index + 1; the gate follows it
         if gate >= max_gate:
@@ -42,9 +46,10 @@ def profile_from_convergence(
     n = result.num_steps
     min_gate = fraction_to_steps(min_fraction, n)
     max_gate = fraction_to_steps(max_fraction, n)
-    gate = first_gate(result.average("mean"), tolerance, min_gate, max_gate)
+    scale = TGateConfig.convergence_scale(n)
+    gate = first_gate(result.average("mean"), tolerance, min_gate, max_gate, scale)
     layer_gates = {
-        layer: first_gate(result.relative_change["mean"][layer], tolerance, min_gate, max_gate)
+        layer: first_gate(result.relative_change["mean"][layer], tolerance, min_gate, max_gate, scale)
         for layer in result.layers
     }
     return {

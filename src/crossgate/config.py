@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 PostGateInputs = Literal["uncond", "cond"]
+AUTO_REFERENCE_STEPS = 25  # auto_tolerance is stated per 1/25 of the sampling trajectory
 
 
 class ConfigError(ValueError):
@@ -41,7 +42,9 @@ class TGateConfig:
         auto_tolerance: with ``gate_step="auto"``, the gate closes after the first step whose
             convergence statistic (see :mod:`crossgate.hooks`: the relative change of the CFG-mean
             cross-attention output from the previous step, per image, averaged over images and
-            layers) is below this value.
+            layers), scaled by ``n / 25``, is below this value. The change per step shrinks as the
+            step count grows; the scaling states the tolerance per 1/25 of the trajectory so one
+            value transfers across step counts (measured in docs/quality-gate-selection.md).
         auto_min_fraction, auto_max_fraction: guard rails for ``"auto"``: the gate is never before
             ``round(min * n)`` steps and always by ``round(max * n)``.
         per_layer: with ``"auto"``, each cross-attention layer freezes itself when its own change
@@ -93,6 +96,11 @@ class TGateConfig:
     @property
     def is_auto(self) -> bool:
         return self.gate_step == "auto"
+
+    @staticmethod
+    def convergence_scale(num_steps: int) -> float:
+        """What a per-step relative change is multiplied by before it meets ``auto_tolerance``."""
+        return num_steps / AUTO_REFERENCE_STEPS
 
     def resolve_gate(self, num_steps: int) -> int:
         """The gate (for ``"auto"``: its latest possible step) for a call of ``num_steps`` steps."""

@@ -80,7 +80,7 @@ class TGateSession:
         next_step = step + 1
         if next_step >= state.gate or next_step < config.resolve_min_gate(state.num_steps):
             return
-        tolerance = config.auto_tolerance
+        tolerance = config.auto_tolerance / config.convergence_scale(state.num_steps)
         if not config.per_layer:
             if state.convergence[-1] < tolerance:
                 state.gate = next_step
