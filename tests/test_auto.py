@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import crossgate
+from crossgate.adapters import cross_attention_modules
 from crossgate.calibration import first_gate, profile_from_convergence
 
 PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
@@ -77,28 +78,18 @@ def test_live_statistic_equals_the_analysis_curve(pipe):
     torch.testing.assert_close(torch.tensor(live), torch.tensor(recorded[:15]), rtol=1e-4, atol=1e-6)
 
 
-def test_per_layer_gates_and_profile_replay(pipe, tmp_path):
-    crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1, per_layer=True)
-    per_layer = gen(pipe)
-    stats = crossgate.get_session(pipe).last_call
-    gates = stats.layer_gates
-    assert len(set(gates.values())) > 1, "layers should converge at different steps"
-    assert stats.cross_attention_computed_steps == gates
-    assert stats.gate == max(gates.values())  # CFG dropped once every layer froze
-    assert stats.denoiser_batches == [4] * stats.gate + [2] * (20 - stats.gate)
-
-    profile = {
-        "gate_fraction": stats.gate / 20,
-        "layer_gate_fractions": {k: v / 20 for k, v in gates.items()},
-    }
+def test_profile_replays_the_auto_gate(pipe, tmp_path):
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1)
+    auto = gen(pipe)
+    gate = crossgate.get_session(pipe).last_call.gate
     path = tmp_path / "profile.json"
-    path.write_text(json.dumps(profile))
+    path.write_text(json.dumps({"gate_fraction": gate / 20}))
     crossgate.apply(pipe, crossgate.TGateConfig.from_profile(path))
-    assert torch.equal(gen(pipe), per_layer)
+    assert torch.equal(gen(pipe), auto)
 
 
 def test_auto_does_not_leak_between_calls(pipe):
-    crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1, per_layer=True)
+    crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1)
     first = gen(pipe)
     gen(pipe, seed=3)
     assert torch.equal(gen(pipe), first)
@@ -130,7 +121,8 @@ def test_calibrate_profile_roundtrip(pipe, tmp_path):
     path = write_profile(profile, tmp_path / "p.json")
     config = crossgate.TGateConfig.from_profile(path)
     assert config.resolve_gate(20) == profile["gate_step"]
-    assert config.resolve_layer_gates(20) == profile["layer_gate_steps"]
+    layers = {name for name, _ in cross_attention_modules(pipe.unet)}
+    assert set(profile["layer_settle_steps"]) == layers  # information only: one gate for all layers
 
 
 def test_profile_errors(tmp_path):
@@ -151,8 +143,7 @@ def test_profile_errors(tmp_path):
         dict(gate_step="auto", auto_tolerance=0),
         dict(gate_step="auto", auto_tolerance=float("nan")),
         dict(gate_step="auto", auto_min_fraction=0.9, auto_max_fraction=0.5),
-        dict(gate_step=5, per_layer=True),
-        dict(layer_gates={"x": 1.5}),
+        dict(gate_step="auto", auto_max_fraction=1.5),
     ],
 )
 def test_bad_auto_settings(bad):
@@ -184,5 +175,5 @@ def test_profile_from_convergence_is_pure():
         "mean": {"a": [0.5, 0.2, 0.05, 0.01] + [0.01] * 20, "b": [0.5, 0.4, 0.3, 0.2] + [0.01] * 20}
     }
     profile = profile_from_convergence(result, 0.1, 0.2, 0.8)
-    assert profile["layer_gate_steps"] == {"a": 5, "b": 6}  # a: below at step 3, but min gate is 5
+    assert profile["layer_settle_steps"] == {"a": 5, "b": 6}  # a: below at step 3, but min gate is 5
     assert profile["gate_step"] == 6  # average [.5,.3,.175,.105,.01] first below 0.1 at step 5

@@ -21,7 +21,6 @@ from crossgate.eval.runner import RunConfig
         ("tgate:15:k=3:late=2", RunConfig("tgate", 15, interval=3, late=2), "tgate m=15 k=3 late=2"),
         ("null-before:6", RunConfig("null-before", 6), "null-before m=6"),
         ("auto:0.05", RunConfig("auto", tolerance=0.05), "auto tol=0.05"),
-        ("auto-layer:0.1", RunConfig("auto-layer", tolerance=0.1), "auto-layer tol=0.1"),
     ],
 )
 def test_parse_specs(spec: str, expected: RunConfig, name: str) -> None:
@@ -62,9 +61,7 @@ def test_tgate_config_mapping() -> None:
     v1 = RunConfig.parse("tgate:8").tgate_config()
     assert not v1.caches_self_attention and v1.gate_step == 8
     auto = RunConfig.parse("auto:0.02").tgate_config()
-    assert auto.is_auto and auto.auto_tolerance == 0.02 and not auto.per_layer
-    layer = RunConfig.parse("auto-layer:0.05").tgate_config()
-    assert layer.is_auto and layer.per_layer
+    assert auto.is_auto and auto.auto_tolerance == 0.02
     assert RunConfig.parse("auto:0.05").data_dependent and not RunConfig.parse("tgate:5").data_dependent
     with pytest.raises(ValueError, match="not a TGATE"):
         RunConfig.parse("null-after:4").tgate_config()
@@ -72,13 +69,13 @@ def test_tgate_config_mapping() -> None:
 
 def test_profile_spec_keeps_path_case_and_loads(tmp_path) -> None:
     path = tmp_path / "My-Profile.json"
-    path.write_text(json.dumps({"gate_fraction": 0.4, "layer_gate_fractions": {"a.attn2": 0.2}}))
+    path.write_text(json.dumps({"gate_fraction": 0.4, "layer_settle_steps": {"a.attn2": 5}}))
     config = RunConfig.parse(f"profile:{path}")
     assert config.kind == "profile" and config.profile == str(path)
     assert config.name == "profile My-Profile.json"
     loaded = config.tgate_config()
     assert loaded == TGateConfig.from_profile(path)
-    assert loaded.gate_step == 0.4 and dict(loaded.layer_gates) == {"a.attn2": 0.2}
+    assert loaded.gate_step == 0.4
 
 
 def test_eval_cli_accepts_new_specs_and_scheduler() -> None:

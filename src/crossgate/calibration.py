@@ -48,7 +48,9 @@ def profile_from_convergence(
     max_gate = fraction_to_steps(max_fraction, n)
     scale = TGateConfig.convergence_scale(n)
     gate = first_gate(result.average("mean"), tolerance, min_gate, max_gate, scale)
-    layer_gates = {
+    # Where each layer alone would settle: information for the user (which layers converge late);
+    # the profile gates all layers together (per-layer gating was dominated, see the docs).
+    layer_settle = {
         layer: first_gate(result.relative_change["mean"][layer], tolerance, min_gate, max_gate, scale)
         for layer in result.layers
     }
@@ -60,8 +62,7 @@ def profile_from_convergence(
         "max_fraction": max_fraction,
         "gate_step": gate,
         "gate_fraction": gate / n,
-        "layer_gate_steps": layer_gates,
-        "layer_gate_fractions": {layer: g / n for layer, g in layer_gates.items()},
+        "layer_settle_steps": layer_settle,
         "convergence": result.average("mean"),
         "prompts": list(result.prompts),
     }

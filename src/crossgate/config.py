@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -47,10 +46,10 @@ class TGateConfig:
             value transfers across step counts (measured in docs/quality-gate-selection.md).
         auto_min_fraction, auto_max_fraction: guard rails for ``"auto"``: the gate is never before
             ``round(min * n)`` steps and always by ``round(max * n)``.
-        per_layer: with ``"auto"``, each cross-attention layer freezes itself when its own change
-            falls below the tolerance; CFG is dropped once every layer has frozen (or at the max).
-        layer_gates: fixed per-layer gates as fractions of the steps, ``{layer name: fraction}``
-            (what :meth:`from_profile` loads); CFG is dropped at ``gate_step``.
+
+    Per-layer gating (each layer freezing on its own convergence) was built, measured and removed:
+    on our model it cost more compute for lower fidelity than one gate, because the CFG batch has
+    to run until the last layer freezes (docs/quality-gate-selection.md).
     """
 
     gate_step: int | float | Literal["auto"] = 10
@@ -61,26 +60,10 @@ class TGateConfig:
     auto_tolerance: float = 0.05
     auto_min_fraction: float = 0.2
     auto_max_fraction: float = 0.8
-    per_layer: bool = False
-    layer_gates: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         _validate_gate_step(self.gate_step)
         _validate_auto(self)
-        if isinstance(self.layer_gates, Mapping):
-            object.__setattr__(self, "layer_gates", tuple(sorted(self.layer_gates.items())))
-        if self.layer_gates is not None:
-            for name, fraction in self.layer_gates:
-                if (
-                    not isinstance(name, str)
-                    or isinstance(fraction, bool)
-                    or not isinstance(fraction, (int, float))
-                ):
-                    raise ConfigError(
-                        f"layer_gates must map layer names to fractions, got {name!r}: {fraction!r}."
-                    )
-                if not 0 < fraction <= 1:
-                    raise ConfigError(f"layer_gates[{name!r}]={fraction!r} is not a fraction in (0, 1].")
         if self.post_gate_inputs not in ("uncond", "cond"):
             raise ConfigError(f"post_gate_inputs must be 'uncond' or 'cond', got {self.post_gate_inputs!r}.")
         if self.self_attention_interval is not None:
@@ -118,10 +101,6 @@ class TGateConfig:
             else self.resolve_gate(num_steps)
         )
 
-    def resolve_layer_gates(self, num_steps: int) -> dict[str, int]:
-        """Fixed per-layer gates in steps (empty unless ``layer_gates`` is set)."""
-        return {name: fraction_to_steps(f, num_steps) for name, f in (self.layer_gates or ())}
-
     @classmethod
     def from_profile(cls, path: str | Path, **overrides: Any) -> TGateConfig:
         """The fixed schedule a ``crossgate calibrate`` profile (JSON) describes.
@@ -142,8 +121,6 @@ class TGateConfig:
                 f"profile {str(path)!r} has no 'gate_fraction'; was it written by `crossgate calibrate`?"
             )
         fields: dict[str, Any] = {"gate_step": float(profile["gate_fraction"])}
-        if profile.get("layer_gate_fractions"):
-            fields["layer_gates"] = {k: float(v) for k, v in profile["layer_gate_fractions"].items()}
         fields.update(overrides)
         return cls(**fields)
 
@@ -172,10 +149,6 @@ def _validate_auto(config: TGateConfig) -> None:
             raise ConfigError(f"{name} must be a fraction in (0, 1], got {value!r}.")
     if lo > hi:
         raise ConfigError(f"auto_min_fraction ({lo}) must not exceed auto_max_fraction ({hi}).")
-    if config.per_layer and not config.is_auto:
-        raise ConfigError(
-            "per_layer=True needs gate_step='auto' (fixed per-layer gates come from layer_gates)."
-        )
 
 
 def _validate_gate_step(value: object) -> None:

@@ -35,7 +35,6 @@ class CrossAttentionGateHook(ModelHook):
         super().__init__()
         self.state = state
         self.name = name
-        self.own_gate: int | None = None  # a per-layer gate (profile or per-layer auto)
         self.cache: torch.Tensor | None = None
         self._latest: torch.Tensor | None = None
         self._latest_step: int | None = None
@@ -44,13 +43,9 @@ class CrossAttentionGateHook(ModelHook):
         self.computed_calls = 0
         self.replayed_calls = 0
 
-    @property
-    def gate(self) -> int:
-        return self.own_gate if self.own_gate is not None else self.state.gate
-
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
-        if not (state.active and state.step >= self.gate):
+        if not state.gated:
             output = self.fn_ref.original_forward(*args, **kwargs)
             if state.active:
                 self._record(output)
@@ -58,9 +53,6 @@ class CrossAttentionGateHook(ModelHook):
         if self.cache is None:
             self.cache = self._freeze_cache()
         self.replayed_calls += 1
-        batch = _batch_size(args, kwargs)
-        if batch == 2 * self.cache.shape[0]:  # this layer froze while CFG still runs
-            return torch.cat([self.cache, self.cache], dim=0)
         return self.cache
 
     def _record(self, output: torch.Tensor) -> None:
@@ -84,7 +76,6 @@ class CrossAttentionGateHook(ModelHook):
         return self._view(latest)
 
     def reset_state(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
-        self.own_gate = None
         self.cache = None
         self._latest = None
         self._latest_step = None

@@ -61,9 +61,6 @@ class TGateSession:
         self._reset_hooks()
         config = self.config
         self.state.begin(num_steps, config.resolve_gate(num_steps), watch_convergence=config.is_auto)
-        for name, gate in config.resolve_layer_gates(num_steps).items():
-            if name in self.cross_attention:
-                self.cross_attention[name].own_gate = min(gate, self.state.gate)
 
     def end_step(self) -> None:
         """Called at each completed step: where ``gate_step="auto"`` decides to close the gate."""
@@ -80,16 +77,7 @@ class TGateSession:
         next_step = step + 1
         if next_step >= state.gate or next_step < config.resolve_min_gate(state.num_steps):
             return
-        tolerance = config.auto_tolerance / config.convergence_scale(state.num_steps)
-        if not config.per_layer:
-            if state.convergence[-1] < tolerance:
-                state.gate = next_step
-            return
-        for name, change in changes.items():
-            hook = self.cross_attention[name]
-            if hook.own_gate is None and change < tolerance:
-                hook.own_gate = next_step
-        if all(h.own_gate is not None for h in self.cross_attention.values()):
+        if state.convergence[-1] < config.auto_tolerance / config.convergence_scale(state.num_steps):
             state.gate = next_step
 
     def end_loop(self) -> None:
@@ -103,7 +91,6 @@ class TGateSession:
                 self_attention_computed_steps={
                     n: sorted(h.computed_steps) for n, h in self.self_attention.items()
                 },
-                layer_gates={n: h.gate for n, h in self.cross_attention.items()},
             )
         self.state.reset()
         for hook in self.cross_attention.values():

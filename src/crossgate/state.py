@@ -76,4 +76,3 @@ class CallStats:
     cross_attention_replays: dict[str, int] = field(default_factory=dict)
     self_attention_computed_steps: dict[str, list[int]] = field(default_factory=dict)
     convergence: list[float] = field(default_factory=list)  # auto: mean relative change, steps 1..
-    layer_gates: dict[str, int] = field(default_factory=dict)  # the gate each layer used

@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     path = write_profile(profile, args.out)
     print(
         f"gate_step {profile['gate_step']}/{args.steps} (fraction {profile['gate_fraction']:.2f}); "
-        f"per-layer gates {min(profile['layer_gate_steps'].values())}..{max(profile['layer_gate_steps'].values())}"
+        f"layers settle alone between {min(profile['layer_settle_steps'].values())} and "
+        f"{max(profile['layer_settle_steps'].values())}"
     )
     print(f"wrote {path}; use: crossgate.TGateConfig.from_profile({str(path)!r})")
     return 0

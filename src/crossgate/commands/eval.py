@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
             "extra configuration (repeatable): plain, tgate:M, tgate:M:k=K (TGATE v2: self-attention "
             "recomputed every K-th step before the gate), tgate:M:late=K (every K-th step after it), "
             "null-before:M, null-after:M, auto:TOL (gate when cross-attention converged), "
-            "auto-layer:TOL (per layer), profile:PATH (a `crossgate calibrate` profile)"
+            "profile:PATH (a `crossgate calibrate` profile)"
         ),
     )
     p.add_argument(

@@ -18,9 +18,9 @@ from crossgate.eval.judge import Judge, score_images
 from crossgate.eval.metrics import frechet_distance, mse, psnr_from_mse, ssim
 from crossgate.eval.sampling import Generation, StepTracker, generate_images, null_text
 
-KINDS = ("plain", "tgate", "null-before", "null-after", "auto", "auto-layer", "profile")
+KINDS = ("plain", "tgate", "null-before", "null-after", "auto", "profile")
 SPEC_HELP = (
-    "plain, tgate:M[:k=K][:late=K], null-before:M, null-after:M, auto:TOL, auto-layer:TOL or "
+    "plain, tgate:M[:k=K][:late=K], null-before:M, null-after:M, auto:TOL or "
     "profile:PATH (M, K ints >= 1; TOL a positive float)"
 )
 
@@ -30,8 +30,8 @@ class RunConfig:
     """One way of sampling.
 
     ``plain``; ``tgate`` at gate ``m`` (optionally TGATE v2: self-attention reused with interval
-    ``interval`` before the gate, ``late`` after it); null text before/after step ``m``; ``auto`` /
-    ``auto-layer`` (gate chosen from convergence at ``tolerance``); ``profile`` (a calibrated JSON).
+    ``interval`` before the gate, ``late`` after it); null text before/after step ``m``; ``auto``
+    (gate chosen from convergence at ``tolerance``); ``profile`` (a calibrated JSON).
     """
 
     kind: str
@@ -62,7 +62,7 @@ class RunConfig:
 
     @property
     def auto(self) -> bool:
-        return self.kind in ("auto", "auto-layer")
+        return self.kind == "auto"
 
     @property
     def data_dependent(self) -> bool:
@@ -89,9 +89,7 @@ class RunConfig:
         if self.kind == "profile":
             return TGateConfig.from_profile(str(self.profile))
         if self.auto:
-            return TGateConfig(
-                gate_step="auto", auto_tolerance=self.tolerance, per_layer=self.kind == "auto-layer"
-            )
+            return TGateConfig(gate_step="auto", auto_tolerance=self.tolerance)
         if self.kind != "tgate":
             raise ValueError(f"{self.name!r} is not a TGATE configuration")
         return TGateConfig(
@@ -103,7 +101,7 @@ class RunConfig:
     @classmethod
     def parse(cls, spec: str) -> RunConfig:
         """``plain``, ``tgate:10``, ``tgate:10:k=3``, ``tgate:10:late=3``, ``null-before:6``,
-        ``null-after:6``, ``auto:0.05``, ``auto-layer:0.05``, ``profile:PATH`` (``10`` alone means
+        ``null-after:6``, ``auto:0.05``, ``profile:PATH`` (``10`` alone means
         ``tgate:10``)."""
         text = spec.strip()
         bad = f"bad configuration {spec!r}; use {SPEC_HELP}"
@@ -116,7 +114,7 @@ class RunConfig:
             parts = ["tgate", *parts]
         kind, value, options = parts[0], parts[1], parts[2:]
         try:
-            if kind in ("auto", "auto-layer"):
+            if kind == "auto":
                 if options:
                     raise ValueError(bad)
                 return cls(kind, tolerance=float(value))
@@ -283,7 +281,7 @@ def evaluate(
         results.append(
             ConfigResult(
                 name=f"{config.name} (gate {gate_used})"
-                if config.kind in ("auto", "auto-layer", "profile")
+                if config.kind in ("auto", "profile")
                 else config.name,
                 kind=config.kind,
                 gate=config.gate,
@@ -336,7 +334,7 @@ def _run_config(
 
     if config.kind == "plain":
         return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size)
-    if config.kind in ("tgate", "auto", "auto-layer", "profile"):
+    if config.kind in ("tgate", "auto", "profile"):
         with crossgate.enabled(pipe, config.tgate_config()):
             return generate_images(
                 pipe,
