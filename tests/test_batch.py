@@ -361,6 +361,34 @@ def test_batch_size_changes_images_only_by_rounding(
         assert (a - b).abs().max() <= 1, record["id"]
 
 
+def test_exact_mode_is_bit_identical_across_batch_sizes(
+    tmp_path, model_dir, prompts_file, capsys, restore_threads
+):
+    outs = {}
+    for size in ("1", "3"):
+        outs[size] = tmp_path / f"exact{size}"
+        args = [
+            "--out",
+            str(outs[size]),
+            "--model",
+            str(model_dir),
+            "--steps",
+            STEPS,
+            "--batch-size",
+            size,
+            "--threads",
+            "1",
+            "--exact",
+        ]
+        assert run_cli(capsys, str(prompts_file), *args)[0] == 0
+    records = manifest(outs["1"])
+    assert records and [r["id"] for r in records] == [r["id"] for r in manifest(outs["3"])]
+    for record in records:
+        assert torch.equal(pixels(outs["1"] / record["file"]), pixels(outs["3"] / record["file"])), record[
+            "id"
+        ]
+
+
 # ---------------------------------------------------------------- accelerate launch, 2 CPU processes
 
 

@@ -26,7 +26,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +425,7 @@ class GenerationSettings:
     gate_step: int | float = 0.4
     dtype: str = "float32"
     batch_size: int = 4
+    exact: bool = False  # one pipeline call per prompt: images independent of the batch size
 
     def as_config(self) -> dict[str, Any]:
         config = asdict(self)
@@ -434,7 +435,18 @@ class GenerationSettings:
 
 
 def generate_batch(pipe: Any, batch: Batch, settings: GenerationSettings) -> list[Any]:
-    """One pipeline call for a batch, one CPU generator per prompt (device-independent noise)."""
+    """One pipeline call for a batch, one CPU generator per prompt (device-independent noise).
+
+    With ``settings.exact`` each prompt gets its own call: batched matrix products round
+    differently from unbatched ones, so only batch-1 calls make an image independent of the batch
+    size (at the cost of batching's throughput).
+    """
+    if settings.exact and len(batch.items) > 1:
+        return [
+            image
+            for index in range(len(batch.items))
+            for image in generate_batch(pipe, replace(batch, items=batch.items[index : index + 1]), settings)
+        ]
     kwargs: dict[str, Any] = dict(
         prompt=[item.prompt for item in batch.items],
         num_inference_steps=settings.steps,

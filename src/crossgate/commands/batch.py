@@ -67,6 +67,12 @@ def register(subparsers: Any) -> None:
         default=4,
         help="prompts per pipeline call (default 4); images are bit-reproducible for a fixed batch size",
     )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="one pipeline call per prompt, so images are bit-identical whatever --batch-size and the "
+        "number of processes (slower on GPUs)",
+    )
     p.add_argument("--cpu", action="store_true", help="run on CPU even when CUDA is available")
     p.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads per process (default: torch's)"
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             gate_step=args.gate_step,
             dtype=args.dtype,
             batch_size=args.batch_size,
+            exact=args.exact,
         )
         device = str(state.device)
         summary = run_batch(
