@@ -6,9 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from crossgate.commands.common import DTYPES, CommandError, finite_float, load_pipeline, positive_int
+from crossgate.commands.common import (
+    CommandError,
+    add_runtime_arguments,
+    finite_float,
+    load_pipeline,
+    positive_int,
+    set_threads,
+)
 from crossgate.commands.eval import int_list
 
 FALLBACK_PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
@@ -46,14 +51,7 @@ def register(subparsers: Any) -> None:
         help="gate steps for the null-text ablation (default: 1/5, 2/5 and 3/5 of --steps)",
     )
     p.add_argument("--no-null-text", action="store_true", help="skip the null-text ablation")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads (default: torch's); on a CPU shared with other jobs 1 is often much faster",
-    )
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_runtime_arguments(p)
     p.add_argument(
         "--out-dir", default="crossgate-analysis", help="output folder (default crossgate-analysis)"
     )
@@ -81,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
     gates = args.null_gates or sorted({max(1, round(args.steps * f)) for f in (0.2, 0.4, 0.6)})
     if max(gates) > args.steps:
         raise CommandError(f"--null-gates must be <= --steps ({args.steps}), got {gates}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     out_dir = Path(args.out_dir)

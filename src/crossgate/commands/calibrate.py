@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
-from crossgate.commands.common import DTYPES, CommandError, finite_float, load_pipeline, positive_int
+from crossgate.commands.common import (
+    CommandError,
+    add_runtime_arguments,
+    finite_float,
+    load_pipeline,
+    positive_int,
+    set_threads,
+)
 
 DEFAULT_PROMPTS = (
     "a red circle left of a blue square",
@@ -39,8 +44,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-fraction", type=finite_float, default=0.8)
     p.add_argument("--guidance", type=finite_float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_runtime_arguments(p)
     p.add_argument("--out", default="crossgate-profile.json")
     p.set_defaults(func=run)
 
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ConfigError as error:
         raise CommandError(str(error)) from None
+    set_threads(args)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     if args.scheduler:
         import diffusers

@@ -68,6 +68,23 @@ def finite_float(text: str) -> float:
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--threads`` and ``--dtype``, shared by the commands that run a pipeline."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's); on a CPU shared with other jobs 1 is often much faster",
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
 def default_model() -> str | None:
     """The embedded model's folder, when the package ships it."""
     try:

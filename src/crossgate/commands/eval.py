@@ -6,9 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from crossgate.commands.common import DTYPES, CommandError, finite_float, load_pipeline, positive_int
+from crossgate.commands.common import (
+    CommandError,
+    add_runtime_arguments,
+    finite_float,
+    load_pipeline,
+    positive_int,
+    set_threads,
+)
 
 
 def int_list(text: str) -> list[int]:
@@ -95,14 +100,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--guidance", type=finite_float, default=None, help="guidance_scale (default: pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="base seed (image i uses seed + i)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="prompts per pipeline call")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads (default: torch's); on a CPU shared with other jobs 1 is often much faster",
-    )
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_runtime_arguments(p)
     p.add_argument("--out-dir", default="crossgate-eval", help="output folder (default crossgate-eval)")
     p.set_defaults(func=run)
 
@@ -146,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if too_late:
         raise CommandError(f"null-text gate steps must be <= --steps {args.steps}: {too_late}")
     captions = _captions(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     if args.scheduler:
