@@ -132,19 +132,15 @@ def train_vae(args, data, device, overrides) -> torch.nn.Module:
         step = state["step"]
         log(f"vae: resumed at step {step}")
     vae.train()
+
+    def checkpoint() -> None:
+        state = {"model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}
+        save_atomic({**state, "torch_rng": torch.get_rng_state(), "step": step}, path)
+
     t0, c0 = time.time(), time.process_time()
     while step < args.vae_steps:
         if args.deadline and time.time() > args.deadline:
-            save_atomic(
-                {
-                    "model": vae.state_dict(),
-                    "opt": opt.state_dict(),
-                    "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": step,
-                },
-                path,
-            )
+            checkpoint()
             log(f"vae: time limit reached at step {step}; rerun with --resume to continue")
             return None
         idx = torch.randint(0, len(data.images), (args.batch,), generator=gen)
@@ -157,16 +153,7 @@ def train_vae(args, data, device, overrides) -> torch.nn.Module:
         opt.step()
         step += 1
         if step % args.ckpt_every == 0 or step == args.vae_steps:
-            save_atomic(
-                {
-                    "model": vae.state_dict(),
-                    "opt": opt.state_dict(),
-                    "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": step,
-                },
-                path,
-            )
+            checkpoint()
         if step % 100 == 0:
             cpu = time.process_time() - c0
             log(
