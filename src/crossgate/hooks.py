@@ -40,7 +40,6 @@ class CrossAttentionGateHook(ModelHook):
         self._latest_step: int | None = None
         self.change: tuple[int, float] | None = None  # (step, relative change from the step before)
         self.computed_steps: set[int] = set()
-        self.computed_calls = 0
         self.replayed_calls = 0
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -60,7 +59,6 @@ class CrossAttentionGateHook(ModelHook):
         if self.state.watch_convergence and self._latest is not None and self._latest_step != step:
             self.change = (step, relative_change(self._view(output), self._view(self._latest)))
         self._latest, self._latest_step = output, step
-        self.computed_calls += 1
         self.computed_steps.add(step)
 
     def _view(self, output: torch.Tensor) -> torch.Tensor:
@@ -81,7 +79,6 @@ class CrossAttentionGateHook(ModelHook):
         self._latest_step = None
         self.change = None
         self.computed_steps = set()
-        self.computed_calls = 0
         self.replayed_calls = 0
         return module
 
@@ -110,7 +107,6 @@ class SelfAttentionCacheHook(ModelHook):
         self._action = action
         self.cache: torch.Tensor | None = None
         self.computed_steps: set[int] = set()
-        self.reused_calls = 0
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
@@ -119,7 +115,6 @@ class SelfAttentionCacheHook(ModelHook):
         action = self._action(state.step, state.gate)
         batch = _batch_size(args, kwargs)
         if action is Action.REUSE and self.cache is not None and self.cache.shape[0] == batch:
-            self.reused_calls += 1
             return self.cache
         output = self.fn_ref.original_forward(*args, **kwargs)
         self.computed_steps.add(state.step)
@@ -131,7 +126,6 @@ class SelfAttentionCacheHook(ModelHook):
     def reset_state(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
         self.cache = None
         self.computed_steps = set()
-        self.reused_calls = 0
         return module
 
 

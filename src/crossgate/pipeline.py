@@ -93,11 +93,7 @@ class TGateSession:
                 },
             )
         self.state.reset()
-        for hook in self.cross_attention.values():
-            hook.cache = None
-            hook._latest = None
-        for hook in self.self_attention.values():
-            hook.cache = None
+        self._reset_hooks()  # drop the caches now, not at the next call (stats are in last_call)
 
     def _reset_hooks(self) -> None:
         for hook in (*self.cross_attention.values(), *self.self_attention.values()):
