@@ -1,6 +1,6 @@
 """A simple analytic detector for progress checks while training the embedded model.
 
-Not the official judge (that lives in crossgate.eval): colour masks by nearest palette colour, shape by
+Not the official judge (that lives in crossgate.tools.quality): colour masks by nearest palette colour, shape by
 how much of its bounding box a mask fills (square ~1, circle ~0.79, triangle ~0.5), position by the
 bounding-box centre. Relations are judged strictly: displacement along the relation's axis > 3 px and
 larger than the cross-axis displacement, always next to the flipped-relation control.

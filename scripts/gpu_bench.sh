@@ -52,7 +52,7 @@ for name in ("diffusers", "transformers", "accelerate", "crossgate", "tgate", "D
     except Exception as error:  # noqa: BLE001 -- report, do not stop: peers are optional
         print(f"{name}: not importable ({type(error).__name__}: {error})")
 assert os.environ["DEVICE"] != "cuda" or torch.cuda.is_available(), "torch sees no CUDA device"
-import crossgate.bench  # noqa: F401 -- fail here, not mid-benchmark, if imports are broken
+import crossgate.tools.bench  # noqa: F401 -- fail here, not mid-benchmark, if imports are broken
 EOF
 } 2>&1 | tee -a "$LOG"
 

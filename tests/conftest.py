@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from crossgate.random_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
+from crossgate.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 torch.set_num_threads(2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import crossgate
-from crossgate.accounting import (
+from crossgate.tools.accounting import (
     MODELS,
     AccountingError,
     CallMeter,
@@ -17,7 +17,7 @@ from crossgate.accounting import (
     v2_self_attention_steps,
 )
 from crossgate.cli import main
-from crossgate.random_pipelines import tiny_sd_pipeline, tiny_sdxl_pipeline
+from crossgate.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 T = 1e12
 REL = 1e-3  # the tolerance: within 0.1% of the paper

@@ -10,9 +10,9 @@ import torch
 
 import crossgate
 from crossgate.adapters import cross_attention_modules
-from crossgate.analysis import null_text_ablation, record_convergence
+from crossgate.tools.quality.convergence import null_text_ablation, record_convergence
 from crossgate.cli import main
-from crossgate.eval.sampling import StepTracker, generate_images, null_text
+from crossgate.tools.quality.sampling import StepTracker, generate_images, null_text
 
 PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
 
@@ -90,7 +90,7 @@ def test_null_text_ablation_report(sd_pipe):
 
 
 def test_analyze_cli(tmp_path, capsys):
-    from crossgate.random_pipelines import tiny_sd_pipeline
+    from crossgate.testing import tiny_sd_pipeline
 
     model = tmp_path / "tiny"
     tiny_sd_pipeline(seed=0).save_pretrained(model)

@@ -9,7 +9,7 @@ import torch
 
 import crossgate
 from crossgate.adapters import cross_attention_modules
-from crossgate.calibration import first_gate, profile_from_convergence
+from crossgate.tools.quality.calibration import first_gate, profile_from_convergence
 
 PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
 
@@ -67,7 +67,7 @@ def test_auto_that_cannot_engage_is_exactly_plain(pipe):
 
 
 def test_live_statistic_equals_the_analysis_curve(pipe):
-    from crossgate.analysis import record_convergence
+    from crossgate.tools.quality.convergence import record_convergence
 
     recorded = record_convergence(pipe, PROMPTS, num_inference_steps=20, seed=0, batch_size=2).average("mean")
     crossgate.apply(pipe, gate_step="auto", auto_tolerance=1e-9)
@@ -114,7 +114,7 @@ def test_tolerance_is_stated_per_25th_of_the_trajectory(pipe):
 
 
 def test_calibrate_profile_roundtrip(pipe, tmp_path):
-    from crossgate.calibration import calibrate, write_profile
+    from crossgate.tools.quality.calibration import calibrate, write_profile
 
     profile = calibrate(pipe, PROMPTS, num_inference_steps=20, tolerance=0.1)
     assert profile["gate_step"] == first_gate(profile["convergence"], 0.1, 4, 16, scale=20 / 25)
@@ -168,7 +168,7 @@ def test_cli_calibrate(tmp_path, _sd_template, capsys):
 
 
 def test_profile_from_convergence_is_pure():
-    from crossgate.analysis import ConvergenceResult
+    from crossgate.tools.quality.convergence import ConvergenceResult
 
     result = ConvergenceResult(layers=["a", "b"], num_steps=25, cfg=True, prompts=["x"])
     result.relative_change = {

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from crossgate.batch import BatchError, OutputDir, PromptItem, default_seed, parse_prompts, plan_batches
+from crossgate.tools.batch import BatchError, OutputDir, PromptItem, default_seed, parse_prompts, plan_batches
 from crossgate.cli import main as cli_main
 
 STEPS = "8"
@@ -32,7 +32,7 @@ LAUNCH_TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from crossgate.random_pipelines import tiny_sd_pipeline
+    from crossgate.testing import tiny_sd_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_sd_pipeline().save_pretrained(folder)

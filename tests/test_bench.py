@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from crossgate.accounting import CallMeter, Schedule, image_macs
-from crossgate.bench import (
+from crossgate.tools.accounting import CallMeter, Schedule, image_macs
+from crossgate.tools.bench import (
     BenchError,
     Variant,
     build_variants,

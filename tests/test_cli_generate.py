@@ -83,7 +83,7 @@ def test_missing_prompt_is_a_clear_error(model_dir, capsys):
 
 
 def test_model_without_cross_attention_is_a_clear_error(tmp_path, capsys):
-    from crossgate.random_pipelines import tiny_sd_pipeline
+    from crossgate.testing import tiny_sd_pipeline
 
     pipe = tiny_sd_pipeline(
         down_block_types=("DownBlock2D", "DownBlock2D"),

@@ -240,7 +240,7 @@ def test_bad_option_names_and_values(sd_pipe):
 
 
 def test_pipeline_without_cross_attention_is_refused_cleanly():
-    from crossgate.random_pipelines import tiny_sd_pipeline
+    from crossgate.testing import tiny_sd_pipeline
 
     pipe = tiny_sd_pipeline(
         down_block_types=("DownBlock2D", "DownBlock2D"),

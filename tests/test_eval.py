@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from crossgate.cli import main
-from crossgate.eval.metrics import frechet_distance, mse, psnr, ssim
-from crossgate.eval.report import markdown_table, write_report
-from crossgate.eval.runner import RunConfig, default_captions, evaluate
+from crossgate.tools.quality.metrics import frechet_distance, mse, psnr, ssim
+from crossgate.tools.quality.report import markdown_table, write_report
+from crossgate.tools.quality.runner import RunConfig, default_captions, evaluate
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -106,7 +106,7 @@ def test_evaluate_mechanics_on_tiny_pipeline(sd_pipe, tmp_path):
 
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
-    from crossgate.random_pipelines import tiny_sd_pipeline
+    from crossgate.testing import tiny_sd_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_sd_pipeline(seed=0).save_pretrained(folder)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from crossgate.config import TGateConfig
-from crossgate.eval.runner import RunConfig
+from crossgate.tools.quality.runner import RunConfig
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_profile_spec_keeps_path_case_and_loads(tmp_path) -> None:
 def test_eval_cli_accepts_new_specs_and_scheduler() -> None:
     import argparse
 
-    from crossgate.commands import eval as eval_command
+    from crossgate.cli import eval as eval_command
 
     parser = argparse.ArgumentParser()
     eval_command.register(parser.add_subparsers())

@@ -70,7 +70,7 @@ def test_pipeline_calling_the_denoiser_per_cfg_branch_is_refused():
     from diffusers import StableDiffusionPipeline, WanPipeline
 
     from crossgate.adapters.registry import calls_denoiser_per_cfg_branch
-    from crossgate.random_pipelines import tiny_sd_pipeline
+    from crossgate.testing import tiny_sd_pipeline
 
     assert calls_denoiser_per_cfg_branch(WanPipeline, "transformer")
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from crossgate.embedded.scenes import FLIP, all_compositions, render, sample_scene
-from crossgate.eval.judge import DetectedObject, Judge, classify_shape, relation_holds, score_images
-from crossgate.eval.metrics import frechet_distance
+from crossgate.tools.quality.judge import DetectedObject, Judge, classify_shape, relation_holds, score_images
+from crossgate.tools.quality.metrics import frechet_distance
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ the pipeline's own ``__call__``.
 """
 
 from crossgate.adapters import UnsupportedPipelineError
-from crossgate.compose import compose_deepcache
+from crossgate.integrations.deepcache import compose_deepcache
 from crossgate.config import ConfigError, TGateConfig
 from crossgate.pipeline import apply, enabled, get_session, is_applied, remove
 

@@ -1,6 +1,6 @@
 """The diffusers ``ModelHook`` subclasses that implement TGATE.
 
-Two hooks share one :class:`~crossgate.state.GateState`:
+Two hooks share one :class:`~crossgate.gate.GateState`:
 
 * :class:`CrossAttentionGateHook` sits on every cross-attention module. Before the gate it lets the
   module's own attention processor run (LoRA, IP-Adapter, fused or custom processors stay in
@@ -20,7 +20,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from crossgate.schedule import Action
-from crossgate.state import GateState
+from crossgate.gate import GateState
 
 CROSS_ATTENTION_HOOK = "crossgate_cross_attention"
 SELF_ATTENTION_HOOK = "crossgate_self_attention"
@@ -87,7 +87,7 @@ def relative_change(current: torch.Tensor, previous: torch.Tensor) -> float:
     """``||current - previous|| / ||previous||`` per image (Frobenius), averaged over images.
 
     The convergence statistic of ``gate_step="auto"``; the same definition as
-    :func:`crossgate.analysis.record_convergence`'s "mean" view, so a calibration and a live auto
+    :func:`crossgate.tools.quality.convergence.record_convergence`'s "mean" view, so a calibration and a live auto
     gate measure the same thing.
     """
     current, previous = current.float().flatten(1), previous.float().flatten(1)

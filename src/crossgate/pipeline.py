@@ -28,7 +28,7 @@ from crossgate.hooks import (
     SelfAttentionCacheHook,
 )
 from crossgate.schedule import self_attention_action
-from crossgate.state import CallStats, GateState
+from crossgate.gate import CallStats, GateState
 
 _SESSION_ATTR = "_crossgate_session"
 # Methods crossgate shadows on the pipeline instance (never on its class); remove() deletes them.

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crossgate.analysis import ConvergenceResult, record_convergence
+from crossgate.tools.quality.convergence import ConvergenceResult, record_convergence
 from crossgate.config import TGateConfig, fraction_to_steps
 
 

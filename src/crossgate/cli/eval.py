@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from crossgate.commands.common import (
+from crossgate.cli.common import (
     CommandError,
     add_runtime_arguments,
     finite_float,
@@ -106,8 +106,8 @@ def register(subparsers: Any) -> None:
 
 
 def _captions(args: argparse.Namespace) -> list[str]:
-    from crossgate.eval.judge import Judge
-    from crossgate.eval.runner import default_captions
+    from crossgate.tools.quality.judge import Judge
+    from crossgate.tools.quality.runner import default_captions
 
     if args.caption_file:
         try:
@@ -130,8 +130,8 @@ def _captions(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import crossgate
-    from crossgate.eval.report import markdown_table, write_report
-    from crossgate.eval.runner import RunConfig, evaluate
+    from crossgate.tools.quality.report import markdown_table, write_report
+    from crossgate.tools.quality.runner import RunConfig, evaluate
 
     try:
         configs = [RunConfig("tgate", m) for m in args.gate_steps]

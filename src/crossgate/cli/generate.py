@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from crossgate.commands.common import (
+from crossgate.cli.common import (
     DTYPES,
     CommandError,
     finite_float,

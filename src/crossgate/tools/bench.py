@@ -3,7 +3,7 @@
 Every configuration runs on the same pipeline object in one process, after a warm-up, in an order
 that rotates each round (so drift in machine load hits all configurations alike); the reported
 time is the median over rounds. Each configuration's warm-up run also counts the linear/conv MACs
-its denoiser really executed (:class:`~crossgate.accounting.LinearConvCounter`), so every row gets
+its denoiser really executed (:class:`~crossgate.tools.accounting.LinearConvCounter`), so every row gets
 a MACs-predicted speed-up and an efficiency = measured speed-up / predicted speed-up. A peer that
 is not installed or fails on this pipeline stays in the table with the reason.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 import crossgate
-from crossgate.accounting import LinearConvCounter, bundled_config
+from crossgate.tools.accounting import LinearConvCounter, bundled_config
 
 PROMPT = "a photo of a red cat sitting on a blue sofa"
 
@@ -62,7 +62,7 @@ def random_pipeline(
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from crossgate.random_pipelines import (
+    from crossgate.testing import (
         _ddim,
         char_tokenizer,
         clip_text_config,

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from crossgate.eval.judge import Judge, score_images
-from crossgate.eval.metrics import frechet_distance, mse, psnr_from_mse, ssim
-from crossgate.eval.sampling import Generation, StepTracker, generate_images, null_text
+from crossgate.tools.quality.judge import Judge, score_images
+from crossgate.tools.quality.metrics import frechet_distance, mse, psnr_from_mse, ssim
+from crossgate.tools.quality.sampling import Generation, StepTracker, generate_images, null_text
 
 KINDS = ("plain", "tgate", "null-before", "null-after", "auto", "profile")
 SPEC_HELP = (
@@ -168,7 +168,7 @@ class EvalReport:
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        from crossgate.analysis import _finite
+        from crossgate.tools.quality.convergence import _finite
 
         data = {key: value for key, value in asdict(self).items() if key != "samples"}
         return _finite(data)
@@ -187,11 +187,11 @@ def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation])
     """Linear/conv MACs the denoiser executes for one image under a configuration, and its CallStats.
 
     ``run(prompts, seeds)`` generates under the configuration. Counted live
-    (:class:`crossgate.accounting.LinearConvCounter`, the paper's calflops convention) on a separate
+    (:class:`crossgate.tools.accounting.LinearConvCounter`, the paper's calflops convention) on a separate
     one-image call, so the timed calls carry no counting hooks; a replayed cross-attention runs no
     layers and costs nothing.
     """
-    from crossgate.accounting import LinearConvCounter
+    from crossgate.tools.accounting import LinearConvCounter
     from crossgate.adapters import resolve_adapter
 
     denoiser = resolve_adapter(pipe).denoiser(pipe)
@@ -202,7 +202,7 @@ def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation])
 
 def count_macs_live(pipe: Any, call: Callable[[], Generation]) -> tuple[int, Generation]:
     """Linear/conv MACs per image executed by ``call()`` itself (for data-dependent gates)."""
-    from crossgate.accounting import LinearConvCounter
+    from crossgate.tools.accounting import LinearConvCounter
     from crossgate.adapters import resolve_adapter
 
     denoiser = resolve_adapter(pipe).denoiser(pipe)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crossgate.commands.common import (
+from crossgate.cli.common import (
     CommandError,
     add_runtime_arguments,
     finite_float,
@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.calibration import calibrate, write_profile
+    from crossgate.tools.quality.calibration import calibrate, write_profile
     from crossgate.config import ConfigError, TGateConfig
 
     try:  # the same validation a config made from the profile gets

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from crossgate.adapters import cross_attention_modules, resolve_adapter
-from crossgate.eval.metrics import mse, psnr_from_mse, ssim
-from crossgate.eval.sampling import StepTracker, cfg_active, check_step_callback, generate_images, null_text
+from crossgate.tools.quality.metrics import mse, psnr_from_mse, ssim
+from crossgate.tools.quality.sampling import StepTracker, cfg_active, check_step_callback, generate_images, null_text
 
 VIEWS = ("mean", "cond", "uncond")
 
@@ -317,7 +317,7 @@ def null_text_ablation(
 def _caption_scorer(prompts: Sequence[str]):
     """A function scoring images against ``prompts`` with the judge, or None if they aren't captions."""
     try:
-        from crossgate.eval.judge import Judge, score_images
+        from crossgate.tools.quality.judge import Judge, score_images
 
         judge = Judge()
         captions = [judge.parse(prompt) for prompt in prompts]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from crossgate.commands.common import (
+from crossgate.cli.common import (
     DTYPES,
     CommandError,
     default_model,
@@ -100,7 +100,7 @@ def resolve_model(model: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from crossgate.batch import BatchError, GenerationSettings, OutputDir, parse_prompts, run_batch
+    from crossgate.tools.batch import BatchError, GenerationSettings, OutputDir, parse_prompts, run_batch
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

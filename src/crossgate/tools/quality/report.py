@@ -1,4 +1,4 @@
-"""Write an :class:`~crossgate.eval.runner.EvalReport` as markdown, CSV, JSON and PNG plots."""
+"""Write an :class:`~crossgate.tools.quality.runner.EvalReport` as markdown, CSV, JSON and PNG plots."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from crossgate.eval.runner import ConfigResult, EvalReport
+from crossgate.tools.quality.runner import ConfigResult, EvalReport
 
 COLUMNS = (
     ("config", lambda r: r.name),
@@ -59,7 +59,7 @@ def write_report(report: EvalReport, out_dir: Path) -> list[Path]:
     plot_quality_vs_compute(report, plot)
     paths = [md, table, js, plot]
     if report.samples:
-        from crossgate.analysis import image_grid
+        from crossgate.tools.quality.convergence import image_grid
 
         grid = out_dir / "samples.png"
         names = list(report.samples)
@@ -70,7 +70,7 @@ def write_report(report: EvalReport, out_dir: Path) -> list[Path]:
 
 def plot_quality_vs_compute(report: EvalReport, path: Path) -> None:
     """Accuracy (with the flipped control) and FD / SSIM against executed MACs per image."""
-    from crossgate.analysis import _pyplot
+    from crossgate.tools.quality.convergence import _pyplot
 
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)

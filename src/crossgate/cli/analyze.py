@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from crossgate.commands.common import (
+from crossgate.cli.common import (
     CommandError,
     add_runtime_arguments,
     finite_float,
@@ -14,7 +14,7 @@ from crossgate.commands.common import (
     positive_int,
     set_threads,
 )
-from crossgate.commands.eval import int_list
+from crossgate.cli.eval import int_list
 
 FALLBACK_PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
 
@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
 def default_prompts(count: int) -> list[str]:
     """Held-out scene captions spread over the set, or two fixed prompts without the scenes."""
     try:
-        from crossgate.eval.runner import default_captions
+        from crossgate.tools.quality.runner import default_captions
 
         captions = default_captions("held-out")
     except ImportError:
@@ -71,7 +71,7 @@ def default_prompts(count: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.analysis import null_text_ablation, record_convergence, write_convergence, write_null_text
+    from crossgate.tools.quality.convergence import null_text_ablation, record_convergence, write_convergence, write_null_text
 
     prompts = args.prompt or default_prompts(args.num_prompts)
     if args.steps < 2:

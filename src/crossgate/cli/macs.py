@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crossgate.commands.common import CommandError, positive_int
+from crossgate.cli.common import CommandError, positive_int
 
 
 def register(subparsers: Any) -> None:
-    from crossgate.accounting import MODELS
+    from crossgate.tools.accounting import MODELS
 
     p = subparsers.add_parser(
         "macs",
@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.accounting import MODELS, AccountingError, call_macs
+    from crossgate.tools.accounting import MODELS, AccountingError, call_macs
 
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 def render_table(calls: list[Any], args: argparse.Namespace) -> str:
     """Per-image MACs table: one row per model and setting, both conventions."""
-    from crossgate.accounting import Schedule, image_macs, tera
+    from crossgate.tools.accounting import Schedule, image_macs, tera
 
     cfg = not args.no_cfg
     lines = [
@@ -104,7 +104,7 @@ def render_table(calls: list[Any], args: argparse.Namespace) -> str:
 
 
 def render_per_call(calls: list[Any]) -> str:
-    from crossgate.accounting import tera
+    from crossgate.tools.accounting import tera
 
     lines = [
         "Per denoiser call, one sample (linear+conv unless noted).",

@@ -12,7 +12,7 @@ denoiser call (one sample) is counted in two conventions:
 
 A per-image total is a :class:`Schedule` (which steps run CFG, cross-attention and self-attention)
 applied to a :class:`CallMacs`. The same per-module counts turn a real call's
-:class:`~crossgate.state.CallStats` into the MACs that actually executed (:func:`executed_macs`).
+:class:`~crossgate.gate.CallStats` into the MACs that actually executed (:func:`executed_macs`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 
 from crossgate.adapters.base import cross_attention_modules, self_attention_modules
 from crossgate.schedule import Action, self_attention_plan
-from crossgate.state import CallStats
+from crossgate.gate import CallStats
 
 Convention = Literal["linear_conv", "all"]
 CONVENTIONS: tuple[Convention, ...] = ("linear_conv", "all")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from crossgate.commands.common import (
+from crossgate.cli.common import (
     DTYPES,
     CommandError,
     default_model,
@@ -23,7 +23,7 @@ from crossgate.commands.common import (
 
 
 def register(subparsers: Any) -> None:
-    from crossgate.bench import BENCH_MODELS, PEERS
+    from crossgate.tools.bench import BENCH_MODELS, PEERS
 
     p = subparsers.add_parser(
         "bench",
@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.bench import (
+    from crossgate.tools.bench import (
         BENCH_MODELS,
         BenchError,
         build_variants,
