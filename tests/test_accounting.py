@@ -139,7 +139,7 @@ def test_prediction_equals_execution(factory, gate: int) -> None:
     )
     with crossgate.enabled(pipe, gate_step=gate), CallMeter(pipe) as meter:
         pipe("a red circle", generator=torch.Generator().manual_seed(0), **kwargs)
-        stats = crossgate.get_session(pipe).last_call
+        stats = crossgate.last_call(pipe)
     call = meter.call_macs()
     predicted = 2 * image_macs(call, Schedule.tgate(steps, gate))  # two images per prompt
     assert executed_macs(call, stats) == predicted
@@ -157,7 +157,7 @@ def test_v2_prediction_equals_execution(interval: int) -> None:
     steps, gate = 8, 6
     with crossgate.enabled(pipe, gate_step=gate, self_attention_interval=interval), CallMeter(pipe) as meter:
         pipe("a red circle", num_inference_steps=steps, output_type="latent")
-        stats = crossgate.get_session(pipe).last_call
+        stats = crossgate.last_call(pipe)
     call = meter.call_macs()
     predicted = image_macs(call, Schedule.tgate_v2(steps, gate, interval))
     assert predicted < image_macs(call, Schedule.tgate(steps, gate))  # some steps really cached

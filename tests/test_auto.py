@@ -42,7 +42,7 @@ def gen(pipe, steps=20, seed=0):
 def test_auto_gate_equals_the_fixed_gate_it_chose(pipe):
     crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1)
     auto = gen(pipe)
-    stats = crossgate.get_session(pipe).last_call
+    stats = crossgate.last_call(pipe)
     assert 4 <= stats.gate < 16  # inside the guard rails (0.2 n .. 0.8 n), not at either end
     scaled = [c * 20 / 25 for c in stats.convergence]  # the tolerance is per 1/25 of the trajectory
     assert scaled[-1] < 0.1 <= max(scaled[: stats.gate - 2] or [1.0])
@@ -54,10 +54,10 @@ def test_auto_gate_equals_the_fixed_gate_it_chose(pipe):
 def test_guard_rails(pipe):
     crossgate.apply(pipe, gate_step="auto", auto_tolerance=100.0)
     gen(pipe)
-    assert crossgate.get_session(pipe).last_call.gate == 4  # round(0.2 * 20)
+    assert crossgate.last_call(pipe).gate == 4  # round(0.2 * 20)
     crossgate.apply(pipe, gate_step="auto", auto_tolerance=1e-9)
     gen(pipe)
-    assert crossgate.get_session(pipe).last_call.gate == 16  # round(0.8 * 20)
+    assert crossgate.last_call(pipe).gate == 16  # round(0.8 * 20)
 
 
 def test_auto_that_cannot_engage_is_exactly_plain(pipe):
@@ -73,7 +73,7 @@ def test_live_statistic_equals_the_analysis_curve(pipe):
     crossgate.apply(pipe, gate_step="auto", auto_tolerance=1e-9)
     generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]  # as analysis seeds them
     pipe(PROMPTS, num_inference_steps=20, generator=generators, output_type="latent")
-    live = crossgate.get_session(pipe).last_call.convergence
+    live = crossgate.last_call(pipe).convergence
     assert len(live) == 15  # steps 1 .. 15, before the gate at 16
     torch.testing.assert_close(torch.tensor(live), torch.tensor(recorded[:15]), rtol=1e-4, atol=1e-6)
 
@@ -81,7 +81,7 @@ def test_live_statistic_equals_the_analysis_curve(pipe):
 def test_profile_replays_the_auto_gate(pipe, tmp_path):
     crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1)
     auto = gen(pipe)
-    gate = crossgate.get_session(pipe).last_call.gate
+    gate = crossgate.last_call(pipe).gate
     path = tmp_path / "profile.json"
     path.write_text(json.dumps({"gate_fraction": gate / 20}))
     crossgate.apply(pipe, crossgate.TGateConfig.from_profile(path))
@@ -108,7 +108,7 @@ def test_tolerance_is_stated_per_25th_of_the_trajectory(pipe):
     """The same scaled statistic: at n=40 the gate fires where change * 40/25 < tol."""
     crossgate.apply(pipe, gate_step="auto", auto_tolerance=0.1)
     gen(pipe, steps=40)
-    stats = crossgate.get_session(pipe).last_call
+    stats = crossgate.last_call(pipe)
     scaled = [c * 40 / 25 for c in stats.convergence]
     assert scaled[-1] < 0.1 and all(v >= 0.1 for v in scaled[7 : stats.gate - 2])
 

@@ -30,5 +30,5 @@ def test_compiled_unet_matches_eager_and_recompiles_a_bounded_number_of_times(sd
     # a second call with the same settings reuses them all.
     assert frames_first > 0
     assert frames_second == frames_first
-    assert set(crossgate.get_session(sd_pipe).last_call.cross_attention_computed_steps.values()) == {3}
+    assert set(crossgate.last_call(sd_pipe).cross_attention_computed_steps.values()) == {3}
     print(f"unique dynamo graphs compiled: {frames_first}")

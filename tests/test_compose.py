@@ -25,7 +25,7 @@ def test_crossgate_then_model_offload(sd_pipe, _sd_template):
     sd_pipe.enable_model_cpu_offload(device="cpu")
     for _ in range(2):  # the second call runs after accelerate re-installed its hooks
         assert torch.equal(run(sd_pipe, steps=6), expected)
-        assert crossgate.get_session(sd_pipe).last_call.denoiser_batches == [2, 2, 2, 1, 1, 1]
+        assert crossgate.last_call(sd_pipe).denoiser_batches == [2, 2, 2, 1, 1, 1]
 
     crossgate.remove(sd_pipe)
     assert hasattr(sd_pipe.unet, "_hf_hook"), "remove() must leave accelerate's offload hook in place"

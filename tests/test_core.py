@@ -92,7 +92,7 @@ def test_counts_cross_attention_and_halved_batch(sd_pipe, scheduler):
     gate = 2
     crossgate.apply(sd_pipe, gate_step=gate)
     run(sd_pipe, steps=6, num_images_per_prompt=2)
-    stats = crossgate.get_session(sd_pipe).last_call
+    stats = crossgate.last_call(sd_pipe)
     assert stats.gate == gate and stats.num_steps == 6 and stats.cfg is True
     assert set(stats.cross_attention_computed_steps.values()) == {gate}
     # denoiser passes before the gate run at 2B = 4, after it at B = 2.
@@ -115,18 +115,18 @@ def test_heun_counts_steps_not_calls(sd_pipe):
     run(sd_pipe, steps=6)
     # Heun evaluates the denoiser twice per step (except the last): 3 gated steps = 6 evaluations.
     assert set(counter.calls.values()) == {6}
-    assert set(crossgate.get_session(sd_pipe).last_call.cross_attention_computed_steps.values()) == {3}
+    assert set(crossgate.last_call(sd_pipe).cross_attention_computed_steps.values()) == {3}
 
 
 def test_fractional_gate_resolves_against_the_calls_steps(sd_pipe):
     crossgate.apply(sd_pipe, gate_step=0.4)
     run(sd_pipe, steps=10)
-    assert crossgate.get_session(sd_pipe).last_call.gate == 4
+    assert crossgate.last_call(sd_pipe).gate == 4
     run(sd_pipe, steps=5)
-    assert crossgate.get_session(sd_pipe).last_call.gate == 2
+    assert crossgate.last_call(sd_pipe).gate == 2
     crossgate.apply(sd_pipe, gate_step=0.5)
     run(sd_pipe, steps=5)  # 2.5 rounds half up
-    assert crossgate.get_session(sd_pipe).last_call.gate == 3
+    assert crossgate.last_call(sd_pipe).gate == 3
 
 
 def test_no_leakage_between_calls(sd_pipe, _sd_template):
@@ -196,7 +196,7 @@ def test_apply_twice_is_idempotent_or_reconfigures(sd_pipe):
     crossgate.apply(sd_pipe, gate_step=4)
     assert crossgate.get_session(sd_pipe).config.gate_step == 4
     run(sd_pipe, steps=6)
-    assert crossgate.get_session(sd_pipe).last_call.gate == 4
+    assert crossgate.last_call(sd_pipe).gate == 4
 
 
 def test_sdxl_post_gate_inputs_choice_matters(sdxl_pipe):
@@ -217,7 +217,7 @@ def test_batch_of_prompts_with_negative_prompts_and_images_per_prompt(sd_pipe):
         num_images_per_prompt=3,
     )
     assert out.shape[0] == 6 and torch.isfinite(out).all()
-    assert crossgate.get_session(sd_pipe).last_call.denoiser_batches == [12, 12, 6, 6, 6]
+    assert crossgate.last_call(sd_pipe).denoiser_batches == [12, 12, 6, 6, 6]
 
 
 @pytest.mark.parametrize("bad", [0, -3, math.nan, 1.5, 0.0, "10", None, True, [3]])

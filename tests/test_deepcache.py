@@ -43,7 +43,7 @@ def test_composed_deepcache_refills_at_the_gate(sd_pipe, sdxl_pipe, family):
     assert torch.isfinite(out).all()
     # DeepCache's own full passes are steps 0, 3, 6; the gate adds step 4.
     assert len(full) == 4
-    stats = crossgate.get_session(pipe).last_call
+    stats = crossgate.last_call(pipe)
     assert stats.denoiser_batches == [2, 2, 2, 2, 1, 1, 1, 1]
     # Second call: nothing leaks (DeepCache and crossgate both reset).
     assert torch.equal(run(pipe, steps=8), out)

@@ -166,7 +166,7 @@ def test_tgate_on_shipped_model_is_exact_when_gate_not_reached(shipped_pipe):
         gated = shipped_pipe(
             "a green square above a yellow circle", generator=torch.Generator().manual_seed(3), **kwargs
         ).images
-        stats = crossgate.get_session(shipped_pipe).last_call
+        stats = crossgate.last_call(shipped_pipe)
     finally:
         crossgate.remove(shipped_pipe)
     assert torch.equal(plain, gated)

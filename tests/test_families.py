@@ -39,7 +39,7 @@ def test_family(family):
     # 2. the gate: counts, halved batch, agreement with the independent implementation
     crossgate.apply(pipe, gate_step=case.gate)
     gated = call(case)
-    stats = crossgate.get_session(pipe).last_call
+    stats = crossgate.last_call(pipe)
     steps = case.actual_steps or case.steps
     assert stats.num_steps == steps and stats.gate == case.gate
     assert stats.cfg is case.cfg

@@ -39,7 +39,7 @@ def test_counts_follow_the_schedule_sd(sd_pipe, after):
     crossgate.apply(sd_pipe, gate_step=5, self_attention_interval=3, self_attention_interval_after=after)
     run(sd_pipe, steps=10)
     plan = self_attention_plan(10, 5, 3, after, 2)
-    stats = crossgate.get_session(sd_pipe).last_call
+    stats = crossgate.last_call(sd_pipe)
     assert set(map(tuple, stats.self_attention_computed_steps.values())) == {tuple(_computed(plan))}
     assert set(counter.calls.values()) == {len(_computed(plan))}
 
@@ -53,7 +53,7 @@ def test_counts_follow_the_schedule_sdxl_and_pixart(sdxl_pipe):
         generator = torch.Generator().manual_seed(0)
         kwargs = {"prompt": "a red circle", **kwargs, "num_inference_steps": 8, "output_type": "latent"}
         pipe(**kwargs, generator=generator)
-        stats = crossgate.get_session(pipe).last_call
+        stats = crossgate.last_call(pipe)
         expected = _computed(self_attention_plan(8, 6, 2, 1, 1))
         assert expected != list(range(8))
         assert set(map(tuple, stats.self_attention_computed_steps.values())) == {tuple(expected)}

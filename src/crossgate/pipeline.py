@@ -184,6 +184,26 @@ def is_applied(pipe: Any) -> bool:
     return get_session(pipe) is not None
 
 
+def last_call(pipe: Any) -> CallStats | None:
+    """What the last gated call of ``pipe`` did (gate, steps, batches, per-layer counts), or None."""
+    session = get_session(pipe)
+    return session.last_call if session is not None else None
+
+
+def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGateConfig:
+    """Validate ``config`` (with ``overrides``) against ``pipe`` without changing anything; return it.
+
+    Raises the same :class:`ConfigError` / :class:`UnsupportedPipelineError` that ``apply`` would.
+    """
+    config = TGateConfig() if config is None else config
+    if not isinstance(config, TGateConfig):
+        raise TypeError(f"config must be a crossgate.TGateConfig, got {type(config).__name__}.")
+    if overrides:
+        config = config.with_overrides(**overrides)
+    resolve_adapter(pipe)
+    return config
+
+
 def _self_attention_schedule(config: TGateConfig):
     def action(step: int, gate: int):
         return self_attention_action(

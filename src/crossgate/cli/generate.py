@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_tgate:
         with crossgate.enabled(pipe, config):
             image, seconds = generate(f"TGATE gate_step={gate}")
-            stats = crossgate.get_session(pipe).last_call
+            stats = crossgate.last_call(pipe)
         label = f"TGATE m={stats.gate}/{stats.num_steps} {seconds:.2f}s" if stats else f"TGATE {seconds:.2f}s"
         results.append((image, label))
     images = [upscale_for_viewing(image) for image, _ in results]

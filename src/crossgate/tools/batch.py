@@ -579,8 +579,7 @@ def _run_one(
     tick = time.perf_counter()
     images = generate_batch(pipe, batch, settings)
     seconds = time.perf_counter() - tick
-    session = crossgate.get_session(pipe)
-    stats = session.last_call if session is not None else None
+    stats = crossgate.last_call(pipe)
     config = settings.as_config()
     config["resolved_gate"] = stats.gate if stats is not None else None
     for item, image in zip(batch.items, images):

@@ -343,7 +343,7 @@ def _run_config(
                 steps,
                 guidance_scale,
                 batch_size,
-                after_call=lambda: crossgate.get_session(pipe).last_call,
+                after_call=lambda: crossgate.last_call(pipe),
             )
     tracker = StepTracker()
     window = "before" if config.kind == "null-before" else "after"
