@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from crossgate.schedule import Action
 from crossgate.gate import GateState
+from crossgate.schedule import Action
 
 CROSS_ATTENTION_HOOK = "crossgate_cross_attention"
 SELF_ATTENTION_HOOK = "crossgate_self_attention"

@@ -20,6 +20,7 @@ from diffusers.hooks import HookRegistry
 
 from crossgate.adapters import ModelAdapter, resolve_adapter
 from crossgate.config import TGateConfig
+from crossgate.gate import CallStats, GateState
 from crossgate.hooks import (
     CROSS_ATTENTION_HOOK,
     SELF_ATTENTION_HOOK,
@@ -28,7 +29,6 @@ from crossgate.hooks import (
     SelfAttentionCacheHook,
 )
 from crossgate.schedule import self_attention_action
-from crossgate.gate import CallStats, GateState
 
 _SESSION_ATTR = "_crossgate_session"
 # Methods crossgate shadows on the pipeline instance (never on its class); remove() deletes them.

@@ -10,11 +10,11 @@ from crossgate.cli.common import (
     CommandError,
     add_runtime_arguments,
     finite_float,
+    int_list,
     load_pipeline,
     positive_int,
     set_threads,
 )
-from crossgate.cli.eval import int_list
 
 FALLBACK_PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
 
@@ -71,7 +71,12 @@ def default_prompts(count: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.tools.quality.convergence import null_text_ablation, record_convergence, write_convergence, write_null_text
+    from crossgate.tools.quality.convergence import (
+        null_text_ablation,
+        record_convergence,
+        write_convergence,
+        write_null_text,
+    )
 
     prompts = args.prompt or default_prompts(args.num_prompts)
     if args.steps < 2:

@@ -50,8 +50,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.tools.quality.calibration import calibrate, write_profile
     from crossgate.config import ConfigError, TGateConfig
+    from crossgate.tools.quality.calibration import calibrate, write_profile
 
     try:  # the same validation a config made from the profile gets
         TGateConfig(

@@ -47,6 +47,17 @@ def _int_at_least(text: str, minimum: int) -> int:
     return value
 
 
+def int_list(text: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (each >= 1)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers >= 1, e.g. 1,2,3,5,8,10,15,25")
+    return values
+
+
 def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 

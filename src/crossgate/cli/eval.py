@@ -10,22 +10,11 @@ from crossgate.cli.common import (
     CommandError,
     add_runtime_arguments,
     finite_float,
+    int_list,
     load_pipeline,
     positive_int,
     set_threads,
 )
-
-
-def int_list(text: str) -> list[int]:
-    """``"1,2,3"`` -> ``[1, 2, 3]`` (each >= 1)."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give integers >= 1, e.g. 1,2,3,5,8,10,15,25")
-    return values
-
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from crossgate.adapters.base import cross_attention_modules, self_attention_modules
-from crossgate.schedule import Action, self_attention_plan
 from crossgate.gate import CallStats
+from crossgate.schedule import Action, self_attention_plan
 
 Convention = Literal["linear_conv", "all"]
 CONVENTIONS: tuple[Convention, ...] = ("linear_conv", "all")

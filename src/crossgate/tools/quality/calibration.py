@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crossgate.tools.quality.convergence import ConvergenceResult, record_convergence
 from crossgate.config import TGateConfig, fraction_to_steps
+from crossgate.tools.quality.convergence import ConvergenceResult, record_convergence
 
 
 def first_gate(

@@ -21,7 +21,13 @@ import torch
 
 from crossgate.adapters import cross_attention_modules, resolve_adapter
 from crossgate.tools.quality.metrics import mse, psnr_from_mse, ssim
-from crossgate.tools.quality.sampling import StepTracker, cfg_active, check_step_callback, generate_images, null_text
+from crossgate.tools.quality.sampling import (
+    StepTracker,
+    cfg_active,
+    check_step_callback,
+    generate_images,
+    null_text,
+)
 
 VIEWS = ("mean", "cond", "uncond")
 

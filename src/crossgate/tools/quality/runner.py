@@ -191,8 +191,8 @@ def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation])
     one-image call, so the timed calls carry no counting hooks; a replayed cross-attention runs no
     layers and costs nothing.
     """
-    from crossgate.tools.accounting import LinearConvCounter
     from crossgate.adapters import resolve_adapter
+    from crossgate.tools.accounting import LinearConvCounter
 
     denoiser = resolve_adapter(pipe).denoiser(pipe)
     with LinearConvCounter(denoiser) as counter:
@@ -202,8 +202,8 @@ def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation])
 
 def count_macs_live(pipe: Any, call: Callable[[], Generation]) -> tuple[int, Generation]:
     """Linear/conv MACs per image executed by ``call()`` itself (for data-dependent gates)."""
-    from crossgate.tools.accounting import LinearConvCounter
     from crossgate.adapters import resolve_adapter
+    from crossgate.tools.accounting import LinearConvCounter
 
     denoiser = resolve_adapter(pipe).denoiser(pipe)
     with LinearConvCounter(denoiser) as counter:
