@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import crossgate
+from crossgate.cli import main
+from crossgate.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 from crossgate.tools.accounting import (
     MODELS,
     AccountingError,
@@ -16,8 +18,6 @@ from crossgate.tools.accounting import (
     image_macs,
     v2_self_attention_steps,
 )
-from crossgate.cli import main
-from crossgate.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 T = 1e12
 REL = 1e-3  # the tolerance: within 0.1% of the paper

@@ -10,8 +10,8 @@ import torch
 
 import crossgate
 from crossgate.adapters import cross_attention_modules
-from crossgate.tools.quality.convergence import null_text_ablation, record_convergence
 from crossgate.cli import main
+from crossgate.tools.quality.convergence import null_text_ablation, record_convergence
 from crossgate.tools.quality.sampling import StepTracker, generate_images, null_text
 
 PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]

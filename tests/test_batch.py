@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from crossgate.tools.batch import BatchError, OutputDir, PromptItem, default_seed, parse_prompts, plan_batches
 from crossgate.cli import main as cli_main
+from crossgate.tools.batch import BatchError, OutputDir, PromptItem, default_seed, parse_prompts, plan_batches
 
 STEPS = "8"
 LAUNCH_TIMEOUT = 300

@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 
+from crossgate.cli import main
 from crossgate.tools.accounting import CallMeter, Schedule, image_macs
 from crossgate.tools.bench import (
     BenchError,
@@ -17,7 +18,6 @@ from crossgate.tools.bench import (
     random_pipeline,
     run_bench,
 )
-from crossgate.cli import main
 
 STEPS = 4
 KWARGS = dict(prompt="a red cat", num_inference_steps=STEPS, height=32, width=32, output_type="latent")

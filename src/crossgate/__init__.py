@@ -42,7 +42,21 @@ _EXPORTS = {
     "remove": "crossgate.pipeline",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "CallStats",
+    "ConfigError",
+    "TGateConfig",
+    "UnsupportedPipelineError",
+    "__version__",
+    "apply",
+    "check",
+    "compose_deepcache",
+    "enabled",
+    "get_session",
+    "is_applied",
+    "last_call",
+    "remove",
+]
 
 
 def __getattr__(name: str) -> Any:
