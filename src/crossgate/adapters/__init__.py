@@ -7,7 +7,19 @@ as one ``[uncond; cond]`` batch.
 
 from __future__ import annotations
 
-from crossgate.adapters.base import ModelAdapter, UnsupportedPipelineError, cross_attention_modules
-from crossgate.adapters.registry import resolve_adapter
+from crossgate.adapters.base import (
+    ModelAdapter,
+    UnsupportedPipelineError,
+    cross_attention_modules,
+    self_attention_modules,
+)
+from crossgate.adapters.registry import denoiser_of, resolve_adapter
 
-__all__ = ["ModelAdapter", "UnsupportedPipelineError", "cross_attention_modules", "resolve_adapter"]
+__all__ = [
+    "ModelAdapter",
+    "UnsupportedPipelineError",
+    "cross_attention_modules",
+    "denoiser_of",
+    "resolve_adapter",
+    "self_attention_modules",
+]

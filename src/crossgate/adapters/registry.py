@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import re
 
+import torch
+
 from crossgate.adapters.base import ModelAdapter, UnsupportedPipelineError
 
 UNET = ModelAdapter(family="unet", denoiser_attr="unet")
@@ -41,6 +43,20 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
     raise UnsupportedPipelineError(
         f"{type(pipe).__name__} has neither a `unet` nor a `transformer` denoiser; crossgate does not "
         "know where to gate it."
+    )
+
+
+def denoiser_of(pipe: object) -> torch.nn.Module:
+    """The pipeline's denoiser (``unet`` or ``transformer``), without checking it can be gated.
+
+    For tools (accounting, benchmarks) that measure any pipeline, gated or not.
+    """
+    for adapter in _ADAPTERS:
+        denoiser = getattr(pipe, adapter.denoiser_attr, None)
+        if isinstance(denoiser, torch.nn.Module):
+            return denoiser
+    raise UnsupportedPipelineError(
+        f"{type(pipe).__name__} has neither a `unet` nor a `transformer` denoiser."
     )
 
 
