@@ -35,6 +35,16 @@ def sdxl_pipe(_sdxl_template):
     return copy.deepcopy(_sdxl_template)
 
 
+def live_call_records() -> int:
+    """How many per-call hook records (caches, counts) are still alive; 0 once every call has ended."""
+    import gc
+
+    from crossgate.hooks import CrossAttentionRecord, SelfAttentionRecord
+
+    gc.collect()
+    return sum(isinstance(o, (CrossAttentionRecord, SelfAttentionRecord)) for o in gc.get_objects())
+
+
 def run(pipe, prompt="a red circle", steps=8, seed=0, **kwargs):
     """One call with a fixed seed, returning latents (exact comparisons need no VAE)."""
     kwargs.setdefault("output_type", "latent")

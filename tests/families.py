@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crossgate import random_pipelines as rp
+from crossgate import testing as rp
 
 
 @dataclass

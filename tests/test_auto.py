@@ -1,4 +1,4 @@
-"""gate_step="auto", per-layer gating and calibration profiles, on the embedded model."""
+"""gate_step="auto" and calibration profiles, on the embedded model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 import crossgate
 from crossgate.adapters import cross_attention_modules
+from crossgate.gate import AutoGate, replay
 from crossgate.tools.quality.calibration import first_gate, profile_from_convergence
 
 PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
@@ -95,13 +96,20 @@ def test_auto_does_not_leak_between_calls(pipe):
     assert torch.equal(gen(pipe), first)
 
 
-def test_first_gate_rule():
+def test_auto_gate_rule_replayed_over_a_curve():
     curve = [0.5, 0.3, 0.2, 0.09, 0.05, 0.04]  # change at steps 1..6
-    assert first_gate(curve, 0.1, min_gate=1, max_gate=7) == 5  # below at step 4 -> gate after it
-    assert first_gate(curve, 0.1, min_gate=6, max_gate=7) == 6
-    assert first_gate(curve, 0.01, min_gate=1, max_gate=7) == 7
+
+    def gate(tolerance, min_gate, max_gate, scale=1.0):
+        return replay(AutoGate(tolerance / scale, min_gate, max_gate), curve)
+
+    assert gate(0.1, min_gate=1, max_gate=7) == 5  # below at step 4 -> gate after it
+    assert gate(0.1, min_gate=6, max_gate=7) == 6
+    assert gate(0.01, min_gate=1, max_gate=7) == 7
     # scale 2 (a 50-step call): the change must be below 0.1 / 2 = 0.05, first true at step 6
-    assert first_gate(curve, 0.1, min_gate=1, max_gate=8, scale=2.0) == 7
+    assert gate(0.1, min_gate=1, max_gate=8, scale=2.0) == 7
+    # the config's own policy: 20 steps -> guard rails round(0.2*20)=4, round(0.8*20)=16, scale 20/25
+    config = crossgate.TGateConfig(gate_step="auto", auto_tolerance=0.1)
+    assert first_gate(curve, config, 20) == gate(0.1, 4, 16, scale=20 / 25)
 
 
 def test_tolerance_is_stated_per_25th_of_the_trajectory(pipe):
@@ -117,7 +125,9 @@ def test_calibrate_profile_roundtrip(pipe, tmp_path):
     from crossgate.tools.quality.calibration import calibrate, write_profile
 
     profile = calibrate(pipe, PROMPTS, num_inference_steps=20, tolerance=0.1)
-    assert profile["gate_step"] == first_gate(profile["convergence"], 0.1, 4, 16, scale=20 / 25)
+    auto = crossgate.TGateConfig(gate_step="auto", auto_tolerance=0.1)
+    assert profile["gate_step"] == replay(AutoGate(0.1 / (20 / 25), 4, 16), profile["convergence"])
+    assert profile["gate_step"] == first_gate(profile["convergence"], auto, 20)
     path = write_profile(profile, tmp_path / "p.json")
     config = crossgate.TGateConfig.from_profile(path)
     assert config.resolve_gate(20) == profile["gate_step"]

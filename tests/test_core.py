@@ -16,8 +16,10 @@ from diffusers import (
 )
 
 import crossgate
-from conftest import ProcessorCounter, run
+import crossgate.pipeline
+from conftest import ProcessorCounter, live_call_records, run
 from crossgate.adapters import cross_attention_modules
+from crossgate.gate import current_call
 from reference_tgate import reference_latents
 
 SCHEDULERS = {
@@ -157,9 +159,8 @@ def test_no_leakage_after_a_call_that_raised(sd_pipe, _sd_template):
 
     with pytest.raises(KeyboardInterrupt):
         run(sd_pipe, "a red circle", steps=8, seed=0, callback_on_step_end=explode)
-    session = crossgate.get_session(sd_pipe)
-    assert not session.state.active
-    assert all(h.cache is None for h in session.cross_attention.values())
+    assert current_call() is None
+    assert live_call_records() == 0, "the interrupted call's caches must be dropped"
     assert torch.equal(run(sd_pipe, "a blue square", steps=8, seed=1), expected_b)
 
 
@@ -194,7 +195,7 @@ def test_apply_twice_is_idempotent_or_reconfigures(sd_pipe):
         "a second apply must not stack hooks"
     )
     crossgate.apply(sd_pipe, gate_step=4)
-    assert crossgate.get_session(sd_pipe).config.gate_step == 4
+    assert crossgate.pipeline.configuration(sd_pipe).gate_step == 4
     run(sd_pipe, steps=6)
     assert crossgate.last_call(sd_pipe).gate == 4
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+import numbers
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +30,11 @@ class TGateConfig:
             cross-attention and classifier-free guidance (CFG); a ``float`` in ``(0, 1]`` is a
             fraction of the call's denoising steps, rounded to the nearest step (at least 1).
             When ``m >= steps`` TGATE never engages and the output equals the plain pipeline's.
-        post_gate_inputs: which CFG half feeds the single denoiser pass after the gate. ``"uncond"``
-            (default, as the original release does) uses the negative prompt's side inputs, e.g.
-            SDXL's negative pooled embeds and time ids; ``"cond"`` uses the positive ones.
+        post_gate_inputs: which CFG half feeds the single denoiser pass after the gate. ``None``
+            (default) takes the family's choice (the support matrix lists it): ``"uncond"`` for
+            text-to-image families, as the original release does (the negative prompt's side
+            inputs, e.g. SDXL's negative pooled embeds and time ids); ``"cond"`` for Stable Video
+            Diffusion, whose unconditional inputs are zeros (no image conditioning at all).
         self_attention_interval: TGATE v2's ``k``: before the gate, self-attention is recomputed
             every ``k``-th step after the warm-up and reused in between. ``None`` (default) turns
             self-attention caching off (TGATE v1). See :mod:`crossgate.schedule` for the table.
@@ -52,8 +55,8 @@ class TGateConfig:
     to run until the last layer freezes (docs/quality-gate-selection.md).
     """
 
-    gate_step: int | float | Literal["auto"] = 10
-    post_gate_inputs: PostGateInputs = "uncond"
+    gate_step: int | float | Literal["auto"] = 0.4
+    post_gate_inputs: PostGateInputs | None = None
     self_attention_interval: int | None = None
     self_attention_interval_after: int = 1
     self_attention_warm_up: int = 2
@@ -62,10 +65,15 @@ class TGateConfig:
     auto_max_fraction: float = 0.8
 
     def __post_init__(self) -> None:
+        for name in _NUMERIC_FIELDS:  # numpy scalars, Fractions, 0-d tensors are numbers too
+            object.__setattr__(self, name, _as_number(getattr(self, name)))
         _validate_gate_step(self.gate_step)
         _validate_auto(self)
-        if self.post_gate_inputs not in ("uncond", "cond"):
-            raise ConfigError(f"post_gate_inputs must be 'uncond' or 'cond', got {self.post_gate_inputs!r}.")
+        if self.post_gate_inputs not in (None, "uncond", "cond"):
+            raise ConfigError(
+                f"post_gate_inputs must be 'uncond', 'cond' or None (the family's choice), "
+                f"got {self.post_gate_inputs!r}."
+            )
         if self.self_attention_interval is not None:
             _validate_int("self_attention_interval", self.self_attention_interval, 1, "or None (off)")
         _validate_int("self_attention_interval_after", self.self_attention_interval_after, 1)
@@ -108,30 +116,80 @@ class TGateConfig:
         The profile stores gates as fractions of its step count, so a profile made at n steps also
         applies (proportionally) to other step counts; use one profile per model and scheduler.
         """
+        where = f"profile {str(path)!r}"
         try:
             profile = json.loads(Path(path).read_text())
         except FileNotFoundError:
-            raise ConfigError(
-                f"profile {str(path)!r} not found; make one with `crossgate calibrate`."
-            ) from None
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"profile {str(path)!r} is not readable JSON: {error}") from None
+            raise ConfigError(f"{where} not found; make one with `crossgate calibrate`.") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{where} is not readable JSON: {error}") from None
         if not isinstance(profile, dict) or "gate_fraction" not in profile:
-            raise ConfigError(
-                f"profile {str(path)!r} has no 'gate_fraction'; was it written by `crossgate calibrate`?"
-            )
-        fields: dict[str, Any] = {"gate_step": float(profile["gate_fraction"])}
-        fields.update(overrides)
-        return cls(**fields)
+            raise ConfigError(f"{where} has no 'gate_fraction'; was it written by `crossgate calibrate`?")
+        fraction = _as_number(profile["gate_fraction"])
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise ConfigError(f"{where}: field 'gate_fraction' must be a number in (0, 1], got {fraction!r}.")
+        try:
+            return cls(gate_step=float(fraction)).with_overrides(**overrides)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
 
     def with_overrides(self, **overrides: object) -> TGateConfig:
         """A copy with some fields replaced (validated again)."""
-        unknown = set(overrides) - set(self.__dataclass_fields__)
+        unknown = set(overrides) - {f.name for f in fields(self)}
         if unknown:
             raise ConfigError(
-                f"unknown TGATE option(s) {sorted(unknown)}; valid: {sorted(self.__dataclass_fields__)}."
+                f"unknown TGATE option(s) {sorted(unknown)}; valid: {sorted(f.name for f in fields(self))}."
             )
         return replace(self, **overrides)
+
+
+def coerce_config(config: object, overrides: dict[str, Any]) -> TGateConfig:
+    """``config`` (None: the defaults) with ``overrides`` applied, validated; what ``apply`` runs with."""
+    if config is None:
+        config = TGateConfig()
+    if not isinstance(config, TGateConfig):
+        raise TypeError(
+            f"config must be a crossgate.TGateConfig, got {type(config).__name__}; pass options as "
+            "keywords (crossgate.apply(pipe, gate_step=0.4)) or build TGateConfig(...)."
+        )
+    return config.with_overrides(**overrides) if overrides else config
+
+
+_NUMERIC_FIELDS = (
+    "gate_step",
+    "self_attention_interval",
+    "self_attention_interval_after",
+    "self_attention_warm_up",
+    "auto_tolerance",
+    "auto_min_fraction",
+    "auto_max_fraction",
+)
+
+
+def _as_number(value: object) -> object:
+    """A plain ``int``/``float`` for any real number (numpy scalars, ``Fraction``, 0-d tensors).
+
+    Integral values stay ints (steps), other reals become floats (fractions); booleans and
+    non-numbers are returned unchanged for the validators to refuse.
+    """
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if type(value).__name__ == "bool_":  # numpy.bool_: not a number here either
+        return value
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0:  # numpy 0-d arrays and scalars, tensors
+        try:
+            value = item()
+        except (TypeError, ValueError, RuntimeError):
+            return value
+        return value if isinstance(value, bool) else _as_number(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Rational) and value.denominator == 1:  # Fraction(5) is a step count
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def fraction_to_steps(fraction: float, num_steps: int) -> int:

@@ -1,72 +1,182 @@
-"""Per-call state shared by the hooks of one gated pipeline.
+"""The gate: when a call stops computing cross-attention and CFG, and what the call did.
 
-A call's state lives only while the pipeline's denoising loop runs: it is reset when the loop is
-entered and again when it is left (also when the loop raises), so no call ever sees another's.
+* A :class:`GatePolicy` owns the deciding. :class:`FixedGate` knows its step from the start;
+  :class:`AutoGate` starts at its latest allowed step and closes earlier after the first step whose
+  convergence statistic is below the tolerance. Both answer one method, :meth:`GatePolicy.after_step`,
+  so calibration replays a measured curve through the very rule the live call uses (:func:`replay`).
+* A :class:`CallState` owns the stepping of one running call: its step counter, its policy, whether
+  it runs CFG, and the per-layer records the hooks keep for it. It lives only while the call's
+  denoising loop runs and is reachable only through :func:`current_call` in the context (thread,
+  nesting level) of the pipeline running that loop, so no call can see another's state.
+* :class:`CallStats` is what users read afterwards: ``crossgate.last_call(pipe)``.
 """
 
 from __future__ import annotations
 
+import contextvars
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from crossgate.config import TGateConfig, fraction_to_steps
+
+
+class GatePolicy(ABC):
+    """Decides the gate ``m`` of one call: steps ``0 .. m-1`` compute, steps ``m ..`` replay."""
+
+    gate: int
+    watches_convergence: bool = False
+
+    @abstractmethod
+    def after_step(self, step: int, change: float | None) -> None:
+        """Step ``step`` (0-based) has completed; ``change`` is its convergence statistic, if measured."""
 
 
 @dataclass
-class GateState:
-    """What the hooks need to know about the running call.
+class FixedGate(GatePolicy):
+    """A gate known before the call starts (``gate_step`` as steps or as a fraction)."""
 
-    Attributes:
-        active: a gated call's denoising loop is running; outside it every hook passes through.
-        step: denoising steps completed so far in this call (the pipeline's own progress count, so a
-            second-order scheduler's two denoiser calls belong to one step).
-        num_steps: denoising steps this call's loop will run.
-        gate: the resolved gate ``m`` for this call.
-        cfg: whether this call batches ``[uncond; cond]``; read at the first denoiser call.
-        denoiser_batches: the batch size of every denoiser pass this call (for accounting and tests).
+    gate: int
+
+    def after_step(self, step: int, change: float | None) -> None:
+        return None
+
+
+@dataclass
+class AutoGate(GatePolicy):
+    """``gate_step="auto"``: close after the first step whose change is below ``tolerance``.
+
+    ``tolerance`` is already divided by the step-count scale (see ``TGateConfig.auto_tolerance``).
+    The gate is never before ``min_gate`` and always by ``max_gate``.
     """
 
-    active: bool = False
-    step: int = 0
-    num_steps: int = 0
+    tolerance: float
+    min_gate: int
+    max_gate: int
     gate: int = 0
+    watches_convergence: bool = True
+
+    def __post_init__(self) -> None:
+        self.gate = self.max_gate
+
+    def after_step(self, step: int, change: float | None) -> None:
+        if change is None:
+            return
+        following = step + 1
+        if following >= self.gate or following < self.min_gate:
+            return
+        if change < self.tolerance:
+            self.gate = following
+
+
+def gate_policy(config: TGateConfig, num_steps: int) -> GatePolicy:
+    """The policy ``config`` describes for a call of ``num_steps`` denoising steps."""
+    if config.is_auto:
+        return AutoGate(
+            tolerance=config.auto_tolerance / config.convergence_scale(num_steps),
+            min_gate=fraction_to_steps(config.auto_min_fraction, num_steps),
+            max_gate=fraction_to_steps(config.auto_max_fraction, num_steps),
+        )
+    return FixedGate(config.resolve_gate(num_steps))
+
+
+def replay(policy: GatePolicy, curve: Sequence[float]) -> int:
+    """The gate ``policy`` reaches on a measured curve (``curve[t-1]``: the change at step ``t``)."""
+    for step, change in enumerate(curve, start=1):
+        policy.after_step(step, change)
+    return policy.gate
+
+
+@dataclass
+class CallState:
+    """What the hooks need to know about one running call, and what they keep for it.
+
+    Attributes:
+        owner: the pipeline whose denoising loop this is.
+        denoiser: the denoiser module that loop runs (hooks of another denoiser ignore this call).
+        config: the owner's TGATE configuration.
+        policy: decides the gate; ``gate`` reads it.
+        num_steps: denoising steps the loop will run.
+        step: steps completed so far (the pipeline's own progress count, so a second-order
+            scheduler's two denoiser calls belong to one step).
+        cfg: whether this call batches ``[uncond; cond]``; read at the first denoiser call.
+        denoiser_batches: the batch of every denoiser pass (for accounting and tests).
+        convergence: ``gate_step="auto"``: the layer-averaged change, one value per step from step 1.
+        records: per-module data the hooks keep for this call only (caches, counts).
+        halved: the batch of the current denoiser pass when the gate halved it, else None.
+        foreign_pass: the current denoiser pass belongs to another pipeline sharing the denoiser
+            (one called from this call's callback); every hook passes it through.
+        post_gate_inputs: which CFG half (``"uncond"`` or ``"cond"``) feeds the passes after the gate.
+        cfg_probe: answers whether the call runs CFG; asked once, at the first denoiser pass.
+    """
+
+    owner: Any
+    denoiser: Any
+    config: TGateConfig
+    policy: GatePolicy
+    num_steps: int
+    step: int = 0
     cfg: bool | None = None
     denoiser_batches: list[int] = field(default_factory=list)
-    watch_convergence: bool = False
     convergence: list[float] = field(default_factory=list)
+    records: dict[str, Any] = field(default_factory=dict)
+    halved: int | None = None
+    foreign_pass: bool = False
+    post_gate_inputs: str = "uncond"
+    cfg_probe: Callable[[], bool] | None = None
 
-    def begin(self, num_steps: int, gate: int, watch_convergence: bool = False) -> None:
-        self.reset()
-        self.active = True
-        self.num_steps = num_steps
-        self.gate = gate
-        self.watch_convergence = watch_convergence
-
-    def reset(self) -> None:
-        self.active = False
-        self.step = 0
-        self.num_steps = 0
-        self.gate = 0
-        self.cfg = None
-        self.denoiser_batches = []
-        self.watch_convergence = False
-        self.convergence = []
-
-    def snapshot(self) -> CallStats:
-        return CallStats(
-            num_steps=self.num_steps,
-            gate=self.gate,
-            cfg=self.cfg,
-            denoiser_batches=list(self.denoiser_batches),
-            convergence=list(self.convergence),
-        )
+    @property
+    def gate(self) -> int:
+        return self.policy.gate
 
     @property
     def gated(self) -> bool:
         """True from step ``m`` on: cross-attention is replayed and CFG is dropped."""
-        return self.active and self.step >= self.gate
+        return self.step >= self.policy.gate
+
+    def complete_step(self, change: float | None) -> None:
+        """The pipeline finished a step: let the policy decide, then advance."""
+        if change is not None:
+            self.convergence.append(change)
+        self.policy.after_step(self.step, change)
+        self.step += 1
+
+
+_RUNNING: contextvars.ContextVar[CallState | None] = contextvars.ContextVar("crossgate_call", default=None)
+
+
+def current_call() -> CallState | None:
+    """The gated call running in this context (thread, nesting level), or None."""
+    return _RUNNING.get()
+
+
+def enter_call(call: CallState) -> contextvars.Token:
+    """Make ``call`` the running call of this context; pass the token to :func:`leave_call`."""
+    return _RUNNING.set(call)
+
+
+def leave_call(token: contextvars.Token) -> None:
+    try:
+        _RUNNING.reset(token)
+    except ValueError:  # a generator-style loop closed from another context: nothing of ours is there
+        _RUNNING.set(None)
 
 
 @dataclass(frozen=True)
 class CallStats:
-    """What the last gated call did, kept after the call for inspection and accounting."""
+    """What the last gated call of a pipeline did: ``crossgate.last_call(pipe)``.
+
+    Attributes:
+        num_steps: denoising steps the call ran.
+        gate: the gate ``m`` it used (for ``"auto"``: the step the convergence rule chose).
+        cfg: whether it ran classifier-free guidance.
+        denoiser_batches: the batch of every denoiser pass (2B before the gate under CFG, B after).
+        cross_attention_computed_steps: per cross-attention layer, the steps it computed.
+        cross_attention_replays: per cross-attention layer, the passes that replayed its cache.
+        self_attention_computed_steps: TGATE v2: per self-attention layer, the steps it computed.
+        convergence: ``"auto"`` only: the layer-averaged relative change, one value per step from 1.
+    """
 
     num_steps: int
     gate: int
@@ -75,4 +185,9 @@ class CallStats:
     cross_attention_computed_steps: dict[str, int] = field(default_factory=dict)
     cross_attention_replays: dict[str, int] = field(default_factory=dict)
     self_attention_computed_steps: dict[str, list[int]] = field(default_factory=dict)
-    convergence: list[float] = field(default_factory=list)  # auto: mean relative change, steps 1..
+    convergence: list[float] = field(default_factory=list)
+
+    @property
+    def engaged(self) -> bool:
+        """Whether the gate closed inside the call (otherwise the output equals the plain pipeline's)."""
+        return self.gate < self.num_steps

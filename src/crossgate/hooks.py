@@ -1,152 +1,189 @@
-"""The diffusers ``ModelHook`` subclasses that implement TGATE.
+"""The hooks that implement TGATE on one denoiser, for every pipeline that shares it.
 
-Two hooks share one :class:`~crossgate.gate.GateState`:
+Three hooks, each stateless: what a call keeps (caches, counts) lives in that call's
+:class:`~crossgate.gate.CallState`, found with :func:`~crossgate.gate.current_call`, so pipelines that
+share a denoiser (``from_pipe``, ``Pipeline(**pipe.components)``) and calls running in other threads
+or nested in a callback never see each other's state.
 
-* :class:`CrossAttentionGateHook` sits on every cross-attention module. Before the gate it lets the
-  module's own attention processor run (LoRA, IP-Adapter, fused or custom processors stay in
-  charge) and keeps a reference to the latest output. From the gate on it returns the cached output
-  (the mean of the CFG halves) without computing anything.
-* :class:`DenoiserGate` sits on the denoiser. From the gate on, when the call runs CFG, it feeds
-  one half of the ``[uncond; cond]`` batch through the denoiser and hands the pipeline the result
-  for both halves, so the pipeline's own guidance arithmetic returns it unchanged.
+* :class:`CrossAttentionGateHook` (a diffusers ``ModelHook`` on every cross-attention module): before
+  the gate the module's own attention processor runs (LoRA, IP-Adapter, fused or custom processors
+  stay in charge) and its latest output is kept; from the gate on it returns the mean of that
+  output's CFG halves without computing anything.
+* :class:`SelfAttentionCacheHook` (a ``ModelHook``, TGATE v2 only): compute, store or reuse
+  self-attention on the steps :mod:`crossgate.schedule` says, dropping a cache once no later step
+  reads it.
+* :class:`DenoiserGate` (PyTorch forward pre/post hooks on the denoiser, not a ``ModelHook``: it
+  rewrites inputs and outputs rather than skipping the module, and PyTorch's hooks survive
+  accelerate's offloading re-installing its ``forward`` wrapper after every call). From the gate on,
+  under CFG, it feeds one half of the ``[uncond; cond]`` batch through the denoiser and hands the
+  pipeline the result for both halves, so the pipeline's own guidance arithmetic returns it unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
 
-from crossgate.gate import GateState
-from crossgate.schedule import Action
+from crossgate.gate import CallState, current_call
+from crossgate.schedule import Action, self_attention_action
+from crossgate.tensors import cfg_mean, latent_batch, map_batch, relative_change
 
-CROSS_ATTENTION_HOOK = "crossgate_cross_attention"
-SELF_ATTENTION_HOOK = "crossgate_self_attention"
+
+@dataclass
+class CrossAttentionRecord:
+    """What one cross-attention layer keeps during one call."""
+
+    latest: torch.Tensor | None = None
+    latest_step: int | None = None
+    cache: torch.Tensor | None = None
+    change: tuple[int, float] | None = None  # (step, relative change from the step before)
+    computed_steps: set[int] = field(default_factory=set)
+    replays: int = 0
+
+
+@dataclass
+class SelfAttentionRecord:
+    """What one self-attention layer keeps during one call (TGATE v2)."""
+
+    cache: torch.Tensor | None = None
+    computed_steps: set[int] = field(default_factory=set)
+
+
+def _call_for(denoiser: torch.nn.Module) -> CallState | None:
+    """The running call if it is running ``denoiser`` in a pass of its own pipeline, else None."""
+    call = current_call()
+    if call is None or call.denoiser is not denoiser or call.foreign_pass:
+        return None
+    return call
 
 
 class CrossAttentionGateHook(ModelHook):
     """Compute before the gate, replay the converged output after it."""
 
-    _is_stateful = True
-
-    def __init__(self, state: GateState, name: str) -> None:
+    def __init__(self, denoiser: torch.nn.Module, name: str) -> None:
         super().__init__()
-        self.state = state
+        self.denoiser = denoiser
         self.name = name
-        self.cache: torch.Tensor | None = None
-        self._latest: torch.Tensor | None = None
-        self._latest_step: int | None = None
-        self.change: tuple[int, float] | None = None  # (step, relative change from the step before)
-        self.computed_steps: set[int] = set()
-        self.replayed_calls = 0
+        self._key = f"cross:{name}"
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state = self.state
-        if not state.gated:
+        call = _call_for(self.denoiser)
+        if call is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        record = self.record(call)
+        if not call.gated:
             output = self.fn_ref.original_forward(*args, **kwargs)
-            if state.active:
-                self._record(output)
+            self._keep(call, record, output)
             return output
-        if self.cache is None:
-            self.cache = self._freeze_cache()
-        self.replayed_calls += 1
-        return self.cache
+        if record.cache is None:
+            record.cache = self._freeze(call, record)
+        record.replays += 1
+        return record.cache
 
-    def _record(self, output: torch.Tensor) -> None:
-        step = self.state.step
-        if self.state.watch_convergence and self._latest is not None and self._latest_step != step:
-            self.change = (step, relative_change(self._view(output), self._view(self._latest)))
-        self._latest, self._latest_step = output, step
-        self.computed_steps.add(step)
+    def record(self, call: CallState) -> CrossAttentionRecord:
+        record = call.records.get(self._key)
+        if record is None:
+            record = call.records[self._key] = CrossAttentionRecord()
+        return record
 
-    def _view(self, output: torch.Tensor) -> torch.Tensor:
-        return _cfg_mean(output) if self.state.cfg else output
+    def change_at(self, call: CallState, step: int) -> float | None:
+        """This layer's relative change measured at ``step`` of ``call``, if it computed then."""
+        change = self.record(call).change
+        return change[1] if change is not None and change[0] == step else None
 
-    def _freeze_cache(self) -> torch.Tensor:
-        latest, self._latest = self._latest, None
+    def stats(self, call: CallState) -> tuple[int, int]:
+        """(steps computed, passes replayed) in ``call``."""
+        record = self.record(call)
+        return len(record.computed_steps), record.replays
+
+    def _keep(self, call: CallState, record: CrossAttentionRecord, output: torch.Tensor) -> None:
+        step = call.step
+        if call.policy.watches_convergence and record.latest is not None and record.latest_step != step:
+            record.change = (step, relative_change(self._view(call, output), self._view(call, record.latest)))
+        record.latest, record.latest_step = output, step
+        record.computed_steps.add(step)
+
+    @staticmethod
+    def _view(call: CallState, output: torch.Tensor) -> torch.Tensor:
+        return cfg_mean(output) if call.cfg else output
+
+    def _freeze(self, call: CallState, record: CrossAttentionRecord) -> torch.Tensor:
+        latest, record.latest = record.latest, None
         if latest is None:
             raise RuntimeError(
                 f"crossgate: cross-attention layer {self.name!r} was never computed before the gate, so "
                 "there is no output to replay. Something skipped it in every step before the gate."
             )
-        return self._view(latest)
-
-    def reset_state(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
-        self.cache = None
-        self._latest = None
-        self._latest_step = None
-        self.change = None
-        self.computed_steps = set()
-        self.replayed_calls = 0
-        return module
-
-
-def relative_change(current: torch.Tensor, previous: torch.Tensor) -> float:
-    """``||current - previous|| / ||previous||`` per image (Frobenius), averaged over images.
-
-    The convergence statistic of ``gate_step="auto"``; the same definition as
-    :func:`crossgate.tools.quality.convergence.record_convergence`'s "mean" view, so a calibration and a live auto
-    gate measure the same thing.
-    """
-    current, previous = current.float().flatten(1), previous.float().flatten(1)
-    ratio = (current - previous).norm(dim=1) / previous.norm(dim=1).clamp_min(1e-12)
-    return float(ratio.mean())
+        return self._view(call, latest)
 
 
 class SelfAttentionCacheHook(ModelHook):
     """TGATE v2: recompute self-attention only on the schedule's steps, reuse it in between."""
 
-    _is_stateful = True
-
-    def __init__(self, state: GateState, name: str, action: Callable[[int, int], Action]) -> None:
+    def __init__(self, denoiser: torch.nn.Module, name: str) -> None:
         super().__init__()
-        self.state = state
+        self.denoiser = denoiser
         self.name = name
-        self._action = action
-        self.cache: torch.Tensor | None = None
-        self.computed_steps: set[int] = set()
+        self._key = f"self:{name}"
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state = self.state
-        if not state.active:
+        call = _call_for(self.denoiser)
+        if call is None or not call.config.caches_self_attention:
             return self.fn_ref.original_forward(*args, **kwargs)
-        action = self._action(state.step, state.gate)
-        batch = _batch_size(args, kwargs)
-        if action is Action.REUSE and self.cache is not None and self.cache.shape[0] == batch:
-            return self.cache
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        self.computed_steps.add(state.step)
-        if action is Action.STORE:
-            at_gate = state.step == state.gate - 1
-            self.cache = _cfg_mean(output) if at_gate and state.cfg else output
+        record = self.record(call)
+        action = self._action(call, call.step)
+        batch = latent_batch(args, kwargs)
+        if action is Action.REUSE and record.cache is not None and record.cache.shape[0] == batch:
+            output = record.cache
+        else:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            record.computed_steps.add(call.step)
+            if action is Action.STORE:
+                at_gate = call.step == call.gate - 1
+                record.cache = cfg_mean(output) if at_gate and call.cfg else output
+        if not self._read_later(call):
+            record.cache = None  # no later step reuses it: free the memory now
         return output
 
-    def reset_state(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
-        self.cache = None
-        self.computed_steps = set()
-        return module
+    def record(self, call: CallState) -> SelfAttentionRecord:
+        record = call.records.get(self._key)
+        if record is None:
+            record = call.records[self._key] = SelfAttentionRecord()
+        return record
+
+    def stats(self, call: CallState) -> list[int]:
+        """The steps this layer computed in ``call``."""
+        return sorted(self.record(call).computed_steps)
+
+    @staticmethod
+    def _action(call: CallState, step: int) -> Action:
+        config = call.config
+        return self_attention_action(
+            step,
+            call.gate,
+            config.self_attention_interval,
+            config.self_attention_interval_after,
+            config.self_attention_warm_up,
+        )
+
+    def _read_later(self, call: CallState) -> bool:
+        """Whether a later step may reuse the cache (a second-order step's second pass, or the next step)."""
+        following = call.step + 1
+        if following >= call.num_steps:
+            return self._action(call, call.step) is Action.REUSE  # only this step's other passes
+        return Action.REUSE in (self._action(call, call.step), self._action(call, following))
 
 
 class DenoiserGate:
-    """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed.
+    """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed."""
 
-    Unlike the cross-attention hooks this one never skips the module, it only rewrites its inputs
-    and output, so it uses PyTorch's own forward pre-hook and forward hook. Those survive anything
-    that re-wraps ``forward``: accelerate's model offloading re-installs its wrapper at the end of
-    every call (``maybe_free_model_hooks``) and drops any forward wrapper registered after it.
-    """
-
-    def __init__(self, state: GateState, cfg_active: Callable[[], bool], use_cond_half: bool) -> None:
-        self.state = state
-        self._cfg_active = cfg_active
-        self._half = 1 if use_cond_half else 0
-        self._halved: int | None = None
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def attach(self, denoiser: torch.nn.Module) -> None:
-        self._handles = [
+    def __init__(self, denoiser: torch.nn.Module) -> None:
+        self.denoiser = denoiser
+        self._handles: list[torch.utils.hooks.RemovableHandle] = [
             denoiser.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
             denoiser.register_forward_hook(self._after),
         ]
@@ -157,15 +194,18 @@ class DenoiserGate:
         self._handles = []
 
     def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        self._halved = None
-        state = self.state
-        if not state.active:
+        call = current_call()
+        if call is None or call.denoiser is not self.denoiser:
             return None
-        if state.cfg is None:
-            state.cfg = bool(self._cfg_active())
-        full = _batch_size(args, kwargs)
-        if not (state.gated and state.cfg):
-            state.denoiser_batches.append(full)
+        call.halved = None
+        call.foreign_pass = _calling_pipeline() is not call.owner
+        if call.foreign_pass:
+            return None  # a pipeline sharing this denoiser, called from inside this call: plain
+        if call.cfg is None:
+            call.cfg = bool(call.cfg_probe()) if call.cfg_probe is not None else False
+        full = latent_batch(args, kwargs)
+        if not (call.gated and call.cfg):
+            call.denoiser_batches.append(full)
             return None
         if full % 2:
             raise RuntimeError(
@@ -173,39 +213,34 @@ class DenoiserGate:
                 f"{full}; this pipeline may call the denoiser separately per CFG branch (unsupported)."
             )
         half = full // 2
-        pick = slice(self._half * half, (self._half + 1) * half)
-        state.denoiser_batches.append(half)
-        self._halved = half
-        return _map_batch((args, kwargs), full, lambda t: t[pick])
+        start = half if call.post_gate_inputs == "cond" else 0
+        call.denoiser_batches.append(half)
+        call.halved = half
+        return map_batch((args, kwargs), full, lambda t: t[start : start + half])
 
     def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        half, self._halved = self._halved, None
+        call = current_call()
+        if call is None or call.denoiser is not self.denoiser or call.foreign_pass:
+            return None
+        half, call.halved = call.halved, None
         if half is None:
             return None
-        return _map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+        return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
 
 
-def _cfg_mean(output: torch.Tensor) -> torch.Tensor:
-    """The mean of the ``[uncond; cond]`` halves: what one pass at batch B replays after the gate."""
-    uncond, cond = output.chunk(2, dim=0)
-    return (uncond + cond) / 2
+@torch.compiler.disable  # stack inspection: run eagerly, outside any compiled graph
+def _calling_pipeline() -> Any:
+    """The innermost diffusers pipeline on the Python stack: the one whose code called the denoiser.
 
+    A pipeline that shares the denoiser with a gated one and is called from the gated call's
+    callback runs in the same context; only the stack tells its passes apart.
+    """
+    from diffusers import DiffusionPipeline
 
-def _batch_size(args: tuple, kwargs: dict) -> int:
-    sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-    if not isinstance(sample, torch.Tensor):
-        raise RuntimeError("crossgate: could not find the denoiser's latent input to read the batch size.")
-    return sample.shape[0]
-
-
-def _map_batch(tree: Any, batch: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply ``fn`` to every tensor in ``tree`` whose leading dimension is the batch."""
-    if isinstance(tree, torch.Tensor):
-        return fn(tree) if tree.dim() > 0 and tree.shape[0] == batch else tree
-    if isinstance(tree, dict):
-        mapped = {key: _map_batch(value, batch, fn) for key, value in tree.items()}
-        return mapped if type(tree) is dict else type(tree)(**mapped)
-    if isinstance(tree, (list, tuple)):
-        mapped = [_map_batch(value, batch, fn) for value in tree]
-        return type(tree)(mapped) if not hasattr(tree, "_fields") else type(tree)(*mapped)
-    return tree
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if isinstance(owner, DiffusionPipeline):
+            return owner
+        frame = frame.f_back
+    return None

@@ -5,147 +5,230 @@ advances and ends from the pipeline's own progress bar (every diffusers pipeline
 ``with self.progress_bar(total=...)`` and calls ``update()`` once per completed step, which already
 counts a second-order scheduler's two denoiser calls as one step). The progress bar is replaced on
 this instance only, never on its class.
+
+Two objects, two lifetimes:
+
+* a ``_Session`` per pipeline: its configuration, the instance patches, the last call's stats;
+* an ``_Installation`` per denoiser: the hooks on its modules, shared by every session whose pipeline
+  uses that denoiser and removed when the last of them is removed. The hooks hold no call data;
+  each call's data lives in its :class:`~crossgate.gate.CallState`, made when its loop starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry
 
-from crossgate.adapters import ModelAdapter, resolve_adapter
-from crossgate.config import TGateConfig
-from crossgate.gate import CallStats, GateState
-from crossgate.hooks import (
-    CROSS_ATTENTION_HOOK,
-    SELF_ATTENTION_HOOK,
-    CrossAttentionGateHook,
-    DenoiserGate,
-    SelfAttentionCacheHook,
-)
-from crossgate.schedule import self_attention_action
+from crossgate.adapters import ModelAdapter, UnsupportedPipelineError, resolve_adapter
+from crossgate.config import TGateConfig, coerce_config
+from crossgate.gate import CallState, CallStats, enter_call, gate_policy, leave_call
+from crossgate.hooks import CrossAttentionGateHook, DenoiserGate, SelfAttentionCacheHook
 
 _SESSION_ATTR = "_crossgate_session"
+_INSTALLATION_ATTR = "_crossgate_installation"
+_CROSS_HOOK = "crossgate_cross_attention"
+_SELF_HOOK = "crossgate_self_attention"
 # Methods crossgate shadows on the pipeline instance (never on its class); remove() deletes them.
 _INSTANCE_PATCHES = ("progress_bar", "encode_prompt")
 
 
 @dataclass
-class TGateSession:
+class _Installation:
+    """The hooks crossgate put on one denoiser, and the sessions that use them."""
+
+    denoiser: torch.nn.Module
+    cross_attention: dict[str, CrossAttentionGateHook] = field(default_factory=dict)
+    self_attention: dict[str, SelfAttentionCacheHook] = field(default_factory=dict)
+    gate: DenoiserGate | None = None
+    users: list[_Session] = field(default_factory=list)
+    _hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
+
+    @classmethod
+    def acquire(cls, session: _Session, pipe: Any) -> _Installation:
+        """The denoiser's installation with ``session`` among its users (hooking it if needed)."""
+        denoiser = session.denoiser
+        installation = denoiser.__dict__.get(_INSTALLATION_ATTR)
+        fresh = installation is None
+        if installation is None:
+            installation = cls(denoiser)
+        try:
+            if fresh:
+                for name, module in session.adapter.cross_attention(pipe):
+                    hook = CrossAttentionGateHook(denoiser, name)
+                    installation._register(module, hook, _CROSS_HOOK)
+                    installation.cross_attention[name] = hook
+                installation.gate = DenoiserGate(denoiser)
+            installation.users.append(session)
+            installation.sync(session.adapter, pipe)
+        except BaseException:
+            if session in installation.users:
+                installation.users.remove(session)
+            if fresh:
+                installation._unhook()
+            raise
+        denoiser.__dict__[_INSTALLATION_ATTR] = installation
+        return installation
+
+    def release(self, session: _Session, pipe: Any) -> None:
+        """Drop ``session``; unhook the denoiser when no session uses it any more."""
+        if session in self.users:
+            self.users.remove(session)
+        if self.users:
+            self.sync(session.adapter, pipe)
+            return
+        self._unhook()
+        self.denoiser.__dict__.pop(_INSTALLATION_ATTR, None)
+
+    def sync(self, adapter: ModelAdapter, pipe: Any) -> None:
+        """Self-attention hooks exist exactly while some user caches self-attention (TGATE v2)."""
+        needed = any(user.config.caches_self_attention for user in self.users)
+        if needed and not self.self_attention:
+            for name, module in adapter.self_attention(pipe):
+                hook = SelfAttentionCacheHook(self.denoiser, name)
+                self._register(module, hook, _SELF_HOOK)
+                self.self_attention[name] = hook
+        elif not needed and self.self_attention:
+            for module, hook_name in [h for h in self._hooked if h[1] == _SELF_HOOK]:
+                HookRegistry.check_if_exists_or_initialize(module).remove_hook(hook_name, recurse=False)
+                self._hooked.remove((module, hook_name))
+            self.self_attention.clear()
+
+    def step_change(self, call: CallState) -> float | None:
+        """The layer-averaged convergence statistic of the step ``call`` just completed."""
+        if not call.policy.watches_convergence:
+            return None
+        changes = [c for h in self.cross_attention.values() if (c := h.change_at(call, call.step)) is not None]
+        return sum(changes) / len(changes) if changes else None
+
+    def stats(self, call: CallState) -> CallStats:
+        cross = {name: hook.stats(call) for name, hook in self.cross_attention.items()}
+        return CallStats(
+            num_steps=call.num_steps,
+            gate=call.gate,
+            cfg=call.cfg,
+            denoiser_batches=list(call.denoiser_batches),
+            cross_attention_computed_steps={name: computed for name, (computed, _) in cross.items()},
+            cross_attention_replays={name: replays for name, (_, replays) in cross.items()},
+            self_attention_computed_steps={
+                name: hook.stats(call) for name, hook in self.self_attention.items()
+            }
+            if call.config.caches_self_attention
+            else {},
+            convergence=list(call.convergence),
+        )
+
+    def _register(self, module: torch.nn.Module, hook: Any, name: str) -> None:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        self._hooked.append((module, name))
+
+    def _unhook(self) -> None:
+        if self.gate is not None:
+            self.gate.detach()
+            self.gate = None
+        for module, hook_name in reversed(self._hooked):
+            HookRegistry.check_if_exists_or_initialize(module).remove_hook(hook_name, recurse=False)
+        self._hooked.clear()
+        self.cross_attention.clear()
+        self.self_attention.clear()
+
+
+@dataclass(eq=False)
+class _Session:
     """Everything crossgate attached to one pipeline, so that ``remove`` can undo all of it."""
 
     config: TGateConfig
     adapter: ModelAdapter
-    state: GateState
     denoiser: torch.nn.Module
-    cross_attention: dict[str, CrossAttentionGateHook] = field(default_factory=dict)
-    self_attention: dict[str, SelfAttentionCacheHook] = field(default_factory=dict)
-    denoiser_gate: DenoiserGate | None = None
-    hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
+    installation: _Installation | None = None
     last_call: CallStats | None = None
     prompt_cfg: bool | None = None
 
-    def unhook(self) -> None:
-        if self.denoiser_gate is not None:
-            self.denoiser_gate.detach()
-        for module, hook_name in reversed(self.hooked):
-            module._diffusers_hook.remove_hook(hook_name, recurse=False)
-        self.hooked.clear()
+    @property
+    def post_gate_inputs(self) -> str:
+        return self.config.post_gate_inputs or self.adapter.post_gate_inputs
 
-    def begin_loop(self, num_steps: int) -> None:
-        self._reset_hooks()
-        config = self.config
-        self.state.begin(num_steps, config.resolve_gate(num_steps), watch_convergence=config.is_auto)
+    def begin_loop(self, pipe: Any, num_steps: int) -> CallState:
+        denoiser = self.adapter.denoiser(pipe)
+        if denoiser is not self.denoiser:
+            self._rehook(pipe, denoiser)
+        return CallState(
+            owner=pipe,
+            denoiser=denoiser,
+            config=self.config,
+            policy=gate_policy(self.config, num_steps),
+            num_steps=num_steps,
+            post_gate_inputs=self.post_gate_inputs,
+            cfg_probe=lambda: self.adapter.cfg_active(pipe, self.prompt_cfg),
+        )
 
-    def end_step(self) -> None:
-        """Called at each completed step: where ``gate_step="auto"`` decides to close the gate."""
-        state, config = self.state, self.config
-        if not (state.active and config.is_auto):
-            return
-        step = state.step
-        changes = {
-            n: h.change[1] for n, h in self.cross_attention.items() if h.change and h.change[0] == step
-        }
-        if not changes:
-            return
-        state.convergence.append(sum(changes.values()) / len(changes))
-        next_step = step + 1
-        if next_step >= state.gate or next_step < config.resolve_min_gate(state.num_steps):
-            return
-        if state.convergence[-1] < config.auto_tolerance / config.convergence_scale(state.num_steps):
-            state.gate = next_step
+    def end_step(self, call: CallState, steps: int = 1) -> None:
+        assert self.installation is not None
+        for _ in range(steps):
+            call.complete_step(self.installation.step_change(call))
 
-    def end_loop(self) -> None:
-        if self.state.active:
-            self.last_call = replace(
-                self.state.snapshot(),
-                cross_attention_computed_steps={
-                    n: len(h.computed_steps) for n, h in self.cross_attention.items()
-                },
-                cross_attention_replays={n: h.replayed_calls for n, h in self.cross_attention.items()},
-                self_attention_computed_steps={
-                    n: sorted(h.computed_steps) for n, h in self.self_attention.items()
-                },
+    def end_loop(self, call: CallState) -> None:
+        assert self.installation is not None
+        self.last_call = self.installation.stats(call)
+
+    def _rehook(self, pipe: Any, denoiser: torch.nn.Module) -> None:
+        """The pipeline's denoiser was replaced after ``apply``: move the hooks to the new one."""
+        old, old_denoiser = self.installation, self.denoiser
+        if not isinstance(denoiser, torch.nn.Module):
+            raise UnsupportedPipelineError(
+                f"crossgate: {type(pipe).__name__}.{self.adapter.denoiser_attr} was replaced by "
+                f"{type(denoiser).__name__}, not a denoiser module; restore it or call crossgate.remove(pipe)."
             )
-        self.state.reset()
-        self._reset_hooks()  # drop the caches now, not at the next call (stats are in last_call)
-
-    def _reset_hooks(self) -> None:
-        for hook in (*self.cross_attention.values(), *self.self_attention.values()):
-            hook.reset_state(None)
+        resolve_adapter(pipe)  # the new denoiser must be gateable too (clear error otherwise)
+        self.denoiser = denoiser
+        try:
+            self.installation = _Installation.acquire(self, pipe)
+        except BaseException:
+            self.denoiser = old_denoiser
+            raise
+        if old is not None:
+            old.users.remove(self)
+            if not old.users:
+                old._unhook()
+                old_denoiser.__dict__.pop(_INSTALLATION_ATTR, None)
 
 
 def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any:
     """Enable TGATE on ``pipe`` in place and return it.
 
-    ``config`` defaults to :class:`TGateConfig()`; keyword ``overrides`` replace its fields
-    (``apply(pipe, gate_step=0.4)``). Applying again replaces the configuration (the same config
-    twice is a no-op). Nothing is changed on the pipeline if validation fails.
+    ``config`` defaults to :class:`TGateConfig()` (gate at 0.4 of the steps); keyword ``overrides``
+    replace its fields (``apply(pipe, gate_step=10)``). Applying again replaces the configuration
+    (the same config twice is a no-op). Pipelines that share a denoiser each carry their own
+    configuration. Nothing is changed on the pipeline if validation fails.
     """
-    config = TGateConfig() if config is None else config
-    if not isinstance(config, TGateConfig):
-        raise TypeError(f"config must be a crossgate.TGateConfig, got {type(config).__name__}.")
-    if overrides:
-        config = config.with_overrides(**overrides)
-    session = get_session(pipe)
-    if session is not None:
-        if session.config == config:
-            return pipe
-        remove(pipe)
+    config = check(pipe, config, **overrides)
+    session = _session(pipe)
+    if session is not None and session.installation is not None:
+        if session.config != config:
+            previous, session.config = session.config, config
+            try:
+                session.installation.sync(session.adapter, pipe)
+            except BaseException:
+                session.config = previous
+                raise
+        return pipe
     adapter = resolve_adapter(pipe)
-    state = GateState()
-    session = TGateSession(config=config, adapter=adapter, state=state, denoiser=adapter.denoiser(pipe))
-    registered = session.hooked
+    session = _Session(config=config, adapter=adapter, denoiser=adapter.denoiser(pipe))
     try:
-        for name, module in adapter.cross_attention(pipe):
-            hook = CrossAttentionGateHook(state, name)
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, CROSS_ATTENTION_HOOK)
-            registered.append((module, CROSS_ATTENTION_HOOK))
-            session.cross_attention[name] = hook
-        if config.caches_self_attention:
-            action = _self_attention_schedule(config)
-            for name, module in adapter.self_attention(pipe):
-                sa_hook = SelfAttentionCacheHook(state, name, action)
-                HookRegistry.check_if_exists_or_initialize(module).register_hook(sa_hook, SELF_ATTENTION_HOOK)
-                registered.append((module, SELF_ATTENTION_HOOK))
-                session.self_attention[name] = sa_hook
-        session.denoiser_gate = DenoiserGate(
-            state,
-            cfg_active=lambda: adapter.cfg_active(pipe, session.prompt_cfg),
-            use_cond_half=config.post_gate_inputs == "cond",
-        )
-        session.denoiser_gate.attach(session.denoiser)
+        session.installation = _Installation.acquire(session, pipe)
         pipe.progress_bar = _progress_bar_for(pipe, session)
         if callable(getattr(type(pipe), "encode_prompt", None)):
             pipe.encode_prompt = _encode_prompt_for(pipe, session)
         setattr(pipe, _SESSION_ATTR, session)
     except BaseException:
-        session.unhook()
+        if session.installation is not None:
+            session.installation.release(session, pipe)
         for name in _INSTANCE_PATCHES:
             pipe.__dict__.pop(name, None)
         raise
@@ -153,12 +236,16 @@ def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any
 
 
 def remove(pipe: Any) -> Any:
-    """Take TGATE off ``pipe``; calling it on a pipeline without TGATE does nothing."""
-    session = get_session(pipe)
+    """Take TGATE off ``pipe``; calling it on a pipeline without TGATE does nothing.
+
+    Other pipelines sharing the denoiser keep their own TGATE.
+    """
+    session = _session(pipe)
     if session is None:
         return pipe
-    session.unhook()
-    session.end_loop()
+    if session.installation is not None:
+        session.installation.release(session, pipe)
+        session.installation = None
     for name in _INSTANCE_PATCHES:
         pipe.__dict__.pop(name, None)
     delattr(pipe, _SESSION_ATTR)
@@ -167,69 +254,77 @@ def remove(pipe: Any) -> Any:
 
 @contextlib.contextmanager
 def enabled(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Iterator[Any]:
-    """``with crossgate.enabled(pipe, gate_step=0.4): pipe(...)``: TGATE inside the block only."""
+    """``with crossgate.enabled(pipe, gate_step=0.4): pipe(...)``: TGATE as configured inside the block.
+
+    After the block the pipeline is as it was before: plain, or applied with its previous config.
+    """
+    session = _session(pipe)
+    previous = session.config if session is not None else None
     apply(pipe, config, **overrides)
     try:
         yield pipe
     finally:
-        remove(pipe)
-
-
-def get_session(pipe: Any) -> TGateSession | None:
-    """The TGATE session attached to ``pipe``, or None (useful for stats and tests)."""
-    return pipe.__dict__.get(_SESSION_ATTR) if hasattr(pipe, "__dict__") else None
-
-
-def is_applied(pipe: Any) -> bool:
-    return get_session(pipe) is not None
-
-
-def last_call(pipe: Any) -> CallStats | None:
-    """What the last gated call of ``pipe`` did (gate, steps, batches, per-layer counts), or None."""
-    session = get_session(pipe)
-    return session.last_call if session is not None else None
+        if previous is None:
+            remove(pipe)
+        else:
+            apply(pipe, previous)
 
 
 def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGateConfig:
     """Validate ``config`` (with ``overrides``) against ``pipe`` without changing anything; return it.
 
-    Raises the same :class:`ConfigError` / :class:`UnsupportedPipelineError` that ``apply`` would.
+    Raises the same :class:`~crossgate.ConfigError` / :class:`~crossgate.UnsupportedPipelineError`
+    that :func:`apply` would, so a CLI or a service can refuse bad input before doing any work.
     """
-    config = TGateConfig() if config is None else config
-    if not isinstance(config, TGateConfig):
-        raise TypeError(f"config must be a crossgate.TGateConfig, got {type(config).__name__}.")
-    if overrides:
-        config = config.with_overrides(**overrides)
+    config = coerce_config(config, overrides)
     resolve_adapter(pipe)
     return config
 
 
-def _self_attention_schedule(config: TGateConfig):
-    def action(step: int, gate: int):
-        return self_attention_action(
-            step,
-            gate,
-            config.self_attention_interval,
-            config.self_attention_interval_after,
-            config.self_attention_warm_up,
-        )
-
-    return action
+def last_call(pipe: Any) -> CallStats | None:
+    """What the last gated call of ``pipe`` did (gate, steps, batches, per-layer counts), or None."""
+    session = _session(pipe)
+    return session.last_call if session is not None else None
 
 
-def _progress_bar_for(pipe: Any, session: TGateSession):
+def is_applied(pipe: Any) -> bool:
+    return _session(pipe) is not None
+
+
+def get_session(pipe: Any) -> Any:
+    """Deprecated: use :func:`crossgate.last_call` (stats) or :func:`crossgate.is_applied`."""
+    warnings.warn(
+        "crossgate.get_session is deprecated and will be removed; use crossgate.last_call(pipe) for "
+        "the last call's stats and crossgate.is_applied(pipe) to test for TGATE.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return _session(pipe)
+
+
+def configuration(pipe: Any) -> TGateConfig | None:
+    """The configuration TGATE runs ``pipe`` with, or None when it is not applied."""
+    session = _session(pipe)
+    return session.config if session is not None else None
+
+
+def _session(pipe: Any) -> _Session | None:
+    return pipe.__dict__.get(_SESSION_ATTR) if hasattr(pipe, "__dict__") else None
+
+
+def _progress_bar_for(pipe: Any, session: _Session):
     """An instance-level ``progress_bar`` that reports the loop's start, steps and end to ``session``."""
     make_bar = type(pipe).progress_bar.__get__(pipe)
 
     def progress_bar(iterable: Any = None, total: int | None = None) -> _LoopTracker:
         bar = make_bar(iterable=iterable, total=total)
         steps = total if total is not None else len(iterable)
-        return _LoopTracker(bar, session, steps)
+        return _LoopTracker(bar, pipe, session, steps)
 
     return progress_bar
 
 
-def _encode_prompt_for(pipe: Any, session: TGateSession):
+def _encode_prompt_for(pipe: Any, session: _Session):
     """An instance-level ``encode_prompt`` that notes whether the call asked for CFG embeddings.
 
     Pipelines without a ``do_classifier_free_guidance`` property (PixArt) still pass that decision
@@ -252,36 +347,54 @@ def _encode_prompt_for(pipe: Any, session: TGateSession):
 
 
 class _LoopTracker:
-    """Wraps the pipeline's tqdm bar: entering it starts a gated loop, ``update`` counts a step."""
+    """Wraps the pipeline's tqdm bar: entering it starts a gated call, ``update`` completes a step."""
 
-    def __init__(self, bar: Any, session: TGateSession, num_steps: int) -> None:
+    def __init__(self, bar: Any, pipe: Any, session: _Session, num_steps: int) -> None:
         self._bar = bar
+        self._pipe = pipe
         self._session = session
         self._num_steps = num_steps
+        self._call: CallState | None = None
+        self._token: Any = None
+
+    def _begin(self) -> None:
+        self._call = self._session.begin_loop(self._pipe, self._num_steps)
+        self._token = enter_call(self._call)
+
+    def _end(self) -> None:
+        if self._call is None:
+            return
+        call, self._call = self._call, None
+        leave_call(self._token)
+        self._session.end_loop(call)  # the call's caches go with ``call``; its stats stay
 
     def __enter__(self) -> _LoopTracker:
         self._bar.__enter__()
-        self._session.begin_loop(self._num_steps)
+        try:
+            self._begin()
+        except BaseException as error:
+            self._bar.__exit__(type(error), error, error.__traceback__)
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> Any:
-        self._session.end_loop()
+        self._end()
         return self._bar.__exit__(*exc)
 
     def update(self, n: int = 1) -> Any:
-        self._session.end_step()
-        self._session.state.step += n
+        if self._call is not None:
+            self._session.end_step(self._call, n)
         return self._bar.update(n)
 
     def __iter__(self) -> Iterator[Any]:
-        self._session.begin_loop(self._num_steps)
+        self._begin()
         try:
             for item in self._bar:
                 yield item
-                self._session.end_step()
-                self._session.state.step += 1
+                if self._call is not None:
+                    self._session.end_step(self._call)
         finally:
-            self._session.end_loop()
+            self._end()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bar, name)

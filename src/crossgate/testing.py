@@ -1,7 +1,9 @@
 """Random-weight diffusers pipelines built offline, for tests, benchmarks and demos.
 
 Nothing here touches the Hugging Face Hub: the tokenizer is a character-level CLIP BPE written to a
-temporary folder, and every model is built from a config with random (seeded) weights.
+temporary folder, and every model is built from a config with random (seeded) weights. Two sizes:
+``tiny_*`` pipelines (widths of a few channels, for tests) and :func:`random_pipeline` (the real
+SD-1.5 / SD-2.1 / SDXL UNet architectures from the bundled configs, for benchmarks).
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from crossgate.tools.accounting import bundled_config
 
-def _ready(pipe: Any) -> Any:
+# Real denoiser architectures :func:`random_pipeline` builds with random weights (bundled configs).
+ARCHITECTURES: dict[str, str] = {
+    "sd15": "sd15_unet.json",
+    "sd21": "sd21_unet.json",
+    "sdxl": "sdxl_unet.json",
+}
+RANDOM_MODELS: tuple[str, ...] = ("tiny", "tiny-sdxl", *ARCHITECTURES)
+
+
+def ready(pipe: Any) -> Any:
     """Inference mode for every model (built modules start in training mode, with dropout on)."""
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
@@ -61,7 +73,8 @@ def clip_text_config(
     )
 
 
-def _ddim() -> DDIMScheduler:
+def ddim_scheduler() -> DDIMScheduler:
+    """The DDIM scheduler of the Stable Diffusion releases (scaled-linear betas, steps offset 1)."""
     return DDIMScheduler(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
@@ -109,12 +122,12 @@ def tiny_sd_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionPip
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=_ddim(),
+        scheduler=ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return _ready(pipe)
+    return ready(pipe)
 
 
 def tiny_sdxl_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionXLPipeline:
@@ -146,10 +159,10 @@ def tiny_sdxl_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionX
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet,
-        scheduler=_ddim(),
+        scheduler=ddim_scheduler(),
         force_zeros_for_empty_prompt=False,
     )
-    return _ready(pipe)
+    return ready(pipe)
 
 
 def char_fast_tokenizer(max_length: int = 32, eos: bool = True):
@@ -229,7 +242,7 @@ def tiny_pixart_pipeline(seed: int = 0, sigma: bool = False):
         transformer=transformer,
         scheduler=DPMSolverMultistepScheduler(),
     )
-    return _ready(pipe)
+    return ready(pipe)
 
 
 def tiny_sana_pipeline(seed: int = 0):
@@ -292,4 +305,71 @@ def tiny_sana_pipeline(seed: int = 0):
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
     )
-    return _ready(pipe)
+    return ready(pipe)
+
+
+def random_pipeline(
+    model: str, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A pipeline named in :data:`RANDOM_MODELS`, random weights, on ``device`` in ``dtype``.
+
+    ``tiny`` / ``tiny-sdxl`` are :func:`tiny_sd_pipeline` / :func:`tiny_sdxl_pipeline`; the others
+    are :func:`architecture_pipeline` of the bundled UNet config.
+    """
+    if model == "tiny":
+        return tiny_sd_pipeline(seed).to(device, dtype)
+    if model == "tiny-sdxl":
+        return tiny_sdxl_pipeline(seed).to(device, dtype)
+    if model not in ARCHITECTURES:
+        raise ValueError(f"unknown random-weight model {model!r}; use one of {', '.join(RANDOM_MODELS)}.")
+    return architecture_pipeline(bundled_config(ARCHITECTURES[model]), device, dtype, seed)
+
+
+def architecture_pipeline(
+    unet_config: dict[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A full pipeline around the real UNet architecture ``unet_config`` describes, random weights.
+
+    Benchmarks need the real denoiser's cost, not its weights. The text encoders are small random
+    CLIP models of the hidden sizes the UNet expects (their cost is the same for every configuration
+    a benchmark compares); the VAE is the SD VAE architecture (scale factor 8). An SDXL-style UNet
+    (``addition_embed_type="text_time"``) gets an SDXL pipeline. Built directly on a CUDA device
+    when one is asked for, so large UNets never materialise on the CPU.
+    """
+    torch.manual_seed(seed)
+    tokenizer = char_tokenizer()
+    init_device = device if device.startswith("cuda") else "cpu"
+    with torch.device(init_device):
+        unet = UNet2DConditionModel.from_config(unet_config)
+        vae = AutoencoderKL.from_config(bundled_config("sd_vae.json"))
+        if unet_config.get("addition_embed_type") == "text_time":
+            pooled = (
+                unet_config["projection_class_embeddings_input_dim"]
+                - 6 * unet_config["addition_time_embed_dim"]
+            )
+            second = unet_config["cross_attention_dim"] - 768
+            pipe: Any = StableDiffusionXLPipeline(
+                vae=vae,
+                text_encoder=CLIPTextModel(clip_text_config(tokenizer, 768, heads=12)),
+                text_encoder_2=CLIPTextModelWithProjection(
+                    clip_text_config(tokenizer, second, pooled, heads=second // 64)
+                ),
+                tokenizer=tokenizer,
+                tokenizer_2=tokenizer,
+                unet=unet,
+                scheduler=ddim_scheduler(),
+                force_zeros_for_empty_prompt=False,
+            )
+        else:
+            width = unet_config["cross_attention_dim"]
+            pipe = StableDiffusionPipeline(
+                vae=vae,
+                text_encoder=CLIPTextModel(clip_text_config(tokenizer, width, heads=width // 64)),
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=ddim_scheduler(),
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+    return ready(pipe).to(device, dtype)

@@ -54,6 +54,8 @@ class ModelAdapter:
 
     family: str
     denoiser_attr: str
+    # Which CFG half feeds the passes after the gate when the config leaves it to the family.
+    post_gate_inputs: str = "uncond"
 
     def denoiser(self, pipe: object) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attr)

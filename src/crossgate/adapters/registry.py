@@ -12,11 +12,30 @@ from crossgate.adapters.base import ModelAdapter, UnsupportedPipelineError
 UNET = ModelAdapter(family="unet", denoiser_attr="unet")
 TRANSFORMER = ModelAdapter(family="transformer", denoiser_attr="transformer")
 
+# Stable Video Diffusion's unconditional half is all zeros (image embeddings and image latents), so
+# feeding it after the gate would drop the image conditioning; the original release feeds the cond half.
+SVD = ModelAdapter(family="svd", denoiser_attr="unet", post_gate_inputs="cond")
+
 _ADAPTERS: tuple[ModelAdapter, ...] = (UNET, TRANSFORMER)
+# Families that differ from the generic adapter, by pipeline class name (subclasses included).
+_FAMILY_ADAPTERS: dict[str, ModelAdapter] = {"StableVideoDiffusionPipeline": SVD}
+
+
+def _family_adapter(pipe: object, generic: ModelAdapter) -> ModelAdapter:
+    for cls in type(pipe).__mro__:
+        adapter = _FAMILY_ADAPTERS.get(cls.__name__)
+        if adapter is not None:
+            return adapter
+    return generic
 
 
 def resolve_adapter(pipe: object) -> ModelAdapter:
     """The adapter whose denoiser this pipeline has and which holds text cross-attention."""
+    if isinstance(pipe, type):
+        raise UnsupportedPipelineError(
+            f"crossgate.apply expects a pipeline instance, got the class {pipe.__name__}; build one first, "
+            f"e.g. pipe = {pipe.__name__}.from_pretrained(...)."
+        )
     if not callable(pipe) or not hasattr(pipe, "components"):
         raise UnsupportedPipelineError(
             f"crossgate.apply expects a diffusers pipeline (e.g. StableDiffusionPipeline), got "
@@ -39,7 +58,7 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
                 "after the gate would need to skip whole denoiser calls; crossgate does not support "
                 "such pipelines yet (e.g. Wan, QwenImage, CogView4)."
             )
-        return adapter
+        return _family_adapter(pipe, adapter)
     raise UnsupportedPipelineError(
         f"{type(pipe).__name__} has neither a `unet` nor a `transformer` denoiser; crossgate does not "
         "know where to gate it."

@@ -23,16 +23,17 @@ from crossgate.cli.common import (
 
 
 def register(subparsers: Any) -> None:
-    from crossgate.tools.bench import BENCH_MODELS, PEERS
+    from crossgate.tools.bench import BENCH_MODELS, MIN_ROUNDS, PEERS
 
     p = subparsers.add_parser(
         "bench",
         help="time plain vs crossgate (several gates) vs peers (tgate, DeepCache, ToMe, PAB) side by side",
         description=(
             "Random-weight architectures (no download) or a model folder; configurations alternate "
-            "in one process after a warm-up; the table gives median seconds, speed-up over plain, the "
-            "MACs each configuration's denoiser really executed (linear+conv, counted in the warm-up) "
-            "and efficiency = measured speed-up / MACs-predicted speed-up."
+            "in one process after a warm-up; the table gives median seconds and their min-max, "
+            "speed-up over plain, the MACs each configuration's denoiser really executed (linear+conv, "
+            "counted in the warm-up) and efficiency = measured speed-up / MACs-predicted speed-up. "
+            f"Rows timed in fewer than {MIN_ROUNDS} rounds or without a warm-up are marked indicative."
         ),
     )
     p.add_argument(
@@ -59,12 +60,18 @@ def register(subparsers: Any) -> None:
         choices=PEERS,
         help="peer methods to include (default: all; pass --peers with no value for none)",
     )
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (median reported)")
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=3,
+        help=f"timed rounds (median and min-max reported; fewer than {MIN_ROUNDS} are flagged as indicative)",
+    )
     p.add_argument(
         "--warmup",
         type=non_negative_int,
         default=1,
-        help="untimed runs per configuration (0: count MACs in the first timed round; for slow CPUs)",
+        help="untimed runs per configuration (0: count MACs in the first timed round, for slow CPUs; "
+        "rows are then flagged as indicative)",
     )
     p.add_argument("--guidance", type=finite_float, default=7.5)
     p.add_argument("--decode", action="store_true", help="include the VAE decode (default: latents only)")
@@ -78,6 +85,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from crossgate.tools.bench import (
         BENCH_MODELS,
+        PROMPT,
         BenchError,
         build_variants,
         markdown,
@@ -104,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         targets.append((args.model_dir, args.resolution))  # the pipeline's own default size if None
     else:
         for model in args.model or ["sd15", "sdxl"]:
-            default = BENCH_MODELS[model][1]
+            default = BENCH_MODELS[model]
             if gpu and model in ("sd15", "sdxl"):
                 default *= 2
             targets.append((model, args.resolution or default))
@@ -127,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(str(error)) from None
         log(f"  built in {time.perf_counter() - start:.1f} s")
         call_kwargs: dict[str, Any] = dict(
-            prompt="a photo of a red cat sitting on a blue sofa",
+            prompt=PROMPT,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             output_type="pil" if args.decode else "latent",
@@ -182,7 +190,8 @@ def environment_header(args: argparse.Namespace) -> str:
     lines = [
         f"crossgate bench on {machine}, {time.strftime('%Y-%m-%d %H:%M %Z')}",
         versions,
-        "efficiency = measured speed-up / MACs-predicted speed-up (MACs: linear+conv the denoiser executed).",
+        "efficiency = measured speed-up / MACs-predicted speed-up (MACs: linear+conv the denoiser executed); "
+        "spread = min-max over the timed rounds.",
     ]
     if command:
         lines.append(f"command: `{command}`")

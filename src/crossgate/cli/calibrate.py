@@ -10,6 +10,7 @@ from crossgate.cli.common import (
     add_runtime_arguments,
     finite_float,
     load_pipeline,
+    output_path,
     positive_int,
     set_threads,
 )
@@ -50,11 +51,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import crossgate
     from crossgate.config import ConfigError, TGateConfig
     from crossgate.tools.quality.calibration import calibrate, write_profile
 
     try:  # the same validation a config made from the profile gets
-        TGateConfig(
+        config = TGateConfig(
             gate_step="auto",
             auto_tolerance=args.tolerance,
             auto_min_fraction=args.min_fraction,
@@ -62,8 +64,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except ConfigError as error:
         raise CommandError(str(error)) from None
+    output_path(args.out)
     set_threads(args)
     pipe = load_pipeline(args.model, args.device, args.dtype)
+    try:  # validation only: nothing is attached to the pipeline
+        crossgate.check(pipe, config)
+    except (crossgate.ConfigError, crossgate.UnsupportedPipelineError) as error:
+        raise CommandError(str(error)) from None
     if args.scheduler:
         import diffusers
 
@@ -82,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
     )
     profile["model"] = args.model or "embedded"
-    path = write_profile(profile, args.out)
+    try:
+        path = write_profile(profile, args.out)
+    except OSError as error:
+        raise CommandError(f"cannot write {args.out!r}: {error}") from None
     print(
         f"gate_step {profile['gate_step']}/{args.steps} (fraction {profile['gate_fraction']:.2f}); "
         f"layers settle alone between {min(profile['layer_settle_steps'].values())} and "

@@ -1,13 +1,22 @@
-"""Helpers the subcommands share: argument types, model loading, image output."""
+"""Helpers the subcommands share: argument types, model loading, image output, a quiet run.
+
+Nothing here imports torch or diffusers at module level: the command modules import this one while
+``crossgate --help`` is being built, and that should take well under a second.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
+import os
+import secrets
+import sys
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 class CommandError(Exception):
@@ -76,12 +85,53 @@ def finite_float(text: str) -> float:
     return value
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+class _TorchDtypes(Mapping[str, Any]):
+    """``{"float32": torch.float32, ...}``: the names without importing torch, the dtypes on lookup."""
+
+    _NAMES = ("float32", "float16", "bfloat16")
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._NAMES:
+            raise KeyError(name)
+        import torch
+
+        return getattr(torch, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
+
+
+DTYPES: Mapping[str, Any] = _TorchDtypes()
+
+
+def device_arg(text: str) -> str:
+    """Parse ``--device``: ``auto`` (the default) is ``cuda`` when torch sees a CUDA device, else ``cpu``.
+
+    argparse passes a string default through its ``type`` only after parsing, so ``--help`` never
+    imports torch.
+    """
+    if text != "auto":
+        return text
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        type=device_arg,
+        default="auto",
+        help="torch device (default: cuda if available, else cpu)",
+    )
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--threads`` and ``--dtype``, shared by the commands that run a pipeline."""
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -93,6 +143,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 def set_threads(args: argparse.Namespace) -> None:
     if getattr(args, "threads", None):
+        import torch
+
         torch.set_num_threads(args.threads)
 
 
@@ -166,11 +218,98 @@ def labelled_row(images: list[Any], labels: list[str]):
     return canvas
 
 
+def output_path(out: str, example: str = "out.json") -> Path:
+    """Check an output file name before any work: not a folder, and under a folder that exists or
+    can be made. Raises :class:`CommandError` (one line) otherwise."""
+    path = Path(out).expanduser()
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        raise CommandError(f"--out {out!r} is a folder; give a file name such as {out.rstrip('/')}/{example}")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CommandError(f"cannot write {out!r}: {str(ancestor)!r} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write {out!r}: no write permission in {str(ancestor)!r}")
+    return path
+
+
+def image_output_path(out: str) -> Path:
+    """:func:`output_path` for an image: also a file extension PIL can write (``.png``, ``.jpg``, ...)."""
+    from PIL import Image
+
+    path = output_path(out, example="out.png")
+    suffix = path.suffix.lower()
+    if not suffix:
+        raise CommandError(f"--out {out!r} has no file extension; give an image file name such as {out}.png")
+    if Image.registered_extensions().get(suffix) not in Image.SAVE:
+        raise CommandError(f"--out {out!r}: cannot write {suffix!r} images; use .png, .jpg or .webp")
+    return path
+
+
 def save_image(image: Any, out: str) -> Path:
-    path = Path(out)
+    """Write ``image`` to ``out`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    An interrupted or failed write leaves neither a partial image nor a temporary file behind (and an
+    existing ``out`` untouched).
+    """
+    from PIL import Image
+
+    path = Path(out).expanduser()
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-    except OSError as error:
+        with open(temporary, "xb") as handle:  # "x": never clobber another writer's temporary file
+            image.save(handle, format=image_format)
+        os.replace(temporary, path)
+    except (OSError, ValueError) as error:  # ValueError: PIL has no writer for the extension
         raise CommandError(f"cannot write {out!r}: {error}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
     return path
+
+
+# Third-party libraries whose warnings a command-line user cannot act on.
+_NOISY_MODULES = (
+    r"(torch|torchvision|diffusers|transformers|accelerate|huggingface_hub|safetensors|peft|tgate"
+    r"|DeepCache|tomesd)(\.|$)"
+)
+_VERBOSITY_ENV = {"diffusers": "DIFFUSERS_VERBOSITY", "transformers": "TRANSFORMERS_VERBOSITY"}
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """While a command runs: diffusers' and transformers' logging at ERROR, their warnings filtered.
+
+    Libraries already imported are set directly and restored afterwards; those imported later read
+    ``DIFFUSERS_VERBOSITY`` / ``TRANSFORMERS_VERBOSITY``, set here unless the user set them. Warnings
+    from crossgate itself (other than deprecations) still show.
+    """
+    saved_env = {name: os.environ.get(name) for name in _VERBOSITY_ENV.values()}
+    saved_levels: dict[str, int] = {}
+    for library, variable in _VERBOSITY_ENV.items():
+        os.environ.setdefault(variable, "error")
+        library_logging = sys.modules.get(f"{library}.utils.logging")
+        if library_logging is not None:
+            saved_levels[library] = library_logging.get_verbosity()
+            library_logging.set_verbosity(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", module=_NOISY_MODULES)
+            yield
+    finally:
+        for library, variable in _VERBOSITY_ENV.items():
+            library_logging = sys.modules.get(f"{library}.utils.logging")
+            if library_logging is not None:
+                if library in saved_levels:
+                    library_logging.set_verbosity(saved_levels[library])
+                elif saved_env[variable] is None:  # imported during the command: back to its default
+                    library_logging.set_verbosity(logging.WARNING)
+            if saved_env[variable] is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = saved_env[variable]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
-
-import torch
 
 from crossgate.cli.common import (
     DTYPES,
     CommandError,
+    add_device_argument,
     finite_float,
     gate_step_arg,
+    image_output_path,
     labelled_row,
     load_pipeline,
     positive_int,
@@ -52,7 +53,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=positive_int, default=None)
     p.add_argument("--width", type=positive_int, default=None)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--out", default="out.png", help="output PNG (default out.png)")
     p.add_argument(
@@ -66,19 +67,31 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import crossgate
 
+    # Everything the user can get wrong is checked before the model is loaded.
     prompt = args.prompt_opt or args.prompt_text
     if not prompt:
         raise CommandError('a prompt is required: crossgate generate "a red circle left of a blue square"')
+    if args.no_tgate and args.compare:
+        raise CommandError("--compare runs plain and TGATE side by side; it cannot be used with --no-tgate")
+    image_output_path(args.out)
     gate = args.gate_step if args.gate_step is not None else 0.4
     config = None if args.no_tgate else _config(args, gate)
+    engages = config is None or config.resolve_min_gate(args.steps) < args.steps
+    if config is not None and not engages:
+        print(
+            f"crossgate generate: warning: the gate (m={config.resolve_gate(args.steps)}) is at or after the "
+            f"last of {args.steps} steps, so TGATE never engages: the output equals the plain pipeline's",
+            file=sys.stderr,
+        )
+    import torch
+
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=False, leave=False)
-    if not args.no_tgate:
+    if config is not None:
         try:
-            crossgate.apply(pipe, config)
-        except crossgate.UnsupportedPipelineError as error:
+            crossgate.check(pipe, config)
+        except (crossgate.ConfigError, crossgate.UnsupportedPipelineError) as error:
             raise CommandError(str(error)) from None
-        crossgate.remove(pipe)
 
     def generate(label: str) -> tuple[Any, float]:
         kwargs: dict[str, Any] = dict(
@@ -103,11 +116,19 @@ def run(args: argparse.Namespace) -> int:
     if args.compare or args.no_tgate:
         image, seconds = generate("plain")
         results.append((image, f"plain {seconds:.2f}s"))
-    if not args.no_tgate:
+    if config is not None:
         with crossgate.enabled(pipe, config):
-            image, seconds = generate(f"TGATE gate_step={gate}")
+            image, seconds = generate(f"TGATE gate_step={gate}" if engages else "plain (TGATE never engages)")
             stats = crossgate.last_call(pipe)
-        label = f"TGATE m={stats.gate}/{stats.num_steps} {seconds:.2f}s" if stats else f"TGATE {seconds:.2f}s"
+        if stats is not None:
+            engages = stats.gate < stats.num_steps
+        if not engages:  # labelled as what it is
+            m, n = (stats.gate, stats.num_steps) if stats else (config.resolve_gate(args.steps), args.steps)
+            label = f"plain (m={m} >= {n} steps) {seconds:.2f}s"
+        elif stats is not None:
+            label = f"TGATE m={stats.gate}/{stats.num_steps} {seconds:.2f}s"
+        else:
+            label = f"TGATE {seconds:.2f}s"
         results.append((image, label))
     images = [upscale_for_viewing(image) for image, _ in results]
     out_image = labelled_row(images, [label for _, label in results]) if len(results) > 1 else images[0]

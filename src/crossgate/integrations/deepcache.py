@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crossgate.pipeline import get_session
+from crossgate.gate import current_call
 
 
 def compose_deepcache(pipe: Any, helper: Any) -> Any:
@@ -29,9 +29,8 @@ def compose_deepcache(pipe: Any, helper: Any) -> Any:
     own_skip = type(helper).is_skip_step.__get__(helper)
 
     def is_skip_step(block_i: int, layer_i: int, blocktype: str = "down") -> bool:
-        session = get_session(pipe)
-        state = session.state if session is not None else None
-        if state is not None and state.active and state.cfg and state.step == state.gate:
+        call = current_call()
+        if call is not None and call.owner is pipe and call.cfg and call.step == call.gate:
             return False  # the batch just halved: a full pass refills DeepCache at batch B
         return own_skip(block_i, layer_i, blocktype)
 

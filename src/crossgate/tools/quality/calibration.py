@@ -12,27 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crossgate.config import TGateConfig, fraction_to_steps
+from crossgate.config import TGateConfig
+from crossgate.gate import gate_policy, replay
 from crossgate.tools.quality.convergence import ConvergenceResult, record_convergence
 
 
-def first_gate(
-    curve: Sequence[float], tolerance: float, min_gate: int, max_gate: int, scale: float = 1.0
-) -> int:
-    """The gate the auto rule picks on ``curve`` (``curve[t-1]`` = change from step t-1 to t).
+def first_gate(curve: Sequence[float], config: TGateConfig, num_steps: int) -> int:
+    """The gate ``gate_step="auto"`` (with ``config``'s tolerance and guard rails) picks on ``curve``.
 
-    The gate closes after the first step ``t`` whose change times ``scale`` (``n / 25``, see
-    ``TGateConfig.auto_tolerance``) is below ``tolerance`` and for which ``t + 1`` is within
-    ``[min_gate, max_gate]``; it closes at ``max_gate`` otherwise.
+    ``curve[t-1]`` is the change measured at step ``t``. The measured curve is replayed through the
+    same :class:`~crossgate.gate.AutoGate` a live call uses, so the two cannot disagree.
     """
-    tolerance = tolerance / scale
-    for index, change in enumerate(curve):
-        gate = index + 2  # curve[index] is measured at step index + 1; the gate follows it
-        if gate >= max_gate:
-            break
-        if gate >= min_gate and change < tolerance:
-            return gate
-    return max_gate
+    return replay(gate_policy(config, num_steps), curve)
 
 
 def profile_from_convergence(
@@ -44,14 +35,14 @@ def profile_from_convergence(
 ) -> dict[str, Any]:
     """A calibration profile (JSON-ready) from recorded convergence curves."""
     n = result.num_steps
-    min_gate = fraction_to_steps(min_fraction, n)
-    max_gate = fraction_to_steps(max_fraction, n)
-    scale = TGateConfig.convergence_scale(n)
-    gate = first_gate(result.average("mean"), tolerance, min_gate, max_gate, scale)
+    auto = TGateConfig(
+        gate_step="auto", auto_tolerance=tolerance, auto_min_fraction=min_fraction, auto_max_fraction=max_fraction
+    )
+    gate = first_gate(result.average("mean"), auto, n)
     # Where each layer alone would settle: information for the user (which layers converge late);
     # the profile gates all layers together (per-layer gating was dominated, see the docs).
     layer_settle = {
-        layer: first_gate(result.relative_change["mean"][layer], tolerance, min_gate, max_gate, scale)
+        layer: first_gate(result.relative_change["mean"][layer], auto, n)
         for layer in result.layers
     }
     return {

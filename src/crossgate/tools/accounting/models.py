@@ -1,0 +1,174 @@
+"""Architectures to count: bundled configs and model folders, built on ``torch.device("meta")``.
+
+Users pick an accelerator by numbers, so the numbers must be reproducible without weights or a GPU:
+the real architecture is built from its config on the meta device (no memory, no weights) and fed
+meta inputs of one sample at the resolution and prompt length the model really runs at.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossgate.tools.accounting.counting import AccountingError, CallMacs, count_call
+
+DEFAULT_TEXT_LEN = 77  # CLIP's context: what SD/SDXL pipelines pad every prompt to
+PIXART_TEXT_LEN = 120  # PixArt pipelines pad to ``max_sequence_length``, not to the tokenizer's length
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A bundled architecture with the resolution and prompt length the paper counts it at."""
+
+    key: str
+    label: str
+    config: str
+    resolution: int
+    text_len: int
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in (
+        ModelSpec("sd15", "SD-1.5 UNet", "sd15_unet.json", 512, 77),
+        ModelSpec("sd21", "SD-2.1 UNet", "sd21_unet.json", 768, 77),
+        ModelSpec("sdxl", "SDXL UNet", "sdxl_unet.json", 1024, 77),
+        ModelSpec("pixart-alpha", "PixArt-Alpha", "pixart_alpha_1024.json", 1024, 120),
+        ModelSpec("pixart-sigma", "PixArt-Sigma", "pixart_sigma_1024.json", 1024, 300),
+    )
+}
+
+
+def bundled_config(name: str) -> dict[str, Any]:
+    """A config shipped in ``crossgate/configs`` (e.g. ``"sd15_unet.json"``)."""
+    return json.loads(resources.files("crossgate").joinpath("configs", name).read_text())
+
+
+def build_meta_denoiser(config: Mapping[str, Any], cls: type | None = None) -> nn.Module:
+    """The architecture ``config`` describes, on the meta device (no memory, no weights)."""
+    import diffusers
+
+    class_name = config.get("_class_name")
+    cls = cls or getattr(diffusers, str(class_name), None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise AccountingError(
+            f"config names class {class_name!r}, which is not a diffusers model; point at the "
+            "denoiser's config.json (a UNet2DConditionModel or PixArtTransformer2DModel)."
+        )
+    with torch.device("meta"):
+        return cls.from_config(dict(config))
+
+
+def example_inputs(
+    denoiser: nn.Module, height: int, width: int, text_len: int, vae_scale: int = 8, batch: int = 1
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Meta inputs for one call of ``denoiser`` at ``height`` x ``width`` pixels."""
+    if height % vae_scale or width % vae_scale:
+        raise AccountingError(f"resolution {height}x{width} must be a multiple of {vae_scale}.")
+    cfg = denoiser.config
+    meta = torch.device("meta")
+    latents = torch.empty(batch, cfg.in_channels, height // vae_scale, width // vae_scale, device=meta)
+    timestep = torch.empty(batch, device=meta)
+    name = type(denoiser).__name__
+    if name == "UNet2DConditionModel":
+        kwargs: dict[str, Any] = {
+            "encoder_hidden_states": torch.empty(batch, text_len, cfg.cross_attention_dim, device=meta)
+        }
+        if cfg.addition_embed_type == "text_time":
+            time_ids = 6
+            pooled = cfg.projection_class_embeddings_input_dim - time_ids * cfg.addition_time_embed_dim
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.empty(batch, pooled, device=meta),
+                "time_ids": torch.empty(batch, time_ids, device=meta),
+            }
+        elif cfg.addition_embed_type is not None:
+            raise AccountingError(f"UNet addition_embed_type {cfg.addition_embed_type!r} is not supported.")
+        return (latents, timestep), kwargs
+    if name == "PixArtTransformer2DModel":
+        return (latents,), {
+            "encoder_hidden_states": torch.empty(batch, text_len, cfg.caption_channels, device=meta),
+            "timestep": timestep,
+            "added_cond_kwargs": {
+                "resolution": torch.empty(batch, 2, device=meta),
+                "aspect_ratio": torch.empty(batch, 1, device=meta),
+            },
+        }
+    raise AccountingError(
+        f"no input recipe for {name}; supported: UNet2DConditionModel, PixArtTransformer2DModel."
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def call_macs(model: str, resolution: int | None = None, text_len: int | None = None) -> CallMacs:
+    """Per-sample MACs of one call of a bundled model (``MODELS`` key) or a model folder.
+
+    A folder may be a diffusers pipeline (``model_index.json`` with ``unet/`` or ``transformer/``)
+    or a denoiser folder with its ``config.json``. A pipeline folder's defaults are the ones its own
+    pipeline runs at: the denoiser's ``sample_size`` times the VAE's scale, and the prompt length
+    its tokenizer pads to. Cached: counting SDXL takes a few seconds.
+    """
+    if model in MODELS:
+        spec = MODELS[model]
+        config = bundled_config(spec.config)
+        label, vae_scale = spec.label, 8
+        resolution = resolution or spec.resolution
+        text_len = text_len or spec.text_len
+    else:
+        folder = Path(model).expanduser()
+        config, vae_scale = _folder_config(folder)
+        label = folder.name
+        if resolution is None:
+            resolution = int(config.get("sample_size", 64)) * vae_scale
+        if text_len is None:
+            text_len = folder_text_len(folder, config)
+    denoiser = build_meta_denoiser(config)
+    args, kwargs = example_inputs(denoiser, resolution, resolution, text_len, vae_scale)
+    return count_call(denoiser, args, kwargs, model=f"{label} @{resolution}")
+
+
+def folder_text_len(folder: Path, denoiser_config: Mapping[str, Any]) -> int:
+    """The prompt length a pipeline folder's denoiser sees: what its tokenizer pads to.
+
+    SD/SDXL pipelines pad every prompt to ``tokenizer.model_max_length`` (read from
+    ``tokenizer/tokenizer_config.json``; 77, CLIP's context, when the folder has none). PixArt pads to
+    its call's ``max_sequence_length`` instead, whose default is 120.
+    """
+    if denoiser_config.get("_class_name") == "PixArtTransformer2DModel":
+        return PIXART_TEXT_LEN
+    path = folder / "tokenizer" / "tokenizer_config.json"
+    try:
+        length = json.loads(path.read_text()).get("model_max_length")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_TEXT_LEN
+    # transformers writes a huge sentinel (int(1e30)) when a tokenizer has no length of its own
+    if isinstance(length, int) and 0 < length <= 100_000:
+        return length
+    return DEFAULT_TEXT_LEN
+
+
+def _folder_config(folder: Path) -> tuple[dict[str, Any], int]:
+    if not folder.is_dir():
+        raise AccountingError(
+            f"{str(folder)!r} is neither a bundled model ({', '.join(MODELS)}) nor a folder; pass a "
+            "diffusers pipeline folder or a denoiser folder with config.json."
+        )
+    vae_scale = 8
+    vae_config = folder / "vae" / "config.json"
+    if vae_config.is_file():
+        vae_scale = 2 ** (len(json.loads(vae_config.read_text())["block_out_channels"]) - 1)
+    for sub in ("unet", "transformer", "."):
+        path = folder / sub / "config.json"
+        if path.is_file():
+            return json.loads(path.read_text()), vae_scale
+    raise AccountingError(
+        f"no denoiser config in {str(folder)!r}: expected unet/config.json, transformer/config.json or "
+        "config.json."
+    )

@@ -1,0 +1,96 @@
+"""A benchmark's outputs: the markdown table (with its caveats), CSV and a chart."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from crossgate.tools.bench.runner import MIN_ROUNDS, BenchReport
+
+CAVEAT_MARK = "†"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _spread(row: dict) -> str:
+    if row["min_s"] is None:
+        return "-"
+    return f"{row['min_s']:.3f}–{row['max_s']:.3f}"
+
+
+def markdown(reports: Sequence[BenchReport]) -> str:
+    """One table per report. A row timed in fewer than :data:`MIN_ROUNDS` rounds or without a
+    warm-up is marked (its rounds, and every ratio it or the baseline enters) and footnoted, so
+    an indicative number is never read as a measurement."""
+    lines = []
+    for report in reports:
+        rows = report.rows()
+        base_caveat = bool(rows and rows[0]["caveat"])
+        lines += [
+            f"### {report.model} ({report.setting})",
+            "",
+            "| config | median s | min–max s | rounds | speed-up | GMACs per image (counted) "
+            "| MACs speed-up | efficiency | note |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            own = CAVEAT_MARK if row["caveat"] else ""
+            timed = CAVEAT_MARK if row["caveat"] or base_caveat else ""
+            speedup = "-" if row["speedup"] is None else f"{row['speedup']:.3f}x{timed}"
+            efficiency = "-" if row["efficiency"] is None else f"{row['efficiency']:.3f}{timed}"
+            lines.append(
+                f"| {row['config']} | {_fmt(row['median_s'], '.3f')} | {_spread(row)} | {row['runs']}{own} "
+                f"| {speedup} | {_fmt(row['gmacs'], '.5g')} | {_fmt(row['predicted_speedup'], '.3f')}x "
+                f"| {efficiency} | {row['note']} |"
+            )
+        flagged = sorted({row["caveat"] for row in rows if row["caveat"]})
+        if flagged:
+            lines += [
+                "",
+                f"{CAVEAT_MARK} indicative only, not a measurement to quote: timed with "
+                f"{'; '.join(flagged)} (a median needs >= {MIN_ROUNDS} rounds after a warm-up run; "
+                f"rerun with --repeats {MIN_ROUNDS} --warmup 1 or more). Ratios carry the mark when "
+                "their row or the plain row is affected.",
+            ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(reports: Sequence[BenchReport], path: Path) -> None:
+    rows = [row for report in reports for row in report.rows()]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_chart(reports: Sequence[BenchReport], path: Path, title: str = "") -> bool:
+    """Measured vs MACs-predicted speed-up per configuration; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports), 4.5), squeeze=False)
+    for ax, report in zip(axes[0], reports):
+        rows = [r for r in report.rows() if r["speedup"] is not None]
+        names = [r["config"] + (f" {CAVEAT_MARK}" if r["caveat"] else "") for r in rows]
+        x = range(len(rows))
+        ax.bar([i - 0.2 for i in x], [r["speedup"] for r in rows], 0.4, label="measured")
+        ax.bar([i + 0.2 for i in x], [r["predicted_speedup"] or 0 for r in rows], 0.4, label="MACs-predicted")
+        ax.set_xticks(list(x), names, rotation=30, ha="right", fontsize=8)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_ylabel("speed-up over plain")
+        ax.set_title(f"{report.model} ({report.setting})", fontsize=9)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

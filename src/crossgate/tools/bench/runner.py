@@ -1,0 +1,167 @@
+"""Running a benchmark: every configuration on one pipeline, rotating rounds, MACs counted live.
+
+Every configuration runs on the same pipeline object in one process, after a warm-up, in an order
+that rotates each round (so drift in machine load hits all configurations alike); the reported time
+is the median over rounds, with its spread. Each configuration's first (warm-up) run also counts the
+linear/conv MACs its denoiser really executed, so every row gets a MACs-predicted speed-up and an
+efficiency = measured speed-up / predicted speed-up. A peer that is not installed or fails on this
+pipeline stays in the table with the reason.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from crossgate.adapters import denoiser_of
+from crossgate.tools.accounting import LinearConvCounter
+from crossgate.tools.bench.peers import Variant
+
+# Below this many timed rounds, or without an untimed warm-up run, a median is not worth quoting:
+# first-call allocations and a single noisy round can move it by more than the effect measured.
+MIN_ROUNDS = 3
+
+
+@dataclass
+class Result:
+    name: str
+    times: list[float] = field(default_factory=list)
+    macs: int | None = None
+    error: str | None = None
+    warmup: int = 0  # untimed runs before the timed rounds
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.times) if self.times else None
+
+    @property
+    def caveat(self) -> str:
+        """Why this row's timing is only indicative ("" when measured enough to quote)."""
+        if not self.times:
+            return ""
+        reasons = []
+        if len(self.times) < MIN_ROUNDS:
+            reasons.append(f"{len(self.times)} round{'s' if len(self.times) > 1 else ''}")
+        if self.warmup == 0:
+            reasons.append("no warm-up")
+        return ", ".join(reasons)
+
+
+@dataclass
+class BenchReport:
+    model: str
+    setting: str
+    results: list[Result]
+
+    def baseline(self) -> Result:
+        return self.results[0]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per configuration: times and their spread, speed-ups, MACs, efficiency (None
+        where unknown) and ``caveat`` (why the timing is only indicative, "" when it is not)."""
+        base = self.baseline()
+        rows = []
+        for r in self.results:
+            speedup = base.median / r.median if base.median and r.median else None
+            predicted = base.macs / r.macs if base.macs and r.macs else None
+            rows.append(
+                {
+                    "model": self.model,
+                    "config": r.name,
+                    "median_s": r.median,
+                    "min_s": min(r.times) if r.times else None,
+                    "max_s": max(r.times) if r.times else None,
+                    "runs": len(r.times),
+                    "warmup": r.warmup,
+                    "speedup": speedup,
+                    "gmacs": r.macs / 1e9 if r.macs else None,
+                    "predicted_speedup": predicted,
+                    "efficiency": speedup / predicted if speedup and predicted else None,
+                    "caveat": r.caveat,
+                    "note": r.error or "",
+                }
+            )
+        return rows
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _failure(error: Exception) -> str:
+    return f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+
+
+def run_bench(
+    pipe: Any,
+    variants: Sequence[Variant],
+    call_kwargs: dict[str, Any],
+    repeats: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+    model: str = "",
+    setting: str = "",
+) -> BenchReport:
+    """Warm up and count MACs per configuration, then time ``repeats`` rotating rounds.
+
+    ``warmup=0`` (for slow CPU runs) skips the untimed runs and counts MACs in the first round; such
+    rows, and rows with fewer than :data:`MIN_ROUNDS` rounds, carry a caveat in the report.
+    """
+    results = {v.name: Result(v.name, error=v.unavailable, warmup=warmup) for v in variants}
+    denoiser = denoiser_of(pipe)
+
+    def once(variant: Variant, count: bool = False) -> float:
+        kwargs = dict(call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
+        variant.enable()
+        try:
+            counter = LinearConvCounter(denoiser)
+            _sync(device)
+            start = time.perf_counter()
+            if count:
+                counter.__enter__()
+            try:
+                (variant.call or (lambda kw: pipe(**kw)))(kwargs)
+            finally:
+                counter.__exit__(None, None, None)
+            _sync(device)
+            elapsed = time.perf_counter() - start
+        finally:
+            variant.disable()
+        if count:
+            results[variant.name].macs = counter.total
+        return elapsed
+
+    live = [v for v in variants if v.unavailable is None]
+    for variant in live:
+        try:
+            for i in range(warmup):
+                seconds = once(variant, count=i == 0)
+                log(f"  warm-up {variant.name}: {seconds:.2f} s")
+        except Exception as error:  # a peer that breaks on this pipeline/diffusers stays in the table
+            results[variant.name].error = _failure(error)
+            log(f"  {variant.name} failed:\n{traceback.format_exc(limit=3)}")
+    live = [v for v in live if results[v.name].error is None]
+    for round_ in range(repeats):
+        shift = round_ % max(1, len(live))
+        for variant in live[shift:] + live[:shift]:
+            if results[variant.name].error is not None:
+                continue
+            try:
+                # Without warm-up the first round also counts MACs (the hooks cost microseconds).
+                seconds = once(variant, count=warmup == 0 and round_ == 0)
+            except Exception as error:
+                results[variant.name].error = _failure(error)
+                log(f"  {variant.name} failed:\n{traceback.format_exc(limit=3)}")
+                continue
+            results[variant.name].times.append(seconds)
+            log(f"  round {round_ + 1}/{repeats} {variant.name}: {seconds:.2f} s")
+    return BenchReport(model, setting, [results[v.name] for v in variants])
