@@ -27,6 +27,7 @@ class Case:
     steps: int = 6
     gate: int = 3
     actual_steps: int | None = None  # denoising steps the loop really runs (img2img strength)
+    half: str = "uncond"  # the CFG half the family feeds after the gate
     notes: str = ""
     extra_modules: dict[str, Any] = field(default_factory=dict)
 
@@ -128,7 +129,7 @@ def lcm_sd() -> Case:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(pipe, {"prompt": "a red circle", "guidance_scale": 6.0}, cfg=False, steps=4, gate=1)
 
 
@@ -142,7 +143,7 @@ def sd_img2img() -> Case:
     from diffusers import StableDiffusionImg2ImgPipeline
 
     pipe = StableDiffusionImg2ImgPipeline(**rp.tiny_sd_pipeline().components)
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(
         pipe, {"prompt": "a red circle", "image": _image(), "strength": 0.5}, steps=10, gate=2, actual_steps=5
     )
@@ -154,7 +155,7 @@ def sdxl_img2img() -> Case:
     pipe = StableDiffusionXLImg2ImgPipeline(
         **rp.tiny_sdxl_pipeline().components, requires_aesthetics_score=False
     )
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(
         pipe, {"prompt": "a red circle", "image": _image(), "strength": 0.5}, steps=10, gate=2, actual_steps=5
     )
@@ -173,7 +174,7 @@ def sd_inpaint() -> Case:
     from diffusers import StableDiffusionInpaintPipeline
 
     pipe = StableDiffusionInpaintPipeline(**rp.tiny_sd_pipeline(in_channels=9).components)
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(pipe, {**_INPAINT_CALL, "strength": 1.0})
 
 
@@ -183,7 +184,7 @@ def sdxl_inpaint() -> Case:
     pipe = StableDiffusionXLInpaintPipeline(
         **rp.tiny_sdxl_pipeline().components, requires_aesthetics_score=False
     )
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(
         pipe,
         {
@@ -206,7 +207,7 @@ def sd_controlnet() -> Case:
         for p in controlnet.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     pipe = StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet)
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(pipe, {"prompt": "a red circle", "image": _image()})
 
 
@@ -220,7 +221,7 @@ def sdxl_controlnet() -> Case:
         for p in controlnet.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     pipe = StableDiffusionXLControlNetPipeline(**base.components, controlnet=controlnet)
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(pipe, {"prompt": "a red circle", "image": _image()})
 
 
@@ -351,7 +352,7 @@ def svd() -> Case:
         scheduler=scheduler,
         feature_extractor=feature_extractor,
     )
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(
         pipe,
         {
@@ -365,6 +366,7 @@ def svd() -> Case:
         },
         steps=4,
         gate=2,
+        half="cond",
     )
 
 
@@ -416,7 +418,7 @@ def ltx_video() -> Case:
         tokenizer=tokenizer,
         transformer=transformer,
     )
-    rp._ready(pipe)
+    rp.ready(pipe)
     return Case(
         pipe,
         {"prompt": "a red circle", "height": 32, "width": 32, "num_frames": 9, "max_sequence_length": 16},
@@ -426,6 +428,10 @@ def ltx_video() -> Case:
     )
 
 
+_UNCOND = "uncond: the negative prompt's side inputs, as the original release"
+_NO_CFG = "the whole batch (no CFG)"
+
+
 @dataclass(frozen=True)
 class Spec:
     """One supported family: its builder and what the README's support matrix says about it."""
@@ -433,21 +439,25 @@ class Spec:
     build: Callable[[], Case]
     pipeline: str
     cfg: str = "batched, dropped after the gate"
+    after_gate: str = _UNCOND
 
 
 _PIXART_CFG = "batched (mask doubled), dropped after the gate"
+_SVD_HALF = (
+    "cond: SVD's unconditional inputs are zeros (image embeddings and latents), the uncond half has no image"
+)
 _DISTILLED = "none (guidance-distilled): full batch cached, no averaging"
 
 CASES: dict[str, Spec] = {
     "SD 1.x/2.x": Spec(sd, "StableDiffusionPipeline"),
-    "SD, guidance <= 1": Spec(sd_no_cfg, "StableDiffusionPipeline", "off: output cached as is"),
+    "SD, guidance <= 1": Spec(sd_no_cfg, "StableDiffusionPipeline", "off: output cached as is", _NO_CFG),
     "SDXL": Spec(sdxl, "StableDiffusionXLPipeline"),
     "PixArt-Alpha": Spec(pixart_alpha, "PixArtAlphaPipeline", _PIXART_CFG),
     "PixArt-Sigma": Spec(pixart_sigma, "PixArtSigmaPipeline", _PIXART_CFG),
     "Sana": Spec(sana, "SanaPipeline"),
-    "LCM (SD UNet)": Spec(lcm_sd, "LatentConsistencyModelPipeline", _DISTILLED),
-    "LCM (SDXL UNet)": Spec(lcm_sdxl, "StableDiffusionXLPipeline", _DISTILLED),
-    "PixArt-LCM": Spec(pixart_lcm, "PixArtAlphaPipeline", _DISTILLED),
+    "LCM (SD UNet)": Spec(lcm_sd, "LatentConsistencyModelPipeline", _DISTILLED, _NO_CFG),
+    "LCM (SDXL UNet)": Spec(lcm_sdxl, "StableDiffusionXLPipeline", _DISTILLED, _NO_CFG),
+    "PixArt-LCM": Spec(pixart_lcm, "PixArtAlphaPipeline", _DISTILLED, _NO_CFG),
     "SD img2img": Spec(sd_img2img, "StableDiffusionImg2ImgPipeline"),
     "SDXL img2img": Spec(sdxl_img2img, "StableDiffusionXLImg2ImgPipeline"),
     "SD inpainting": Spec(sd_inpaint, "StableDiffusionInpaintPipeline"),
@@ -459,7 +469,10 @@ CASES: dict[str, Spec] = {
     "SD LoRA (PEFT)": Spec(sd_lora, "StableDiffusionPipeline"),
     "SD + model CPU offload": Spec(sd_model_cpu_offload, "StableDiffusionPipeline"),
     "Stable Video Diffusion": Spec(
-        svd, "StableVideoDiffusionPipeline", "batched (per-frame guidance), dropped after the gate"
+        svd,
+        "StableVideoDiffusionPipeline",
+        "batched (per-frame guidance), dropped after the gate",
+        _SVD_HALF,
     ),
     "LTX-Video": Spec(ltx_video, "LTXPipeline"),
 }
@@ -494,11 +507,13 @@ OTHER_ROWS: list[tuple[str, str, str]] = [
 def render_support_matrix() -> str:
     """The README's support matrix, from :data:`CASES` and :data:`OTHER_ROWS`."""
     lines = [
-        "| family | pipeline class | CFG | tested in |",
-        "|---|---|---|---|",
+        "| family | pipeline class | CFG | after the gate the denoiser gets | tested in |",
+        "|---|---|---|---|---|",
     ]
     for name, spec in CASES.items():
-        lines.append(f"| {name} | `{spec.pipeline}` | {spec.cfg} | `test_family[{name}]` |")
+        lines.append(
+            f"| {name} | `{spec.pipeline}` | {spec.cfg} | {spec.after_gate} | `test_family[{name}]` |"
+        )
     lines += ["", "| also | status | tested in |", "|---|---|---|"]
     for what, status, where in OTHER_ROWS:
         lines.append(f"| {what} | {status} | {where if where == '-' else f'`{where}`'} |")

@@ -1,7 +1,7 @@
 """A second, independent TGATE for any pipeline that batches CFG: a hand-patched forward.
 
 It uses none of crossgate's machinery: the denoiser's ``forward`` is replaced by a closure that
-counts calls (one call per step for first-order schedulers), slices the uncond half by hand and
+counts calls (one call per step for first-order schedulers), slices one CFG half by hand and
 duplicates the result; plain torch forward hooks record and replay cross-attention outputs.
 """
 
@@ -12,19 +12,22 @@ import torch
 from crossgate.adapters import cross_attention_modules
 
 
-def _take(tree, batch, index):
+def _take(tree, batch, cond: bool):
+    half = batch // 2
     if isinstance(tree, torch.Tensor):
-        return tree[:index] if tree.dim() and tree.shape[0] == batch else tree
+        if not (tree.dim() and tree.shape[0] == batch):
+            return tree
+        return tree[half:] if cond else tree[:half]
     if isinstance(tree, dict):
-        return {key: _take(value, batch, index) for key, value in tree.items()}
+        return {key: _take(value, batch, cond) for key, value in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_take(value, batch, index) for value in tree)
+        return type(tree)(_take(value, batch, cond) for value in tree)
     return tree
 
 
 class ManualTGate:
-    def __init__(self, denoiser: torch.nn.Module, gate: int, cfg: bool) -> None:
-        self.denoiser, self.gate, self.cfg = denoiser, gate, cfg
+    def __init__(self, denoiser: torch.nn.Module, gate: int, cfg: bool, half: str = "uncond") -> None:
+        self.denoiser, self.gate, self.cfg, self.cond = denoiser, gate, cfg, half == "cond"
         self.calls = 0
         self.cache: dict[str, torch.Tensor] = {}
         self._original = denoiser.forward
@@ -51,7 +54,7 @@ class ManualTGate:
         if step < self.gate or not self.cfg:
             return self._original(*args, **kwargs)
         full = (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).shape[0]
-        out = self._original(*_take(args, full, full // 2), **_take(kwargs, full, full // 2))
+        out = self._original(*_take(args, full, self.cond), **_take(kwargs, full, self.cond))
         tensor = out[0] if isinstance(out, tuple) else out.sample
         doubled = torch.cat([tensor, tensor])
         return (doubled,) if isinstance(out, tuple) else type(out)(sample=doubled)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 
 import crossgate
 from crossgate.cli import main
@@ -15,7 +18,9 @@ from crossgate.tools.accounting import (
     Schedule,
     call_macs,
     executed_macs,
+    folder_text_len,
     image_macs,
+    tera,
     v2_self_attention_steps,
 )
 
@@ -151,8 +156,6 @@ def test_prediction_equals_execution(factory, gate: int) -> None:
 @pytest.mark.parametrize("interval", [2, 3])
 def test_v2_prediction_equals_execution(interval: int) -> None:
     """With self-attention caching too: the v2 schedule predicts exactly what ran."""
-    if "self_attention_interval" not in crossgate.TGateConfig.__dataclass_fields__:
-        pytest.skip("engine without self-attention caching")
     pipe = tiny_sd_pipeline()
     steps, gate = 8, 6
     with crossgate.enabled(pipe, gate_step=gate, self_attention_interval=interval), CallMeter(pipe) as meter:
@@ -183,3 +186,41 @@ def test_cli_macs_prints_table(capsys) -> None:
 def test_cli_macs_unknown_model(capsys) -> None:
     assert main(["macs", "sd99"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_model_dir_uses_the_folders_tokenizer_length(tmp_path) -> None:
+    """A pipeline pads prompts to its tokenizer's model_max_length: count that many tokens, not 77."""
+    pipe = tiny_sd_pipeline()
+    pipe.save_pretrained(tmp_path)
+    config_path = tmp_path / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_max_length"] = 16
+    config_path.write_text(json.dumps(config))
+    short = StableDiffusionPipeline.from_pretrained(str(tmp_path), local_files_only=True)
+    assert short.tokenizer.model_max_length == 16
+    with CallMeter(short) as meter:
+        short("a", num_inference_steps=1, output_type="latent")
+    counted = call_macs(str(tmp_path))
+    assert counted.full() == meter.call_macs().full()
+    assert counted.full() < call_macs(str(tmp_path), text_len=77).full()
+    assert folder_text_len(tmp_path, {"_class_name": "UNet2DConditionModel"}) == 16
+    assert folder_text_len(tmp_path / "unet", {}) == 77  # a denoiser folder has no tokenizer
+
+
+def test_macs_on_the_embedded_model_equals_what_eval_counts(capsys) -> None:
+    """`crossgate macs --model-dir <embedded>` counts the call the embedded pipeline really makes."""
+    from crossgate.embedded import default_model_path, load_pipeline
+
+    folder = default_model_path()
+    if folder is None:
+        pytest.skip("embedded model not installed")
+    pipe = load_pipeline(folder)
+    steps = 3
+    with CallMeter(pipe) as meter:  # what eval's LinearConvCounter counts, per image
+        pipe("a red circle left of a blue square", num_inference_steps=steps, output_type="latent")
+    counted = call_macs(str(folder))
+    assert counted.full() == meter.call_macs().full()
+    assert meter.executed == image_macs(counted, Schedule.plain(steps))
+    assert main(["macs", "--model-dir", str(folder), "--steps", "25", "--gate-step", "5"]) == 0
+    expected = tera(image_macs(counted, Schedule.plain(25)))
+    assert f"| baseline | {expected} |" in capsys.readouterr().out

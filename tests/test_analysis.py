@@ -11,8 +11,9 @@ import torch
 import crossgate
 from crossgate.adapters import cross_attention_modules
 from crossgate.cli import main
-from crossgate.tools.quality.convergence import null_text_ablation, record_convergence
-from crossgate.tools.quality.sampling import StepTracker, generate_images, null_text
+from crossgate.tools.quality.convergence import record_convergence
+from crossgate.tools.quality.null_text import null_text_ablation
+from crossgate.tools.quality.sampling import StepTracker, cfg_active, generate_images, null_text
 
 PROMPTS = ["a red circle left of a blue square", "a green triangle above a yellow circle"]
 
@@ -76,6 +77,25 @@ def test_null_text_needs_cfg(sd_pipe):
     tracker = StepTracker()
     with null_text(sd_pipe, "before", 2, tracker), pytest.raises(ValueError, match="classifier-free"):
         generate_images(sd_pipe, PROMPTS[:1], [0], 3, guidance_scale=1.0, tracker=tracker)
+
+
+def test_cfg_active_follows_the_engines_rule(sd_pipe):
+    """The pipeline's own do_classifier_free_guidance decides whenever it can be read (the adapter's
+    rule); only a pipeline that cannot say falls back to the batch being twice the prompt count."""
+    seen: list[tuple[bool, bool]] = []
+
+    def probe(module, args, kwargs):
+        seen.append((cfg_active(sd_pipe, 4, 0), cfg_active(sd_pipe, 2, 1)))
+
+    handle = sd_pipe.unet.register_forward_pre_hook(probe, with_kwargs=True)
+    try:
+        sd_pipe(PROMPTS[0], num_inference_steps=1, guidance_scale=5.0, output_type="latent")
+        sd_pipe(PROMPTS[0], num_inference_steps=1, guidance_scale=1.0, output_type="latent")
+    finally:
+        handle.remove()
+    assert seen == [(True, True), (False, False)]  # the property, not the batch, decided
+    # Before any call the property cannot be read: the batch decides.
+    assert cfg_active(sd_pipe, 4, prompts=2) and not cfg_active(sd_pipe, 2, prompts=2)
 
 
 def test_null_text_ablation_report(sd_pipe):

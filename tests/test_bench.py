@@ -10,12 +10,17 @@ import torch
 from crossgate.cli import main
 from crossgate.tools.accounting import CallMeter, Schedule, image_macs
 from crossgate.tools.bench import (
+    PEER_REGISTRY,
     BenchError,
+    BenchReport,
+    PeerRequest,
+    Result,
     Variant,
     build_variants,
     crossgate_variant,
     markdown,
     random_pipeline,
+    register_peer,
     run_bench,
 )
 
@@ -56,6 +61,49 @@ def test_run_bench_counts_macs_and_reports_ratios() -> None:
     assert "peer exploded" in rows["broken peer"]["note"] and rows["broken peer"]["speedup"] is None
     table = markdown([report])
     assert "| crossgate m=2 |" in table and "peer exploded" in table
+    assert gated["caveat"] == "1 round" and gated["min_s"] == gated["max_s"] == gated["median_s"]
+    assert rows["missing peer"]["caveat"] == ""  # nothing was timed
+
+
+def _report(times: list[float], warmup: int = 1) -> BenchReport:
+    plain = Result("plain", times=[2 * t for t in times], macs=200, warmup=warmup)
+    gated = Result("crossgate m=2", times=list(times), macs=100, warmup=warmup)
+    return BenchReport("tiny", "32px", [plain, gated, Result("missing", error="not installed")])
+
+
+def test_table_flags_rows_timed_too_little() -> None:
+    """A 1-round or warm-up-less speed-up is marked in the table and footnoted, with its spread."""
+    measured = markdown([_report([0.9, 1.0, 1.3])])
+    assert "†" not in measured
+    assert "| crossgate m=2 | 1.000 | 0.900–1.300 | 3 | 2.000x |" in measured
+    one_round = markdown([_report([1.0])])
+    assert "| crossgate m=2 | 1.000 | 1.000–1.000 | 1† | 2.000x† |" in one_round
+    assert "| missing | - | - | 0 | - |" in one_round
+    footnote = one_round.strip().splitlines()[-1]
+    assert footnote.startswith("† indicative only") and "1 round" in footnote and "--repeats 3" in footnote
+    cold = markdown([_report([0.9, 1.0, 1.3], warmup=0)])
+    assert "| 3† | 2.000x† |" in cold and "no warm-up" in cold
+    row = _report([1.0, 1.2], warmup=0).rows()[1]
+    assert row["caveat"] == "2 rounds, no warm-up" and (row["min_s"], row["max_s"]) == (1.0, 1.2)
+
+
+def test_peer_registry_builds_registered_peers_in_order() -> None:
+    pipe = random_pipeline("tiny")
+    assert list(PEER_REGISTRY)[:5] == ["tgate", "tgate-v2", "deepcache", "tomesd", "pab"]
+
+    @register_peer("test-peer", counterpart=lambda r: Variant(f"crossgate twin m={r.gate}"))
+    def build(request: PeerRequest) -> Variant:
+        return Variant(f"test peer m={request.gate},k={request.v2_interval}")
+
+    try:
+        names = [v.name for v in build_variants(pipe, [3, 2], ["test-peer"], v2_interval=4)]
+        assert names == ["plain", "crossgate m=3", "crossgate m=2", "crossgate twin m=3", "test peer m=3,k=4"]
+        with pytest.raises(ValueError, match="already registered"):
+            register_peer("test-peer")(build)
+    finally:
+        PEER_REGISTRY.pop("test-peer")
+    v2 = [v.name for v in build_variants(pipe, [2], ["tgate-v2"])]
+    assert v2[:3] == ["plain", "crossgate m=2", "crossgate v2 m=2,k=5"] and v2[3].startswith("tgate pkg v2")
 
 
 PEER_MODULES = {

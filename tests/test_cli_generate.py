@@ -95,3 +95,134 @@ def test_model_without_cross_attention_is_a_clear_error(tmp_path, capsys):
         main(["generate", "x", "--model", str(tmp_path / "nocross"), "--out", str(tmp_path / "o.png")]) == 2
     )
     assert "no cross-attention" in capsys.readouterr().err
+
+
+def _no_loading(monkeypatch):
+    """Make loading a model fail the test: these errors must come before any work."""
+    from crossgate.cli import generate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(generate, "load_pipeline", refuse)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("crossgate generate: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("kind", ["existing folder", "trailing slash", "no extension", "unknown extension"])
+def test_bad_out_is_rejected_before_any_work(kind, tmp_path, monkeypatch, capsys):
+    out = {
+        "existing folder": str(tmp_path),
+        "trailing slash": str(tmp_path / "outdir") + "/",
+        "no extension": str(tmp_path / "picture"),
+        "unknown extension": str(tmp_path / "picture.xyz"),
+    }[kind]
+    _no_loading(monkeypatch)
+    assert main(["generate", "x", "--out", out]) == 2
+    assert "--out" in _one_line_error(capsys)
+    assert not (tmp_path / "outdir").exists()
+
+
+def test_out_under_a_file_is_rejected_before_any_work(tmp_path, monkeypatch, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    _no_loading(monkeypatch)
+    assert main(["generate", "x", "--out", str(afile / "x.png")]) == 2
+    assert "is a file, not a folder" in _one_line_error(capsys)
+    assert afile.read_text() == "not a folder"
+
+
+def test_compare_with_no_tgate_is_an_error_before_any_work(tmp_path, monkeypatch, capsys):
+    _no_loading(monkeypatch)
+    assert main(["generate", "x", "--no-tgate", "--compare", "--out", str(tmp_path / "o.png")]) == 2
+    assert "--no-tgate" in _one_line_error(capsys)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from crossgate.cli import generate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "load_pipeline", interrupted)
+    assert main(["generate", "x", "--out", str(tmp_path / "o.png")]) == 130
+    assert capsys.readouterr().err == "crossgate generate: interrupted\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gate_after_the_last_step_warns_and_is_labelled_plain(model_dir, tmp_path, capsys):
+    gated, plain = tmp_path / "gated.png", tmp_path / "plain.png"
+    args = ["generate", "a red circle", "--model", model_dir, "--steps", "3"]
+    assert main([*args, "--gate-step", "30", "--out", str(gated)]) == 0
+    captured = capsys.readouterr()
+    assert "TGATE never engages" in captured.err and "at or after the last of 3 steps" in captured.err
+    assert "plain (m=" in captured.out and "TGATE m=" not in captured.out
+    assert main([*args, "--no-tgate", "--out", str(plain)]) == 0
+    assert Image.open(gated).tobytes() == Image.open(plain).tobytes()
+
+
+def test_generate_validates_with_check_and_never_applies_by_hand(model_dir, tmp_path, monkeypatch):
+    import crossgate
+
+    checked = []
+    real_check = crossgate.check
+
+    def check(pipe, config=None, **overrides):
+        checked.append(config)
+        return real_check(pipe, config, **overrides)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the CLI must validate with crossgate.check, not apply/remove")
+
+    monkeypatch.setattr(crossgate, "check", check)
+    monkeypatch.setattr(crossgate, "apply", forbidden)
+    monkeypatch.setattr(crossgate, "remove", forbidden)
+    out = tmp_path / "o.png"
+    assert (
+        main(["generate", "x", "--model", model_dir, "--steps", "2", "--gate-step", "1", "--out", str(out)])
+        == 0
+    )
+    assert len(checked) == 1 and checked[0].gate_step == 1
+    assert out.is_file()
+
+
+class _Image:
+    """Stands in for a PIL image: writes some bytes, then fails the way ``fail`` says."""
+
+    def __init__(self, fail: type[BaseException] | None = None):
+        self.fail = fail
+
+    def save(self, handle, format=None):
+        handle.write(b"partial")
+        if self.fail is not None:
+            raise self.fail()
+
+
+@pytest.mark.parametrize("fail", [KeyboardInterrupt, OSError])
+def test_save_image_is_atomic(fail, tmp_path):
+    from crossgate.cli.common import CommandError, save_image
+
+    out = tmp_path / "o.png"
+    out.write_bytes(b"before")
+    with pytest.raises(KeyboardInterrupt if fail is KeyboardInterrupt else CommandError):
+        save_image(_Image(fail), str(out))
+    assert out.read_bytes() == b"before"  # untouched, and no temporary file left beside it
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_save_image_writes_with_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from crossgate.cli.common import save_image
+
+    out = save_image(Image.new("RGB", (4, 4)), str(tmp_path / "sub" / "o.png"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert Image.open(out).size == (4, 4)
+    assert [p.name for p in out.parent.iterdir()] == ["o.png"]

@@ -51,7 +51,8 @@ def test_family(family):
     assert not torch.equal(gated, plain)
 
     crossgate.remove(pipe)
-    manual = ManualTGate(getattr(pipe, case.denoiser_attr), case.gate, case.cfg)
+    assert stats.post_gate_inputs == case.half
+    manual = ManualTGate(getattr(pipe, case.denoiser_attr), case.gate, case.cfg, case.half)
     try:
         expected = call(case)
     finally:

@@ -172,7 +172,7 @@ def _as_number(value: object) -> object:
     Integral values stay ints (steps), other reals become floats (fractions); booleans and
     non-numbers are returned unchanged for the validators to refuse.
     """
-    if isinstance(value, (bool, int, float, str)) or value is None:
+    if type(value) in (bool, int, float, str) or value is None:
         return value
     if type(value).__name__ == "bool_":  # numpy.bool_: not a number here either
         return value

@@ -176,6 +176,7 @@ class CallStats:
         cross_attention_replays: per cross-attention layer, the passes that replayed its cache.
         self_attention_computed_steps: TGATE v2: per self-attention layer, the steps it computed.
         convergence: ``"auto"`` only: the layer-averaged relative change, one value per step from 1.
+        post_gate_inputs: the CFG half (``"uncond"``/``"cond"``) that fed the passes after the gate.
     """
 
     num_steps: int
@@ -186,6 +187,7 @@ class CallStats:
     cross_attention_replays: dict[str, int] = field(default_factory=dict)
     self_attention_computed_steps: dict[str, list[int]] = field(default_factory=dict)
     convergence: list[float] = field(default_factory=list)
+    post_gate_inputs: str = "uncond"
 
     @property
     def engaged(self) -> bool:

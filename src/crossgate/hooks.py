@@ -138,15 +138,12 @@ class SelfAttentionCacheHook(ModelHook):
         action = self._action(call, call.step)
         batch = latent_batch(args, kwargs)
         if action is Action.REUSE and record.cache is not None and record.cache.shape[0] == batch:
-            output = record.cache
-        else:
-            output = self.fn_ref.original_forward(*args, **kwargs)
-            record.computed_steps.add(call.step)
-            if action is Action.STORE:
-                at_gate = call.step == call.gate - 1
-                record.cache = cfg_mean(output) if at_gate and call.cfg else output
-        if not self._read_later(call):
-            record.cache = None  # no later step reuses it: free the memory now
+            return record.cache
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        record.computed_steps.add(call.step)
+        if action is Action.STORE and self._reused_at(call, call.step + 1):  # else nobody reads it
+            at_gate = call.step == call.gate - 1
+            record.cache = cfg_mean(output) if at_gate and call.cfg else output
         return output
 
     def record(self, call: CallState) -> SelfAttentionRecord:
@@ -170,12 +167,14 @@ class SelfAttentionCacheHook(ModelHook):
             config.self_attention_warm_up,
         )
 
-    def _read_later(self, call: CallState) -> bool:
-        """Whether a later step may reuse the cache (a second-order step's second pass, or the next step)."""
-        following = call.step + 1
-        if following >= call.num_steps:
-            return self._action(call, call.step) is Action.REUSE  # only this step's other passes
-        return Action.REUSE in (self._action(call, call.step), self._action(call, following))
+    def drop_unread(self, call: CallState) -> None:
+        """At a step boundary: free the cache unless the step now starting reuses it."""
+        record = call.records.get(self._key)
+        if record is not None and not self._reused_at(call, call.step):
+            record.cache = None
+
+    def _reused_at(self, call: CallState, step: int) -> bool:
+        return step < call.num_steps and self._action(call, step) is Action.REUSE
 
 
 class DenoiserGate:

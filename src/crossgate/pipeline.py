@@ -104,7 +104,9 @@ class _Installation:
         """The layer-averaged convergence statistic of the step ``call`` just completed."""
         if not call.policy.watches_convergence:
             return None
-        changes = [c for h in self.cross_attention.values() if (c := h.change_at(call, call.step)) is not None]
+        changes = [
+            c for h in self.cross_attention.values() if (c := h.change_at(call, call.step)) is not None
+        ]
         return sum(changes) / len(changes) if changes else None
 
     def stats(self, call: CallState) -> CallStats:
@@ -122,6 +124,7 @@ class _Installation:
             if call.config.caches_self_attention
             else {},
             convergence=list(call.convergence),
+            post_gate_inputs=call.post_gate_inputs,
         )
 
     def _register(self, module: torch.nn.Module, hook: Any, name: str) -> None:
@@ -172,6 +175,8 @@ class _Session:
         assert self.installation is not None
         for _ in range(steps):
             call.complete_step(self.installation.step_change(call))
+        for hook in self.installation.self_attention.values():
+            hook.drop_unread(call)
 
     def end_loop(self, call: CallState) -> None:
         assert self.installation is not None
@@ -185,7 +190,13 @@ class _Session:
                 f"crossgate: {type(pipe).__name__}.{self.adapter.denoiser_attr} was replaced by "
                 f"{type(denoiser).__name__}, not a denoiser module; restore it or call crossgate.remove(pipe)."
             )
-        resolve_adapter(pipe)  # the new denoiser must be gateable too (clear error otherwise)
+        try:
+            resolve_adapter(pipe)  # the new denoiser must be gateable too
+        except UnsupportedPipelineError as error:
+            raise UnsupportedPipelineError(
+                f"crossgate: {type(pipe).__name__}.{self.adapter.denoiser_attr} was replaced after apply() "
+                f"and the new one cannot be gated ({error}); restore it or call crossgate.remove(pipe)."
+            ) from None
         self.denoiser = denoiser
         try:
             self.installation = _Installation.acquire(self, pipe)

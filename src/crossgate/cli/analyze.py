@@ -71,12 +71,8 @@ def default_prompts(count: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.tools.quality.convergence import (
-        null_text_ablation,
-        record_convergence,
-        write_convergence,
-        write_null_text,
-    )
+    from crossgate.tools.quality.convergence import record_convergence, write_convergence
+    from crossgate.tools.quality.null_text import null_text_ablation, write_null_text
 
     prompts = args.prompt or default_prompts(args.num_prompts)
     if args.steps < 2:

@@ -9,6 +9,7 @@ See docs/batch.md for the guarantees (determinism, resume after kill -9, manifes
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +99,38 @@ def resolve_model(model: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
+    """Run the command; Ctrl-C ends it with status 130 and nothing partial left behind."""
+    main = True
+    try:
+        from accelerate import PartialState
 
-    from crossgate.tools.batch import BatchError, GenerationSettings, OutputDir, parse_prompts, run_batch
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        # Asking for CPU without CUDA is what makes `accelerate launch --multi_gpu` start gloo processes.
+        state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+        main = state.is_main_process
+        return _run(args, state)
+    except KeyboardInterrupt:
+        # Writes remove their temporary file and an image whose record was not written, on the way out.
+        if main:
+            print(
+                "crossgate batch: interrupted; finished images are kept and nothing partial was left. "
+                "Run the same command again to generate the rest.",
+                file=sys.stderr,
+                flush=True,
+            )
+        return 130
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    # Asking for CPU without CUDA is what makes `accelerate launch --multi_gpu` start gloo processes.
-    state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
+
+def _run(args: argparse.Namespace, state: Any) -> int:
+    from crossgate.tools.batch import (
+        BatchError,
+        GenerationSettings,
+        OutputDir,
+        WriteError,
+        parse_prompts,
+        run_batch,
+    )
 
     if not state.is_main_process:
         from diffusers.utils import logging as diffusers_logging
@@ -114,15 +139,18 @@ def run(args: argparse.Namespace) -> int:
         diffusers_logging.disable_progress_bar()  # one progress display: the main process's
         transformers_logging.disable_progress_bar()
 
-    def fail(message: str) -> None:
-        # Every process sees the same error; only the main process prints it.
-        if state.is_main_process:
-            raise CommandError(message)
+    def fail(error: Exception) -> None:
+        # Every process sees the same error, and only the main process prints it; except for a failed
+        # write, which only the process that hit it knows about.
+        if state.is_main_process or isinstance(error, WriteError):
+            raise CommandError(str(error))
         raise SystemExit(2)
 
     try:
         model = resolve_model(args.model)
         items = parse_prompts(args.prompts, args.format, args.seed)
+        device = str(state.device)
+        device_type = state.device.type
         settings = GenerationSettings(
             model=model,
             steps=args.steps,
@@ -134,8 +162,10 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             batch_size=args.batch_size,
             exact=args.exact,
+            device=device_type,
+            # CPU threads change the rounding of CPU kernels only; elsewhere they change nothing.
+            threads=torch.get_num_threads() if device_type == "cpu" else None,
         )
-        device = str(state.device)
         summary = run_batch(
             items,
             OutputDir(Path(args.out)),
@@ -145,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             log=lambda text: print(text, flush=True),
         )
     except (BatchError, CommandError) as error:
-        fail(str(error))
+        fail(error)
         return 2
     if state.is_main_process:
         print(

@@ -56,7 +56,8 @@ def split_lines(text: str) -> list[str]:
     ``str.splitlines`` also breaks at U+2028, U+0085, form feed and other characters that may sit
     inside a prompt (and inside a JSON string, where they are legal unescaped); splitting there would
     cut a prompt in two and shift the line number, hence the id and seed, of every later prompt.
-    A final newline ends the last line rather than starting an empty one, as with ``splitlines``.
+    A lone ``\r`` is kept too (the file is read without newline translation). A final newline ends
+    the last line rather than starting an empty one, as with ``splitlines``.
     """
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -77,7 +78,9 @@ def parse_prompts(path: str | Path, fmt: str = "auto", base_seed: int = 0) -> li
     ``seed``, ``id``)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # newline="": no universal-newline translation, which would also break lines at a lone "\r".
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            text = handle.read()
     except FileNotFoundError:
         raise BatchError(f"prompts file {str(path)!r} not found.") from None
     except IsADirectoryError:

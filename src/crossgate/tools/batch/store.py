@@ -68,10 +68,7 @@ def _write_file(path: Path, data: bytes) -> None:
 def write_failure(path: Path, error: OSError) -> str:
     """One line that says what failed and what to do (a disk-full run resumes once space is freed)."""
     reason = f"{error.strerror or error}"
-    if error.errno in DISK_FULL:
-        hint = "free disk space"
-    else:
-        hint = "fix the output folder"
+    hint = "free disk space" if error.errno in DISK_FULL else "fix the output folder"
     return (
         f"cannot write {str(path)!r} ({reason}); nothing partial was left. Finished images are kept: "
         f"{hint} and run the same command again to generate the rest."
@@ -369,7 +366,7 @@ class OutputDir:
         problem = record_problem(record, item_id, config.keys())
         return (None, problem) if problem else (record, None)
 
-    def result_problem(self, item_id: str, config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    def load_result(self, item_id: str, config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
         """A record whose image is intact, or None and why it is broken."""
         record, problem = self.load_record(item_id, config)
         if record is None:
@@ -400,7 +397,7 @@ class OutputDir:
             for item in items:
                 if f"{item.id}.json" not in present:
                     continue
-                record, problem = self.result_problem(item.id, config)
+                record, problem = self.load_result(item.id, config)
                 if record is None:
                     self.discard(item.id)
                     found.broken.append((item.line, f"{item.id}: {problem}"))
@@ -409,7 +406,10 @@ class OutputDir:
                 diffs = config_diffs(record_settings(record), config, "its record has")
                 if old != item.key():
                     found.conflicts.append(
-                        (item.line, f"id {item.id!r} (line {item.line}): folder has {old}, input has {item.key()}")
+                        (
+                            item.line,
+                            f"id {item.id!r} (line {item.line}): folder has {old}, input has {item.key()}",
+                        )
                     )
                 elif diffs:
                     found.other_settings.append((item.line, f"id {item.id!r}: " + "; ".join(diffs)))
@@ -460,7 +460,7 @@ class OutputDir:
                 if record is not None and _size(self.image_path(item_id)) != record["size"]:
                     record, problem = None, "its image changed during the run"
             else:
-                record, problem = self.result_problem(item_id, config)
+                record, problem = self.load_result(item_id, config)
             if record is not None:
                 records.append(record)
             elif item_id not in order:

@@ -36,14 +36,16 @@ def profile_from_convergence(
     """A calibration profile (JSON-ready) from recorded convergence curves."""
     n = result.num_steps
     auto = TGateConfig(
-        gate_step="auto", auto_tolerance=tolerance, auto_min_fraction=min_fraction, auto_max_fraction=max_fraction
+        gate_step="auto",
+        auto_tolerance=tolerance,
+        auto_min_fraction=min_fraction,
+        auto_max_fraction=max_fraction,
     )
     gate = first_gate(result.average("mean"), auto, n)
     # Where each layer alone would settle: information for the user (which layers converge late);
     # the profile gates all layers together (per-layer gating was dominated, see the docs).
     layer_settle = {
-        layer: first_gate(result.relative_change["mean"][layer], auto, n)
-        for layer in result.layers
+        layer: first_gate(result.relative_change["mean"][layer], auto, n) for layer in result.layers
     }
     return {
         **(meta or {}),

@@ -1,10 +1,11 @@
-"""Where does cross-attention converge? The paper's Figure 2 analysis and null-text ablation.
+"""Where does cross-attention converge? The paper's Figure 2 analysis.
 
 TGATE rests on two observations: a cross-attention layer's output changes less and less from one
-denoising step to the next, and the text only matters in the first steps (replacing it by the null
-text after step ``m`` barely changes the image, before step ``m`` it ruins it). The original authors
-never released this analysis; these functions run it on any diffusers pipeline with cross-attention
-so users can see where their model converges and pick a gate step.
+denoising step to the next, and the text only matters in the first steps (the second is tested by
+:mod:`.null_text`). The original authors never released this analysis; these functions run it on
+any diffusers pipeline with cross-attention so users can see where their model converges and pick
+a gate step. The statistic is the engine's own (:func:`crossgate.tensors.relative_change` of the
+CFG mean), so a curve recorded here equals what ``gate_step="auto"`` measures live.
 """
 
 from __future__ import annotations
@@ -19,15 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+import crossgate
 from crossgate.adapters import cross_attention_modules, resolve_adapter
-from crossgate.tools.quality.metrics import mse, psnr_from_mse, ssim
-from crossgate.tools.quality.sampling import (
-    StepTracker,
-    cfg_active,
-    check_step_callback,
-    generate_images,
-    null_text,
-)
+from crossgate.tensors import cfg_mean, relative_change
+from crossgate.tools.quality.outputs import pyplot
+from crossgate.tools.quality.sampling import StepTracker, cfg_active, check_step_callback, generate_images
 
 VIEWS = ("mean", "cond", "uncond")
 
@@ -90,8 +87,6 @@ def record_convergence(
     step calls the denoiser more than once (second-order schedulers) its last output counts.
     Multiple prompt batches are averaged with equal weight per image.
     """
-    import crossgate
-
     if crossgate.is_applied(pipe):
         raise ValueError(
             "TGATE is applied to this pipeline, so its cross-attention outputs are replayed after the "
@@ -117,14 +112,14 @@ def record_convergence(
         return hook
 
     def views_of(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = cfg_active(pipe, tensor.shape[0], tracker.prompts)
+        cfg = cfg_active(pipe, tensor.shape[0], tracker.prompts, adapter)
         if not cfg_seen:
             cfg_seen.append(cfg)
         flat = tensor.reshape(tensor.shape[0], -1)
         if not cfg:
             return {"mean": flat}
         uncond, cond = flat.chunk(2)
-        return {"mean": (uncond + cond) / 2, "cond": cond, "uncond": uncond}
+        return {"mean": cfg_mean(flat), "cond": cond, "uncond": uncond}
 
     def on_step_end(step_index: int) -> None:
         missing = [name for name in names if name not in latest]
@@ -135,12 +130,11 @@ def record_convergence(
             t = step_index - 1
             for name in names:
                 for view, now in current[name].items():
-                    before = previous[name][view]
-                    ratio = (now - before).norm(dim=1) / before.norm(dim=1).clamp_min(1e-12)
                     row = sums.setdefault(view, {}).setdefault(name, [])
                     while len(row) <= t:
                         row.append(0.0)
-                    row[t] += float(ratio.sum())
+                    # the batch's mean ratio times its images: batches then weigh per image
+                    row[t] += relative_change(now, previous[name][view]) * now.shape[0]
             if len(counts) <= t:
                 counts.append(0)
             counts[t] += next(iter(current[names[0]].values())).shape[0]
@@ -209,7 +203,7 @@ def write_convergence(result: ConvergenceResult, out_dir: Path) -> list[Path]:
 
 def plot_convergence(result: ConvergenceResult, path: Path) -> None:
     """Per-layer curves (thin) and the layer average (thick) of the relative change per step."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     steps = np.arange(1, result.num_steps)
     cmap = plt.get_cmap("viridis")
@@ -231,206 +225,3 @@ def plot_convergence(result: ConvergenceResult, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-@dataclass
-class NullTextRow:
-    """One ablation arm's images compared with the plain pipeline's at the same seeds."""
-
-    gate: int
-    arm: str
-    mse: float
-    psnr: float
-    ssim: float
-    object_accuracy: float | None = None
-    relation_accuracy: float | None = None
-    relation_flipped: float | None = None
-
-
-@dataclass
-class NullTextResult:
-    num_steps: int
-    prompts: list[str]
-    rows: list[NullTextRow]
-    plain_object_accuracy: float | None = None
-    plain_relation_accuracy: float | None = None
-    plain_relation_flipped: float | None = None
-    images: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        data = {key: value for key, value in asdict(self).items() if key != "images"}
-        return _finite(data)
-
-
-def null_text_ablation(
-    pipe: Any,
-    prompts: Sequence[str],
-    gates: Sequence[int],
-    num_inference_steps: int = 25,
-    guidance_scale: float | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    judge_captions: bool = True,
-) -> NullTextResult:
-    """Null text before step ``m`` vs after step ``m``, compared with the plain output.
-
-    For each gate ``m``, generates the prompts with the text condition replaced by the null text
-    in steps ``< m`` ("before") and in steps ``>= m`` ("after"), at the same seeds as the plain run,
-    and reports MSE / PSNR / SSIM against the plain images. When every prompt is a caption the
-    embedded scenes can parse and ``judge_captions`` is set, the judge's object and strict relation
-    accuracy (with its flipped control) are reported too.
-    """
-    if not prompts:
-        raise ValueError("no prompts given")
-    bad = [m for m in gates if not 0 < m <= num_inference_steps]
-    if bad:
-        raise ValueError(f"null-text gates {bad} are outside 1..{num_inference_steps} (the step count)")
-    seeds = [seed + i for i in range(len(prompts))]
-    plain = generate_images(pipe, prompts, seeds, num_inference_steps, guidance_scale, batch_size).images
-    scorer = _caption_scorer(prompts) if judge_captions else None
-    result = NullTextResult(num_steps=num_inference_steps, prompts=list(prompts), rows=[])
-    result.images["plain"] = plain
-    if scorer is not None:
-        acc = scorer(plain)
-        result.plain_object_accuracy = acc.object_accuracy
-        result.plain_relation_accuracy = acc.relation_accuracy
-        result.plain_relation_flipped = acc.relation_flipped_accuracy
-    for gate in gates:
-        for arm in ("before", "after"):
-            tracker = StepTracker()
-            with null_text(pipe, arm, gate, tracker):
-                images = generate_images(
-                    pipe, prompts, seeds, num_inference_steps, guidance_scale, batch_size, tracker=tracker
-                ).images
-            result.images[f"{arm}-m{gate}"] = images
-            errors = mse(images, plain)
-            row = NullTextRow(
-                gate=gate,
-                arm=f"null text {arm} m",
-                mse=float(errors.mean()),
-                psnr=psnr_from_mse(float(errors.mean())),
-                ssim=float(ssim(images, plain).mean()),
-            )
-            if scorer is not None:
-                acc = scorer(images)
-                row.object_accuracy = acc.object_accuracy
-                row.relation_accuracy = acc.relation_accuracy
-                row.relation_flipped = acc.relation_flipped_accuracy
-            result.rows.append(row)
-    return result
-
-
-def _caption_scorer(prompts: Sequence[str]):
-    """A function scoring images against ``prompts`` with the judge, or None if they aren't captions."""
-    try:
-        from crossgate.tools.quality.judge import Judge, score_images
-
-        judge = Judge()
-        captions = [judge.parse(prompt) for prompt in prompts]
-    except (ImportError, ValueError):
-        return None
-    return lambda images: score_images(judge, images, captions)
-
-
-def write_null_text(result: NullTextResult, out_dir: Path, max_rows: int = 8) -> list[Path]:
-    """``null_text.json``, ``null_text.csv``, a metric plot and an image grid (first prompts)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "null_text.json"
-    json_path.write_text(json.dumps(result.to_json(), indent=2))
-    csv_path = out_dir / "null_text.csv"
-    fields = list(NullTextRow.__dataclass_fields__)
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        for row in result.rows:
-            writer.writerow(asdict(row))
-    plot_path = out_dir / "null_text.png"
-    plot_null_text(result, plot_path)
-    grid_path = out_dir / "null_text_samples.png"
-    columns = [
-        "plain",
-        *(f"{arm}-m{g}" for g in sorted({r.gate for r in result.rows}) for arm in ("before", "after")),
-    ]
-    image_grid([result.images[c][:max_rows] for c in columns], columns).save(grid_path)
-    return [json_path, csv_path, plot_path, grid_path]
-
-
-def plot_null_text(result: NullTextResult, path: Path) -> None:
-    plt = _pyplot()
-    judged = result.rows and result.rows[0].relation_accuracy is not None
-    fig, axes = plt.subplots(
-        1, 2 if judged else 1, figsize=(10 if judged else 5.5, 4), dpi=120, squeeze=False
-    )
-    for arm, style in (("before", "o-"), ("after", "s-")):
-        rows = [r for r in result.rows if r.arm == f"null text {arm} m"]
-        axes[0, 0].plot([r.gate for r in rows], [r.ssim for r in rows], style, label=f"null text {arm} m")
-        if judged:
-            axes[0, 1].plot(
-                [r.gate for r in rows],
-                [r.object_accuracy for r in rows],
-                style,
-                label=f"objects, null {arm} m",
-            )
-            axes[0, 1].plot(
-                [r.gate for r in rows],
-                [r.relation_accuracy for r in rows],
-                style,
-                alpha=0.5,
-                label=f"relation, null {arm} m",
-            )
-    axes[0, 0].set_xlabel("m")
-    axes[0, 0].set_ylabel("SSIM vs plain (same seed)")
-    axes[0, 0].set_ylim(0, 1.02)
-    axes[0, 0].legend(fontsize=8)
-    axes[0, 0].grid(alpha=0.3)
-    if judged:
-        axes[0, 1].axhline(result.plain_object_accuracy, color="grey", ls="--", lw=1, label="plain objects")
-        axes[0, 1].axhline(result.plain_relation_accuracy, color="grey", ls=":", lw=1, label="plain relation")
-        axes[0, 1].set_xlabel("m")
-        axes[0, 1].set_ylabel("judge accuracy")
-        axes[0, 1].set_ylim(0, 1.02)
-        axes[0, 1].legend(fontsize=7)
-        axes[0, 1].grid(alpha=0.3)
-    fig.suptitle(f"Null-text ablation ({result.num_steps} steps, {len(result.prompts)} prompts)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def image_grid(columns: Sequence[np.ndarray], labels: Sequence[str], scale: int = 4):
-    """A PIL grid: one column per image set (rows are prompts), labels on top, nearest upscaling."""
-    from PIL import Image, ImageDraw
-
-    rows = min(len(c) for c in columns)
-    h, w = columns[0].shape[1:3]
-    cell_w, cell_h, header = w * scale + 4, h * scale + 4, 16
-    canvas = Image.new("RGB", (cell_w * len(columns), header + cell_h * rows), "white")
-    draw = ImageDraw.Draw(canvas)
-    for ci, (images, label) in enumerate(zip(columns, labels)):
-        draw.text((ci * cell_w + 2, 2), label, fill="black")
-        for ri in range(rows):
-            tile = Image.fromarray(images[ri]).resize((w * scale, h * scale), Image.Resampling.NEAREST)
-            canvas.paste(tile, (ci * cell_w + 2, header + ri * cell_h + 2))
-    return canvas
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'crossgate[plots]'") from error
-    return plt
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no inf/nan: write them as strings."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

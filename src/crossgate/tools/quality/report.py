@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+from crossgate.tools.quality.outputs import image_grid, pyplot
 from crossgate.tools.quality.runner import ConfigResult, EvalReport
 
 COLUMNS = (
@@ -59,8 +60,6 @@ def write_report(report: EvalReport, out_dir: Path) -> list[Path]:
     plot_quality_vs_compute(report, plot)
     paths = [md, table, js, plot]
     if report.samples:
-        from crossgate.tools.quality.convergence import image_grid
-
         grid = out_dir / "samples.png"
         names = list(report.samples)
         image_grid([report.samples[n] for n in names], names).save(grid)
@@ -70,9 +69,7 @@ def write_report(report: EvalReport, out_dir: Path) -> list[Path]:
 
 def plot_quality_vs_compute(report: EvalReport, path: Path) -> None:
     """Accuracy (with the flipped control) and FD / SSIM against executed MACs per image."""
-    from crossgate.tools.quality.convergence import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     tgate = sorted(
         (r for r in report.results if r.kind in ("plain", "tgate")), key=lambda r: r.macs_per_image

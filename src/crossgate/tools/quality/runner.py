@@ -14,8 +14,13 @@ from typing import Any
 
 import numpy as np
 
+import crossgate
+from crossgate.adapters import denoiser_of
+from crossgate.embedded import scenes
+from crossgate.tools.accounting import LinearConvCounter
 from crossgate.tools.quality.judge import Judge, score_images
 from crossgate.tools.quality.metrics import frechet_distance, mse, psnr_from_mse, ssim
+from crossgate.tools.quality.outputs import finite
 from crossgate.tools.quality.sampling import Generation, StepTracker, generate_images, null_text
 
 KINDS = ("plain", "tgate", "null-before", "null-after", "auto", "profile")
@@ -82,17 +87,15 @@ class RunConfig:
         )
         return f"{self.kind} m={self.gate}{extra}"
 
-    def tgate_config(self) -> Any:
+    def tgate_config(self) -> crossgate.TGateConfig:
         """The :class:`crossgate.TGateConfig` of a ``tgate``/``auto``/``profile`` configuration."""
-        from crossgate.config import TGateConfig
-
         if self.kind == "profile":
-            return TGateConfig.from_profile(str(self.profile))
+            return crossgate.TGateConfig.from_profile(str(self.profile))
         if self.auto:
-            return TGateConfig(gate_step="auto", auto_tolerance=self.tolerance)
+            return crossgate.TGateConfig(gate_step="auto", auto_tolerance=self.tolerance)
         if self.kind != "tgate":
             raise ValueError(f"{self.name!r} is not a TGATE configuration")
-        return TGateConfig(
+        return crossgate.TGateConfig(
             gate_step=self.gate,
             self_attention_interval=self.interval,
             self_attention_interval_after=self.late,
@@ -168,19 +171,17 @@ class EvalReport:
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        from crossgate.tools.quality.convergence import _finite
-
         data = {key: value for key, value in asdict(self).items() if key != "samples"}
-        return _finite(data)
+        return finite(data)
 
 
 def reference_images(captions: Sequence[str], per_caption: int, seed: int, size: int = 32) -> np.ndarray:
     """Real procedural images of ``captions`` (``per_caption`` each), the FD's reference set."""
-    from crossgate.embedded.scenes import parse_caption, render, sample_scene
-
     rng = np.random.default_rng(seed)
-    comps = [parse_caption(c) for c in captions]
-    return np.stack([render(sample_scene(rng, comp), size) for comp in comps for _ in range(per_caption)])
+    comps = [scenes.parse_caption(c) for c in captions]
+    return np.stack(
+        [scenes.render(scenes.sample_scene(rng, comp), size) for comp in comps for _ in range(per_caption)]
+    )
 
 
 def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation]) -> tuple[int, Any]:
@@ -191,22 +192,14 @@ def count_macs_per_image(pipe: Any, prompt: str, run: Callable[..., Generation])
     one-image call, so the timed calls carry no counting hooks; a replayed cross-attention runs no
     layers and costs nothing.
     """
-    from crossgate.adapters import resolve_adapter
-    from crossgate.tools.accounting import LinearConvCounter
-
-    denoiser = resolve_adapter(pipe).denoiser(pipe)
-    with LinearConvCounter(denoiser) as counter:
+    with LinearConvCounter(denoiser_of(pipe)) as counter:
         generation = run([prompt], [0])
     return counter.total, (generation.stats[-1] if generation.stats else None)
 
 
 def count_macs_live(pipe: Any, call: Callable[[], Generation]) -> tuple[int, Generation]:
     """Linear/conv MACs per image executed by ``call()`` itself (for data-dependent gates)."""
-    from crossgate.adapters import resolve_adapter
-    from crossgate.tools.accounting import LinearConvCounter
-
-    denoiser = resolve_adapter(pipe).denoiser(pipe)
-    with LinearConvCounter(denoiser) as counter:
+    with LinearConvCounter(denoiser_of(pipe)) as counter:
         generation = call()
     return round(counter.total / len(generation.images)), generation
 
@@ -329,9 +322,7 @@ def _run_config(
     steps: int,
     guidance_scale: float | None,
     batch_size: int,
-):
-    import crossgate
-
+) -> Generation:
     if config.kind == "plain":
         return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size)
     if config.kind in ("tgate", "auto", "profile"):
@@ -361,8 +352,6 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 def default_captions(which: str = "held-out", limit: int | None = None) -> list[str]:
     """Captions of the embedded scenes: ``held-out`` (never trained on), ``train`` or ``all``."""
-    from crossgate.embedded import scenes
-
     pick = {
         "held-out": scenes.held_out_compositions,
         "train": scenes.training_compositions,

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from crossgate.adapters import resolve_adapter
+from crossgate.adapters import ModelAdapter, UnsupportedPipelineError, resolve_adapter
+from crossgate.tensors import latent_batch, map_batch
 
 NullWindow = Literal["before", "after"]
 
@@ -44,19 +45,21 @@ class StepTracker:
         return callback_kwargs
 
 
-def cfg_active(pipe: Any, batch: int, prompts: int = 0) -> bool:
+def cfg_active(pipe: Any, batch: int, prompts: int = 0, adapter: ModelAdapter | None = None) -> bool:
     """Whether a denoiser call of ``batch`` samples is a ``[uncond; cond]`` CFG batch.
 
-    Read from the pipeline's ``do_classifier_free_guidance`` where it has one (set during the call);
-    otherwise (e.g. PixArt decides inside ``__call__``) from the batch being twice the prompt count.
+    The engine's rule (:meth:`ModelAdapter.cfg_active`: the pipeline's own
+    ``do_classifier_free_guidance``, set during the call) wherever the pipeline states it. A pipeline
+    that decides inside ``__call__`` (PixArt) tells the engine through its ``encode_prompt``, which
+    these tools do not watch; for it the batch being twice the prompt count decides. Pass the
+    ``adapter`` when calling per denoiser pass (resolving one reads the pipeline's source).
     """
+    adapter = adapter or resolve_adapter(pipe)
     try:
-        flag = getattr(pipe, "do_classifier_free_guidance", None)
-    except AttributeError:  # some pipelines' property reads a value set only inside __call__
-        flag = None
-    if flag is not None:
-        return bool(flag) and batch % 2 == 0
-    return prompts > 0 and batch == 2 * prompts
+        flag = adapter.cfg_active(pipe, None)
+    except UnsupportedPipelineError:  # the pipeline does not say (no property, encode_prompt unseen)
+        return prompts > 0 and batch == 2 * prompts
+    return flag and batch % 2 == 0
 
 
 def check_step_callback(pipe: Any) -> None:
@@ -128,14 +131,10 @@ def generate_images(
     return Generation(images=np.concatenate(chunks), seconds=seconds, calls=calls, stats=stats)
 
 
-def _swap_in_null(value: Any, batch: int) -> Any:
-    """``[uncond; cond] -> [uncond; uncond]`` for a tensor (or a dict of tensors) of batch ``batch``."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-        uncond = value[: batch // 2]
-        return torch.cat([uncond, uncond], dim=0)
-    if isinstance(value, dict):
-        return {key: _swap_in_null(item, batch) for key, item in value.items()}
-    return value
+def _uncond_twice(tensor: torch.Tensor) -> torch.Tensor:
+    """``[uncond; cond] -> [uncond; uncond]``."""
+    uncond = tensor[: tensor.shape[0] // 2]
+    return torch.cat([uncond, uncond], dim=0)
 
 
 @contextlib.contextmanager
@@ -161,23 +160,22 @@ def null_text(pipe: Any, window: NullWindow, gate: int, tracker: StepTracker) ->
         step = tracker.step
         if (step < gate) != (window == "before"):
             return args, kwargs
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        batch = sample.shape[0]
-        if not cfg_active(pipe, batch, tracker.prompts):
+        batch = latent_batch(args, kwargs)
+        if not cfg_active(pipe, batch, tracker.prompts, adapter):
             raise ValueError(
                 "the null-text ablation needs classifier-free guidance (guidance_scale > 1): the "
                 "null-text embedding is the uncond half of the CFG batch."
             )
         args = list(args)
         if "encoder_hidden_states" in kwargs:
-            kwargs["encoder_hidden_states"] = _swap_in_null(kwargs["encoder_hidden_states"], batch)
+            kwargs["encoder_hidden_states"] = map_batch(kwargs["encoder_hidden_states"], batch, _uncond_twice)
         elif len(args) > 2:
-            args[2] = _swap_in_null(args[2], batch)
+            args[2] = map_batch(args[2], batch, _uncond_twice)
         else:
             raise ValueError("could not find encoder_hidden_states in the denoiser call")
         for key in ("added_cond_kwargs", "encoder_attention_mask"):
             if kwargs.get(key) is not None:
-                kwargs[key] = _swap_in_null(kwargs[key], batch)
+                kwargs[key] = map_batch(kwargs[key], batch, _uncond_twice)
         return tuple(args), kwargs
 
     handle = denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
