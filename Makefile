@@ -1,17 +1,21 @@
-# Everything a fresh machine needs: `make demo` (main job) and `make test` (the suite, as CI runs it).
+# Everything a fresh machine needs: `make demo` (main job), `make test` (the suite), `make check`
+# (what CI runs: lint, typecheck, test; .ci/run).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# The CPU build of torch is installed first so that nothing pulls a multi-GB CUDA build; on a GPU machine
-# override it: `make install TORCH_SPEC=torch`.
+# torch is installed first, on its own, so that the build chosen here is the one crossgate gets.
+# pip's default torch on Linux is the multi-GB CUDA build; for the CPU build take it from PyTorch's
+# CPU index: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`. On a GPU machine:
+# `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 
-.PHONY: install test demo lint format clean
+.PHONY: install test demo lint typecheck check format clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
@@ -28,9 +32,15 @@ lint: install
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
 
+# The engine modules ([tool.mypy] files in pyproject.toml).
+typecheck: install
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
 format: install
 	$(VENV)/bin/ruff check --fix src tests scripts
 	$(VENV)/bin/ruff format src tests scripts
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache

@@ -82,6 +82,8 @@ def test_null_text_needs_cfg(sd_pipe):
 def test_cfg_active_follows_the_engines_rule(sd_pipe):
     """The pipeline's own do_classifier_free_guidance decides whenever it can be read (the adapter's
     rule); only a pipeline that cannot say falls back to the batch being twice the prompt count."""
+    # Before any call the property cannot be read: the batch decides.
+    assert cfg_active(sd_pipe, 4, prompts=2) and not cfg_active(sd_pipe, 2, prompts=2)
     seen: list[tuple[bool, bool]] = []
 
     def probe(module, args, kwargs):
@@ -94,8 +96,6 @@ def test_cfg_active_follows_the_engines_rule(sd_pipe):
     finally:
         handle.remove()
     assert seen == [(True, True), (False, False)]  # the property, not the batch, decided
-    # Before any call the property cannot be read: the batch decides.
-    assert cfg_active(sd_pipe, 4, prompts=2) and not cfg_active(sd_pipe, 2, prompts=2)
 
 
 def test_null_text_ablation_report(sd_pipe):

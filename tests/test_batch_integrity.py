@@ -1,8 +1,8 @@
 """``crossgate batch`` output that cannot rot: broken results are found and redone, damaged metadata is
 rebuilt, a full disk or Ctrl-C leaves nothing partial, and every setting that changes pixels is enforced.
 
-All runs are in-process with one torch thread, on a 4-prompt file (batches of 3 and 1); a module-level
-reference run is copied and damaged rather than regenerated.
+Runs are in-process with one torch thread (one test uses 2 accelerate processes), on a 4-prompt file
+(batches of 3 and 1); a module-level reference run is copied and damaged rather than regenerated.
 """
 
 from __future__ import annotations
@@ -22,7 +22,17 @@ import torch
 
 from crossgate.cli import main as cli_main
 from crossgate.tools.batch import OutputDir, parse_prompts, split_lines
-from test_batch import common_args, manifest, model_dir, pixels, restore_threads, run_cli
+from test_batch import (
+    common_args,
+    finish,
+    launch_cmd,
+    manifest,
+    model_dir,
+    pixels,
+    restore_threads,
+    run_cli,
+    start,
+)
 
 __all__ = ["model_dir", "restore_threads"]  # fixtures, imported to be found by pytest
 
@@ -306,3 +316,28 @@ def test_jsonl_string_with_a_raw_line_separator_is_valid(tmp_path):
     path.write_text('{"prompt": "a\u2028b", "id": "x"}\r\n{"prompt": "c\x85d"}\n', newline="")
     items = parse_prompts(path)
     assert [(i.id, i.prompt, i.line) for i in items] == [("x", "a\u2028b", 1), ("000002", "c\x85d", 2)]
+
+
+# ---------------------------------------------------------------- accelerate launch, 2 CPU processes
+
+
+def test_two_processes_share_verification_and_refuse_together(
+    tmp_path, model_dir, small_prompts, small_reference
+):
+    """Each process verifies (and removes the broken results of) its share; a refusal decided by the
+    main process under the lock stops both processes, without a hang."""
+    out = copy_of(small_reference, tmp_path)
+    (out / "images" / "000001.png").write_bytes(b"")  # process 0's share
+    (out / "records" / "000002.json").write_text("[]")  # process 1's share
+    log = tmp_path / "log.txt"
+    proc = start(launch_cmd(str(small_prompts), *common_args(model_dir, out)), log)
+    text = finish(proc, log)
+    assert proc.returncode == 0, text[-3000:]
+    assert "2 result(s) failed verification" in text and "2 already done, 2 to generate" in text
+    assert_complete_and_equal(out, small_reference)
+
+    log = tmp_path / "log2.txt"
+    proc = start(launch_cmd(str(small_prompts), *common_args(model_dir, out, "--steps", "3")), log)
+    text = finish(proc, log, timeout=120)
+    assert proc.returncode != 0 and text.count("steps: folder has 8, this run has 3") == 1, text[-3000:]
+    assert "Traceback" not in text
