@@ -99,7 +99,11 @@ def test_gated_pipeline_nested_in_another_gated_call(sd_pipe, _sd_template):
 
 
 def test_concurrent_threads_on_a_shared_unet_each_get_their_own_output(sd_pipe, _sd_template):
-    plain_twin = StableDiffusionPipeline(**sd_pipe.components)
+    # Shares every model; the scheduler keeps per-call state of its own (timesteps, step index), so a
+    # scheduler shared across threads races whatever crossgate does: each thread gets its own.
+    plain_twin = StableDiffusionPipeline(
+        **{**sd_pipe.components, "scheduler": copy.deepcopy(sd_pipe.scheduler)}
+    )
     crossgate.apply(sd_pipe, gate_step=2)
     expected_gated = _expected(_sd_template, 2)
     expected_plain = _expected(_sd_template, None, "a blue square", seed=1)

@@ -94,7 +94,8 @@ class CallState:
 
     Attributes:
         owner: the pipeline whose denoising loop this is.
-        denoiser: the denoiser module that loop runs (hooks of another denoiser ignore this call).
+        denoisers: the denoiser modules that loop runs (hooks of other denoisers ignore this call);
+            more than one for pipelines with experts (Wan 2.2).
         config: the owner's TGATE configuration.
         policy: decides the gate; ``gate`` reads it.
         num_steps: denoising steps the loop will run.
@@ -109,10 +110,16 @@ class CallState:
             (one called from this call's callback); every hook passes it through.
         post_gate_inputs: which CFG half (``"uncond"`` or ``"cond"``) feeds the passes after the gate.
         cfg_probe: answers whether the call runs CFG; asked once, at the first denoiser pass.
+        sequential: the pipeline runs CFG as two named denoiser calls per step, not one batch.
+        branch: sequential CFG: the branch the running pass belongs to (``cache_context`` name).
+        skip_pass: sequential CFG after the gate: the running (uncond) pass computes nothing.
+        cond_output: sequential CFG after the gate: the cond pass's output, handed to the uncond call.
+        ran_before_gate: ids of the denoisers that ran a pass before the gate (an expert that did
+            not has no cross-attention to replay).
     """
 
     owner: Any
-    denoiser: Any
+    denoisers: tuple[Any, ...]
     config: TGateConfig
     policy: GatePolicy
     num_steps: int
@@ -125,6 +132,15 @@ class CallState:
     foreign_pass: bool = False
     post_gate_inputs: str = "uncond"
     cfg_probe: Callable[[], bool] | None = None
+    sequential: bool = False
+    branch: str | None = None
+    skip_pass: bool = False
+    cond_output: Any = None
+    ran_before_gate: set[int] = field(default_factory=set)
+
+    def runs(self, denoiser: Any) -> bool:
+        """Whether ``denoiser`` belongs to this call (and the running pass is this call's own)."""
+        return not self.foreign_pass and any(d is denoiser for d in self.denoisers)
 
     @property
     def gate(self) -> int:

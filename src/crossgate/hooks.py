@@ -1,6 +1,6 @@
 """The hooks that implement TGATE on one denoiser, for every pipeline that shares it.
 
-Three hooks, each stateless: what a call keeps (caches, counts) lives in that call's
+The hooks are stateless: what a call keeps (caches, counts) lives in that call's
 :class:`~crossgate.gate.CallState`, found with :func:`~crossgate.gate.current_call`, so pipelines that
 share a denoiser (``from_pipe``, ``Pipeline(**pipe.components)``) and calls running in other threads
 or nested in a callback never see each other's state.
@@ -17,6 +17,22 @@ or nested in a callback never see each other's state.
   accelerate's offloading re-installing its ``forward`` wrapper after every call). From the gate on,
   under CFG, it feeds one half of the ``[uncond; cond]`` batch through the denoiser and hands the
   pipeline the result for both halves, so the pipeline's own guidance arithmetic returns it unchanged.
+* :class:`BlockSkipHook` (a ``ModelHook`` on every top-level transformer block, sequential CFG only).
+
+Sequential CFG (Wan and its family call the denoiser once per branch, inside
+``denoiser.cache_context("cond")`` and then ``cache_context("uncond")``; crossgate reads the branch
+from that name, never from call parity):
+
+* before the gate both calls run as written; each cross-attention layer keeps its latest output per
+  branch;
+* at the gate the cache is the mean of the cond and uncond outputs of the last step before it (the
+  batched rule; without CFG, the cond output);
+* after the gate the cond call runs once with the cond inputs and the cache; the uncond call computes
+  nothing: every block is skipped and the denoiser hands back the cond call's output, so the
+  pipeline's ``uncond + g * (cond - uncond)`` returns the cond prediction exactly;
+* a denoiser that never ran before the gate (Wan 2.2's second expert when the gate is in the first
+  expert's range) has nothing to replay: its cross-attention keeps computing, its uncond call is
+  still skipped.
 """
 
 from __future__ import annotations
@@ -37,10 +53,12 @@ from crossgate.tensors import cfg_mean, latent_batch, map_batch, relative_change
 class CrossAttentionRecord:
     """What one cross-attention layer keeps during one call."""
 
-    latest: torch.Tensor | None = None
-    latest_step: int | None = None
+    latest: dict[str, torch.Tensor] = field(default_factory=dict)  # per branch ("batch" when batched)
+    latest_step: dict[str, int] = field(default_factory=dict)
     cache: torch.Tensor | None = None
     change: tuple[int, float] | None = None  # (step, relative change from the step before)
+    view: torch.Tensor | None = None  # sequential CFG, auto gate: the last step's CFG mean
+    view_step: int | None = None
     computed_steps: set[int] = field(default_factory=set)
     replays: int = 0
 
@@ -56,9 +74,10 @@ class SelfAttentionRecord:
 def _call_for(denoiser: torch.nn.Module) -> CallState | None:
     """The running call if it is running ``denoiser`` in a pass of its own pipeline, else None."""
     call = current_call()
-    if call is None or call.denoiser is not denoiser or call.foreign_pass:
-        return None
-    return call
+    return call if call is not None and call.runs(denoiser) else None
+
+
+_BATCH = "batch"  # the key of a batched pass's output (both CFG halves in one tensor)
 
 
 class CrossAttentionGateHook(ModelHook):
@@ -80,6 +99,11 @@ class CrossAttentionGateHook(ModelHook):
             self._keep(call, record, output)
             return output
         if record.cache is None:
+            if not record.latest and id(self.denoiser) not in call.ran_before_gate:
+                # an expert that first runs after the gate: nothing was measured, so compute
+                output = self.fn_ref.original_forward(*args, **kwargs)
+                record.computed_steps.add(call.step)
+                return output
             record.cache = self._freeze(call, record)
         record.replays += 1
         return record.cache
@@ -102,23 +126,57 @@ class CrossAttentionGateHook(ModelHook):
 
     def _keep(self, call: CallState, record: CrossAttentionRecord, output: torch.Tensor) -> None:
         step = call.step
-        if call.policy.watches_convergence and record.latest is not None and record.latest_step != step:
-            record.change = (step, relative_change(self._view(call, output), self._view(call, record.latest)))
-        record.latest, record.latest_step = output, step
         record.computed_steps.add(step)
+        if call.sequential:
+            branch = call.branch or "cond"
+            record.latest[branch], record.latest_step[branch] = output, step
+            if call.policy.watches_convergence and self._complete(call, record, step):
+                view = self._sequential_mean(call, record)
+                if record.view is not None and record.view_step != step:
+                    record.change = (step, relative_change(view, record.view))
+                record.view, record.view_step = view, step
+            return
+        previous, previous_step = record.latest.get(_BATCH), record.latest_step.get(_BATCH)
+        if call.policy.watches_convergence and previous is not None and previous_step != step:
+            record.change = (
+                step,
+                relative_change(self._batched_view(call, output), self._batched_view(call, previous)),
+            )
+        record.latest[_BATCH], record.latest_step[_BATCH] = output, step
 
     @staticmethod
-    def _view(call: CallState, output: torch.Tensor) -> torch.Tensor:
+    def _batched_view(call: CallState, output: torch.Tensor) -> torch.Tensor:
         return cfg_mean(output) if call.cfg else output
 
+    @staticmethod
+    def _complete(call: CallState, record: CrossAttentionRecord, step: int) -> bool:
+        """Sequential CFG: both branches (just cond without CFG) have an output from ``step``."""
+        branches = ("cond", "uncond") if call.cfg else ("cond",)
+        return all(record.latest_step.get(b) == step for b in branches)
+
+    @staticmethod
+    def _sequential_mean(call: CallState, record: CrossAttentionRecord) -> torch.Tensor:
+        if call.cfg and "uncond" in record.latest and "cond" in record.latest:
+            return (record.latest["uncond"] + record.latest["cond"]) / 2
+        return record.latest["cond"]
+
     def _freeze(self, call: CallState, record: CrossAttentionRecord) -> torch.Tensor:
-        latest, record.latest = record.latest, None
-        if latest is None:
+        if not record.latest:
             raise RuntimeError(
                 f"crossgate: cross-attention layer {self.name!r} was never computed before the gate, so "
                 "there is no output to replay. Something skipped it in every step before the gate."
             )
-        return self._view(call, latest)
+        if call.sequential:
+            if call.cfg and not self._complete(call, record, max(record.latest_step.values())):
+                raise RuntimeError(
+                    f"crossgate: cross-attention layer {self.name!r} has no cond and uncond output from the "
+                    "same step before the gate; the pipeline did not run both named CFG branches."
+                )
+            cache = self._sequential_mean(call, record)
+        else:
+            cache = self._batched_view(call, record.latest[_BATCH])
+        record.latest.clear()
+        return cache
 
 
 class SelfAttentionCacheHook(ModelHook):
@@ -194,9 +252,10 @@ class DenoiserGate:
 
     def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = current_call()
-        if call is None or call.denoiser is not self.denoiser:
+        if call is None or not any(d is self.denoiser for d in call.denoisers):
             return None
         call.halved = None
+        call.skip_pass = False
         call.foreign_pass = _calling_pipeline() is not call.owner
         if call.foreign_pass:
             return None  # a pipeline sharing this denoiser, called from inside this call: plain
@@ -204,8 +263,12 @@ class DenoiserGate:
             call.cfg = bool(call.cfg_probe()) if call.cfg_probe is not None else False
         full = latent_batch(args, kwargs)
         if not (call.gated and call.cfg):
+            if not call.gated:
+                call.ran_before_gate.add(id(self.denoiser))
             call.denoiser_batches.append(full)
             return None
+        if call.sequential:
+            return self._before_sequential(call, full)
         if full % 2:
             raise RuntimeError(
                 f"crossgate: expected a [uncond; cond] batch after the gate but the denoiser got batch "
@@ -217,14 +280,53 @@ class DenoiserGate:
         call.halved = half
         return map_batch((args, kwargs), full, lambda t: t[start : start + half])
 
+    @staticmethod
+    def _before_sequential(call: CallState, full: int) -> None:
+        if call.branch == "cond":
+            call.denoiser_batches.append(full)
+            return None
+        if call.branch == "uncond" and call.cond_output is not None:
+            call.skip_pass = True  # BlockSkipHook skips every block; _after returns the cond output
+            return None
+        raise RuntimeError(
+            f"crossgate: after the gate a {'cond' if call.branch is None else call.branch!r} denoiser call "
+            "arrived that crossgate cannot place; sequential CFG needs each call inside "
+            "cache_context('cond') and then cache_context('uncond')."
+        )
+
     def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
         call = current_call()
-        if call is None or call.denoiser is not self.denoiser or call.foreign_pass:
+        if call is None or not call.runs(self.denoiser):
+            return None
+        if call.sequential:
+            if call.skip_pass:
+                call.skip_pass = False
+                return call.cond_output
+            if call.gated and call.cfg and call.branch == "cond":
+                call.cond_output = output
             return None
         half, call.halved = call.halved, None
         if half is None:
             return None
         return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+
+
+class BlockSkipHook(ModelHook):
+    """Sequential CFG after the gate: the uncond call's blocks compute nothing (identity).
+
+    Its output is discarded (the denoiser returns the cond call's output instead), so each block
+    hands its input hidden states straight through.
+    """
+
+    def __init__(self, denoiser: torch.nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        call = _call_for(self.denoiser)
+        if call is not None and call.skip_pass:
+            return args[0] if args else kwargs["hidden_states"]
+        return self.fn_ref.original_forward(*args, **kwargs)
 
 
 @torch.compiler.disable  # stack inspection: run eagerly, outside any compiled graph

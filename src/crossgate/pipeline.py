@@ -26,15 +26,22 @@ from typing import Any
 import torch
 from diffusers.hooks import HookRegistry
 
-from crossgate.adapters import ModelAdapter, UnsupportedPipelineError, resolve_adapter
+from crossgate.adapters import (
+    ModelAdapter,
+    UnsupportedPipelineError,
+    cross_attention_modules,
+    resolve_adapter,
+    self_attention_modules,
+)
 from crossgate.config import TGateConfig, coerce_config
-from crossgate.gate import CallState, CallStats, enter_call, gate_policy, leave_call
-from crossgate.hooks import CrossAttentionGateHook, DenoiserGate, SelfAttentionCacheHook
+from crossgate.gate import CallState, CallStats, current_call, enter_call, gate_policy, leave_call
+from crossgate.hooks import BlockSkipHook, CrossAttentionGateHook, DenoiserGate, SelfAttentionCacheHook
 
 _SESSION_ATTR = "_crossgate_session"
 _INSTALLATION_ATTR = "_crossgate_installation"
 _CROSS_HOOK = "crossgate_cross_attention"
 _SELF_HOOK = "crossgate_self_attention"
+_SKIP_HOOK = "crossgate_skip_uncond"
 # Methods crossgate shadows on the pipeline instance (never on its class); remove() deletes them.
 _INSTANCE_PATCHES = ("progress_bar", "encode_prompt")
 
@@ -51,22 +58,17 @@ class _Installation:
     _hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
 
     @classmethod
-    def acquire(cls, session: _Session, pipe: Any) -> _Installation:
-        """The denoiser's installation with ``session`` among its users (hooking it if needed)."""
-        denoiser = session.denoiser
+    def acquire(cls, session: _Session, denoiser: torch.nn.Module) -> _Installation:
+        """``denoiser``'s installation with ``session`` among its users (hooking it if needed)."""
         installation = denoiser.__dict__.get(_INSTALLATION_ATTR)
         fresh = installation is None
         if installation is None:
             installation = cls(denoiser)
         try:
             if fresh:
-                for name, module in session.adapter.cross_attention(pipe):
-                    hook = CrossAttentionGateHook(denoiser, name)
-                    installation._register(module, hook, _CROSS_HOOK)
-                    installation.cross_attention[name] = hook
-                installation.gate = DenoiserGate(denoiser)
+                installation._hook_denoiser(session.adapter)
             installation.users.append(session)
-            installation.sync(session.adapter, pipe)
+            installation.sync()
         except BaseException:
             if session in installation.users:
                 installation.users.remove(session)
@@ -76,21 +78,21 @@ class _Installation:
         denoiser.__dict__[_INSTALLATION_ATTR] = installation
         return installation
 
-    def release(self, session: _Session, pipe: Any) -> None:
+    def release(self, session: _Session) -> None:
         """Drop ``session``; unhook the denoiser when no session uses it any more."""
         if session in self.users:
             self.users.remove(session)
         if self.users:
-            self.sync(session.adapter, pipe)
+            self.sync()
             return
         self._unhook()
         self.denoiser.__dict__.pop(_INSTALLATION_ATTR, None)
 
-    def sync(self, adapter: ModelAdapter, pipe: Any) -> None:
+    def sync(self) -> None:
         """Self-attention hooks exist exactly while some user caches self-attention (TGATE v2)."""
         needed = any(user.config.caches_self_attention for user in self.users)
         if needed and not self.self_attention:
-            for name, module in adapter.self_attention(pipe):
+            for name, module in self_attention_modules(self.denoiser):
                 hook = SelfAttentionCacheHook(self.denoiser, name)
                 self._register(module, hook, _SELF_HOOK)
                 self.self_attention[name] = hook
@@ -99,6 +101,24 @@ class _Installation:
                 HookRegistry.check_if_exists_or_initialize(module).remove_hook(hook_name, recurse=False)
                 self._hooked.remove((module, hook_name))
             self.self_attention.clear()
+
+    def _hook_denoiser(self, adapter: ModelAdapter) -> None:
+        denoiser = self.denoiser
+        for name, module in cross_attention_modules(denoiser):
+            hook = CrossAttentionGateHook(denoiser, name)
+            self._register(module, hook, _CROSS_HOOK)
+            self.cross_attention[name] = hook
+        self.gate = DenoiserGate(denoiser)
+        if adapter.cfg_layout == "sequential":
+            blocks = adapter.blocks(denoiser)
+            if not blocks:
+                raise UnsupportedPipelineError(
+                    f"crossgate: {type(denoiser).__name__} has no `blocks` / `transformer_blocks` to skip in "
+                    "the uncond call after the gate; sequential CFG needs them."
+                )
+            for _, block in blocks:
+                self._register(block, BlockSkipHook(denoiser), _SKIP_HOOK)
+            denoiser.__dict__["cache_context"] = _branch_context_for(denoiser)
 
     def step_change(self, call: CallState) -> float | None:
         """The layer-averaged convergence statistic of the step ``call`` just completed."""
@@ -109,29 +129,16 @@ class _Installation:
         ]
         return sum(changes) / len(changes) if changes else None
 
-    def stats(self, call: CallState) -> CallStats:
-        cross = {name: hook.stats(call) for name, hook in self.cross_attention.items()}
-        return CallStats(
-            num_steps=call.num_steps,
-            gate=call.gate,
-            cfg=call.cfg,
-            denoiser_batches=list(call.denoiser_batches),
-            cross_attention_computed_steps={name: computed for name, (computed, _) in cross.items()},
-            cross_attention_replays={name: replays for name, (_, replays) in cross.items()},
-            self_attention_computed_steps={
-                name: hook.stats(call) for name, hook in self.self_attention.items()
-            }
-            if call.config.caches_self_attention
-            else {},
-            convergence=list(call.convergence),
-            post_gate_inputs=call.post_gate_inputs,
-        )
+    def changes(self, call: CallState) -> list[float]:
+        """The relative changes its cross-attention layers measured at ``call``'s current step."""
+        return [c for h in self.cross_attention.values() if (c := h.change_at(call, call.step)) is not None]
 
     def _register(self, module: torch.nn.Module, hook: Any, name: str) -> None:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
         self._hooked.append((module, name))
 
     def _unhook(self) -> None:
+        self.denoiser.__dict__.pop("cache_context", None)
         if self.gate is not None:
             self.gate.detach()
             self.gate = None
@@ -148,8 +155,8 @@ class _Session:
 
     config: TGateConfig
     adapter: ModelAdapter
-    denoiser: torch.nn.Module
-    installation: _Installation | None = None
+    denoisers: list[torch.nn.Module]
+    installations: list[_Installation] = field(default_factory=list)
     last_call: CallStats | None = None
     prompt_cfg: bool | None = None
 
@@ -157,39 +164,78 @@ class _Session:
     def post_gate_inputs(self) -> str:
         return self.config.post_gate_inputs or self.adapter.post_gate_inputs
 
+    def install(self) -> None:
+        """Hook every denoiser of the pipeline (rolling back what was hooked if one fails)."""
+        try:
+            for denoiser in self.denoisers:
+                self.installations.append(_Installation.acquire(self, denoiser))
+        except BaseException:
+            self.uninstall()
+            raise
+
+    def uninstall(self) -> None:
+        for installation in self.installations:
+            installation.release(self)
+        self.installations = []
+
+    def sync(self) -> None:
+        for installation in self.installations:
+            installation.sync()
+
     def begin_loop(self, pipe: Any, num_steps: int) -> CallState:
-        denoiser = self.adapter.denoiser(pipe)
-        if denoiser is not self.denoiser:
-            self._rehook(pipe, denoiser)
+        denoisers = self.adapter.denoisers(pipe)
+        if len(denoisers) != len(self.denoisers) or any(
+            a is not b for a, b in zip(denoisers, self.denoisers)
+        ):
+            self._rehook(pipe, denoisers)
         return CallState(
             owner=pipe,
-            denoiser=denoiser,
+            denoisers=tuple(self.denoisers),
             config=self.config,
             policy=gate_policy(self.config, num_steps),
             num_steps=num_steps,
             post_gate_inputs=self.post_gate_inputs,
             cfg_probe=lambda: self.adapter.cfg_active(pipe, self.prompt_cfg),
+            sequential=self.adapter.cfg_layout == "sequential",
         )
 
     def end_step(self, call: CallState, steps: int = 1) -> None:
-        assert self.installation is not None
         for _ in range(steps):
-            call.complete_step(self.installation.step_change(call))
-        for hook in self.installation.self_attention.values():
-            hook.drop_unread(call)
+            change = None
+            if call.policy.watches_convergence:
+                changes = [c for installation in self.installations for c in installation.changes(call)]
+                change = sum(changes) / len(changes) if changes else None
+            call.complete_step(change)
+        for installation in self.installations:
+            for hook in installation.self_attention.values():
+                hook.drop_unread(call)
 
     def end_loop(self, call: CallState) -> None:
-        assert self.installation is not None
-        self.last_call = self.installation.stats(call)
+        """Keep what the call did (its caches go with ``call``)."""
+        computed: dict[str, int] = {}
+        replays: dict[str, int] = {}
+        self_computed: dict[str, list[int]] = {}
+        for index, installation in enumerate(self.installations):
+            prefix = "" if index == 0 else f"{self.adapter.expert_attrs[index - 1]}."
+            for name, hook in installation.cross_attention.items():
+                computed[prefix + name], replays[prefix + name] = hook.stats(call)
+            if call.config.caches_self_attention:
+                for name, sa_hook in installation.self_attention.items():
+                    self_computed[prefix + name] = sa_hook.stats(call)
+        self.last_call = CallStats(
+            num_steps=call.num_steps,
+            gate=call.gate,
+            cfg=call.cfg,
+            denoiser_batches=list(call.denoiser_batches),
+            cross_attention_computed_steps=computed,
+            cross_attention_replays=replays,
+            self_attention_computed_steps=self_computed,
+            convergence=list(call.convergence),
+            post_gate_inputs=call.post_gate_inputs,
+        )
 
-    def _rehook(self, pipe: Any, denoiser: torch.nn.Module) -> None:
+    def _rehook(self, pipe: Any, denoisers: list[torch.nn.Module]) -> None:
         """The pipeline's denoiser was replaced after ``apply``: move the hooks to the new one."""
-        old, old_denoiser = self.installation, self.denoiser
-        if not isinstance(denoiser, torch.nn.Module):
-            raise UnsupportedPipelineError(
-                f"crossgate: {type(pipe).__name__}.{self.adapter.denoiser_attr} was replaced by "
-                f"{type(denoiser).__name__}, not a denoiser module; restore it or call crossgate.remove(pipe)."
-            )
         try:
             resolve_adapter(pipe)  # the new denoiser must be gateable too
         except UnsupportedPipelineError as error:
@@ -197,17 +243,15 @@ class _Session:
                 f"crossgate: {type(pipe).__name__}.{self.adapter.denoiser_attr} was replaced after apply() "
                 f"and the new one cannot be gated ({error}); restore it or call crossgate.remove(pipe)."
             ) from None
-        self.denoiser = denoiser
+        old = self.installations
+        self.installations, self.denoisers = [], denoisers
         try:
-            self.installation = _Installation.acquire(self, pipe)
+            self.install()
         except BaseException:
-            self.denoiser = old_denoiser
+            self.installations, self.denoisers = old, [i.denoiser for i in old]
             raise
-        if old is not None:
-            old.users.remove(self)
-            if not old.users:
-                old._unhook()
-                old_denoiser.__dict__.pop(_INSTALLATION_ATTR, None)
+        for installation in old:
+            installation.release(self)
 
 
 def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any:
@@ -220,26 +264,25 @@ def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any
     """
     config = check(pipe, config, **overrides)
     session = _session(pipe)
-    if session is not None and session.installation is not None:
+    if session is not None:
         if session.config != config:
             previous, session.config = session.config, config
             try:
-                session.installation.sync(session.adapter, pipe)
+                session.sync()
             except BaseException:
                 session.config = previous
                 raise
         return pipe
     adapter = resolve_adapter(pipe)
-    session = _Session(config=config, adapter=adapter, denoiser=adapter.denoiser(pipe))
+    session = _Session(config=config, adapter=adapter, denoisers=adapter.denoisers(pipe))
     try:
-        session.installation = _Installation.acquire(session, pipe)
+        session.install()
         pipe.progress_bar = _progress_bar_for(pipe, session)
         if callable(getattr(type(pipe), "encode_prompt", None)):
             pipe.encode_prompt = _encode_prompt_for(pipe, session)
         setattr(pipe, _SESSION_ATTR, session)
     except BaseException:
-        if session.installation is not None:
-            session.installation.release(session, pipe)
+        session.uninstall()
         for name in _INSTANCE_PATCHES:
             pipe.__dict__.pop(name, None)
         raise
@@ -254,9 +297,7 @@ def remove(pipe: Any) -> Any:
     session = _session(pipe)
     if session is None:
         return pipe
-    if session.installation is not None:
-        session.installation.release(session, pipe)
-        session.installation = None
+    session.uninstall()
     for name in _INSTANCE_PATCHES:
         pipe.__dict__.pop(name, None)
     delattr(pipe, _SESSION_ATTR)
@@ -317,6 +358,31 @@ def configuration(pipe: Any) -> TGateConfig | None:
     """The configuration TGATE runs ``pipe`` with, or None when it is not applied."""
     session = _session(pipe)
     return session.config if session is not None else None
+
+
+def _branch_context_for(denoiser: torch.nn.Module):
+    """An instance-level ``cache_context`` that tells the running call which CFG branch is next.
+
+    Sequential-CFG pipelines name each denoiser call (``with denoiser.cache_context("uncond"):``);
+    the name is observed and the denoiser's own ``cache_context`` (diffusers' caches) still runs.
+    """
+    original = type(denoiser).cache_context.__get__(denoiser)
+
+    @contextlib.contextmanager
+    def cache_context(name: str, **kwargs: Any) -> Iterator[None]:
+        call = current_call()
+        mine = call is not None and any(d is denoiser for d in call.denoisers)
+        previous = call.branch if call is not None and mine else None
+        if call is not None and mine:
+            call.branch = name
+        try:
+            with original(name, **kwargs):
+                yield
+        finally:
+            if call is not None and mine:
+                call.branch = previous
+
+    return cache_context
 
 
 def _session(pipe: Any) -> _Session | None:

@@ -56,15 +56,34 @@ class ModelAdapter:
     denoiser_attr: str
     # Which CFG half feeds the passes after the gate when the config leaves it to the family.
     post_gate_inputs: str = "uncond"
+    # "batched": one denoiser pass on [uncond; cond]; "sequential": one pass per branch, each inside
+    # the denoiser's `cache_context("cond")` / `cache_context("uncond")` (Wan and its family).
+    cfg_layout: str = "batched"
+    # Further denoisers the loop switches to (Wan 2.2's low-noise expert `transformer_2`).
+    expert_attrs: tuple[str, ...] = ()
 
     def denoiser(self, pipe: object) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attr)
+
+    def denoisers(self, pipe: object) -> list[torch.nn.Module]:
+        """The primary denoiser and every expert the pipeline actually has."""
+        experts = [getattr(pipe, attr, None) for attr in self.expert_attrs]
+        return [self.denoiser(pipe), *(e for e in experts if isinstance(e, torch.nn.Module))]
 
     def cross_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
         return cross_attention_modules(self.denoiser(pipe))
 
     def self_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
         return self_attention_modules(self.denoiser(pipe))
+
+    @staticmethod
+    def blocks(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The denoiser's top-level transformer blocks (what a skipped sequential-CFG pass skips)."""
+        for attr in ("blocks", "transformer_blocks"):
+            blocks = getattr(denoiser, attr, None)
+            if isinstance(blocks, torch.nn.ModuleList) and len(blocks):
+                return [(f"{attr}.{i}", block) for i, block in enumerate(blocks)]
+        return []
 
     def cfg_active(self, pipe: object, from_encode_prompt: bool | None) -> bool:
         """Whether the running call batches ``[uncond; cond]``; read once per call, mid-call.

@@ -27,6 +27,7 @@ COMMANDS = {
     "analyze": "plot cross-attention convergence per step and run the null-text ablation",
     "bench": "time plain vs crossgate (several gates) vs peers (tgate, DeepCache, ToMe, PAB) side by side",
     "calibrate": "measure cross-attention convergence and write a profile for TGateConfig.from_profile",
+    "app": "a local web page: plain vs crossgate on one seed (images, times, MACs, gate, convergence)",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from crossgate.cli.common import (
     load_pipeline,
     positive_int,
 )
+
+WORKER_EXIT_DELAY_S = 5.0
 
 
 def register(subparsers: Any) -> None:
@@ -139,12 +142,20 @@ def _run(args: argparse.Namespace, state: Any) -> int:
         diffusers_logging.disable_progress_bar()  # one progress display: the main process's
         transformers_logging.disable_progress_bar()
 
-    def fail(error: Exception) -> None:
+    def fail(error: Exception) -> int:
         # Every process sees the same error, and only the main process prints it; except for a failed
         # write, which only the process that hit it knows about.
         if state.is_main_process or isinstance(error, WriteError):
-            raise CommandError(str(error))
-        raise SystemExit(2)
+            print(f"crossgate batch: error: {error}", file=sys.stderr, flush=True)
+        if state.num_processes > 1:
+            if not state.is_main_process and not isinstance(error, WriteError):
+                # The launcher stops every process once one exits with an error. Let the main process
+                # be that one (a worker exiting first can get it killed before it prints); the
+                # launcher ends this wait.
+                time.sleep(WORKER_EXIT_DELAY_S)
+            # Left to interpreter exit after a collective, gloo's teardown may abort the process.
+            state.destroy_process_group()
+        return 2
 
     try:
         model = resolve_model(args.model)
@@ -175,8 +186,7 @@ def _run(args: argparse.Namespace, state: Any) -> int:
             log=lambda text: print(text, flush=True),
         )
     except (BatchError, CommandError) as error:
-        fail(error)
-        return 2
+        return fail(error)
     if state.is_main_process:
         print(
             f"generated {summary.generated} image(s) in {summary.seconds:.2f} s = "

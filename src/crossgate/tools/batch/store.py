@@ -229,7 +229,7 @@ class OutputDir:
             for folder in (self.root, self.images, self.records):
                 folder.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
-            probe.unlink()
+            probe.unlink(missing_ok=True)  # the main process may have cleaned it up as a temporary
         except OSError as error:
             with contextlib.suppress(OSError):
                 probe.unlink()

@@ -1,0 +1,423 @@
+"""One comparison: the plain pipeline and crossgate on the same seed, timed and counted.
+
+Pure logic, no Gradio: the page (:mod:`crossgate.app.ui`) turns a :class:`Comparison` into pictures
+and tables, and tests drive :class:`ComparisonRunner` directly.
+
+How each number is made, and why:
+
+* Wall time: each timed call carries no counting hooks (only the progress callback, on both sides),
+  after one untimed warm-up per loaded pipeline, so neither side pays first-call set-up.
+* Executed MACs (denoiser, linear+conv, the TGATE paper's convention): :func:`executed_macs` of
+  ``crossgate.tools.accounting`` applied to each call's denoiser passes, per image. The per-sample
+  counts come from a :class:`CallMeter` on the warm-up call. With DeepCache composed, the crossgate
+  call is counted live by the meter instead, because DeepCache skips blocks that ``CallStats`` does
+  not see.
+* Convergence curve: the engine's own statistic (the one ``gate_step="auto"`` decides on). For a
+  fixed gate the call runs the ``"auto"`` policy pinned at that very gate (minimum = maximum), so the
+  curve is this call's, costs no extra call, and the gate and the image are exactly the fixed gate's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import crossgate
+from crossgate.config import ConfigError, TGateConfig, fraction_to_steps
+
+Gate = int | float | Literal["auto"]
+Progress = Callable[[float, str], None]
+
+MAX_STEPS = 500  # a typo such as 2500 steps should be refused, not run for an hour
+MAX_SEED = 2**63 - 1
+
+
+class InputError(ValueError):
+    """Input the page should refuse with this message (the app keeps serving)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one click asks for (already typed: the page converts its widgets' values)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 25
+    guidance: float | None = None  # None: the pipeline's default
+    gate: Gate = 0.4
+    self_attention_interval: int | None = None  # TGATE v2's k; None: off (v1)
+    deepcache_interval: int | None = None  # DeepCache's cache interval; None: not composed
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything one click produced: both images, times, MACs, the gate, the curve, per-layer counts.
+
+    ``*_macs`` are per image; None when the pipeline's denoiser cannot be counted.
+    ``convergence[i]`` is the layer-averaged relative change at step ``i + 1`` (this call's steps
+    before the gate). ``threshold`` is the value ``"auto"`` compares it with, for ``"auto"`` only.
+    """
+
+    settings: Settings
+    model: str
+    plain_image: Any
+    tgate_image: Any
+    plain_seconds: float
+    tgate_seconds: float
+    plain_macs: int | None
+    tgate_macs: int | None
+    macs_method: str
+    gate: int
+    num_steps: int
+    cfg: bool | None
+    convergence: list[float]
+    threshold: float | None
+    cross_attention_computed: dict[str, int]
+    cross_attention_replays: dict[str, int]
+    self_attention_computed: dict[str, int]
+    denoiser_batches: tuple[list[int], list[int]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def engaged(self) -> bool:
+        """Whether the gate closed inside the call (else crossgate's output is the plain one)."""
+        return self.gate < self.num_steps
+
+    @property
+    def speedup(self) -> float:
+        return self.plain_seconds / self.tgate_seconds if self.tgate_seconds > 0 else math.inf
+
+    @property
+    def macs_ratio(self) -> float | None:
+        if self.plain_macs is None or self.tgate_macs is None or self.plain_macs == 0:
+            return None
+        return self.tgate_macs / self.plain_macs
+
+
+def parse_gate(text: object) -> Gate:
+    """The gate from the page's text box: ``"10"`` (steps), ``"0.4"`` (fraction) or ``"auto"``."""
+    if isinstance(text, bool):
+        raise InputError(f"gate {text!r}: give a step (10), a fraction of the steps (0.4) or auto.")
+    if isinstance(text, (int, float)):
+        value: Gate = text
+    else:
+        word = str(text).strip().lower()
+        if word == "auto":
+            return "auto"
+        try:
+            value = int(word)
+        except ValueError:
+            try:
+                value = float(word)
+            except ValueError:
+                raise InputError(
+                    f"gate {text!r} is not a number: give a step (10), a fraction of the steps (0.4) or auto."
+                ) from None
+    try:
+        TGateConfig(gate_step=value)
+    except ConfigError as error:
+        raise InputError(str(error)) from None
+    return value
+
+
+def validate(settings: Settings) -> TGateConfig:
+    """The crossgate configuration ``settings`` asks for, or :class:`InputError`; nothing runs first."""
+    if not settings.prompt.strip():
+        raise InputError("type a prompt (or pick one of the example captions).")
+    if isinstance(settings.steps, bool) or not isinstance(settings.steps, int) or settings.steps < 1:
+        raise InputError(f"steps must be a whole number >= 1, got {settings.steps!r}.")
+    if settings.steps > MAX_STEPS:
+        raise InputError(f"steps must be at most {MAX_STEPS}, got {settings.steps}.")
+    if isinstance(settings.seed, bool) or not isinstance(settings.seed, int) or not 0 <= settings.seed <= MAX_SEED:
+        raise InputError(f"seed must be a whole number from 0 to 2^63-1, got {settings.seed!r}.")
+    if settings.guidance is not None and not math.isfinite(settings.guidance):
+        raise InputError(f"guidance must be a finite number, got {settings.guidance!r}.")
+    interval = settings.deepcache_interval
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
+        raise InputError(f"the DeepCache interval must be a whole number >= 1, got {interval!r}.")
+    try:
+        return TGateConfig(
+            gate_step=parse_gate(settings.gate), self_attention_interval=settings.self_attention_interval
+        )
+    except ConfigError as error:
+        raise InputError(str(error)) from None
+
+
+def measuring_config(config: TGateConfig, num_steps: int) -> TGateConfig:
+    """``config`` with the convergence statistic switched on and the gate unchanged.
+
+    ``"auto"`` measures already. A fixed gate ``m`` becomes ``"auto"`` with its earliest and latest
+    gate both at ``m`` (``m >= steps``: at the last step, where nothing is gated either), so the
+    policy can only close at ``m``: same gate, same self-attention plan, same image.
+    """
+    if config.is_auto:
+        return config
+    gate = min(config.resolve_gate(num_steps), num_steps)
+    fraction = gate / num_steps
+    if fraction_to_steps(fraction, num_steps) != gate:  # float rounding; never seen, but stay exact
+        return config
+    return config.with_overrides(gate_step="auto", auto_min_fraction=fraction, auto_max_fraction=fraction)
+
+
+def deepcache_available(pipe: Any = None) -> bool:
+    """DeepCache can be composed: the package is installed and (given a pipeline) it has a UNet."""
+    if importlib.util.find_spec("DeepCache") is None:
+        return False
+    return pipe is None or hasattr(pipe, "unet")
+
+
+def example_captions() -> list[tuple[str, str]]:
+    """``(label, caption)`` for every scene the embedded model knows; held-out ones are marked."""
+    from crossgate.embedded import scenes
+
+    held_out = set(scenes.held_out_compositions())
+    return [
+        (
+            f"{scenes.composition_caption(comp)}  (held-out)" if comp in held_out else scenes.composition_caption(comp),
+            scenes.composition_caption(comp),
+        )
+        for comp in scenes.all_compositions()
+    ]
+
+
+def load_model(model: str | None, device: str = "auto") -> tuple[Any, str]:
+    """``(pipeline, label)`` for a folder or Hub id (None or "": the embedded model), validated.
+
+    Raises :class:`InputError` with what to do for an unknown folder, a failed load, or a pipeline
+    crossgate cannot gate.
+    """
+    from crossgate.cli.common import CommandError, device_arg
+    from crossgate.cli.common import load_pipeline as load_any
+
+    device = device_arg(device)
+    model = (model or "").strip() or None
+    try:
+        if model is None:
+            from crossgate.embedded import MODEL_NAME, load_pipeline
+
+            try:
+                pipe = load_pipeline().to(device)
+            except FileNotFoundError as error:
+                raise InputError(str(error)) from None
+            label = f"{MODEL_NAME} (embedded)"
+        else:
+            pipe = load_any(model, device)
+            label = model
+    except CommandError as error:
+        raise InputError(str(error)) from None
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        crossgate.check(pipe, TGateConfig())
+    except crossgate.UnsupportedPipelineError as error:
+        raise InputError(f"{label}: {error}") from None
+    return pipe, label
+
+
+class ComparisonRunner:
+    """Holds the loaded pipeline and runs comparisons on it, one at a time.
+
+    ``load(model)`` swaps the pipeline (the previous one is dropped, not kept around in memory);
+    ``run(settings)`` validates before any work, so bad input never touches the pipeline.
+    """
+
+    def __init__(self, pipe: Any, model: str, device: str = "auto") -> None:
+        self.pipe = pipe
+        self.model = model
+        self.model_arg: str | None = None
+        self.device = device
+        self._call_macs: Any = None
+        self._warm = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_model(cls, model: str | None = None, device: str = "auto") -> ComparisonRunner:
+        pipe, label = load_model(model, device)
+        runner = cls(pipe, label, device)
+        runner.model_arg = (model or "").strip() or None
+        return runner
+
+    def load(self, model: str | None) -> bool:
+        """Serve ``model`` from now on (None/"": the embedded one); False when it is already loaded."""
+        wanted = (model or "").strip() or None
+        if wanted == self.model_arg:
+            return False
+        with self._lock:
+            pipe, label = load_model(wanted, self.device)
+            self.pipe, self.model, self.model_arg = pipe, label, wanted
+            self._call_macs, self._warm = None, False
+        return True
+
+    def run(self, settings: Settings, progress: Progress | None = None) -> Comparison:
+        config = validate(settings)
+        with self._lock:
+            pipe = self.pipe
+            try:
+                crossgate.check(pipe, config)
+            except (ConfigError, crossgate.UnsupportedPipelineError) as error:
+                raise InputError(str(error)) from None
+            if settings.deepcache_interval is not None and not deepcache_available(pipe):
+                raise InputError(
+                    "DeepCache is not available here: it needs the DeepCache package "
+                    "(pip install DeepCache) and a pipeline with a UNet."
+                )
+            report = progress or (lambda fraction, text: None)
+            if not self._warm:
+                report(0.0, "warm-up (untimed)")
+                self._warm_up(settings, config)
+            return self._compare(pipe, settings, config, report)
+
+    # -- the calls ---------------------------------------------------------------------------------
+
+    def _kwargs(self, settings: Settings, steps: int, callback: Callable[[int], None] | None) -> dict:
+        import torch
+
+        kwargs: dict[str, Any] = dict(
+            prompt=settings.prompt,
+            negative_prompt=settings.negative_prompt.strip() or None,
+            num_inference_steps=steps,
+            generator=torch.Generator("cpu").manual_seed(settings.seed),
+        )
+        if settings.guidance is not None:
+            kwargs["guidance_scale"] = settings.guidance
+        if callback is not None:
+
+            def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+                callback(step + 1)
+                return tensors
+
+            kwargs["callback_on_step_end"] = on_step_end
+        return kwargs
+
+    def _warm_up(self, settings: Settings, config: TGateConfig) -> None:
+        """One short plain call (measured: the per-sample MACs) and one gated call, both untimed."""
+        from crossgate.tools.accounting import AccountingError, CallMeter
+
+        warm = Settings(prompt=settings.prompt, seed=settings.seed, guidance=settings.guidance)
+        try:
+            with CallMeter(self.pipe) as meter:
+                self.pipe(**self._kwargs(warm, 2, None))
+            self._call_macs = meter.call_macs()
+        except AccountingError:
+            self.pipe(**self._kwargs(warm, 2, None))
+            self._call_macs = None
+        with crossgate.enabled(self.pipe, config.with_overrides(gate_step=1)):
+            self.pipe(**self._kwargs(warm, 2, None))
+        self._warm = True
+
+    def _timed(self, pipe: Any, kwargs: dict) -> tuple[Any, float]:
+        import torch
+
+        cuda = getattr(getattr(pipe, "device", None), "type", None) == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        image = pipe(**kwargs).images[0]
+        if cuda:
+            torch.cuda.synchronize()
+        return image, time.perf_counter() - start
+
+    def _compare(self, pipe: Any, settings: Settings, config: TGateConfig, report: Progress) -> Comparison:
+        from crossgate.adapters import denoiser_of
+        from crossgate.gate import CallStats
+        from crossgate.tools.accounting import CallMeter, executed_macs
+
+        n = settings.steps
+
+        def stepper(phase: int, label: str) -> Callable[[int], None]:
+            return lambda step: report((phase + step / n) / 2, f"{label}: step {step}/{n}")
+
+        # Plain: the pipeline's own call; one pre-hook notes each denoiser pass's batch for the MACs.
+        batches: list[int] = []
+        handle = denoiser_of(pipe).register_forward_pre_hook(
+            lambda module, args, kwargs: batches.append(_batch_of(args, kwargs)), with_kwargs=True
+        )
+        report(0.0, f"plain: step 0/{n}")
+        try:
+            plain_image, plain_seconds = self._timed(pipe, self._kwargs(settings, n, stepper(0, "plain")))
+        finally:
+            handle.remove()
+
+        report(0.5, f"crossgate: step 0/{n}")
+        meter = None
+        with crossgate.enabled(pipe, measuring_config(config, n)):
+            helper = self._deepcache(pipe, settings.deepcache_interval)
+            try:
+                kwargs = self._kwargs(settings, n, stepper(1, "crossgate"))
+                if helper is not None:  # DeepCache skips blocks CallStats cannot see: count live
+                    with CallMeter(pipe) as meter:
+                        tgate_image, tgate_seconds = self._timed(pipe, kwargs)
+                else:
+                    tgate_image, tgate_seconds = self._timed(pipe, kwargs)
+            finally:
+                if helper is not None:
+                    helper.disable()
+            stats = crossgate.last_call(pipe)
+        report(1.0, "done")
+        if stats is None:
+            raise RuntimeError("crossgate recorded no call; the pipeline did not run its denoising loop.")
+
+        plain_macs = tgate_macs = None
+        method = "not counted: this denoiser's MACs cannot be counted"
+        if self._call_macs is not None:
+            plain_stats = CallStats(num_steps=n, gate=n, cfg=stats.cfg, denoiser_batches=list(batches))
+            plain_macs = executed_macs(self._call_macs, plain_stats)
+            if meter is not None:
+                tgate_macs = meter.executed
+                method = "plain: executed_macs(CallStats); crossgate + DeepCache: counted live (CallMeter)"
+            else:
+                tgate_macs = executed_macs(self._call_macs, stats)
+                method = "executed_macs(CallStats) of each call"
+
+        notes = []
+        if stats.gate >= stats.num_steps:
+            notes.append(
+                f"the gate (m={stats.gate}) is at or after the last of {n} steps, so TGATE never engaged: "
+                "crossgate's image is the plain one."
+            )
+        threshold = None
+        if config.is_auto:
+            threshold = config.auto_tolerance / config.convergence_scale(n)
+        return Comparison(
+            settings=settings,
+            model=self.model,
+            plain_image=plain_image,
+            tgate_image=tgate_image,
+            plain_seconds=plain_seconds,
+            tgate_seconds=tgate_seconds,
+            plain_macs=plain_macs,
+            tgate_macs=tgate_macs,
+            macs_method=method,
+            gate=stats.gate,
+            num_steps=stats.num_steps,
+            cfg=stats.cfg,
+            convergence=list(stats.convergence),
+            threshold=threshold,
+            cross_attention_computed=dict(stats.cross_attention_computed_steps),
+            cross_attention_replays=dict(stats.cross_attention_replays),
+            self_attention_computed={k: len(v) for k, v in stats.self_attention_computed_steps.items()},
+            denoiser_batches=(list(batches), list(stats.denoiser_batches)),
+            notes=notes,
+        )
+
+    @staticmethod
+    def _deepcache(pipe: Any, interval: int | None) -> Any:
+        """A DeepCache helper enabled on ``pipe`` and composed with crossgate, or None."""
+        if interval is None:
+            return None
+        from DeepCache import DeepCacheSDHelper
+
+        helper = DeepCacheSDHelper(pipe=pipe)
+        helper.set_params(cache_interval=interval, cache_branch_id=0)
+        helper.enable()
+        return crossgate.compose_deepcache(pipe, helper)
+
+
+def _batch_of(args: tuple, kwargs: dict) -> int:
+    sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+    return int(sample.shape[0]) if hasattr(sample, "shape") else 0
