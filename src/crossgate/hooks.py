@@ -87,7 +87,7 @@ class CrossAttentionGateHook(ModelHook):
         super().__init__()
         self.denoiser = denoiser
         self.name = name
-        self._key = f"cross:{name}"
+        self._key = f"cross:{id(denoiser)}:{name}"  # experts share module names
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         call = _call_for(self.denoiser)
@@ -186,7 +186,7 @@ class SelfAttentionCacheHook(ModelHook):
         super().__init__()
         self.denoiser = denoiser
         self.name = name
-        self._key = f"self:{name}"
+        self._key = f"self:{id(denoiser)}:{name}"
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         call = _call_for(self.denoiser)

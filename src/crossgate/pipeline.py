@@ -216,7 +216,7 @@ class _Session:
         replays: dict[str, int] = {}
         self_computed: dict[str, list[int]] = {}
         for index, installation in enumerate(self.installations):
-            prefix = "" if index == 0 else f"{self.adapter.expert_attrs[index - 1]}."
+            prefix = "" if index == 0 else f"{self.adapter.extra_attrs[index - 1]}."
             for name, hook in installation.cross_attention.items():
                 computed[prefix + name], replays[prefix + name] = hook.stats(call)
             if call.config.caches_self_attention:

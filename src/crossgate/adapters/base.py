@@ -60,14 +60,14 @@ class ModelAdapter:
     # the denoiser's `cache_context("cond")` / `cache_context("uncond")` (Wan and its family).
     cfg_layout: str = "batched"
     # Further denoisers the loop switches to (Wan 2.2's low-noise expert `transformer_2`).
-    expert_attrs: tuple[str, ...] = ()
+    extra_attrs: tuple[str, ...] = ()
 
     def denoiser(self, pipe: object) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attr)
 
     def denoisers(self, pipe: object) -> list[torch.nn.Module]:
         """The primary denoiser and every expert the pipeline actually has."""
-        experts = [getattr(pipe, attr, None) for attr in self.expert_attrs]
+        experts = [getattr(pipe, attr, None) for attr in self.extra_attrs]
         return [self.denoiser(pipe), *(e for e in experts if isinstance(e, torch.nn.Module))]
 
     def cross_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:

@@ -8,6 +8,7 @@ import re
 import torch
 
 from crossgate.adapters.base import ModelAdapter, UnsupportedPipelineError
+from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, names_cfg_branches, per_branch_refusal
 
 UNET = ModelAdapter(family="unet", denoiser_attr="unet")
 TRANSFORMER = ModelAdapter(family="transformer", denoiser_attr="transformer")
@@ -16,35 +17,23 @@ TRANSFORMER = ModelAdapter(family="transformer", denoiser_attr="transformer")
 # feeding it after the gate would drop the image conditioning; the original release feeds the cond half.
 SVD = ModelAdapter(family="svd", denoiser_attr="unet", post_gate_inputs="cond")
 
-# Pipelines that call the denoiser once per CFG branch and name each call (`cache_context`), whose
-# guidance returns the cond prediction when both calls return it; each is tested in test_sequential.py.
-SEQUENTIAL = ModelAdapter(family="sequential", denoiser_attr="transformer", cfg_layout="sequential")
-WAN = ModelAdapter(
-    family="wan", denoiser_attr="transformer", cfg_layout="sequential", expert_attrs=("transformer_2",)
-)
-SEQUENTIAL_PIPELINES = (
-    "WanPipeline",
-    "WanImageToVideoPipeline",
-    "WanVACEPipeline",
-    "SkyReelsV2Pipeline",
-)
-
 _ADAPTERS: tuple[ModelAdapter, ...] = (UNET, TRANSFORMER)
 # Families that differ from the generic adapter, by pipeline class name (subclasses included).
 _FAMILY_ADAPTERS: dict[str, ModelAdapter] = {
     "StableVideoDiffusionPipeline": SVD,
-    "WanPipeline": WAN,
-    "WanImageToVideoPipeline": WAN,
-    "WanVACEPipeline": WAN,
-    "SkyReelsV2Pipeline": SEQUENTIAL,
+    **SEQUENTIAL_ADAPTERS,
 }
 
 
 def _family_adapter(pipe: object, generic: ModelAdapter) -> ModelAdapter:
     for cls in type(pipe).__mro__:
         adapter = _FAMILY_ADAPTERS.get(cls.__name__)
-        if adapter is not None:
-            return adapter
+        if adapter is None:
+            continue
+        # a sequential-CFG family is verified for its own __call__, not for a subclass's rewrite of it
+        if adapter.cfg_layout == "sequential" and cls.__dict__.get("__call__") is not type(pipe).__call__:
+            return generic
+        return adapter
     return generic
 
 
@@ -73,7 +62,7 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
         family = _family_adapter(pipe, adapter)
         per_branch = calls_denoiser_per_cfg_branch(type(pipe), adapter.denoiser_attr)
         if per_branch and (family.cfg_layout == "batched" or not names_cfg_branches(type(pipe))):
-            raise UnsupportedPipelineError(_per_branch_refusal(type(pipe)))
+            raise UnsupportedPipelineError(per_branch_refusal(type(pipe)))
         return family
     raise UnsupportedPipelineError(
         f"{type(pipe).__name__} has neither a `unet` nor a `transformer` denoiser; crossgate does not "
@@ -92,31 +81,6 @@ def denoiser_of(pipe: object) -> torch.nn.Module:
             return denoiser
     raise UnsupportedPipelineError(
         f"{type(pipe).__name__} has neither a `unet` nor a `transformer` denoiser."
-    )
-
-
-def names_cfg_branches(pipeline_cls: type) -> bool:
-    """Whether ``__call__`` wraps its denoiser calls in ``cache_context("cond")`` then ``("uncond")``."""
-    try:
-        source = inspect.getsource(pipeline_cls.__call__)
-    except (OSError, TypeError):
-        return False
-    cond, uncond = source.find('cache_context("cond"'), source.find('cache_context("uncond"')
-    return 0 <= cond < uncond
-
-
-def _per_branch_refusal(pipeline_cls: type) -> str:
-    name = pipeline_cls.__name__
-    if not names_cfg_branches(pipeline_cls):
-        return (
-            f"{name} calls its denoiser separately for the conditional and the unconditional branch "
-            'without naming the calls (`cache_context("cond")` / `("uncond")`), so crossgate cannot tell '
-            "the branches apart; it supports per-branch CFG only where the pipeline names them."
-        )
-    return (
-        f"{name} calls its denoiser once per named CFG branch, but crossgate has not verified that its "
-        f"guidance returns the conditional prediction when the uncond call is skipped; supported: "
-        f"{', '.join(SEQUENTIAL_PIPELINES)}."
     )
 
 

@@ -242,30 +242,40 @@ class ComparisonRunner:
         runner.model_arg = (model or "").strip() or None
         return runner
 
+    def wants_load(self, model: str | None) -> bool:
+        """Whether ``model`` (None/"": the embedded one) is another model than the one loaded."""
+        return ((model or "").strip() or None) != self.model_arg
+
     def load(self, model: str | None) -> bool:
         """Serve ``model`` from now on (None/"": the embedded one); False when it is already loaded."""
-        wanted = (model or "").strip() or None
-        if wanted == self.model_arg:
+        if not self.wants_load(model):
             return False
+        wanted = (model or "").strip() or None
         with self._lock:
             pipe, label = load_model(wanted, self.device)
             self.pipe, self.model, self.model_arg = pipe, label, wanted
             self._call_macs, self._warm = None, False
         return True
 
-    def run(self, settings: Settings, progress: Progress | None = None) -> Comparison:
+    def check(self, settings: Settings) -> TGateConfig:
+        """The configuration ``settings`` asks for on the loaded pipeline, or :class:`InputError`."""
         config = validate(settings)
+        try:
+            crossgate.check(self.pipe, config)
+        except (ConfigError, crossgate.UnsupportedPipelineError) as error:
+            raise InputError(str(error)) from None
+        if settings.deepcache_interval is not None and not deepcache_available(self.pipe):
+            raise InputError(
+                "DeepCache is not available here: it needs the DeepCache package "
+                "(pip install DeepCache) and a pipeline with a UNet."
+            )
+        return config
+
+    def run(self, settings: Settings, progress: Progress | None = None) -> Comparison:
+        """Validate (before any work), warm up once per loaded pipeline, then compare."""
         with self._lock:
             pipe = self.pipe
-            try:
-                crossgate.check(pipe, config)
-            except (ConfigError, crossgate.UnsupportedPipelineError) as error:
-                raise InputError(str(error)) from None
-            if settings.deepcache_interval is not None and not deepcache_available(pipe):
-                raise InputError(
-                    "DeepCache is not available here: it needs the DeepCache package "
-                    "(pip install DeepCache) and a pipeline with a UNet."
-                )
+            config = self.check(settings)
             report = progress or (lambda fraction, text: None)
             if not self._warm:
                 report(0.0, "warm-up (untimed)")

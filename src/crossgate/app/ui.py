@@ -168,13 +168,26 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
 
         examples.input(lambda caption: caption or gr.skip(), examples, prompt)
 
-        def compare(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
-            *widgets, model_text, past = values
+        inputs = [prompt, negative, seed, steps, guidance, gate, self_attention, deepcache, deepcache_interval]
+
+        def check(*values: Any) -> None:
+            """Refuse bad input first, in an event of its own, so the last results stay on the page."""
+            *widgets, model_text = values
             try:
                 settings = settings_from_widgets(*widgets)
-                if runner.load(model_text):
-                    gr.Info(f"loaded {runner.model}")
-                result = runner.run(settings, lambda fraction, text: progress(fraction, desc=text))
+                if runner.wants_load(model_text):
+                    gr.Info(f"loading {model_text.strip() or 'the embedded model'} ...")
+                    runner.load(model_text)
+                runner.check(settings)
+            except InputError as error:
+                raise gr.Error(str(error), print_exception=False) from None
+
+        def compare(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+            *widgets, past = values
+            try:
+                result = runner.run(
+                    settings_from_widgets(*widgets), lambda fraction, text: progress(fraction, desc=text)
+                )
             except InputError as error:
                 raise gr.Error(str(error), print_exception=False) from None
             except Exception as error:
@@ -184,22 +197,10 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
             number = past[0][0] + 1 if past else 1
             return _outputs(result, [(number, result), *past][:HISTORY_LENGTH])
 
-        run.click(
+        run.click(check, [*inputs, model], None, concurrency_limit=1).success(
             compare,
-            inputs=[
-                prompt,
-                negative,
-                seed,
-                steps,
-                guidance,
-                gate,
-                self_attention,
-                deepcache,
-                deepcache_interval,
-                model,
-                history,
-            ],
-            outputs=[plain_image, tgate_image, slider, numbers, plot, layers, gallery, history_table, history],
+            [*inputs, history],
+            [plain_image, tgate_image, slider, numbers, plot, layers, gallery, history_table, history],
             concurrency_limit=1,
         )
     return page

@@ -1,0 +1,206 @@
+"""Tiny random-weight pipelines that run CFG as two named denoiser calls (Wan's family), and a second,
+independent sequential-CFG TGATE to check the engine against.
+
+The reference uses none of crossgate: it counts denoiser calls (under CFG the pipeline calls cond, then
+uncond, every step), records each cross-attention output with plain torch forward hooks, replays the
+mean after the gate, and hands the uncond call the cond call's output by replacing ``forward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from crossgate import testing as rp
+from crossgate.adapters import cross_attention_modules
+
+
+@dataclass
+class SeqCase:
+    pipe: Any
+    kwargs: dict[str, Any]
+    steps: int = 4
+    gate: int = 2
+
+
+def _transformer(seed: int, **extra: Any):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        **extra,
+    )
+
+
+def _wan_parts(seed: int = 0) -> dict[str, Any]:
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    tokenizer = rp.char_fast_tokenizer(max_length=16)
+    torch.manual_seed(seed)
+    text_encoder = rp.tiny_t5_encoder(tokenizer)
+    return {
+        "vae": vae,
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=7.0),
+    }
+
+
+_VIDEO = {"height": 16, "width": 16, "num_frames": 5, "max_sequence_length": 16, "guidance_scale": 5.0}
+
+
+def wan_t2v(seed: int = 0) -> SeqCase:
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline(**_wan_parts(seed), transformer=_transformer(seed))
+    rp.ready(pipe)
+    return SeqCase(pipe, {"prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
+
+
+def wan22_two_experts(seed: int = 0, boundary_ratio: float = 0.87, steps: int = 6) -> SeqCase:
+    """Wan 2.2: `transformer` for t >= boundary, `transformer_2` below (6 shifted steps: 1000, 966, 914 | 826, 644, 47)."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline(
+        **_wan_parts(seed),
+        transformer=_transformer(seed),
+        transformer_2=_transformer(seed + 1),
+        boundary_ratio=boundary_ratio,
+    )
+    rp.ready(pipe)
+    return SeqCase(
+        pipe, {"prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO}, steps=steps, gate=2
+    )
+
+
+def wan_i2v(seed: int = 0) -> SeqCase:
+    """Image-to-video: the CLIP image embedding enters attn2 through its added key/value projections."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=4,
+            projection_dim=4,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            intermediate_size=16,
+            patch_size=1,
+        )
+    )
+    image_processor = CLIPImageProcessor(crop_size=32, size=32)
+    pipe = WanImageToVideoPipeline(
+        **_wan_parts(seed),
+        transformer=_i2v_transformer(seed),
+        image_encoder=image_encoder,
+        image_processor=image_processor,
+    )
+    rp.ready(pipe)
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    return SeqCase(pipe, {"image": image, "prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
+
+
+def _i2v_transformer(seed: int):
+    """I2V concatenates the latents with the image condition (16 + 20 channels in)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=36,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        image_dim=4,
+        added_kv_proj_dim=24,
+    )
+
+
+class ManualSequentialTGate:
+    """Hand-rolled sequential-CFG TGATE over the pipeline's transformers (cond call first, then uncond)."""
+
+    def __init__(self, transformers: list[torch.nn.Module], gate: int, cfg: bool = True) -> None:
+        self.gate, self.cfg = gate, cfg
+        self.calls = 0
+        self.latest: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        self.cache: dict[tuple[int, str], torch.Tensor] = {}
+        self.cond_output: Any = None
+        self._restore: list[Any] = []
+        self._handles = []
+        for index, transformer in enumerate(transformers):
+            for name, module in cross_attention_modules(transformer):
+                self._handles.append(module.register_forward_hook(self._attn_hook((index, name))))
+            original = transformer.forward
+            self._restore.append((transformer, "forward" in transformer.__dict__, original))
+            transformer.forward = self._forward_for(original)
+
+    def _branch(self) -> str:
+        return "uncond" if self.cfg and (self.calls - 1) % 2 else "cond"
+
+    def _step(self) -> int:
+        return (self.calls - 1) // 2 if self.cfg else self.calls - 1
+
+    def _attn_hook(self, key):
+        def hook(module, inputs, output):
+            if self._step() < self.gate:
+                self.latest.setdefault(key, {})[self._branch()] = output
+                return output
+            if key not in self.cache:
+                seen = self.latest.get(key)
+                if not seen:
+                    return output  # this expert never ran before the gate: compute
+                self.cache[key] = (seen["cond"] + seen["uncond"]) / 2 if self.cfg else seen["cond"]
+            return self.cache[key]
+
+        return hook
+
+    def _forward_for(self, original):
+        def forward(*args, **kwargs):
+            self.calls += 1
+            if self._step() >= self.gate and self._branch() == "uncond":
+                return self.cond_output
+            out = original(*args, **kwargs)
+            if self._step() >= self.gate:
+                self.cond_output = out
+            return out
+
+        return forward
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for transformer, had_own, original in self._restore:
+            if had_own:
+                transformer.forward = original
+            else:
+                del transformer.forward
