@@ -146,6 +146,59 @@ def _i2v_transformer(seed: int):
     )
 
 
+def wan_vace(seed: int = 0) -> SeqCase:
+    """VACE: control blocks (`vace_blocks`, with their own attn2) add hints to the main blocks."""
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        vace_layers=[0],
+        vace_in_channels=96,
+    )
+    pipe = WanVACEPipeline(**_wan_parts(seed), transformer=transformer)
+    rp.ready(pipe)
+    return SeqCase(pipe, {"prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
+
+
+def skyreels_v2(seed: int = 0) -> SeqCase:
+    from diffusers import SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
+
+    torch.manual_seed(seed)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    parts = _wan_parts(seed)
+    parts["scheduler"] = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
+    )
+    pipe = SkyReelsV2Pipeline(**parts, transformer=transformer)
+    rp.ready(pipe)
+    return SeqCase(pipe, {"prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
+
+
 class ManualSequentialTGate:
     """Hand-rolled sequential-CFG TGATE over the pipeline's transformers (cond call first, then uncond)."""
 

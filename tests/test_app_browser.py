@@ -93,7 +93,7 @@ def app_url(tmp_path_factory):
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2000"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2500"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
     yield driver
@@ -136,7 +136,7 @@ def _wait_for_text(driver, selector: str, text: str) -> None:
     )
 
 
-def test_compare_in_the_browser_then_a_bad_gate_then_again(app_url, browser, tmp_path):
+def test_compare_in_the_browser_then_bad_input_then_again(app_url, browser, tmp_path):
     driver = browser
     driver.get(app_url)
     _type(driver, "#prompt textarea", "a green triangle above a red circle")
@@ -170,22 +170,31 @@ def test_compare_in_the_browser_then_a_bad_gate_then_again(app_url, browser, tmp
     plot = WebDriverWait(driver, WAIT_S).until(lambda d: d.find_element(By.CSS_SELECTOR, "#convergence img"))
     WebDriverWait(driver, WAIT_S).until(lambda d: int(plot.get_attribute("naturalWidth") or 0) > 0)
     assert _rows(driver, "#layers") == 11  # the model's cross-attention layers
-    shot = tmp_path / "app.png"
-    driver.save_screenshot(str(shot))
-    if os.environ.get("CROSSGATE_APP_SCREENSHOT"):
-        shutil.copy(shot, Path(os.environ["CROSSGATE_APP_SCREENSHOT"]))
+    driver.save_screenshot(str(tmp_path / "app.png"))
 
     # A bad gate: the message is shown in the page, nothing else changes.
     _type(driver, "#gate textarea", "0")
     driver.find_element(By.CSS_SELECTOR, "#run").click()
     _wait_for_text(driver, "body", "at least one step must run cross-attention")
-    assert "m=3 of 6" in driver.find_element(By.CSS_SELECTOR, "#numbers").text
+    assert "m=3 of 6" in driver.find_element(By.CSS_SELECTOR, "#numbers").text  # the last results stay
     driver.save_screenshot(str(tmp_path / "app-error.png"))
+    driver.find_element(By.CSS_SELECTOR, "[data-testid=toast-close]").click()
+
+    # An unknown model folder: refused in the page too, the loaded model stays.
+    _type(driver, "#gate textarea", "2")
+    _type(driver, "#model textarea", "/no/such/model-folder")
+    driver.find_element(By.CSS_SELECTOR, "#run").click()
+    _wait_for_text(driver, "body", "not found or not a diffusers pipeline")
+    for button in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-close]"):
+        button.click()
 
     # ... and the app still serves: the next run works.
-    _type(driver, "#gate textarea", "2")
+    _type(driver, "#model textarea", "")
     driver.find_element(By.CSS_SELECTOR, "#run").click()
     _wait_for_text(driver, "#numbers", "m=2 of 6")
     assert 0 < _number(_numbers(driver)["executed MACs (denoiser, linear+conv)"][2]) < macs_ratio
     assert _rows(driver, "#history-table") == 2
-    driver.save_screenshot(str(tmp_path / "app-again.png"))
+    shot = tmp_path / "app-again.png"
+    driver.save_screenshot(str(shot))
+    if os.environ.get("CROSSGATE_APP_SCREENSHOT"):
+        shutil.copy(shot, Path(os.environ["CROSSGATE_APP_SCREENSHOT"]))

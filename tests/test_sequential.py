@@ -14,9 +14,18 @@ import torch
 import crossgate
 from conftest import ProcessorCounter
 from crossgate.adapters import cross_attention_modules
-from sequential_cases import ManualSequentialTGate, SeqCase, wan22_two_experts, wan_i2v, wan_t2v
+from sequential_cases import (
+    ManualSequentialTGate,
+    SeqCase,
+    skyreels_v2,
+    wan22_two_experts,
+    wan_i2v,
+    wan_t2v,
+    wan_vace,
+)
 
-CASES = {"Wan 2.1 T2V": wan_t2v, "Wan 2.1 I2V": wan_i2v}
+CASES = {"Wan 2.1 T2V": wan_t2v, "Wan 2.1 I2V": wan_i2v, "Wan VACE": wan_vace, "SkyReels-V2": skyreels_v2}
+# Main blocks: the VACE control blocks are skipped too, but the counter watches the first main block.
 
 
 def call(case: SeqCase, seed: int = 0, **overrides):
@@ -160,3 +169,60 @@ def test_named_but_unverified_pipeline_is_refused():
     # a subclass with its own __call__ inherits the name, not the verification
     with pytest.raises(crossgate.UnsupportedPipelineError):
         crossgate.apply(pipe, gate_step=2)
+
+
+def _cache_config(name: str, pipe):
+    from diffusers.hooks import (
+        FirstBlockCacheConfig,
+        MagCacheConfig,
+        PyramidAttentionBroadcastConfig,
+        TaylorSeerCacheConfig,
+    )
+
+    return {
+        "FirstBlockCache": lambda: FirstBlockCacheConfig(threshold=0.2),
+        "MagCache": lambda: MagCacheConfig(num_inference_steps=4, mag_ratios=[1.0] * 4, threshold=0.5),
+        "TaylorSeer": lambda: TaylorSeerCacheConfig(),
+        "PAB": lambda: PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(0, 1000),
+            current_timestep_callback=lambda: pipe.current_timestep,
+        ),
+    }[name]()
+
+
+@pytest.mark.parametrize("cache", ["FirstBlockCache", "MagCache", "TaylorSeer", "PAB"])
+@pytest.mark.parametrize("order", ["cache-first", "crossgate-first"])
+def test_composes_with_diffusers_caches(cache, order):
+    """diffusers' caches keep state per `cache_context`; crossgate's skipped uncond calls feed theirs
+    nothing they read (the uncond outputs are discarded after the gate). Defined: an inactive gate is
+    exactly the cache alone; an active one is stable across calls (no stale state)."""
+    case = wan_t2v()
+    pipe = case.pipe
+    pipe.transformer.enable_cache(_cache_config(cache, pipe))
+    cache_alone = call(case)
+    pipe.transformer.disable_cache()
+
+    def enable_both(gate):
+        if order == "cache-first":
+            pipe.transformer.enable_cache(_cache_config(cache, pipe))
+            crossgate.apply(pipe, gate_step=gate)
+        else:
+            crossgate.apply(pipe, gate_step=gate)
+            pipe.transformer.enable_cache(_cache_config(cache, pipe))
+
+    def disable_both():
+        crossgate.remove(pipe)
+        pipe.transformer.disable_cache()
+
+    enable_both(case.steps)
+    assert torch.equal(call(case), cache_alone)
+    disable_both()
+
+    enable_both(case.gate)
+    first = call(case)
+    call(case, seed=1, prompt="a blue square")
+    assert torch.equal(call(case), first)
+    assert crossgate.last_call(pipe).denoiser_batches == [1] * (2 * case.gate + case.steps - case.gate)
+    assert torch.isfinite(first).all() and not torch.equal(first, cache_alone)
+    disable_both()

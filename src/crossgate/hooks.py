@@ -38,6 +38,7 @@ from that name, never from call parity):
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,14 +319,15 @@ class BlockSkipHook(ModelHook):
     hands its input hidden states straight through.
     """
 
-    def __init__(self, denoiser: torch.nn.Module) -> None:
+    def __init__(self, denoiser: torch.nn.Module, passthrough: Callable[[tuple, dict], Any]) -> None:
         super().__init__()
         self.denoiser = denoiser
+        self._passthrough = passthrough
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         call = _call_for(self.denoiser)
         if call is not None and call.skip_pass:
-            return args[0] if args else kwargs["hidden_states"]
+            return self._passthrough(args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
 
 

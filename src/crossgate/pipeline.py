@@ -116,8 +116,8 @@ class _Installation:
                     f"crossgate: {type(denoiser).__name__} has no `blocks` / `transformer_blocks` to skip in "
                     "the uncond call after the gate; sequential CFG needs them."
                 )
-            for _, block in blocks:
-                self._register(block, BlockSkipHook(denoiser), _SKIP_HOOK)
+            for block, passthrough in blocks:
+                self._register(block, BlockSkipHook(denoiser, passthrough), _SKIP_HOOK)
             denoiser.__dict__["cache_context"] = _branch_context_for(denoiser)
 
     def step_change(self, call: CallState) -> float | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,6 +50,18 @@ def self_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, torch.n
     ]
 
 
+Passthrough = Callable[[tuple, dict], Any]
+
+
+def _first_input(args: tuple, kwargs: dict) -> Any:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _control_states_twice(args: tuple, kwargs: dict) -> Any:
+    control = args[2] if len(args) > 2 else kwargs["control_hidden_states"]
+    return control, control
+
+
 @dataclass(frozen=True)
 class ModelAdapter:
     """Where a pipeline family keeps its denoiser and how it lays out its CFG batch."""
@@ -77,13 +91,23 @@ class ModelAdapter:
         return self_attention_modules(self.denoiser(pipe))
 
     @staticmethod
-    def blocks(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        """The denoiser's top-level transformer blocks (what a skipped sequential-CFG pass skips)."""
-        for attr in ("blocks", "transformer_blocks"):
+    def blocks(denoiser: torch.nn.Module) -> list[tuple[torch.nn.Module, Passthrough]]:
+        """The denoiser's top-level blocks, each with what it returns when it computes nothing.
+
+        A skipped sequential-CFG pass (its output is discarded) runs none of them. Main blocks hand
+        their hidden states through; VACE's control blocks hand back their control states twice
+        (the hint and the next block's input).
+        """
+        found: list[tuple[torch.nn.Module, Passthrough]] = []
+        for attr, passthrough in (("blocks", _first_input), ("transformer_blocks", _first_input)):
             blocks = getattr(denoiser, attr, None)
             if isinstance(blocks, torch.nn.ModuleList) and len(blocks):
-                return [(f"{attr}.{i}", block) for i, block in enumerate(blocks)]
-        return []
+                found += [(block, passthrough) for block in blocks]
+                break
+        vace = getattr(denoiser, "vace_blocks", None)
+        if isinstance(vace, torch.nn.ModuleList):
+            found += [(block, _control_states_twice) for block in vace]
+        return found
 
     def cfg_active(self, pipe: object, from_encode_prompt: bool | None) -> bool:
         """Whether the running call batches ``[uncond; cond]``; read once per call, mid-call.

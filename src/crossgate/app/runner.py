@@ -8,7 +8,7 @@ How each number is made, and why:
 * Wall time: each timed call carries no counting hooks (only the progress callback, on both sides),
   after one untimed warm-up per loaded pipeline, so neither side pays first-call set-up.
 * Executed MACs (denoiser, linear+conv, the TGATE paper's convention): :func:`executed_macs` of
-  ``crossgate.tools.accounting`` applied to each call's denoiser passes, per image. The per-sample
+  ``crossgate.tools.accounting`` applied to each call's denoiser passes (one image a call). The per-sample
   counts come from a :class:`CallMeter` on the warm-up call. With DeepCache composed, the crossgate
   call is counted live by the meter instead, because DeepCache skips blocks that ``CallStats`` does
   not see.
@@ -59,7 +59,7 @@ class Settings:
 class Comparison:
     """Everything one click produced: both images, times, MACs, the gate, the curve, per-layer counts.
 
-    ``*_macs`` are per image; None when the pipeline's denoiser cannot be counted.
+    ``*_macs`` are per call (one image); None when the pipeline's denoiser cannot be counted.
     ``convergence[i]`` is the layer-averaged relative change at step ``i + 1`` (this call's steps
     before the gate). ``threshold`` is the value ``"auto"`` compares it with, for ``"auto"`` only.
     """
@@ -134,7 +134,11 @@ def validate(settings: Settings) -> TGateConfig:
         raise InputError(f"steps must be a whole number >= 1, got {settings.steps!r}.")
     if settings.steps > MAX_STEPS:
         raise InputError(f"steps must be at most {MAX_STEPS}, got {settings.steps}.")
-    if isinstance(settings.seed, bool) or not isinstance(settings.seed, int) or not 0 <= settings.seed <= MAX_SEED:
+    if (
+        isinstance(settings.seed, bool)
+        or not isinstance(settings.seed, int)
+        or not 0 <= settings.seed <= MAX_SEED
+    ):
         raise InputError(f"seed must be a whole number from 0 to 2^63-1, got {settings.seed!r}.")
     if settings.guidance is not None and not math.isfinite(settings.guidance):
         raise InputError(f"guidance must be a finite number, got {settings.guidance!r}.")
@@ -179,7 +183,9 @@ def example_captions() -> list[tuple[str, str]]:
     held_out = set(scenes.held_out_compositions())
     return [
         (
-            f"{scenes.composition_caption(comp)}  (held-out)" if comp in held_out else scenes.composition_caption(comp),
+            f"{scenes.composition_caption(comp)}  (held-out)"
+            if comp in held_out
+            else scenes.composition_caption(comp),
             scenes.composition_caption(comp),
         )
         for comp in scenes.all_compositions()
@@ -232,6 +238,7 @@ class ComparisonRunner:
         self.model_arg: str | None = None
         self.device = device
         self._call_macs: Any = None
+        self._macs_problem = ""
         self._warm = False
         self._lock = threading.Lock()
 
@@ -305,17 +312,16 @@ class ComparisonRunner:
         return kwargs
 
     def _warm_up(self, settings: Settings, config: TGateConfig) -> None:
-        """One short plain call (measured: the per-sample MACs) and one gated call, both untimed."""
-        from crossgate.tools.accounting import AccountingError, CallMeter
+        """One short plain call (metered: the per-sample MACs) and one gated call, both untimed."""
+        from crossgate.tools.accounting import CallMeter
 
         warm = Settings(prompt=settings.prompt, seed=settings.seed, guidance=settings.guidance)
-        try:
-            with CallMeter(self.pipe) as meter:
-                self.pipe(**self._kwargs(warm, 2, None))
-            self._call_macs = meter.call_macs()
-        except AccountingError:
+        with CallMeter(self.pipe) as meter:
             self.pipe(**self._kwargs(warm, 2, None))
-            self._call_macs = None
+        try:
+            self._call_macs, self._macs_problem = meter.call_macs(), ""
+        except Exception as error:  # MACs are an extra: a denoiser the counter cannot build still runs
+            self._call_macs, self._macs_problem = None, f"{type(error).__name__}: {error}"
         with crossgate.enabled(self.pipe, config.with_overrides(gate_step=1)):
             self.pipe(**self._kwargs(warm, 2, None))
         self._warm = True
@@ -335,7 +341,7 @@ class ComparisonRunner:
     def _compare(self, pipe: Any, settings: Settings, config: TGateConfig, report: Progress) -> Comparison:
         from crossgate.adapters import denoiser_of
         from crossgate.gate import CallStats
-        from crossgate.tools.accounting import CallMeter, executed_macs
+        from crossgate.tools.accounting import AccountingError, CallMeter, executed_macs
 
         n = settings.steps
 
@@ -373,16 +379,23 @@ class ComparisonRunner:
             raise RuntimeError("crossgate recorded no call; the pipeline did not run its denoising loop.")
 
         plain_macs = tgate_macs = None
-        method = "not counted: this denoiser's MACs cannot be counted"
+        method = f"not counted ({self._macs_problem or 'no per-sample counts'})"
         if self._call_macs is not None:
+            # The plain call as CallStats: every pass ran the full denoiser, nothing replayed.
             plain_stats = CallStats(num_steps=n, gate=n, cfg=stats.cfg, denoiser_batches=list(batches))
-            plain_macs = executed_macs(self._call_macs, plain_stats)
-            if meter is not None:
-                tgate_macs = meter.executed
-                method = "plain: executed_macs(CallStats); crossgate + DeepCache: counted live (CallMeter)"
-            else:
-                tgate_macs = executed_macs(self._call_macs, stats)
-                method = "executed_macs(CallStats) of each call"
+            try:
+                plain_macs = executed_macs(self._call_macs, plain_stats)
+                if meter is not None:
+                    tgate_macs = meter.executed
+                    method = (
+                        "plain: executed_macs(CallStats); crossgate + DeepCache: counted live (CallMeter)"
+                    )
+                else:
+                    tgate_macs = executed_macs(self._call_macs, stats)
+                    method = "executed_macs(CallStats) of each call"
+            except AccountingError as error:
+                plain_macs = tgate_macs = None
+                method = f"not counted ({error})"
 
         notes = []
         if stats.gate >= stats.num_steps:

@@ -158,7 +158,8 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
         gallery = gr.Gallery(
             label=f"history (last {HISTORY_LENGTH}): plain | crossgate",
             columns=4,
-            height="auto",
+            fit_columns=False,
+            height=260,
             object_fit="contain",
             elem_id="history",
         )
@@ -168,7 +169,17 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
 
         examples.input(lambda caption: caption or gr.skip(), examples, prompt)
 
-        inputs = [prompt, negative, seed, steps, guidance, gate, self_attention, deepcache, deepcache_interval]
+        inputs = [
+            prompt,
+            negative,
+            seed,
+            steps,
+            guidance,
+            gate,
+            self_attention,
+            deepcache,
+            deepcache_interval,
+        ]
 
         def check(*values: Any) -> None:
             """Refuse bad input first, in an event of its own, so the last results stay on the page."""
@@ -231,7 +242,9 @@ def _default_guidance(pipe: Any) -> float:
     return float(default) if isinstance(default, (int, float)) else 7.5
 
 
-def launch(page: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs: Any) -> Any:
+def launch(
+    page: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs: Any
+) -> Any:
     """Serve ``page`` (queued, one comparison at a time); blocks unless ``prevent_thread_lock=True``."""
     return page.queue(default_concurrency_limit=1).launch(
         server_name=host,

@@ -32,7 +32,9 @@ def register(subparsers: Any) -> None:
         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)",
     )
     p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
-    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    p.add_argument(
+        "--share", action="store_true", help="also open a public Gradio share link (off by default)"
+    )
     add_device_argument(p)
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=run)
@@ -54,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"crossgate app: listening on {args.host}: reachable from other machines", file=sys.stderr)
-    print(f"crossgate app: serving {runner.model} on http://{args.host}:{args.port} (Ctrl+C stops)", flush=True)
+    print(
+        f"crossgate app: serving {runner.model} on http://{args.host}:{args.port} (Ctrl+C stops)", flush=True
+    )
     try:
         ui.launch(ui.build(runner), host=args.host, port=args.port, share=args.share, quiet=False)
     except OSError as error:
