@@ -159,7 +159,7 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
             label=f"history (last {HISTORY_LENGTH}): plain | crossgate",
             columns=4,
             fit_columns=False,
-            height=260,
+            height="auto",
             object_fit="contain",
             elem_id="history",
         )
