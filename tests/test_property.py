@@ -105,9 +105,10 @@ def test_every_call_equals_a_fresh_pipeline_in_the_same_state(_sd_template, oper
                 check(index, op[3], crossgate.pipeline.configuration(pipe))
             assert crossgate.pipeline.configuration(pipe) == before
         elif kind == "raise_at":
-            at, args = op[2], op[3]
+            args = op[3]
+            stop_at = min(op[2], args["steps"] - 1)
 
-            def explode(p, step, timestep, kwargs, last=min(at, args["steps"] - 1)):
+            def explode(p, step, timestep, kwargs, last=stop_at):
                 if step == last:
                     raise Interrupt
                 return kwargs
