@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from crossgate.cli.common import (
     DTYPES,
     CommandError,
@@ -105,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; Ctrl-C ends it with status 130 and nothing partial left behind."""
     main = True
     try:
+        import torch
         from accelerate import PartialState
 
         if args.threads is not None:
@@ -126,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, state: Any) -> int:
+    import torch
+
     from crossgate.tools.batch import (
         BatchError,
         GenerationSettings,

@@ -139,10 +139,9 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler:
         set_scheduler(pipe, args.scheduler)
     try:
-        crossgate.apply(pipe, gate_step=1)
+        crossgate.check(pipe, gate_step=1)
     except crossgate.UnsupportedPipelineError as error:
         raise CommandError(str(error)) from None
-    crossgate.remove(pipe)
     try:
         report = evaluate(
             pipe,

@@ -31,7 +31,7 @@ def pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'crossgate[plots]'") from error
+        raise ImportError("plots need matplotlib, a crossgate dependency: pip install matplotlib") from error
     return plt
 
 
