@@ -9,16 +9,18 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
-from crossgate.adapters import cross_attention_modules, self_attention_modules
+from crossgate.adapters import ModelAdapter, cross_attention_modules, self_attention_modules
 
 Convention = Literal["linear_conv", "all"]
 CONVENTIONS: tuple[Convention, ...] = ("linear_conv", "all")
+CfgLayout = Literal["batched", "sequential"]
+CFG_LAYOUTS: tuple[CfgLayout, ...] = ("batched", "sequential")
 
 
 class AccountingError(ValueError):
@@ -30,6 +32,13 @@ def check_convention(convention: str) -> str:
     if convention not in CONVENTIONS:
         raise AccountingError(f"unknown convention {convention!r}; use one of {CONVENTIONS}.")
     return convention
+
+
+def check_cfg_layout(layout: str) -> CfgLayout:
+    """``layout`` itself, or an :class:`AccountingError` naming the valid ones."""
+    if layout not in CFG_LAYOUTS:
+        raise AccountingError(f"unknown cfg_layout {layout!r}; use one of {CFG_LAYOUTS}.")
+    return cast(CfgLayout, layout)
 
 
 def _linear_conv_macs(module: nn.Module, inputs: tuple, output: Any) -> int:
@@ -93,7 +102,11 @@ class CallMacs:
     """Per-sample MACs of one denoiser call, split by where TGATE can save them.
 
     ``total`` maps convention -> MACs; ``cross_attention``/``self_attention`` map each attention
-    module's name (as in ``denoiser.named_modules()``) to its MACs per convention.
+    module's name (as in ``denoiser.named_modules()``) to its MACs per convention. ``blocks`` maps
+    convention -> MACs inside the denoiser's top-level blocks (``blocks``/``transformer_blocks``,
+    what a skipped sequential-CFG pass leaves out; empty for UNets, which have none).
+    ``cfg_layout`` is how the model's pipeline runs classifier-free guidance: ``"batched"`` (one
+    ``[uncond; cond]`` call per step) or ``"sequential"`` (one call per branch, Wan's family).
     """
 
     model: str
@@ -101,6 +114,8 @@ class CallMacs:
     cross_attention: Mapping[str, Mapping[str, int]]
     self_attention: Mapping[str, Mapping[str, int]]
     inputs: str = ""
+    blocks: Mapping[str, int] = field(default_factory=dict)
+    cfg_layout: CfgLayout = "batched"
 
     def full(self, convention: Convention = "linear_conv") -> int:
         return self.total[check_convention(convention)]
@@ -110,6 +125,11 @@ class CallMacs:
 
     def self_attn(self, convention: Convention = "linear_conv") -> int:
         return sum(m[check_convention(convention)] for m in self.self_attention.values())
+
+    def outside_blocks(self, convention: Convention = "linear_conv") -> int:
+        """What a pass with every top-level block skipped still computes (patch and condition
+        embeddings, output head): crossgate's uncond call after the gate under sequential CFG."""
+        return self.full(convention) - self.blocks.get(check_convention(convention), 0)
 
     def skipped(self, convention: Convention = "linear_conv") -> int:
         """A call with every cross-attention replayed from the cache."""
@@ -126,11 +146,17 @@ class CallMacs:
 
 
 def count_call(
-    denoiser: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], model: str = ""
+    denoiser: nn.Module,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    model: str = "",
+    cfg_layout: CfgLayout = "batched",
 ) -> CallMacs:
     """Run ``denoiser(*args, **kwargs)`` once (meta tensors recommended) and count it both ways.
 
-    The inputs should hold one sample; a batch of B counts B samples.
+    The inputs should hold one sample; a batch of B counts B samples. ``cfg_layout`` records how
+    the model's pipeline runs CFG (it decides how schedules and :func:`~.schedules.executed_macs`
+    read the counts).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -145,12 +171,16 @@ def count_call(
     def split(modules: list[tuple[str, nn.Module]]) -> dict[str, dict[str, int]]:
         return {name: {"linear_conv": lc.under(name), "all": all_ops(name)} for name, _ in modules}
 
+    names = {id(module): name for name, module in denoiser.named_modules()}
+    blocks = [names[id(block)] for block, _ in ModelAdapter.blocks(denoiser) if id(block) in names]
     return CallMacs(
         model=model or root,
         total={"linear_conv": lc.total, "all": fc.get_total_flops() // 2},
         cross_attention=split(cross_attention_modules(denoiser)),
         self_attention=split(self_attention_modules(denoiser)),
         inputs=_describe(args, kwargs),
+        blocks={"linear_conv": sum(lc.under(b) for b in blocks), "all": sum(all_ops(b) for b in blocks)},
+        cfg_layout=check_cfg_layout(cfg_layout),
     )
 
 
