@@ -1,4 +1,9 @@
-"""Pick the adapter for a pipeline, or refuse it with a reason."""
+"""Pick the adapter for a pipeline, or refuse it with a reason.
+
+Which classes are supported is decided in one place, :mod:`crossgate.adapters.support`; this module
+adds the run-time checks a class name cannot answer (the instance's denoiser really has
+cross-attention; a user subclass's ``__call__`` does not call the denoiser per CFG branch).
+"""
 
 from __future__ import annotations
 
@@ -7,44 +12,34 @@ import re
 
 import torch
 
+from crossgate.adapters import support
 from crossgate.adapters.base import ModelAdapter, UnsupportedPipelineError
-from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, names_cfg_branches, per_branch_refusal
+from crossgate.adapters.sequential import names_cfg_branches, per_branch_refusal
+from crossgate.adapters.support import SVD, TRANSFORMER, UNET
 
-UNET = ModelAdapter(family="unet", denoiser_attr="unet")
-TRANSFORMER = ModelAdapter(family="transformer", denoiser_attr="transformer")
-
-# Stable Video Diffusion's unconditional half is all zeros (image embeddings and image latents), so
-# feeding it after the gate would drop the image conditioning; the original release feeds the cond half.
-SVD = ModelAdapter(family="svd", denoiser_attr="unet", post_gate_inputs="cond")
+__all__ = ["SVD", "TRANSFORMER", "UNET", "calls_denoiser_per_cfg_branch", "denoiser_of", "resolve_adapter"]
 
 _ADAPTERS: tuple[ModelAdapter, ...] = (UNET, TRANSFORMER)
-# Families that differ from the generic adapter, by pipeline class name (subclasses included).
-_FAMILY_ADAPTERS: dict[str, ModelAdapter] = {
-    "StableVideoDiffusionPipeline": SVD,
-    **SEQUENTIAL_ADAPTERS,
-}
 
 
-def _family_adapter(pipe: object, generic: ModelAdapter) -> ModelAdapter:
-    for cls in type(pipe).__mro__:
-        adapter = _FAMILY_ADAPTERS.get(cls.__name__)
-        if adapter is None:
-            continue
-        # a sequential-CFG family is verified for its own __call__, not for a subclass's rewrite of it
-        if adapter.cfg_layout == "sequential" and cls.__dict__.get("__call__") is not type(pipe).__call__:
-            return generic
-        return adapter
-    return generic
+def _classified(pipe: object) -> support.Verdict | None:
+    """The class's verdict; raises for every class the classification does not support."""
+    cls = type(pipe)
+    verdict = support.classify(cls)
+    if verdict is None or verdict.status == support.SUPPORTED_STATUS or support.is_allowed(cls):
+        return verdict
+    raise UnsupportedPipelineError(support.refusal(cls, verdict))
 
 
 def resolve_adapter(pipe: object) -> ModelAdapter:
-    """The adapter whose denoiser this pipeline has and which holds text cross-attention."""
+    """The adapter for ``pipe``, or :class:`UnsupportedPipelineError` with the reason (nothing touched)."""
     if isinstance(pipe, type):
         raise UnsupportedPipelineError(
             f"crossgate.apply expects a pipeline instance, got the class {pipe.__name__}; build one first, "
             f"e.g. pipe = {pipe.__name__}.from_pretrained(...)."
         )
-    if not callable(pipe) or not hasattr(pipe, "components"):
+    verdict = _classified(pipe)
+    if verdict is None or not callable(pipe) or not hasattr(pipe, "components"):
         raise UnsupportedPipelineError(
             f"crossgate.apply expects a diffusers pipeline (e.g. StableDiffusionPipeline), got "
             f"{type(pipe).__name__}."
@@ -59,10 +54,17 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
                 "cross-attention layers, so there is nothing for TGATE to cache. TGATE applies to "
                 "text-conditioned models whose attention attends to the prompt (SD, SDXL, PixArt, ...)."
             )
-        family = _family_adapter(pipe, adapter)
+        family = verdict.adapter or adapter
         per_branch = calls_denoiser_per_cfg_branch(type(pipe), adapter.denoiser_attr)
         if per_branch and (family.cfg_layout == "batched" or not names_cfg_branches(type(pipe))):
             raise UnsupportedPipelineError(per_branch_refusal(type(pipe)))
+        if support.overrides_call(type(pipe)) and not support.is_allowed(type(pipe)):
+            raise UnsupportedPipelineError(
+                f"crossgate: {type(pipe).__name__} overrides {verdict.name}.__call__, so its denoising loop "
+                f"is not the one crossgate tested ({verdict.reason}). If it still batches CFG as "
+                "[uncond; cond] and ticks `self.progress_bar`, vouch for it with "
+                "crossgate.adapters.support.allow_untested(type(pipe))."
+            )
         return family
     raise UnsupportedPipelineError(
         f"{type(pipe).__name__} has neither a `unet` nor a `transformer` denoiser; crossgate does not "

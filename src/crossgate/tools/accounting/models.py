@@ -18,21 +18,43 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossgate.tools.accounting.counting import AccountingError, CallMacs, count_call
+from crossgate.tools.accounting.counting import AccountingError, CallMacs, CfgLayout, count_call
 
 DEFAULT_TEXT_LEN = 77  # CLIP's context: what SD/SDXL pipelines pad every prompt to
 PIXART_TEXT_LEN = 120  # PixArt pipelines pad to ``max_sequence_length``, not to the tokenizer's length
+# WanPipeline's defaults: umT5 prompts padded to 512 tokens, 480x832 pixels, 81 frames; its VAE
+# compresses 4x in time (the first frame alone) and 8x in space.
+WAN_TEXT_LEN = 512
+WAN_SIZE = (480, 832)
+WAN_FRAMES = 81
+WAN_TEMPORAL_SCALE = 4
+VIDEO_DENOISERS = ("WanTransformer3DModel",)
+
+Resolution = int | tuple[int, int]  # a square side, or (height, width)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A bundled architecture with the resolution and prompt length the paper counts it at."""
+    """A bundled architecture with the resolution and prompt length it is counted at.
+
+    Image models: ``resolution`` is the square side. Video models also give ``width`` (``resolution``
+    is then the height) and ``frames`` (pixel frames; the VAE compresses them ``temporal_scale``x,
+    keeping the first frame alone). ``cfg_layout`` is how its pipeline runs classifier-free guidance.
+    """
 
     key: str
     label: str
     config: str
     resolution: int
     text_len: int
+    width: int | None = None
+    frames: int | None = None
+    cfg_layout: CfgLayout = "batched"
+    temporal_scale: int = WAN_TEMPORAL_SCALE
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.resolution, self.width or self.resolution
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -43,8 +65,22 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("sdxl", "SDXL UNet", "sdxl_unet.json", 1024, 77),
         ModelSpec("pixart-alpha", "PixArt-Alpha", "pixart_alpha_1024.json", 1024, 120),
         ModelSpec("pixart-sigma", "PixArt-Sigma", "pixart_sigma_1024.json", 1024, 300),
+        # Wan 2.1 text-to-video (published transformer configs; CFG as two named calls per step)
+        ModelSpec("wan13b-480p", "Wan2.1-T2V-1.3B", "wan21_t2v_1.3b.json", 480, 512, 832, 81, "sequential"),
+        ModelSpec("wan13b-720p", "Wan2.1-T2V-1.3B", "wan21_t2v_1.3b.json", 720, 512, 1280, 81, "sequential"),
+        ModelSpec("wan14b-480p", "Wan2.1-T2V-14B", "wan21_t2v_14b.json", 480, 512, 832, 81, "sequential"),
+        ModelSpec("wan14b-720p", "Wan2.1-T2V-14B", "wan21_t2v_14b.json", 720, 512, 1280, 81, "sequential"),
     )
 }
+
+
+def latent_frames(frames: int, temporal_scale: int = WAN_TEMPORAL_SCALE) -> int:
+    """Latent frames of a ``frames``-frame clip: the first frame alone, then ``temporal_scale`` per latent."""
+    if frames < 1 or (frames - 1) % temporal_scale:
+        raise AccountingError(
+            f"{frames} frames do not encode: a clip needs 1 + {temporal_scale} k frames (e.g. 1, 17, 81)."
+        )
+    return (frames - 1) // temporal_scale + 1
 
 
 def bundled_config(name: str) -> dict[str, Any]:
@@ -61,23 +97,45 @@ def build_meta_denoiser(config: Mapping[str, Any], cls: type | None = None) -> n
     if cls is None or not hasattr(cls, "from_config"):
         raise AccountingError(
             f"config names class {class_name!r}, which is not a diffusers model; point at the "
-            "denoiser's config.json (a UNet2DConditionModel or PixArtTransformer2DModel)."
+            "denoiser's config.json (a UNet2DConditionModel, PixArtTransformer2DModel or "
+            "WanTransformer3DModel)."
         )
     with torch.device("meta"):
         return cls.from_config(dict(config))
 
 
 def example_inputs(
-    denoiser: nn.Module, height: int, width: int, text_len: int, vae_scale: int = 8, batch: int = 1
+    denoiser: nn.Module,
+    height: int,
+    width: int,
+    text_len: int,
+    vae_scale: int = 8,
+    batch: int = 1,
+    frames: int = 1,
+    temporal_scale: int = WAN_TEMPORAL_SCALE,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Meta inputs for one call of ``denoiser`` at ``height`` x ``width`` pixels."""
+    """Meta inputs for one call of ``denoiser`` at ``height`` x ``width`` pixels (video denoisers:
+    a clip of ``frames`` pixel frames)."""
     if height % vae_scale or width % vae_scale:
         raise AccountingError(f"resolution {height}x{width} must be a multiple of {vae_scale}.")
     cfg = denoiser.config
     meta = torch.device("meta")
-    latents = torch.empty(batch, cfg.in_channels, height // vae_scale, width // vae_scale, device=meta)
-    timestep = torch.empty(batch, device=meta)
     name = type(denoiser).__name__
+    timestep = torch.empty(batch, device=meta)
+    if name == "WanTransformer3DModel":
+        _, p_h, p_w = cfg.patch_size
+        if (height // vae_scale) % p_h or (width // vae_scale) % p_w:
+            raise AccountingError(
+                f"resolution {height}x{width} must be a multiple of {vae_scale * p_h}x{vae_scale * p_w} "
+                "(VAE scale times patch size)."
+            )
+        shape = (batch, cfg.in_channels, latent_frames(frames, temporal_scale), height // vae_scale)
+        video = torch.empty(*shape, width // vae_scale, device=meta)
+        return (video,), {
+            "timestep": timestep,
+            "encoder_hidden_states": torch.empty(batch, text_len, cfg.text_dim, device=meta),
+        }
+    latents = torch.empty(batch, cfg.in_channels, height // vae_scale, width // vae_scale, device=meta)
     if name == "UNet2DConditionModel":
         kwargs: dict[str, Any] = {
             "encoder_hidden_states": torch.empty(batch, text_len, cfg.cross_attention_dim, device=meta)
@@ -102,36 +160,62 @@ def example_inputs(
             },
         }
     raise AccountingError(
-        f"no input recipe for {name}; supported: UNet2DConditionModel, PixArtTransformer2DModel."
+        f"no input recipe for {name}; supported: UNet2DConditionModel, PixArtTransformer2DModel, "
+        "WanTransformer3DModel."
     )
 
 
 @functools.lru_cache(maxsize=32)
-def call_macs(model: str, resolution: int | None = None, text_len: int | None = None) -> CallMacs:
+def call_macs(
+    model: str, resolution: Resolution | None = None, text_len: int | None = None, frames: int | None = None
+) -> CallMacs:
     """Per-sample MACs of one call of a bundled model (``MODELS`` key) or a model folder.
 
-    A folder may be a diffusers pipeline (``model_index.json`` with ``unet/`` or ``transformer/``)
-    or a denoiser folder with its ``config.json``. A pipeline folder's defaults are the ones its own
-    pipeline runs at: the denoiser's ``sample_size`` times the VAE's scale, and the prompt length
-    its tokenizer pads to. Cached: counting SDXL takes a few seconds.
+    ``resolution`` is a square side or ``(height, width)``; ``frames`` (video models only) the clip's
+    pixel frames. A folder may be a diffusers pipeline (``model_index.json`` with ``unet/`` or
+    ``transformer/``) or a denoiser folder with its ``config.json``. A pipeline folder's defaults are
+    the ones its own pipeline runs at: the denoiser's ``sample_size`` times the VAE's scale, and the
+    prompt length its tokenizer pads to (Wan: 480x832, 81 frames, 512 tokens). Cached: counting
+    SDXL takes a few seconds.
     """
     if model in MODELS:
         spec = MODELS[model]
         config = bundled_config(spec.config)
-        label, vae_scale = spec.label, 8
-        resolution = resolution or spec.resolution
+        label, vae_scale, layout = spec.label, 8, spec.cfg_layout
+        size = _size(resolution) if resolution is not None else spec.size
         text_len = text_len or spec.text_len
+        frames = frames or spec.frames
     else:
         folder = Path(model).expanduser()
         config, vae_scale = _folder_config(folder)
         label = folder.name
+        video = config.get("_class_name") in VIDEO_DENOISERS
+        layout = "sequential" if video else "batched"
         if resolution is None:
-            resolution = int(config.get("sample_size", 64)) * vae_scale
+            size = WAN_SIZE if video else _size(int(config.get("sample_size", 64)) * vae_scale)
+        else:
+            size = _size(resolution)
         if text_len is None:
             text_len = folder_text_len(folder, config)
+        if video:
+            frames = frames or WAN_FRAMES
     denoiser = build_meta_denoiser(config)
-    args, kwargs = example_inputs(denoiser, resolution, resolution, text_len, vae_scale)
-    return count_call(denoiser, args, kwargs, model=f"{label} @{resolution}")
+    video = type(denoiser).__name__ in VIDEO_DENOISERS
+    if frames is not None and not video:
+        raise AccountingError(f"{label} is an image model; frames apply to video models only.")
+    height, width = size
+    args, kwargs = example_inputs(denoiser, height, width, text_len, vae_scale, frames=frames or 1)
+    where = f"{height}" if height == width and not video else f"{height}x{width}"
+    if video:
+        where += f", {frames} frame{'s' if frames != 1 else ''}"
+    return count_call(denoiser, args, kwargs, model=f"{label} @{where}", cfg_layout=layout)
+
+
+def _size(resolution: Resolution) -> tuple[int, int]:
+    if isinstance(resolution, int):
+        return resolution, resolution
+    height, width = resolution
+    return int(height), int(width)
 
 
 def folder_text_len(folder: Path, denoiser_config: Mapping[str, Any]) -> int:
@@ -143,6 +227,8 @@ def folder_text_len(folder: Path, denoiser_config: Mapping[str, Any]) -> int:
     """
     if denoiser_config.get("_class_name") == "PixArtTransformer2DModel":
         return PIXART_TEXT_LEN
+    if denoiser_config.get("_class_name") in VIDEO_DENOISERS:
+        return WAN_TEXT_LEN  # WanPipeline pads to its call's max_sequence_length (512)
     path = folder / "tokenizer" / "tokenizer_config.json"
     try:
         length = json.loads(path.read_text()).get("model_max_length")
@@ -163,7 +249,11 @@ def _folder_config(folder: Path) -> tuple[dict[str, Any], int]:
     vae_scale = 8
     vae_config = folder / "vae" / "config.json"
     if vae_config.is_file():
-        vae_scale = 2 ** (len(json.loads(vae_config.read_text())["block_out_channels"]) - 1)
+        vae = json.loads(vae_config.read_text())
+        if "temperal_downsample" in vae:  # AutoencoderKLWan: one 2x spatial step per entry
+            vae_scale = 2 ** len(vae["temperal_downsample"])
+        else:
+            vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
     for sub in ("unet", "transformer", "."):
         path = folder / sub / "config.json"
         if path.is_file():

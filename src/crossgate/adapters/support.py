@@ -1,0 +1,620 @@
+"""Every pipeline class diffusers exports, classified: the one table ``crossgate.apply`` consults.
+
+Each class is in exactly one bucket:
+
+* :data:`SUPPORTED`: run end to end on a tiny random-weight build in ``tests/families.py`` (the
+  entry names the case), so its denoiser, cross-attention and CFG layout are known to work;
+* :data:`SEQUENTIAL_CFG`: calls the denoiser once per CFG branch and has cross-attention; its status
+  comes from :mod:`crossgate.adapters.sequential` (supported where listed there, refused with
+  :func:`~crossgate.adapters.sequential.per_branch_refusal` otherwise);
+* :data:`REFUSED`: has cross-attention but cannot (or has not been shown to) be gated; the reason;
+* :data:`NOT_APPLICABLE`: nothing to gate (no cross-attention, or no ``unet``/``transformer``).
+
+Why a table and not a rule: a rule ("has a ``unet`` with ``attn2`` and batches CFG") accepted
+pipelines that then raised mid-call (PAG's three-way batch, InstructPix2Pix, Panorama's per-window
+passes). Now a class nobody has classified is refused, and ``tests/test_classification.py`` fails
+when a diffusers release exports one, so the table cannot go stale.
+
+User subclasses resolve to their nearest diffusers ancestor. One that overrides ``__call__`` has an
+untested loop and is refused unless the user vouches for it with :func:`allow_untested`, which also
+admits diffusers classes refused only for being untested (never one refused for a cause).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crossgate.adapters.base import ModelAdapter
+from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
+
+UNET = ModelAdapter(family="unet", denoiser_attr="unet")
+TRANSFORMER = ModelAdapter(family="transformer", denoiser_attr="transformer")
+# Stable Video Diffusion's unconditional half is all zeros (image embeddings and image latents), so
+# feeding it after the gate would drop the image conditioning; the original release feeds the cond half.
+SVD = ModelAdapter(family="svd", denoiser_attr="unet", post_gate_inputs="cond")
+
+# The diffusers release this table was made against: there the classified names and the exported
+# names must be equal; on other releases every exported name must still be classified.
+CLASSIFIED_FOR = "0.42.1"
+
+SUPPORTED_STATUS, REFUSED_STATUS, NOT_APPLICABLE_STATUS = "supported", "refused", "not applicable"
+
+
+@dataclass(frozen=True)
+class Supported:
+    """A tested class: the adapter it runs with and the ``tests/families.py`` case that shows it."""
+
+    adapter: ModelAdapter
+    case: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What crossgate says about one pipeline class (``classify``)."""
+
+    name: str  # the diffusers class the verdict is for (the user class's nearest diffusers ancestor)
+    status: str  # SUPPORTED_STATUS | REFUSED_STATUS | NOT_APPLICABLE_STATUS
+    reason: str  # why it is refused / not applicable; the tested case for a supported class
+    adapter: ModelAdapter | None = None
+    sequential: bool = False  # in the sequential-CFG family
+    untested: bool = False  # refused only for being untested: allow_untested() may admit it
+
+
+def _sd(case: str) -> Supported:
+    return Supported(UNET, case)
+
+
+def _dit(case: str) -> Supported:
+    return Supported(TRANSFORMER, case)
+
+
+SUPPORTED: dict[str, Supported] = {
+    "StableDiffusionPipeline": _sd("SD 1.x/2.x"),
+    "StableDiffusionXLPipeline": _sd("SDXL"),
+    "PixArtAlphaPipeline": _dit("PixArt-Alpha"),
+    "PixArtSigmaPipeline": _dit("PixArt-Sigma"),
+    "SanaPipeline": _dit("Sana"),
+    "LatentConsistencyModelPipeline": _sd("LCM (SD UNet)"),
+    "StableDiffusionImg2ImgPipeline": _sd("SD img2img"),
+    "StableDiffusionXLImg2ImgPipeline": _sd("SDXL img2img"),
+    "StableDiffusionInpaintPipeline": _sd("SD inpainting"),
+    "StableDiffusionXLInpaintPipeline": _sd("SDXL inpainting"),
+    "StableDiffusionControlNetPipeline": _sd("SD ControlNet"),
+    "StableDiffusionXLControlNetPipeline": _sd("SDXL ControlNet"),
+    "StableVideoDiffusionPipeline": Supported(SVD, "Stable Video Diffusion"),
+    "LTXPipeline": _dit("LTX-Video"),
+}
+
+# Per-branch CFG with cross-attention (Wan's family). Status and reason: adapters/sequential.py.
+SEQUENTIAL_CFG: tuple[str, ...] = (
+    "WanPipeline",
+    "WanImageToVideoPipeline",
+    "WanVACEPipeline",
+    "WanAnimatePipeline",
+    "WanVideoToVideoPipeline",
+    "LucyEditPipeline",
+    "ChronoEditPipeline",
+    "SkyReelsV2Pipeline",
+    "SkyReelsV2ImageToVideoPipeline",
+    "SkyReelsV2DiffusionForcingPipeline",
+    "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+    "SkyReelsV2DiffusionForcingVideoToVideoPipeline",
+    "HeliosPipeline",
+    "HeliosPyramidPipeline",
+    "CosmosTextToWorldPipeline",
+    "CosmosVideoToWorldPipeline",
+    "Cosmos2TextToImagePipeline",
+    "Cosmos2VideoToWorldPipeline",
+    "Cosmos2_5_PredictBasePipeline",
+    "Cosmos2_5_TransferPipeline",
+)
+
+_UNTESTED = (
+    "has cross-attention and batches CFG as [uncond; cond], so the generic rule would apply, but no "
+    "test has run it; crossgate refuses classes it has not run (to try it anyway: "
+    "crossgate.adapters.support.allow_untested(type(pipe)))."
+)
+_PAG = (
+    "perturbed-attention guidance batches up to three branches [uncond, cond, perturbed] and swaps "
+    "self-attention processors per branch; crossgate's gate halves a two-branch [uncond; cond] batch, "
+    "so it would feed the denoiser a mixed batch and fail mid-call. Use the pipeline without PAG "
+    "(e.g. StableDiffusionPipeline for StableDiffusionPAGPipeline)."
+)
+_THREE_WAY = (
+    "batches three guidance branches [text+image, image only, unconditional] (image and text guidance); "
+    "crossgate's gate halves a two-branch [uncond; cond] batch, so it would fail mid-call."
+)
+_COMBINED = (
+    "runs a prior pipeline and then a decoder pipeline, each with its own denoising loop; apply crossgate "
+    "to the decoder (`pipe.decoder_pipe`), whose UNet holds the cross-attention."
+)
+_NO_PROGRESS_BAR = (
+    "runs its denoising loop without `self.progress_bar`, which is how crossgate learns a call's steps."
+)
+_UNRECOGNISED = (
+    "conditions on text through cross-attention modules of its own class, which crossgate does not "
+    "recognise as cross-attention (no diffusers `Attention` with `is_cross_attention` / `attn2`); it "
+    "needs an adapter."
+)
+
+REFUSED: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AnimateDiffPAGPipeline",
+            "HunyuanDiTPAGPipeline",
+            "KolorsPAGPipeline",
+            "PixArtSigmaPAGPipeline",
+            "SanaPAGPipeline",
+            "StableDiffusionPAGPipeline",
+            "StableDiffusionPAGImg2ImgPipeline",
+            "StableDiffusionPAGInpaintPipeline",
+            "StableDiffusionControlNetPAGPipeline",
+            "StableDiffusionControlNetPAGInpaintPipeline",
+            "StableDiffusionXLPAGPipeline",
+            "StableDiffusionXLPAGImg2ImgPipeline",
+            "StableDiffusionXLPAGInpaintPipeline",
+            "StableDiffusionXLControlNetPAGPipeline",
+            "StableDiffusionXLControlNetPAGImg2ImgPipeline",
+        ),
+        _PAG,
+    ),
+    **dict.fromkeys(
+        ("StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline", "DreamLitePipeline"),
+        _THREE_WAY,
+    ),
+    **dict.fromkeys(
+        (
+            "KandinskyCombinedPipeline",
+            "KandinskyImg2ImgCombinedPipeline",
+            "KandinskyInpaintCombinedPipeline",
+            "KandinskyV22CombinedPipeline",
+            "KandinskyV22Img2ImgCombinedPipeline",
+            "KandinskyV22InpaintCombinedPipeline",
+        ),
+        _COMBINED,
+    ),
+    **dict.fromkeys(("TextToVideoZeroPipeline", "TextToVideoZeroSDXLPipeline"), _NO_PROGRESS_BAR),
+    **dict.fromkeys(
+        (
+            "Kandinsky5T2VPipeline",
+            "Kandinsky5I2VPipeline",
+            "Kandinsky5T2IPipeline",
+            "Kandinsky5I2IPipeline",
+            "Kandinsky6TI2VAPipeline",
+            "StableAudio3Pipeline",
+            "StableAudio3AudioToAudioPipeline",
+            "StableAudio3InpaintPipeline",
+            "SanaWMPipeline",
+            "MotifVideoPipeline",
+            "MotifVideoImage2VideoPipeline",
+            "LongCatAudioDiTPipeline",
+            "BriaFibo2Pipeline",
+            "PRXPipeline",
+            "PRXPixelPipeline",
+        ),
+        _UNRECOGNISED,
+    ),
+    "StableDiffusionPanoramaPipeline": (
+        "calls the denoiser once per view window (MultiDiffusion) in every step; crossgate keeps one "
+        "cross-attention output per layer and step, so it would replay one window's attention in all."
+    ),
+    "StableDiffusionSAGPipeline": (
+        "self-attention guidance runs a second, degraded denoiser pass per step built from the first "
+        "pass's self-attention maps; crossgate's step and batch bookkeeping assume one pass."
+    ),
+    "StableDiffusionAttendAndExcitePipeline": (
+        "optimises the latents with gradient steps through extra denoiser passes inside each step; "
+        "crossgate would count and cache those passes as the step's."
+    ),
+    "StableDiffusionPix2PixZeroPipeline": (
+        "runs an extra denoiser pass per step with gradients (cross-attention guidance on the latents); "
+        "crossgate's cache would hold that pass's attention."
+    ),
+    "StableDiffusionGLIGENTextImagePipeline": (
+        "calls the denoiser twice per step (with and without the grounding tokens) and blends them; "
+        "crossgate's gate assumes one pass per step."
+    ),
+    "StableDiffusionParadigmsPipeline": (
+        "denoises many timesteps in one batched pass (parallel sampling), so a batch is not a "
+        "[uncond; cond] pair of one step."
+    ),
+    "SemanticStableDiffusionPipeline": (
+        "batches the prompt, the negative prompt and every editing concept (SEGA), more than the two "
+        "branches crossgate's gate splits."
+    ),
+    "CycleDiffusionPipeline": (
+        "batches four branches per step (source and target, each uncond and cond, interleaved), not the "
+        "[uncond; cond] halves crossgate's gate splits."
+    ),
+    "StableDiffusionDiffEditPipeline": (
+        "edits through DDIM-inverted latents and masks computed by extra denoiser passes before the loop; "
+        + _UNTESTED
+    ),
+    "AudioLDMPipeline": (
+        "calls its UNet with `encoder_hidden_states=None` (the text enters as class labels), so its "
+        "`attn2` layers attend to the latents themselves: they are self-attention, not TGATE's target."
+    ),
+    "MusicLDMPipeline": (
+        "calls its UNet with `encoder_hidden_states=None` (the text enters as class labels), so its "
+        "`attn2` layers attend to the latents themselves: they are self-attention, not TGATE's target."
+    ),
+    "AceStepPipeline": (
+        "applies guidance only inside a timestep interval, through adaptive projected guidance "
+        "(norm-thresholded), and may add a cover-strength pass; crossgate's gate assumes plain CFG."
+    ),
+    **dict.fromkeys(
+        (
+            "LTX2Pipeline",
+            "LTX2ImageToVideoPipeline",
+            "LTX2ConditionPipeline",
+            "LTX2HDRPipeline",
+            "LTX2InContextPipeline",
+        ),
+        "adds spatio-temporal and modality guidance passes (`uncond_stg`, `uncond_modality`) to the "
+        "batched CFG pass; crossgate's gate assumes one [uncond; cond] pass per step.",
+    ),
+    **dict.fromkeys(
+        ("MarigoldDepthPipeline", "MarigoldNormalsPipeline", "MarigoldIntrinsicsPipeline"),
+        "has no prompt (its cross-attention attends to a fixed empty-text embedding) and no CFG to drop, "
+        "so TGATE saves only that fixed attention; untested, refused.",
+    ),
+    **dict.fromkeys(
+        (
+            "AllegroPipeline",
+            "AltDiffusionPipeline",
+            "AltDiffusionImg2ImgPipeline",
+            "AmusedPipeline",
+            "AmusedImg2ImgPipeline",
+            "AmusedInpaintPipeline",
+            "AnimateDiffPipeline",
+            "AnimateDiffSDXLPipeline",
+            "AnimateDiffControlNetPipeline",
+            "AnimateDiffSparseControlNetPipeline",
+            "AnimateDiffVideoToVideoPipeline",
+            "AnimateDiffVideoToVideoControlNetPipeline",
+            "AnyFlowPipeline",
+            "AnyFlowFARPipeline",
+            "AudioLDM2Pipeline",
+            "BlipDiffusionPipeline",
+            "BlipDiffusionControlNetPipeline",
+            "DreamLiteMobilePipeline",
+            "HunyuanDiTPipeline",
+            "HunyuanDiTControlNetPipeline",
+            "I2VGenXLPipeline",
+            "IFPipeline",
+            "IFImg2ImgPipeline",
+            "IFInpaintingPipeline",
+            "IFSuperResolutionPipeline",
+            "IFImg2ImgSuperResolutionPipeline",
+            "IFInpaintingSuperResolutionPipeline",
+            "Kandinsky3Pipeline",
+            "Kandinsky3Img2ImgPipeline",
+            "KandinskyPipeline",
+            "KandinskyImg2ImgPipeline",
+            "KandinskyInpaintPipeline",
+            "KandinskyV22Pipeline",
+            "KandinskyV22Img2ImgPipeline",
+            "KandinskyV22InpaintPipeline",
+            "KandinskyV22ControlnetPipeline",
+            "KandinskyV22ControlnetImg2ImgPipeline",
+            "KolorsPipeline",
+            "KolorsImg2ImgPipeline",
+            "LDMTextToImagePipeline",
+            "LTX2DFRPipeline",
+            "LTX2DFRTemporalRefinePipeline",
+            "LTXConditionPipeline",
+            "LTXImageToVideoPipeline",
+            "LTXI2VLongMultiPromptPipeline",
+            "LatentConsistencyModelImg2ImgPipeline",
+            "LattePipeline",
+            "LuminaPipeline",
+            "PIAPipeline",
+            "PaintByExamplePipeline",
+            "SanaControlNetPipeline",
+            "SanaImageToVideoPipeline",
+            "SanaSprintPipeline",
+            "SanaSprintImg2ImgPipeline",
+            "SanaVideoPipeline",
+            "StableAudioPipeline",
+            "StableDiffusionAdapterPipeline",
+            "StableDiffusionControlNetImg2ImgPipeline",
+            "StableDiffusionControlNetInpaintPipeline",
+            "StableDiffusionControlNetXSPipeline",
+            "StableDiffusionDepth2ImgPipeline",
+            "StableDiffusionGLIGENPipeline",
+            "StableDiffusionImageVariationPipeline",
+            "StableDiffusionLDM3DPipeline",
+            "StableDiffusionLatentUpscalePipeline",
+            "StableDiffusionModelEditingPipeline",
+            "StableDiffusionUpscalePipeline",
+            "StableDiffusionXLAdapterPipeline",
+            "StableDiffusionXLControlNetImg2ImgPipeline",
+            "StableDiffusionXLControlNetInpaintPipeline",
+            "StableDiffusionXLControlNetUnionPipeline",
+            "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+            "StableDiffusionXLControlNetUnionInpaintPipeline",
+            "StableDiffusionXLControlNetXSPipeline",
+            "StableUnCLIPPipeline",
+            "StableUnCLIPImg2ImgPipeline",
+            "TextToVideoSDPipeline",
+            "VideoToVideoSDPipeline",
+            "VQDiffusionPipeline",
+        ),
+        _UNTESTED,
+    ),
+}
+# Refused only for want of a test: allow_untested() may admit these (and user subclasses).
+UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if reason.endswith(_UNTESTED))
+
+_JOINT = (
+    "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
+    "attention, so there is no converged cross-attention for TGATE to cache."
+)
+_UNCONDITIONAL = (
+    "is not text-conditioned (its denoiser has no cross-attention: unconditional or class-conditional), "
+    "so TGATE has nothing to cache."
+)
+_NO_DENOISER = (
+    "has no `unet` or `transformer` denoiser with cross-attention for crossgate to gate (a prior, "
+    "an upsampler, a decoder-only or language-model pipeline, or denoisers under other names)."
+)
+
+NOT_APPLICABLE: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AuraFlowPipeline",
+            "BriaPipeline",
+            "BriaFiboPipeline",
+            "BriaFiboEditPipeline",
+            "ChromaPipeline",
+            "ChromaImg2ImgPipeline",
+            "ChromaInpaintPipeline",
+            "CogVideoXPipeline",
+            "CogVideoXImageToVideoPipeline",
+            "CogVideoXVideoToVideoPipeline",
+            "CogVideoXFunControlPipeline",
+            "CogView3PlusPipeline",
+            "CogView4Pipeline",
+            "CogView4ControlPipeline",
+            "ConsisIDPipeline",
+            "Cosmos3OmniPipeline",
+            "EasyAnimatePipeline",
+            "EasyAnimateControlPipeline",
+            "EasyAnimateInpaintPipeline",
+            "ErnieImagePipeline",
+            "FluxPipeline",
+            "FluxImg2ImgPipeline",
+            "FluxInpaintPipeline",
+            "FluxControlPipeline",
+            "FluxControlImg2ImgPipeline",
+            "FluxControlInpaintPipeline",
+            "FluxControlNetPipeline",
+            "FluxControlNetImg2ImgPipeline",
+            "FluxControlNetInpaintPipeline",
+            "FluxFillPipeline",
+            "FluxKontextPipeline",
+            "FluxKontextInpaintPipeline",
+            "Flux2Pipeline",
+            "Flux2KleinPipeline",
+            "Flux2KleinInpaintPipeline",
+            "Flux2KleinKVPipeline",
+            "GlmImagePipeline",
+            "HiDreamImagePipeline",
+            "HunyuanImagePipeline",
+            "HunyuanImageRefinerPipeline",
+            "HunyuanVideoPipeline",
+            "HunyuanVideoImageToVideoPipeline",
+            "HunyuanSkyreelsImageToVideoPipeline",
+            "HunyuanVideoFramepackPipeline",
+            "HunyuanVideo15Pipeline",
+            "HunyuanVideo15ImageToVideoPipeline",
+            "Ideogram4Pipeline",
+            "JoyImageEditPipeline",
+            "JoyImageEditPlusPipeline",
+            "Kandinsky6SRPipeline",
+            "Krea2Pipeline",
+            "LongCatImagePipeline",
+            "LongCatImageEditPipeline",
+            "Lumina2Pipeline",
+            "MochiPipeline",
+            "NucleusMoEImagePipeline",
+            "OmniGenPipeline",
+            "OvisImagePipeline",
+            "QwenImagePipeline",
+            "QwenImageImg2ImgPipeline",
+            "QwenImageInpaintPipeline",
+            "QwenImageEditPipeline",
+            "QwenImageEditInpaintPipeline",
+            "QwenImageEditPlusPipeline",
+            "QwenImageControlNetPipeline",
+            "QwenImageControlNetInpaintPipeline",
+            "QwenImageLayeredPipeline",
+            "QwenImage21Pipeline",
+            "RFD4ProteinaPipeline",
+            "StableDiffusion3Pipeline",
+            "StableDiffusion3Img2ImgPipeline",
+            "StableDiffusion3InpaintPipeline",
+            "StableDiffusion3ControlNetPipeline",
+            "StableDiffusion3ControlNetInpaintingPipeline",
+            "StableDiffusion3PAGPipeline",
+            "StableDiffusion3PAGImg2ImgPipeline",
+            "UniDiffuserPipeline",
+            "VisualClozePipeline",
+            "VisualClozeGenerationPipeline",
+            "ZImagePipeline",
+            "ZImageImg2ImgPipeline",
+            "ZImageInpaintPipeline",
+            "ZImageControlNetPipeline",
+            "ZImageControlNetInpaintPipeline",
+            "ZImageOmniPipeline",
+        ),
+        _JOINT,
+    ),
+    **dict.fromkeys(
+        (
+            "AudioDiffusionPipeline",
+            "ConsistencyModelPipeline",
+            "DDIMPipeline",
+            "DDPMPipeline",
+            "DanceDiffusionPipeline",
+            "DiTPipeline",
+            "KarrasVePipeline",
+            "LDMPipeline",
+            "LDMSuperResolutionPipeline",
+            "PNDMPipeline",
+            "RePaintPipeline",
+            "ScoreSdeVePipeline",
+        ),
+        _UNCONDITIONAL,
+    ),
+    **dict.fromkeys(
+        (
+            "DiffusionGemmaPipeline",
+            "FluxPriorReduxPipeline",
+            "KandinskyPriorPipeline",
+            "KandinskyV22PriorPipeline",
+            "KandinskyV22PriorEmb2EmbPipeline",
+            "LLaDA2Pipeline",
+            "LTXLatentUpsamplePipeline",
+            "LTX2LatentUpsamplePipeline",
+            "LTX2VideoDiffusionDecodePipeline",
+            "ShapEPipeline",
+            "ShapEImg2ImgPipeline",
+            "SpectrogramDiffusionPipeline",
+            "StableCascadePriorPipeline",
+            "StableCascadeDecoderPipeline",
+            "StableCascadeCombinedPipeline",
+            "UnCLIPPipeline",
+            "UnCLIPImageVariationPipeline",
+            "VersatileDiffusionPipeline",
+            "VersatileDiffusionTextToImagePipeline",
+            "VersatileDiffusionImageVariationPipeline",
+            "VersatileDiffusionDualGuidedPipeline",
+            "WuerstchenPriorPipeline",
+            "WuerstchenDecoderPipeline",
+            "WuerstchenCombinedPipeline",
+        ),
+        _NO_DENOISER,
+    ),
+    **dict.fromkeys(
+        (
+            "OnnxStableDiffusionPipeline",
+            "OnnxStableDiffusionImg2ImgPipeline",
+            "OnnxStableDiffusionInpaintPipeline",
+            "OnnxStableDiffusionUpscalePipeline",
+            "StableDiffusionOnnxPipeline",
+        ),
+        "runs its models in ONNX Runtime: there is no torch denoiser for crossgate's hooks.",
+    ),
+    "DiffusionPipeline": (
+        "is the base class; `DiffusionPipeline.from_pretrained` returns the concrete pipeline class, and "
+        "that class is what crossgate classifies."
+    ),
+}
+
+# Modular pipelines (``ModularPipeline`` and its subclasses) are refused by rule: their loop runs as
+# blocks that call no ``self.progress_bar``, and their components are loaded lazily.
+MODULAR_REFUSAL = (
+    "is a modular pipeline: its denoising loop runs as blocks without `self.progress_bar`, which "
+    "crossgate follows to learn a call's steps; use the classic pipeline class."
+)
+_MODULAR_BASE = "ModularPipeline"
+_BASES = ("DiffusionPipeline", _MODULAR_BASE)
+
+_ALLOWED: set[type] = set()
+
+
+def allow_untested(pipeline_cls: type) -> type:
+    """Vouch for ``pipeline_cls``: let ``crossgate.apply`` gate it although no test has run it.
+
+    For a user subclass that overrides ``__call__`` (of a supported class, or of an untested one), a
+    custom pipeline deriving from ``DiffusionPipeline``, or a diffusers class refused only for being
+    untested. The run-time checks (denoiser, cross-attention, per-branch calls) still apply. Classes
+    refused for a cause or not applicable stay refused. Returns the class (usable as a decorator).
+    """
+    verdict = classify(pipeline_cls)
+    if verdict is None:
+        raise TypeError(f"{pipeline_cls!r} is not a diffusers pipeline class.")
+    if verdict.status != SUPPORTED_STATUS and not verdict.untested:
+        from crossgate.adapters.base import UnsupportedPipelineError
+
+        raise UnsupportedPipelineError(f"{pipeline_cls.__name__} cannot be allowed: {verdict.reason}")
+    _ALLOWED.add(pipeline_cls)
+    return pipeline_cls
+
+
+def is_allowed(pipeline_cls: type) -> bool:
+    """Whether :func:`allow_untested` was called for ``pipeline_cls`` or a class it derives from."""
+    return any(cls in _ALLOWED for cls in pipeline_cls.__mro__)
+
+
+def _is_diffusers(cls: type) -> bool:
+    module = getattr(cls, "__module__", "") or ""
+    return module == "diffusers" or module.startswith("diffusers.")
+
+
+def diffusers_ancestor(pipeline_cls: type) -> type | None:
+    """The nearest diffusers pipeline class in ``pipeline_cls``'s MRO (itself for a diffusers class).
+
+    Community pipelines live in ``diffusers_modules``, not ``diffusers``, so they resolve to the
+    diffusers class they derive from, as user subclasses do.
+    """
+    for cls in getattr(pipeline_cls, "__mro__", ()):
+        if _is_diffusers(cls) and cls.__name__.endswith("Pipeline"):
+            return cls
+    return None
+
+
+def classify(pipeline_cls: type) -> Verdict | None:
+    """crossgate's verdict on ``pipeline_cls``; None when it is not a diffusers pipeline at all."""
+    base = diffusers_ancestor(pipeline_cls)
+    if base is None:
+        return None
+    name = base.__name__
+    own = pipeline_cls is base
+    if name in SUPPORTED:
+        return Verdict(name, SUPPORTED_STATUS, SUPPORTED[name].case, SUPPORTED[name].adapter)
+    if name in SEQUENTIAL_CFG:
+        adapter = SEQUENTIAL_ADAPTERS.get(name)
+        if adapter is not None:
+            return Verdict(name, SUPPORTED_STATUS, "tests/test_sequential.py", adapter, sequential=True)
+        return Verdict(name, REFUSED_STATUS, per_branch_refusal(base), sequential=True)
+    if name in REFUSED:
+        return Verdict(name, REFUSED_STATUS, REFUSED[name], untested=name in UNTESTED)
+    if name in _BASES and not own:
+        return Verdict(
+            name,
+            REFUSED_STATUS,
+            f"is a custom pipeline deriving from {name} directly, which crossgate has not classified; "
+            "if its loop batches CFG as [uncond; cond] and ticks `self.progress_bar`, vouch for it with "
+            "crossgate.adapters.support.allow_untested(type(pipe)).",
+            untested=name != _MODULAR_BASE,
+        )
+    if name in NOT_APPLICABLE:
+        return Verdict(name, NOT_APPLICABLE_STATUS, NOT_APPLICABLE[name])
+    if name == _MODULAR_BASE or any(c.__name__ == _MODULAR_BASE and _is_diffusers(c) for c in base.__mro__):
+        return Verdict(name, REFUSED_STATUS, MODULAR_REFUSAL)
+    return Verdict(
+        name,
+        REFUSED_STATUS,
+        "is not in crossgate's classification of diffusers pipelines (made for diffusers "
+        f"{CLASSIFIED_FOR}); a newer diffusers may have added it. crossgate refuses pipelines it has not "
+        "classified; to try it anyway: crossgate.adapters.support.allow_untested(type(pipe)).",
+        untested=True,
+    )
+
+
+def overrides_call(pipeline_cls: type) -> bool:
+    """Whether ``pipeline_cls`` runs a ``__call__`` other than the classified diffusers class's own."""
+    base = diffusers_ancestor(pipeline_cls)
+    return base is not None and getattr(pipeline_cls, "__call__", None) is not getattr(base, "__call__", None)
+
+
+def refusal(pipeline_cls: type, verdict: Verdict) -> str:
+    """The message ``apply`` raises for a class ``verdict`` does not support."""
+    name = pipeline_cls.__name__
+    subject = name if name == verdict.name else f"{name} (a {verdict.name} subclass)"
+    reason = verdict.reason
+    if reason.startswith(verdict.name + " "):  # per_branch_refusal names the class itself
+        reason = reason[len(verdict.name) + 1 :]
+    return f"crossgate: {subject} {reason}"
