@@ -49,10 +49,22 @@ def _slider(**kwargs: Any) -> Any:
 def _int(value: Any, name: str) -> int:
     if value is None or value == "":
         raise InputError(f"{name} is empty: give a whole number.")
-    number = float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a whole number, got {value!r}.") from None
     if not number.is_integer():
         raise InputError(f"{name} must be a whole number, got {value!r}.")
     return int(number)
+
+
+def _float(value: Any, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}.") from None
 
 
 def settings_from_widgets(
@@ -75,7 +87,7 @@ def settings_from_widgets(
         negative_prompt=negative or "",
         seed=_int(seed, "seed"),
         steps=_int(steps, "steps"),
-        guidance=None if guidance in (None, "") else float(guidance),
+        guidance=_float(guidance, "guidance"),
         gate=gate,
         self_attention_interval=k or None,
         deepcache_interval=_int(deepcache_interval, "the DeepCache interval") if deepcache else None,
@@ -192,6 +204,8 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
                 runner.check(settings)
             except InputError as error:
                 raise gr.Error(str(error), print_exception=False) from None
+            except Exception as error:  # e.g. a model folder that loads but fails: say so, keep serving
+                raise gr.Error(f"{type(error).__name__}: {error}") from error
 
         def compare(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
             *widgets, past = values

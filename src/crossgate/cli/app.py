@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"crossgate app: listening on {args.host}: reachable from other machines", file=sys.stderr)
     print(
-        f"crossgate app: serving {runner.model} on http://{args.host}:{args.port} (Ctrl+C stops)", flush=True
+        f"crossgate app: {runner.model} loaded; starting http://{args.host}:{args.port} (Ctrl+C stops)",
+        flush=True,
     )
     try:
         ui.launch(ui.build(runner), host=args.host, port=args.port, share=args.share, quiet=False)

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crossgate.schedule import Action, self_attention_plan
-from crossgate.tools.accounting.counting import AccountingError, CallMacs, Convention, check_convention
+from crossgate.tools.accounting.counting import (
+    AccountingError,
+    CallMacs,
+    CfgLayout,
+    Convention,
+    check_cfg_layout,
+    check_convention,
+)
 
 if TYPE_CHECKING:
     from crossgate import CallStats
@@ -23,11 +30,17 @@ class Schedule:
     """What each denoising step computes.
 
     Attributes:
-        batch: samples per denoiser call at each step (2 with classifier-free guidance, else 1).
+        batch: samples per denoiser pass at each step (2 with batched classifier-free guidance, else 1).
         cross_attention: per step, whether cross-attention is computed (False = replayed).
         self_attention: per step, whether self-attention is computed (False = served from a cache);
             the extension point for self-attention caching (TGATE v2) and similar schedules.
         calls_per_step: denoiser calls per step (2 for second-order schedulers such as Heun).
+        passes: per step, the denoiser passes that really compute (default 1 each; sequential CFG:
+            2 per step, the cond and the uncond call, each at ``batch``).
+        idle_passes: per step, passes whose top-level blocks are all skipped (sequential CFG after the
+            gate: crossgate's uncond call). They still run the denoiser's patch and condition
+            embeddings and its output head, :meth:`CallMacs.outside_blocks` each.
+        cfg_layout: ``"batched"`` or ``"sequential"``, how the schedule's pipeline runs CFG.
     """
 
     label: str
@@ -35,24 +48,55 @@ class Schedule:
     cross_attention: tuple[bool, ...]
     self_attention: tuple[bool, ...] = field(default=())
     calls_per_step: int = 1
+    passes: tuple[int, ...] = field(default=())
+    idle_passes: tuple[int, ...] = field(default=())
+    cfg_layout: CfgLayout = "batched"
 
     def __post_init__(self) -> None:
         n = len(self.batch)
         if not self.self_attention:
             object.__setattr__(self, "self_attention", (True,) * n)
-        if len(self.cross_attention) != n or len(self.self_attention) != n:
+        if not self.passes:
+            object.__setattr__(self, "passes", (1,) * n)
+        if not self.idle_passes:
+            object.__setattr__(self, "idle_passes", (0,) * n)
+        check_cfg_layout(self.cfg_layout)
+        lengths = [
+            len(self.cross_attention),
+            len(self.self_attention),
+            len(self.passes),
+            len(self.idle_passes),
+        ]
+        if any(length != n for length in lengths):
             raise AccountingError(
-                f"schedule {self.label!r}: batch, cross_attention and self_attention need one entry per "
-                f"step ({n}), got {len(self.cross_attention)} and {len(self.self_attention)}."
+                f"schedule {self.label!r}: batch, cross_attention, self_attention, passes and idle_passes "
+                f"need one entry per step ({n}), got {', '.join(map(str, lengths))}."
             )
 
     @property
     def num_steps(self) -> int:
         return len(self.batch)
 
+    @property
+    def denoiser_batches(self) -> list[int]:
+        """The batch of every computing pass, in order: what ``CallStats.denoiser_batches`` records."""
+        return [b for b, p in zip(self.batch, self.passes) for _ in range(p)] * self.calls_per_step
+
     @classmethod
-    def plain(cls, num_steps: int, cfg: bool = True) -> Schedule:
+    def plain(cls, num_steps: int, cfg: bool = True, cfg_layout: CfgLayout = "batched") -> Schedule:
+        """No TGATE: every step runs the full model for both CFG branches.
+
+        ``cfg_layout="sequential"``: two passes at batch 1 per step (cond, uncond) instead of one at 2.
+        """
         _check_steps(num_steps)
+        if check_cfg_layout(cfg_layout) == "sequential":
+            return cls(
+                "baseline",
+                (1,) * num_steps,
+                (True,) * num_steps,
+                passes=(2 if cfg else 1,) * num_steps,
+                cfg_layout=cfg_layout,
+            )
         return cls("baseline", (2 if cfg else 1,) * num_steps, (True,) * num_steps)
 
     @classmethod
@@ -63,27 +107,47 @@ class Schedule:
         cfg: bool = True,
         self_attention: Sequence[bool] | None = None,
         label: str | None = None,
+        cfg_layout: CfgLayout = "batched",
+        idle_cost: bool = True,
     ) -> Schedule:
         """TGATE: ``gate_step`` steps with cross-attention (and CFG), then replay on one branch.
 
         ``self_attention`` (one bool per step) adds self-attention caching on top (TGATE v2).
+        ``cfg_layout="sequential"`` (Wan): before the gate two passes at batch 1 per step; after it
+        one pass (cond, cross-attention replayed) plus, under CFG, the uncond call, whose blocks are
+        all skipped: with ``idle_cost`` (default, what crossgate executes) it still costs
+        :meth:`CallMacs.outside_blocks`; ``idle_cost=False`` counts it as nothing at all.
         """
         _check_steps(num_steps)
         if gate_step < 1:
             raise AccountingError(f"gate_step must be >= 1, got {gate_step}.")
         m = min(gate_step, num_steps)
-        batch = tuple((2 if cfg and i < m else 1) for i in range(num_steps))
         cross = tuple(i < m for i in range(num_steps))
         sa = tuple(bool(x) for x in self_attention) if self_attention is not None else ()
-        return cls(label or f"TGATE m={gate_step}", batch, cross, sa)
+        label = label or f"TGATE m={gate_step}"
+        if check_cfg_layout(cfg_layout) == "sequential":
+            passes = tuple((2 if cfg and i < m else 1) for i in range(num_steps))
+            idle = tuple(int(cfg and idle_cost and i >= m) for i in range(num_steps))
+            return cls(
+                label, (1,) * num_steps, cross, sa, passes=passes, idle_passes=idle, cfg_layout=cfg_layout
+            )
+        batch = tuple((2 if cfg and i < m else 1) for i in range(num_steps))
+        return cls(label, batch, cross, sa)
 
     @classmethod
     def tgate_v2(
-        cls, num_steps: int, gate_step: int, interval: int, warm_up: int = 2, cfg: bool = True
+        cls,
+        num_steps: int,
+        gate_step: int,
+        interval: int,
+        warm_up: int = 2,
+        cfg: bool = True,
+        cfg_layout: CfgLayout = "batched",
     ) -> Schedule:
         """TGATE v2 with the published schedule (:func:`v2_self_attention_steps`)."""
         sa = v2_self_attention_steps(num_steps, gate_step, interval, warm_up)
-        return cls.tgate(num_steps, gate_step, cfg, sa, label=f"TGATE v2 m={gate_step},k={interval}")
+        label = f"TGATE v2 m={gate_step},k={interval}"
+        return cls.tgate(num_steps, gate_step, cfg, sa, label=label, cfg_layout=cfg_layout)
 
 
 def v2_self_attention_steps(num_steps: int, gate_step: int, interval: int, warm_up: int = 2) -> list[bool]:
@@ -101,15 +165,27 @@ def _check_steps(num_steps: int) -> None:
 
 
 def image_macs(call: CallMacs, schedule: Schedule, convention: Convention = "linear_conv") -> int:
-    """Denoiser MACs for one image under ``schedule``."""
+    """Denoiser MACs for one image (or clip) under ``schedule``."""
+    idle = call.outside_blocks(convention) if any(schedule.idle_passes) else 0
     per_step = (
-        b * call.step(convention, ca, sa)
-        for b, ca, sa in zip(schedule.batch, schedule.cross_attention, schedule.self_attention)
+        b * (p * call.step(convention, ca, sa) + i * idle)
+        for b, ca, sa, p, i in zip(
+            schedule.batch,
+            schedule.cross_attention,
+            schedule.self_attention,
+            schedule.passes,
+            schedule.idle_passes,
+        )
     )
     return schedule.calls_per_step * sum(per_step)
 
 
-def executed_macs(call: CallMacs, stats: CallStats, convention: Convention = "linear_conv") -> int:
+def executed_macs(
+    call: CallMacs,
+    stats: CallStats,
+    convention: Convention = "linear_conv",
+    cfg_layout: CfgLayout | None = None,
+) -> int:
     """Denoiser MACs a real crossgate call executed, from its ``CallStats`` (all images of the call).
 
     Every denoiser pass runs the full model for its batch, minus each cross-attention module that
@@ -117,8 +193,14 @@ def executed_macs(call: CallMacs, stats: CallStats, convention: Convention = "li
     ones of the call, so module ``j``'s ``r`` replays fall in the last ``r`` passes. With
     self-attention caching, each self-attention module also saves its MACs at every step missing
     from its ``self_attention_computed_steps``.
+
+    Sequential CFG (``cfg_layout``, by default the counted model's own): ``denoiser_batches`` lists
+    only the passes that computed (2 per step before the gate, the cond pass after it); under CFG
+    each step after the gate also made the uncond call, whose blocks were all skipped and which
+    still ran :meth:`CallMacs.outside_blocks` at the cond pass's batch.
     """
     convention = check_convention(convention)
+    layout = check_cfg_layout(cfg_layout or call.cfg_layout)
     passes = stats.denoiser_batches
     macs = sum(passes) * call.full(convention)
     for name, replays in stats.cross_attention_replays.items():
@@ -128,8 +210,25 @@ def executed_macs(call: CallMacs, stats: CallStats, convention: Convention = "li
             )
         if replays:
             macs -= sum(passes[-replays:]) * call.cross_attention[name][convention]
-    # Self-attention caching (TGATE v2): a module skipped at a step saves its MACs for that step's batch.
     computed_steps = stats.self_attention_computed_steps
+    if layout == "sequential":
+        if computed_steps:
+            raise AccountingError(
+                "self-attention caching under sequential CFG is not modelled (the engine has not verified "
+                "TGATE v2 on two calls per step)."
+            )
+        gated = max(stats.num_steps - stats.gate, 0)
+        expected = (2 if stats.cfg else 1) * (stats.num_steps - gated) + gated
+        if len(passes) != expected:
+            raise AccountingError(
+                f"a sequential-CFG call of {stats.num_steps} steps gated at {stats.gate} makes {expected} "
+                f"computing passes, but this one made {len(passes)} (a second denoiser or a multi-call "
+                "scheduler is not modelled)."
+            )
+        if stats.cfg and gated:
+            macs += sum(passes[-gated:]) * call.outside_blocks(convention)
+        return macs
+    # Self-attention caching (TGATE v2): a module skipped at a step saves its MACs for that step's batch.
     if computed_steps and len(passes) != stats.num_steps:
         raise AccountingError(
             "self-attention accounting needs one denoiser pass per step; this call made "
