@@ -428,6 +428,224 @@ def ltx_video() -> Case:
     )
 
 
+def _sd_parts(seed: int = 0, **unet_overrides: Any) -> dict[str, Any]:
+    """The tiny SD components without the safety checker (a base for the SD-derived families)."""
+    parts = dict(rp.tiny_sd_pipeline(seed, **unet_overrides).components)
+    for name in ("safety_checker", "feature_extractor", "image_encoder"):
+        parts.pop(name, None)
+    return parts
+
+
+def _video(frames: int = 2, size: int = 32) -> list[Image.Image]:
+    return [_image(size, seed=i) for i in range(frames)]
+
+
+def _motion_adapter():
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(5)
+    return MotionAdapter(
+        block_out_channels=(16, 32),
+        motion_layers_per_block=1,
+        motion_num_attention_heads=2,
+        motion_norm_num_groups=8,
+        motion_max_seq_length=8,
+        use_motion_mid_block=False,
+    )
+
+
+def animatediff() -> Case:
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline(**_sd_parts(), motion_adapter=_motion_adapter())
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "num_frames": 2, "height": 32, "width": 32}, steps=4, gate=2)
+
+
+def animatediff_v2v() -> Case:
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    pipe = AnimateDiffVideoToVideoPipeline(**_sd_parts(), motion_adapter=_motion_adapter())
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "video": _video(), "strength": 0.5, "height": 32, "width": 32},
+        steps=8,
+        gate=2,
+        actual_steps=4,
+    )
+
+
+def _unet3d(**overrides: Any):
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(0)
+    kwargs: dict[str, Any] = dict(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    kwargs.update(overrides)
+    return UNet3DConditionModel(**kwargs)
+
+
+def text_to_video() -> Case:
+    from diffusers import TextToVideoSDPipeline
+
+    parts = _sd_parts()
+    parts["unet"] = _unet3d()
+    pipe = TextToVideoSDPipeline(**parts)
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "num_frames": 2, "height": 32, "width": 32}, steps=4, gate=2)
+
+
+def video_to_video() -> Case:
+    from diffusers import VideoToVideoSDPipeline
+
+    parts = _sd_parts()
+    parts["unet"] = _unet3d()
+    pipe = VideoToVideoSDPipeline(**parts)
+    rp.ready(pipe)
+    video = torch.rand(1, 3, 2, 32, 32) * 2 - 1  # (batch, channels, frames, height, width) in [-1, 1]
+    return Case(
+        pipe, {"prompt": "a red circle", "video": video, "strength": 0.5}, steps=8, gate=2, actual_steps=4
+    )
+
+
+def _t2i_adapter(channels: tuple[int, ...], xl: bool = False):
+    from diffusers import T2IAdapter
+
+    torch.manual_seed(6)
+    # downscale 2 and one entry per UNet down block: the residuals match the tiny UNet's resolutions
+    return T2IAdapter(
+        in_channels=3,
+        channels=list(channels),
+        num_res_blocks=1,
+        downscale_factor=2,
+        adapter_type="full_adapter_xl" if xl else "full_adapter",
+    )
+
+
+def sd_t2i_adapter() -> Case:
+    from diffusers import StableDiffusionAdapterPipeline
+
+    pipe = StableDiffusionAdapterPipeline(
+        **_sd_parts(),
+        adapter=_t2i_adapter((16, 32)),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32})
+
+
+def sdxl_t2i_adapter() -> Case:
+    from diffusers import StableDiffusionXLAdapterPipeline
+
+    base = rp.tiny_sdxl_pipeline()
+    pipe = StableDiffusionXLAdapterPipeline(**base.components, adapter=_t2i_adapter((16, 32), xl=True))
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32})
+
+
+def _controlnet(base) -> Any:
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(2)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(8, 16))
+    with torch.no_grad():  # from_unet zero-initialises the outputs; make the control matter
+        for p in controlnet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return controlnet
+
+
+def sd_controlnet_img2img() -> Case:
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    base = rp.tiny_sd_pipeline()
+    pipe = StableDiffusionControlNetImg2ImgPipeline(**base.components, controlnet=_controlnet(base))
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "image": _image(), "control_image": _image(seed=2), "strength": 0.5},
+        steps=10,
+        gate=2,
+        actual_steps=5,
+    )
+
+
+def sd_controlnet_inpaint() -> Case:
+    from diffusers import StableDiffusionControlNetInpaintPipeline
+
+    base = rp.tiny_sd_pipeline(in_channels=9)
+    pipe = StableDiffusionControlNetInpaintPipeline(**base.components, controlnet=_controlnet(base))
+    rp.ready(pipe)
+    return Case(pipe, {**_INPAINT_CALL, "control_image": _image(seed=2), "strength": 1.0})
+
+
+def lcm_img2img() -> Case:
+    from diffusers import LatentConsistencyModelImg2ImgPipeline
+
+    base = _lcm_unet_pipe(xl=False)
+    pipe = LatentConsistencyModelImg2ImgPipeline(
+        **{k: v for k, v in base.components.items() if k != "image_encoder"}
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "image": _image(), "strength": 0.5, "guidance_scale": 6.0},
+        cfg=False,
+        steps=8,
+        gate=1,
+        actual_steps=4,
+    )
+
+
+def gligen() -> Case:
+    from diffusers import StableDiffusionGLIGENPipeline
+
+    parts = _sd_parts(attention_type="gated")
+    pipe = StableDiffusionGLIGENPipeline(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {
+            "prompt": "a red circle and a blue square",
+            "gligen_phrases": ["a red circle", "a blue square"],
+            "gligen_boxes": [[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]],
+            "gligen_scheduled_sampling_beta": 1.0,
+            "height": 32,
+            "width": 32,
+        },
+    )
+
+
+def sd_upscale() -> Case:
+    from diffusers import DDPMScheduler, StableDiffusionUpscalePipeline
+
+    parts = _sd_parts(in_channels=7, num_class_embeds=1000)
+    pipe = StableDiffusionUpscalePipeline(
+        **parts,
+        low_res_scheduler=DDPMScheduler(),
+        max_noise_level=350,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+    )
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "image": _image(16), "noise_level": 20})
+
+
 _UNCOND = "uncond: the negative prompt's side inputs, as the original release"
 _NO_CFG = "the whole batch (no CFG)"
 

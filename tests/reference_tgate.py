@@ -14,9 +14,25 @@ from crossgate.adapters.base import cross_attention_modules, self_attention_modu
 
 @torch.no_grad()
 def reference_latents(
-    pipe, prompts, *, steps, gate, guidance, seed, sdxl=False, height=32, width=32, sa_plan=None
+    pipe,
+    prompts,
+    *,
+    steps,
+    gate,
+    guidance,
+    seed,
+    sdxl=False,
+    height=32,
+    width=32,
+    sa_plan=None,
+    keep_guidance=0.0,
+    keep_decay=1.0,
 ):
-    """``sa_plan``: optional per-step letters for self-attention, "C" compute, "S" store, "R" reuse."""
+    """``sa_plan``: optional per-step letters for self-attention, "C" compute, "S" store, "R" reuse.
+
+    ``keep_guidance`` w (with ``keep_decay`` d): after the gate the single prediction p becomes
+    p + w d^(step - gate) (guidance - 1/2) delta, delta = cond - uncond of the step before the gate.
+    """
     device = torch.device("cpu")
     cfg = guidance > 1
     batch = len(prompts)
@@ -44,6 +60,7 @@ def reference_latents(
 
     cache: dict[str, torch.Tensor] = {}
     mode = {"record": False, "replay": False}
+    delta = None
 
     def make_hook(name):
         def hook(module, inputs, output):
@@ -93,7 +110,11 @@ def reference_latents(
             noise = pipe.unet(model_in, t, encoder_hidden_states=text, return_dict=False, **kwargs)[0]
             if two_branches:
                 uncond, cond = noise.chunk(2)
+                if step == gate - 1:
+                    delta = cond - uncond
                 noise = uncond + guidance * (cond - uncond)
+            elif cfg and keep_guidance and delta is not None:
+                noise = noise + keep_guidance * keep_decay ** (step - gate) * (guidance - 0.5) * delta
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
     finally:
         for handle in handles:

@@ -202,8 +202,11 @@ def skyreels_v2(seed: int = 0) -> SeqCase:
 class ManualSequentialTGate:
     """Hand-rolled sequential-CFG TGATE over the pipeline's transformers (cond call first, then uncond)."""
 
-    def __init__(self, transformers: list[torch.nn.Module], gate: int, cfg: bool = True) -> None:
-        self.gate, self.cfg = gate, cfg
+    def __init__(
+        self, transformers: list[torch.nn.Module], gate: int, cfg: bool = True, keep_guidance: float = 0.0
+    ) -> None:
+        self.gate, self.cfg, self.keep_guidance = gate, cfg, keep_guidance
+        self.delta: torch.Tensor | None = None
         self.calls = 0
         self.latest: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         self.cache: dict[tuple[int, str], torch.Tensor] = {}
@@ -240,10 +243,17 @@ class ManualSequentialTGate:
     def _forward_for(self, original):
         def forward(*args, **kwargs):
             self.calls += 1
-            if self._step() >= self.gate and self._branch() == "uncond":
+            step, branch = self._step(), self._branch()
+            if step >= self.gate and branch == "uncond":
+                if self.keep_guidance and self.delta is not None:  # the pipeline adds (g - 1) w delta
+                    return (self.cond_output[0] - self.keep_guidance * self.delta,)
                 return self.cond_output
             out = original(*args, **kwargs)
-            if self._step() >= self.gate:
+            if step == self.gate - 1 and branch == "cond":
+                self.last_cond = out[0]
+            if step == self.gate - 1 and branch == "uncond":
+                self.delta = self.last_cond - out[0]
+            if step >= self.gate:
                 self.cond_output = out
             return out
 

@@ -224,3 +224,127 @@ def test_macs_on_the_embedded_model_equals_what_eval_counts(capsys) -> None:
     assert main(["macs", "--model-dir", str(folder), "--steps", "25", "--gate-step", "5"]) == 0
     expected = tera(image_macs(counted, Schedule.plain(25)))
     assert f"| baseline | {expected} |" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# Wan 2.1 T2V: sequential CFG (two calls per step), counted on meta from the published configs.
+
+WAN = {  # key -> (d, ffn, layers, height, width)
+    "wan13b-480p": (1536, 8960, 30, 480, 832),
+    "wan13b-720p": (1536, 8960, 30, 720, 1280),
+    "wan14b-480p": (5120, 13824, 40, 480, 832),
+    "wan14b-720p": (5120, 13824, 40, 720, 1280),
+}
+
+
+def _wan_linear_conv(
+    d: int, ffn: int, layers: int, height: int, width: int, frames: int = 81
+) -> tuple[int, int]:
+    """(full call, cross-attention) linear+conv MACs of Wan 2.1 T2V, by hand from its architecture."""
+    tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)  # VAE 4x/8x, patch (1, 2, 2)
+    text, text_dim, patch_in = 512, 4096, 16 * 1 * 2 * 2
+    cross = tokens * 2 * d * d + text * 2 * d * d  # q, out on the video; k, v on the prompt
+    block = tokens * 4 * d * d + cross + tokens * 2 * d * ffn  # self q/k/v/out, cross, FFN
+    outside = 2 * tokens * patch_in * d  # patch embedding and output head
+    outside += text * (text_dim * d + d * d) + 256 * d + d * d + 6 * d * d  # text, time embeddings
+    return layers * block + outside, layers * cross
+
+
+@pytest.mark.parametrize("key", list(WAN))
+def test_wan_counts_match_the_architecture_by_hand(key: str) -> None:
+    call = call_macs(key)
+    full, cross = _wan_linear_conv(*WAN[key])
+    assert (call.full(), call.cross()) == (full, cross)
+    assert call.cfg_layout == "sequential" and len(call.cross_attention) == WAN[key][2]
+    assert call.full("all") > call.full() and 0 < call.outside_blocks() < 1e-3 * call.full()
+
+
+def test_wan_cross_attention_share() -> None:
+    """Cross-attention's share of one pass, as docs/benchmarks.md records it (both conventions)."""
+    share = {
+        key: (round(c.cross() / c.full(), 3), round(c.cross("all") / c.full("all"), 3))
+        for key in ("wan13b-480p", "wan14b-480p")
+        for c in [call_macs(key)]
+    }
+    assert share == {"wan13b-480p": (0.115, 0.044), "wan14b-480p": (0.178, 0.091)}
+    single = call_macs("wan14b-480p", frames=1)
+    assert (round(single.cross() / single.full(), 3), round(single.cross("all") / single.full("all"), 3)) == (
+        0.22,
+        0.222,
+    )
+
+
+def test_wan_tgate_schedule_is_two_passes_then_one() -> None:
+    call = call_macs("wan13b-480p")
+    n, m = 50, 20
+    plain = Schedule.plain(n, cfg_layout="sequential")
+    tgate = Schedule.tgate(n, m, cfg_layout="sequential")
+    assert plain.denoiser_batches == [1] * 2 * n
+    assert tgate.denoiser_batches == [1] * (2 * m + n - m)
+    assert image_macs(call, plain) == 2 * n * call.full() == image_macs(call, Schedule.plain(n))
+    expected = 2 * m * call.full() + (n - m) * (call.skipped() + call.outside_blocks())
+    assert image_macs(call, tgate) == expected
+    # the skipped uncond calls' embeddings and head are all that separates it from batched TGATE
+    ideal = Schedule.tgate(n, m, cfg_layout="sequential", idle_cost=False)
+    assert image_macs(call, ideal) == image_macs(call, Schedule.tgate(n, m))
+    assert image_macs(call, tgate) - image_macs(call, ideal) == (n - m) * call.outside_blocks()
+    for convention in ("linear_conv", "all"):
+        ratio = image_macs(call, tgate, convention) / image_macs(call, plain, convention)
+        skipped = call.skipped(convention) + call.outside_blocks(convention)
+        assert ratio == pytest.approx(
+            (2 * m * call.full(convention) + (n - m) * skipped) / (2 * n * call.full(convention))
+        )
+    no_cfg = Schedule.tgate(n, m, cfg=False, cfg_layout="sequential")
+    assert image_macs(call, no_cfg) == m * call.full() + (n - m) * call.skipped()
+
+
+@pytest.mark.parametrize(("gate", "guidance"), [(1, 5.0), (2, 5.0), (4, 5.0), (2, 1.0)])
+def test_wan_prediction_equals_execution(gate: int, guidance: float) -> None:
+    """Tiny Wan 2.1 T2V: schedule == CallStats-based executed MACs == linear/conv MACs that really ran,
+    with the meter seeing both calls of every step (the skipped uncond calls after the gate too)."""
+    from sequential_cases import wan_t2v
+
+    case = wan_t2v()
+    pipe, steps = case.pipe, 4
+    kwargs = dict(case.kwargs, guidance_scale=guidance, num_inference_steps=steps, output_type="latent")
+    with crossgate.enabled(pipe, gate_step=gate), CallMeter(pipe) as meter:
+        pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+        stats = crossgate.last_call(pipe)
+    cfg = guidance > 1
+    assert meter.calls == (2 if cfg else 1) * steps and meter.cfg_layout == "sequential"
+    call = meter.call_macs()
+    assert call.cfg_layout == "sequential" and call.outside_blocks() > 0
+    schedule = Schedule.tgate(steps, gate, cfg=cfg, cfg_layout="sequential")
+    assert stats.denoiser_batches == schedule.denoiser_batches
+    predicted = image_macs(call, schedule)
+    assert executed_macs(call, stats) == predicted
+    assert meter.executed == predicted
+    if cfg and gate < steps:
+        assert predicted < image_macs(call, Schedule.plain(steps, cfg_layout="sequential"))
+        assert predicted > image_macs(
+            call, Schedule.tgate(steps, gate, cfg_layout="sequential", idle_cost=False)
+        )
+
+
+def test_wan_model_dir_and_cli(tmp_path, capsys) -> None:
+    """A saved Wan pipeline folder is counted as its pipeline calls it; the CLI prints the Wan rows."""
+    from sequential_cases import wan_t2v
+
+    case = wan_t2v()
+    case.pipe.save_pretrained(tmp_path)
+    with CallMeter(case.pipe) as meter:
+        case.pipe(**dict(case.kwargs, num_inference_steps=1, output_type="latent"))
+    counted = call_macs(str(tmp_path), resolution=(16, 16), text_len=16, frames=5)
+    assert counted.full() == meter.call_macs().full() and counted.cfg_layout == "sequential"
+    with pytest.raises(AccountingError, match="1 \\+ 4 k frames"):
+        call_macs("wan13b-480p", frames=80)
+    with pytest.raises(AccountingError, match="image model"):
+        call_macs("sd15", frames=5)
+    with pytest.raises(AccountingError, match="multiple of 16x16"):
+        call_macs("wan13b-480p", resolution=(488, 832))
+    assert main(["macs", "wan13b-480p", "--steps", "50", "--gate-step", "0.4", "--per-call"]) == 0
+    out = capsys.readouterr().out
+    assert "| Wan2.1-T2V-1.3B @480x832, 81 frames | TGATE m=20 (0.4 of 50) | 2732.344T | 0.666 |" in out
+    assert "| Wan2.1-T2V-1.3B @480x832, 81 frames | baseline | 4104.735T | 1.000 |" in out
+    assert main(["macs", "sd15", "--frames", "5"]) == 2
+    assert "video models only" in capsys.readouterr().err

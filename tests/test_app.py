@@ -244,6 +244,9 @@ def test_page_builds(runner):
     assert settings == Settings(PROMPT, "", 1, 6, 7.5, "3", None, None)
     with pytest.raises(InputError, match="steps"):
         ui.settings_from_widgets(PROMPT, "", 1, None, 7.5, "3", 0, False, 3)
+    with pytest.raises(InputError, match="guidance"):
+        ui.settings_from_widgets(PROMPT, "", 1, 6, "much", "3", 0, False, 3)
+    assert ui.settings_from_widgets(PROMPT, "", 1, 6, 7.5, "3", 2, True, 3).deepcache_interval == 3
 
 
 # -- the command ------------------------------------------------------------------------------------

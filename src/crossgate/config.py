@@ -49,6 +49,14 @@ class TGateConfig:
             value transfers across step counts (measured in docs/quality-gate-selection.md).
         auto_min_fraction, auto_max_fraction: guard rails for ``"auto"``: the gate is never before
             ``round(min * n)`` steps and always by ``round(max * n)``.
+        guidance_after_gate: keep some guidance after the gate at no extra denoiser pass. The
+            guidance difference ``d = cond - uncond`` of the denoiser's output at the last step
+            before the gate is kept; each later single prediction ``p`` is handed to the pipeline as
+            ``[p - w d / 2, p + w d / 2]`` (sequential CFG: uncond ``p - w d``), so its own guidance
+            adds ``w`` times the last guidance direction back. ``0`` (default) is TGATE as
+            published. Measured in docs/quality-frontier.md.
+        guidance_after_gate_decay: ``w`` is multiplied by this at every step after the first
+            gated one (``1``: constant; ``< 1``: fading out).
 
     Per-layer gating (each layer freezing on its own convergence) was built, measured and removed:
     on our model it cost more compute for lower fidelity than one gate, because the CFG batch has
@@ -63,6 +71,8 @@ class TGateConfig:
     auto_tolerance: float = 0.05
     auto_min_fraction: float = 0.2
     auto_max_fraction: float = 0.8
+    guidance_after_gate: float = 0.0
+    guidance_after_gate_decay: float = 1.0
 
     def __post_init__(self) -> None:
         for name in _NUMERIC_FIELDS:  # numpy scalars, Fractions, 0-d tensors are numbers too
@@ -78,11 +88,24 @@ class TGateConfig:
             _validate_int("self_attention_interval", self.self_attention_interval, 1, "or None (off)")
         _validate_int("self_attention_interval_after", self.self_attention_interval_after, 1)
         _validate_int("self_attention_warm_up", self.self_attention_warm_up, 0)
+        for name in ("guidance_after_gate", "guidance_after_gate_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+        if self.guidance_after_gate < 0 or not 0 < self.guidance_after_gate_decay <= 1:
+            raise ConfigError(
+                "guidance_after_gate must be >= 0 and guidance_after_gate_decay in (0, 1], got "
+                f"{self.guidance_after_gate!r} and {self.guidance_after_gate_decay!r}."
+            )
 
     @property
     def caches_self_attention(self) -> bool:
         """Whether any step reuses self-attention (TGATE v2)."""
         return self.self_attention_interval is not None or self.self_attention_interval_after > 1
+
+    def guidance_weight(self, steps_after_gate: int) -> float:
+        """The weight of the kept guidance difference ``steps_after_gate`` steps after the gate."""
+        return self.guidance_after_gate * self.guidance_after_gate_decay**steps_after_gate
 
     @property
     def is_auto(self) -> bool:
@@ -163,6 +186,8 @@ _NUMERIC_FIELDS = (
     "auto_tolerance",
     "auto_min_fraction",
     "auto_max_fraction",
+    "guidance_after_gate",
+    "guidance_after_gate_decay",
 )
 
 

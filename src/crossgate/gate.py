@@ -137,6 +137,7 @@ class CallState:
     skip_pass: bool = False
     cond_output: Any = None
     ran_before_gate: set[int] = field(default_factory=set)
+    guidance_delta: Any = None  # cond - uncond of the last pass before the gate (guidance_after_gate)
 
     def runs(self, denoiser: Any) -> bool:
         """Whether ``denoiser`` belongs to this call (and the running pass is this call's own)."""

@@ -299,17 +299,36 @@ class DenoiserGate:
         call = current_call()
         if call is None or not call.runs(self.denoiser):
             return None
+        keep_guidance = call.cfg and call.config.guidance_after_gate > 0
         if call.sequential:
-            if call.skip_pass:
-                call.skip_pass = False
-                return call.cond_output
-            if call.gated and call.cfg and call.branch == "cond":
-                call.cond_output = output
-            return None
+            return self._after_sequential(call, output, keep_guidance)
         half, call.halved = call.halved, None
         if half is None:
+            if keep_guidance and not call.gated and call.step == call.gate - 1:
+                call.guidance_delta = _first_tensor(output).chunk(2)[1] - _first_tensor(output).chunk(2)[0]
             return None
-        return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+        if not keep_guidance or call.guidance_delta is None:
+            return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+        shift = call.guidance_delta * (call.config.guidance_weight(call.step - call.gate) / 2)
+        return _map_first(output, lambda t: torch.cat([t - shift, t + shift], dim=0), half)
+
+    @staticmethod
+    def _after_sequential(call: CallState, output: Any, keep_guidance: bool) -> Any:
+        if call.skip_pass:
+            call.skip_pass = False
+            if not keep_guidance or call.guidance_delta is None:
+                return call.cond_output
+            shift = call.guidance_delta * call.config.guidance_weight(call.step - call.gate)
+            return _map_first(call.cond_output, lambda t: t - shift)
+        if not call.gated and keep_guidance and call.step == call.gate - 1:
+            if call.branch == "cond":
+                call.cond_output = output
+            elif call.branch == "uncond" and call.cond_output is not None:
+                call.guidance_delta = _first_tensor(call.cond_output) - _first_tensor(output)
+                call.cond_output = None
+        if call.gated and call.cfg and call.branch == "cond":
+            call.cond_output = output
+        return None
 
 
 class BlockSkipHook(ModelHook):
@@ -329,6 +348,30 @@ class BlockSkipHook(ModelHook):
         if call is not None and call.skip_pass:
             return self._passthrough(args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    """The prediction in a denoiser output: a tensor, ``(tensor, ...)`` or ``Output(sample=...)``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return next(v for v in output.values() if isinstance(v, torch.Tensor))
+    return output[0]
+
+
+def _map_first(output: Any, fn: Callable[[torch.Tensor], torch.Tensor], batch: int | None = None) -> Any:
+    """``output`` with its prediction replaced by ``fn(prediction)``, every other batch tensor doubled."""
+    first = _first_tensor(output)
+    if batch is not None:
+        output = map_batch(output, batch, lambda t: t if t is first else torch.cat([t, t], dim=0))
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, dict):
+        key = next(k for k, v in output.items() if v is first)
+        mapped = dict(output)
+        mapped[key] = fn(first)
+        return mapped if type(output) is dict else type(output)(**mapped)
+    return type(output)([fn(first), *list(output)[1:]])
 
 
 @torch.compiler.disable  # stack inspection: run eagerly, outside any compiled graph

@@ -159,7 +159,11 @@ REFUSED: dict[str, str] = {
         _PAG,
     ),
     **dict.fromkeys(
-        ("StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline", "DreamLitePipeline"),
+        (
+            "StableDiffusionInstructPix2PixPipeline",
+            "StableDiffusionXLInstructPix2PixPipeline",
+            "DreamLitePipeline",
+        ),
         _THREE_WAY,
     ),
     **dict.fromkeys(

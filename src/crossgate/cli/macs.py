@@ -5,7 +5,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crossgate.cli.common import CommandError, positive_int
+from crossgate.cli.common import CommandError, gate_step_arg, positive_int
+
+
+def gate_arg(text: str) -> int | float:
+    """``--gate-step``: steps (int >= 1) or a fraction of ``--steps`` in (0, 1] (rounded half up)."""
+    if text == "auto":
+        raise argparse.ArgumentTypeError("`auto` decides per call; give steps or a fraction to count")
+    return gate_step_arg(text)
+
+
+def resolution_arg(text: str) -> int | tuple[int, int]:
+    """``--resolution``: a square side (``512``) or ``HEIGHTxWIDTH`` (``480x832``)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a side (512) or HEIGHTxWIDTH (480x832)")
+    sides = [positive_int(part) for part in parts]
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
 def register(subparsers: Any) -> None:
@@ -17,7 +33,9 @@ def register(subparsers: Any) -> None:
         description=(
             "Builds each architecture on the meta device and counts one denoiser call in two "
             "conventions: linear+conv only (the TGATE paper's calflops convention) and all ops "
-            "including attention matmuls. Bundled models: " + ", ".join(MODELS) + "."
+            "including attention matmuls. Bundled models: " + ", ".join(MODELS) + ". Wan models run "
+            "CFG as two calls per step (cond, uncond); after the gate crossgate runs the cond call with "
+            "cross-attention replayed and skips every block of the uncond call."
         ),
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="bundled model keys (default: all)")
@@ -31,11 +49,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--steps", type=positive_int, default=25, help="denoising steps n (default 25)")
     p.add_argument(
         "--gate-step",
-        type=positive_int,
+        type=gate_arg,
         nargs="+",
         default=[5, 10],
         metavar="M",
-        help="TGATE gate steps m to list (default: 5 10)",
+        help="TGATE gate steps m to list, as steps or fractions of --steps (default: 5 10)",
     )
     p.add_argument(
         "--sa-interval",
@@ -43,11 +61,18 @@ def register(subparsers: Any) -> None:
         nargs="*",
         default=[],
         metavar="K",
-        help="also list TGATE v2 (self-attention cached with interval K before the gate) for each m",
+        help="also list TGATE v2 (self-attention cached with interval K before the gate) for each m "
+        "(batched-CFG models only)",
     )
     p.add_argument("--warm-up", type=int, default=2, help="TGATE v2 warm-up steps (default 2)")
     p.add_argument("--no-cfg", action="store_true", help="count without classifier-free guidance")
-    p.add_argument("--resolution", type=positive_int, default=None, help="square image side in pixels")
+    p.add_argument(
+        "--resolution",
+        type=resolution_arg,
+        default=None,
+        help="image side in pixels, or HEIGHTxWIDTH (default per model; Wan keys name theirs)",
+    )
+    p.add_argument("--frames", type=positive_int, default=None, help="video models: pixel frames (1 + 4k)")
     p.add_argument("--text-len", type=positive_int, default=None, help="prompt tokens (default per model)")
     p.add_argument("--per-call", action="store_true", help="also print the per-call (one sample) table")
     p.set_defaults(func=run)
@@ -63,8 +88,12 @@ def run(args: argparse.Namespace) -> int:
         )
     targets = list(args.models) or ([] if args.model_dir else list(MODELS))
     targets += args.model_dir
+    if args.frames is not None:
+        images = [t for t in targets if t in MODELS and MODELS[t].frames is None]
+        if images:
+            raise CommandError(f"--frames applies to video models only, not {', '.join(images)}.")
     try:
-        calls = [call_macs(t, args.resolution, args.text_len) for t in targets]
+        calls = [call_macs(t, args.resolution, args.text_len, args.frames) for t in targets]
     except AccountingError as error:
         raise CommandError(str(error)) from None
     print(render_table(calls, args))
@@ -74,9 +103,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def gate_steps(gate: int | float, steps: int) -> int:
+    """A ``--gate-step`` value as steps of a ``steps``-step call (fractions rounded half up)."""
+    from crossgate.config import fraction_to_steps
+
+    return gate if isinstance(gate, int) else fraction_to_steps(gate, steps)
+
+
+def schedules_for(call: Any, args: argparse.Namespace) -> list[Any]:
+    """The baseline, TGATE at each gate, and v2 rows (batched models) for one counted model."""
+    from crossgate.tools.accounting import Schedule
+
+    cfg, layout = not args.no_cfg, call.cfg_layout
+    schedules = [Schedule.plain(args.steps, cfg, cfg_layout=layout)]
+    for gate in args.gate_step:
+        m = gate_steps(gate, args.steps)
+        label = f"TGATE m={m}" if isinstance(gate, int) else f"TGATE m={m} ({gate:g} of {args.steps})"
+        schedules.append(Schedule.tgate(args.steps, m, cfg, label=label, cfg_layout=layout))
+    if layout == "batched":
+        schedules += [
+            Schedule.tgate_v2(args.steps, gate_steps(m, args.steps), k, args.warm_up, cfg)
+            for m in args.gate_step
+            for k in args.sa_interval
+        ]
+    return schedules
+
+
 def render_table(calls: list[Any], args: argparse.Namespace) -> str:
     """Per-image MACs table: one row per model and setting, both conventions."""
-    from crossgate.tools.accounting import Schedule, image_macs, tera
+    from crossgate.tools.accounting import image_macs, tera
 
     cfg = not args.no_cfg
     lines = [
@@ -85,14 +140,10 @@ def render_table(calls: list[Any], args: argparse.Namespace) -> str:
         "| model | setting | MACs (linear+conv) | vs baseline | MACs (all ops) | vs baseline |",
         "|---|---|---|---|---|---|",
     ]
+    sequential = False
     for call in calls:
-        schedules = [Schedule.plain(args.steps, cfg)]
-        schedules += [Schedule.tgate(args.steps, m, cfg) for m in args.gate_step]
-        schedules += [
-            Schedule.tgate_v2(args.steps, m, k, args.warm_up, cfg)
-            for m in args.gate_step
-            for k in args.sa_interval
-        ]
+        schedules = schedules_for(call, args)
+        sequential |= call.cfg_layout == "sequential"
         base = {c: image_macs(call, schedules[0], c) for c in ("linear_conv", "all")}
         for schedule in schedules:
             lc, al = (image_macs(call, schedule, c) for c in ("linear_conv", "all"))
@@ -100,6 +151,15 @@ def render_table(calls: list[Any], args: argparse.Namespace) -> str:
                 f"| {call.model} | {schedule.label} | {tera(lc)} | {lc / base['linear_conv']:.3f} "
                 f"| {tera(al)} | {al / base['all']:.3f} |"
             )
+    if sequential:
+        lines += [
+            "",
+            "Sequential CFG (Wan): baseline = 2 passes per step at batch 1 (cond, uncond); TGATE = 2 passes "
+            "before the gate, then 1 pass with cross-attention replayed plus the uncond call with every "
+            "block skipped, which still runs the embeddings and the output head (`outside blocks` in "
+            "--per-call)."
+            + (" TGATE v2 rows are listed for batched-CFG models only." if args.sa_interval else ""),
+        ]
     return "\n".join(lines)
 
 
@@ -109,12 +169,27 @@ def render_per_call(calls: list[Any]) -> str:
     lines = [
         "Per denoiser call, one sample (linear+conv unless noted).",
         "",
-        "| model | full call | cross-attention skipped | cross-attn share | self-attention | full call (all ops) |",
-        "|---|---|---|---|---|---|",
+        "| model | full call | cross-attention skipped | cross-attn share | self-attention | full call (all ops) "
+        "| cross-attn share (all ops) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in calls:
         lines.append(
             f"| {c.model} | {tera(c.full(), 5)} | {tera(c.skipped(), 5)} | {c.cross() / c.full():.1%} "
-            f"| {tera(c.self_attn(), 5)} | {tera(c.full('all'), 5)} |"
+            f"| {tera(c.self_attn(), 5)} | {tera(c.full('all'), 5)} | {c.cross('all') / c.full('all'):.1%} |"
         )
+    sequential = [c for c in calls if c.cfg_layout == "sequential"]
+    if sequential:
+        lines += [
+            "",
+            "Sequential CFG: what crossgate's skipped uncond call still computes (outside the blocks).",
+            "",
+            "| model | outside blocks | share of a full call | outside blocks (all ops) | share (all ops) |",
+            "|---|---|---|---|---|",
+        ]
+        for c in sequential:
+            lines.append(
+                f"| {c.model} | {tera(c.outside_blocks(), 5)} | {c.outside_blocks() / c.full():.2%} "
+                f"| {tera(c.outside_blocks('all'), 5)} | {c.outside_blocks('all') / c.full('all'):.2%} |"
+            )
     return "\n".join(lines)

@@ -7,9 +7,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossgate.adapters import UnsupportedPipelineError, denoiser_of
+from crossgate.adapters import UnsupportedPipelineError, denoiser_of, resolve_adapter
 from crossgate.tensors import latent_batch, map_batch
-from crossgate.tools.accounting.counting import AccountingError, CallMacs, LinearConvCounter, count_call
+from crossgate.tools.accounting.counting import (
+    AccountingError,
+    CallMacs,
+    CfgLayout,
+    LinearConvCounter,
+    check_cfg_layout,
+    count_call,
+)
 from crossgate.tools.accounting.models import build_meta_denoiser
 
 
@@ -19,6 +26,11 @@ class CallMeter:
     ``with CallMeter(pipe) as meter: pipe(...)``; then ``meter.executed`` is what the linear/conv
     layers actually ran (an independent check of :func:`~.schedules.executed_macs`) and
     ``meter.call_macs()`` counts the same architecture on meta at the call's own input shapes, batch 1.
+
+    Every denoiser call is seen: ``meter.calls`` counts them (a sequential-CFG pipeline such as Wan
+    makes two per step, cond then uncond, and crossgate's skipped uncond calls after the gate are
+    calls too). The per-sample input shapes of all calls must agree, or :meth:`call_macs` refuses
+    (one architecture count would not describe them all).
     """
 
     def __init__(self, pipe: Any) -> None:
@@ -28,19 +40,30 @@ class CallMeter:
             raise AccountingError(
                 f"{type(pipe).__name__} has neither a unet nor a transformer to measure."
             ) from None
+        try:
+            layout = resolve_adapter(pipe).cfg_layout
+        except UnsupportedPipelineError:  # not gateable: measured all the same, as a batched pipeline
+            layout = "batched"
+        self.cfg_layout: CfgLayout = check_cfg_layout(layout)
+        self.calls = 0
         self._counter = LinearConvCounter(self.denoiser)
         self._first: tuple[tuple, dict] | None = None
+        self._signatures: set[tuple] = set()
         self._handle: Any = None
 
     def __enter__(self) -> CallMeter:
         self._counter.reset()
         self._first = None
+        self._signatures.clear()
+        self.calls = 0
 
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self.calls += 1
+            self._signatures.add(_per_sample_signature(args, kwargs))
             if self._first is None:
                 self._first = (args, kwargs)
 
-        self._handle = self.denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        self._handle = self.denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
         self._counter.__enter__()
         return self
 
@@ -54,16 +77,44 @@ class CallMeter:
         return self._counter.total
 
     def call_macs(self) -> CallMacs:
-        """Per-sample counts of this denoiser at the shapes of the first call it received."""
+        """Per-sample counts of this denoiser at the shapes of the calls it received."""
         if self._first is None:
             raise AccountingError("the denoiser was never called inside the CallMeter block.")
+        if len(self._signatures) > 1:
+            raise AccountingError(
+                f"the denoiser's {self.calls} calls had {len(self._signatures)} different per-sample input "
+                "shapes (e.g. prompts of different lengths per CFG branch); one count cannot describe them."
+            )
         args, kwargs = self._first
         # One sample of every batch-shaped input, on meta (only shapes are read). Other tensors (a
         # 0-d timestep) pass as they are: the denoiser moves them to its sample's device itself.
         meta_args, meta_kwargs = map_batch((args, kwargs), latent_batch(args, kwargs), _one_sample_on_meta)
         meta = build_meta_denoiser(dict(self.denoiser.config), type(self.denoiser))
-        return count_call(meta, meta_args, meta_kwargs, model=type(self.denoiser).__name__)
+        return count_call(
+            meta, meta_args, meta_kwargs, model=type(self.denoiser).__name__, cfg_layout=self.cfg_layout
+        )
 
 
 def _one_sample_on_meta(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty((1, *tensor.shape[1:]), dtype=tensor.dtype, device="meta")
+
+
+def _per_sample_signature(args: tuple, kwargs: dict) -> tuple:
+    """The shapes of a call's tensors with the batch dimension dropped (batch-shaped ones only)."""
+    batch = latent_batch(args, kwargs)
+    shapes: list[tuple] = []
+
+    def visit(tree: Any, key: str) -> None:
+        if isinstance(tree, torch.Tensor):
+            if tree.dim() > 0 and tree.shape[0] == batch:
+                shapes.append((key, tuple(tree.shape[1:])))
+        elif isinstance(tree, dict):
+            for name, value in tree.items():
+                visit(value, f"{key}.{name}")
+        elif isinstance(tree, (list, tuple)):
+            for index, value in enumerate(tree):
+                visit(value, f"{key}[{index}]")
+
+    visit(args, "args")
+    visit(kwargs, "kwargs")
+    return tuple(shapes)

@@ -1,0 +1,550 @@
+"""The TGATE node: cross-attention replayed from a cache and the unconditional branch dropped after
+the gate, through ComfyUI's own hook points only (no ComfyUI function is replaced or wrapped).
+
+What runs where, for a MODEL patched by the node (``apply_tgate``):
+
+* ``SAMPLER_SAMPLE`` wrapper (``add_wrapper_with_key``): one sampling run. It resolves the gate from
+  the run's sigmas (``len(sigmas) - 1`` steps: the steps that actually run, also for ``denoise < 1``
+  and KSamplerAdvanced's start/end steps), keeps the run's state in the run's own
+  ``transformer_options`` (so it is gone when the run ends: nothing is kept between prompts), and
+  counts steps through the sampler's per-step callback: a second-order sampler (Heun) calls the model
+  twice per step and reports one step. A gate at or past the last step installs nothing for the run,
+  and the result is bit-identical to the unpatched model.
+* ``CALC_COND_BATCH`` wrapper: after the gate, under CFG, only the conditional batch is computed (the
+  UNet really runs at batch B, not 2B), and its prediction is returned for both branches, so the
+  guidance arithmetic ``u + s (c - u)`` returns it, exactly.
+* attn2 (cross-attention) of every transformer block: ``attn2_patch`` + a per-block
+  ``set_model_attn2_replace`` + ``attn2_output_patch``. Before the gate the replace runs ComfyUI's own
+  ``optimized_attention`` (or the replace another node had installed for that block), and at the
+  step before the gate the output patch keeps each block's output. After the gate the patch hands
+  the block zero query/key/value tokens, the replace computes nothing, and the output patch returns
+  the cache: the mean of the conditional and unconditional outputs. No projection, no attention.
+* TGATE v2 (``self_attention_interval``): the same three hooks on attn1 (self-attention) follow the
+  published schedule (``tgate_schedule.self_attention_action``).
+
+Supported: UNets with ComfyUI transformer blocks (SD 1.x, SD 2.x, SDXL and their fine-tunes). A model
+without them is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .tgate_schedule import COMPUTE, GATE_MODES, REUSE, STORE, resolve_gate, schedule_position, self_attention_action
+
+KEY = "crossgate_tgate"
+log = logging.getLogger("crossgate.comfyui")
+
+# Transformer blocks of ComfyUI's UNet (comfy.ldm.modules.diffusionmodules.openaimodel): the block id
+# the UNet puts in transformer_options["block"], and the index inside the SpatialTransformer.
+_BLOCK_PATH = re.compile(
+    r"^(?:(?P<io>input_blocks|output_blocks)\.(?P<id>\d+)\.\d+|middle_block\.\d+)\.transformer_blocks\.(?P<j>\d+)$"
+)
+
+
+@dataclass(frozen=True)
+class TGateSettings:
+    """What the node's widgets say. ``validated()`` raises ValueError with a readable message."""
+
+    gate_mode: str = "fraction"
+    gate_step: int = 10
+    gate_fraction: float = 0.4
+    self_attention_interval: int | None = None
+    self_attention_interval_after: int = 1
+    self_attention_warm_up: int = 2
+
+    def validated(self) -> TGateSettings:
+        resolve_gate(self.gate_mode, self.gate_step, self.gate_fraction, 25)
+        if self.self_attention_interval is not None:
+            _check_int("self_attention_interval", self.self_attention_interval, 1)
+        _check_int("self_attention_interval_after", self.self_attention_interval_after, 1)
+        _check_int("self_attention_warm_up", self.self_attention_warm_up, 0)
+        return self
+
+    @property
+    def caches_self_attention(self) -> bool:
+        return self.self_attention_interval is not None or self.self_attention_interval_after > 1
+
+    def gate(self, num_steps: int) -> int:
+        return resolve_gate(self.gate_mode, self.gate_step, self.gate_fraction, num_steps)
+
+    def self_attention_action(self, step: int, gate: int) -> str:
+        return self_attention_action(
+            step, gate, self.self_attention_interval, self.self_attention_interval_after, self.self_attention_warm_up
+        )
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"TGATE: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def transformer_block_keys(diffusion_model: Any) -> list[tuple[str, int, int]]:
+    """``(block, id, index)`` of every transformer block with a cross-attention (attn2) layer."""
+    keys = []
+    for name, module in diffusion_model.named_modules():
+        match = _BLOCK_PATH.match(name)
+        if match is None or getattr(module, "attn2", None) is None:
+            continue
+        if match["io"] is None:
+            keys.append(("middle", 0, int(match["j"])))
+        else:
+            keys.append((match["io"].split("_")[0], int(match["id"]), int(match["j"])))
+    return keys
+
+
+class _Store:
+    """Outputs of one kind of attention layer, per layer and per cond entry (ComfyUI's cond uuid).
+
+    ``raw`` holds what the batch computed (before the gate: both CFG branches, each its own entry);
+    ``post`` holds what the steps after the gate read (one entry per conditional cond, batch B).
+    """
+
+    def __init__(self) -> None:
+        self.raw: dict[tuple, dict[Any, tuple[int, Any]]] = {}
+        self.post: dict[tuple, dict[Any, Any]] = {}
+
+    def put(self, key: tuple, extra: dict, tensor: Any) -> None:
+        chunks = tensor.chunk(len(extra["uuids"]))
+        entries = self.raw.setdefault(key, {})
+        for uuid, branch, chunk in zip(extra["uuids"], extra["cond_or_uncond"], chunks):
+            entries[uuid] = (branch, chunk)
+
+    def put_post(self, key: tuple, extra: dict, tensor: Any) -> None:
+        entries = self._post(key)
+        for uuid, chunk in zip(extra["uuids"], tensor.chunk(len(extra["uuids"]))):
+            entries[uuid] = chunk
+
+    def get(self, key: tuple, extra: dict, after_gate: bool) -> Any | None:
+        if after_gate:
+            entries = self._post(key)
+            parts = [entries.get(uuid) for uuid in extra["uuids"]]
+        else:
+            raw = self.raw.get(key, {})
+            parts = [raw[uuid][1] if uuid in raw else None for uuid in extra["uuids"]]
+        if not parts or any(p is None for p in parts):
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        import torch
+
+        return torch.cat(parts)
+
+    def _post(self, key: tuple) -> dict:
+        """The steps after the gate read, per conditional cond: its output averaged with the
+        unconditional one (TGATE's mean of the CFG halves); without CFG, its output as is."""
+        entries = self.post.get(key)
+        if entries is None:
+            raw = self.raw.pop(key, {})
+            unconds = [t for branch, t in raw.values() if branch == 1]
+            entries = {}
+            for uuid, (branch, t) in raw.items():
+                if branch != 0:
+                    continue
+                same = [u for u in unconds if u.shape == t.shape]
+                if len(same) == 1:
+                    entries[uuid] = (t + same[0]) / 2
+                elif same:
+                    entries[uuid] = (t + sum(same) / len(same)) / 2
+                else:
+                    entries[uuid] = t
+            self.post[key] = entries
+        return entries
+
+    def clear(self) -> None:
+        self.raw.clear()
+        self.post.clear()
+
+
+class _Run:
+    """One sampling run: its gate, its current step, its caches and what it did (``report``)."""
+
+    def __init__(self, settings: TGateSettings, sigmas: list[float]) -> None:
+        self.settings = settings
+        self.sigmas = sigmas
+        self.num_steps = len(sigmas) - 1
+        self.gate = settings.gate(self.num_steps)
+        self.step = 0
+        self.step_source = "sampler"
+        self.reported = False
+        self.disabled: str | None = None
+        self.first_call = True
+        self.cfg = False
+        self.cross = _Store()
+        self.self_attn = _Store()
+        self.report: dict[str, Any] = {
+            "steps": self.num_steps,
+            "gate": self.gate,
+            "engaged": True,
+            "cfg": None,
+            "calls": [],  # per model evaluation: [step, sigma, conds run (2 = cond + uncond)]
+            "cross_attention": {"computed": 0, "replayed": 0},
+            "self_attention": {"computed": 0, "reused": 0},
+        }
+
+    @property
+    def gated(self) -> bool:
+        return self.disabled is None and self.step >= self.gate
+
+    def on_step_done(self, i: int) -> None:
+        self.reported = True
+        if self.step_source == "sampler":
+            self.step = max(self.step, int(i) + 1)
+
+    def observe_sigma(self, sigma: float) -> None:
+        """A sampler that never reports its steps is noticed when the sigma runs ahead of the count
+        by more than one entry; from then on the step is the sigma's place in the schedule."""
+        if self.reported:
+            return
+        position = schedule_position(sigma, self.sigmas[:-1])
+        if position is None:
+            return
+        if self.step_source == "sampler" and position > self.step + 1:
+            self.step_source = "sigma"
+        if self.step_source == "sigma":
+            self.step = max(self.step, position)
+
+    def close(self) -> dict[str, Any]:
+        self.cross.clear()
+        self.self_attn.clear()
+        self.report["step_source"] = self.step_source
+        self.report["disabled"] = self.disabled
+        return self.report
+
+
+def _run_of(options: dict | None) -> _Run | None:
+    run = options.get(KEY) if options else None
+    if run is None or run.disabled is not None:
+        return None
+    return run
+
+
+def _layer_key(extra: dict) -> tuple | None:
+    block = extra.get("block")
+    if block is None:
+        return None
+    return (block[0], block[1], extra.get("block_index", 0))
+
+
+class TGateController:
+    """The hooks one TGATE node installs on one MODEL, bound to its settings. Holds no tensors: a
+    run's state lives in that run's transformer_options; ``last_report`` is the last run's summary."""
+
+    def __init__(self, settings: TGateSettings, keys: list[tuple[str, int, int]]) -> None:
+        self.settings = settings
+        self.keys = frozenset(keys)
+        self.last_report: dict[str, Any] | None = None
+
+    # -- one sampling run ------------------------------------------------------------------------
+
+    def sampler_sample(self, executor, guider, sigmas, extra_args, callback, *args, **kwargs):
+        sigma_list = [float(s) for s in sigmas]
+        num_steps = len(sigma_list) - 1
+        if num_steps < 1 or self.settings.gate(num_steps) >= num_steps:
+            self.last_report = {"steps": num_steps, "gate": self.settings.gate(max(num_steps, 1)), "engaged": False}
+            return executor(guider, sigmas, extra_args, callback, *args, **kwargs)
+        run = _Run(self.settings, sigma_list)
+        model_options = dict(extra_args.get("model_options", {}))
+        transformer_options = dict(model_options.get("transformer_options", {}))
+        transformer_options[KEY] = run
+        model_options["transformer_options"] = transformer_options
+        extra_args = {**extra_args, "model_options": model_options}
+
+        def step_done(step, *rest):
+            run.on_step_done(step)
+            if callback is not None:
+                return callback(step, *rest)
+            return None
+
+        try:
+            return executor(guider, sigmas, extra_args, step_done, *args, **kwargs)
+        finally:
+            self.last_report = run.close()
+            transformer_options.pop(KEY, None)
+            log.info(
+                "TGATE: gate %d of %d steps, CFG %s, cross-attention computed %d / replayed %d",
+                run.gate,
+                run.num_steps,
+                run.report["cfg"],
+                run.report["cross_attention"]["computed"],
+                run.report["cross_attention"]["replayed"],
+            )
+
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+        run = _run_of(model_options.get("transformer_options"))
+        if run is None:
+            return executor(model, conds, x_in, timestep, model_options)
+        if run.first_call:
+            run.first_call = False
+            if len(conds) != 2:
+                # Not the [cond, uncond] pair of CFGGuider (e.g. a guider with three conds): no TGATE.
+                run.disabled = f"a guider with {len(conds)} conds"
+                run.report["engaged"] = False
+                return executor(model, conds, x_in, timestep, model_options)
+        run.observe_sigma(float(timestep.reshape(-1)[0]))
+        if len(conds) == 2 and conds[0] is not None:
+            if run.report["cfg"] is None:
+                run.cfg = conds[1] is not None
+                run.report["cfg"] = run.cfg
+            if run.gated and conds[1] is not None:
+                run.report["calls"].append([run.step, float(timestep.reshape(-1)[0]), 1])
+                out = executor(model, [conds[0], None], x_in, timestep, model_options)
+                return [out[0], out[0]]
+        run.report["calls"].append([run.step, float(timestep.reshape(-1)[0]), sum(c is not None for c in conds)])
+        return executor(model, conds, x_in, timestep, model_options)
+
+    # -- cross-attention (attn2) -----------------------------------------------------------------
+
+    def _cross_decision(self, extra: dict) -> tuple[str, Any]:
+        run = _run_of(extra)
+        key = _layer_key(extra)
+        if run is None or key not in self.keys or "uuids" not in extra:
+            return "pass", None
+        if run.gated:
+            cached = run.cross.get(key, extra, after_gate=True)
+            return ("replay", cached) if cached is not None else ("compute", None)
+        return ("store" if run.step == run.gate - 1 else "compute"), None
+
+    def attn2_patch(self, n, context, value, extra):
+        if self._cross_decision(extra)[0] == "replay":
+            return n[:, :0], context[:, :0], (value if value is None else value[:, :0])
+        return n, context, value
+
+    def attn2_replace(self, key: tuple, previous):
+        def replace(q, k, v, extra):
+            if self._cross_decision(extra)[0] == "replay":
+                return q[:, :0]
+            return _attention(previous, q, k, v, extra)
+
+        replace._crossgate_previous = previous  # type: ignore[attr-defined]
+        return replace
+
+    def attn2_output_patch(self, n, extra):
+        decision, cached = self._cross_decision(extra)
+        if decision == "pass":
+            return n
+        run = extra[KEY]
+        if decision == "replay":
+            run.report["cross_attention"]["replayed"] += 1
+            return cached
+        run.report["cross_attention"]["computed"] += 1
+        if decision == "store":
+            run.cross.put(_layer_key(extra), extra, n)
+        return n
+
+    # -- self-attention (attn1), TGATE v2 --------------------------------------------------------
+
+    def _self_decision(self, extra: dict) -> tuple[str, Any]:
+        run = _run_of(extra)
+        key = _layer_key(extra)
+        if run is None or key not in self.keys or "uuids" not in extra:
+            return "pass", None
+        action = self.settings.self_attention_action(run.step, run.gate)
+        after_gate = run.gated
+        if action == REUSE:
+            cached = run.self_attn.get(key, extra, after_gate=after_gate)
+            return ("reuse", cached) if cached is not None else ("compute", None)
+        if action == STORE:
+            return ("store_post" if after_gate else "store"), None
+        assert action == COMPUTE
+        return "compute", None
+
+    def attn1_patch(self, n, context, value, extra):
+        if self._self_decision(extra)[0] == "reuse":
+            return n[:, :0], (context if context is None else context[:, :0]), (value if value is None else value[:, :0])
+        return n, context, value
+
+    def attn1_replace(self, key: tuple, previous):
+        def replace(q, k, v, extra):
+            if self._self_decision(extra)[0] == "reuse":
+                return q[:, :0]
+            return _attention(previous, q, k, v, extra)
+
+        replace._crossgate_previous = previous  # type: ignore[attr-defined]
+        return replace
+
+    def attn1_output_patch(self, n, extra):
+        decision, cached = self._self_decision(extra)
+        if decision == "pass":
+            return n
+        run = extra[KEY]
+        if decision == "reuse":
+            run.report["self_attention"]["reused"] += 1
+            return cached
+        run.report["self_attention"]["computed"] += 1
+        if decision == "store":
+            run.self_attn.put(_layer_key(extra), extra, n)
+        elif decision == "store_post":
+            run.self_attn.put_post(_layer_key(extra), extra, n)
+        return n
+
+
+def _attention(previous, q, k, v, extra):
+    """The attention a block runs when TGATE lets it: the replace another node installed for this
+    block, or what ComfyUI's CrossAttention.forward calls (optimized_attention, same arguments)."""
+    if previous is not None:
+        return previous(q, k, v, extra)
+    import comfy.ldm.modules.attention as attention
+
+    return attention.optimized_attention(
+        q, k, v, extra["n_heads"], attn_precision=extra["attn_precision"], transformer_options=extra
+    )
+
+
+def _ours(fn) -> bool:
+    owner = getattr(fn, "__self__", None)
+    return isinstance(owner, TGateController) or hasattr(fn, "_crossgate_previous")
+
+
+def _remove_previous_tgate(model) -> None:
+    """A second TGATE node on the same chain replaces the first (settings are not stacked)."""
+    import comfy.patcher_extension as ext
+
+    for kind in (ext.WrappersMP.SAMPLER_SAMPLE, ext.WrappersMP.CALC_COND_BATCH):
+        model.remove_wrappers_with_key(kind, KEY)
+    to = model.model_options.setdefault("transformer_options", {})
+    patches = dict(to.get("patches", {}))
+    for name in ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch"):
+        if name in patches:
+            patches[name] = [p for p in patches[name] if not _ours(p)]
+    to["patches"] = patches
+    replace = {name: dict(d) for name, d in to.get("patches_replace", {}).items()}
+    for name in ("attn1", "attn2"):
+        for block, fn in list(replace.get(name, {}).items()):
+            if hasattr(fn, "_crossgate_previous"):
+                if fn._crossgate_previous is None:
+                    del replace[name][block]
+                else:
+                    replace[name][block] = fn._crossgate_previous
+    to["patches_replace"] = replace
+
+
+def apply_tgate(model, settings: TGateSettings):
+    """A clone of ``model`` (a ComfyUI ModelPatcher) with TGATE installed; ``model`` is untouched."""
+    import comfy.patcher_extension as ext
+
+    settings = settings.validated()
+    patched = model.clone()
+    _remove_previous_tgate(patched)
+    keys = transformer_block_keys(patched.get_model_object("diffusion_model"))
+    if not keys:
+        raise ValueError(
+            "TGATE: this model has no transformer blocks with cross-attention that ComfyUI can patch "
+            "(supported: SD 1.x, SD 2.x and SDXL UNets)"
+        )
+    controller = TGateController(settings, keys)
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {})
+    for key in keys:
+        previous = existing.get("attn2", {}).get(key) or existing.get("attn2", {}).get(key[:2])
+        patched.set_model_attn2_replace(controller.attn2_replace(key, previous), key[0], key[1], key[2])
+    patched.set_model_attn2_patch(controller.attn2_patch)
+    patched.set_model_attn2_output_patch(controller.attn2_output_patch)
+    if settings.caches_self_attention:
+        for key in keys:
+            previous = existing.get("attn1", {}).get(key) or existing.get("attn1", {}).get(key[:2])
+            patched.set_model_attn1_replace(controller.attn1_replace(key, previous), key[0], key[1], key[2])
+        patched.set_model_attn1_patch(controller.attn1_patch)
+        patched.set_model_attn1_output_patch(controller.attn1_output_patch)
+    patched.add_wrapper_with_key(ext.WrappersMP.SAMPLER_SAMPLE, KEY, controller.sampler_sample)
+    patched.add_wrapper_with_key(ext.WrappersMP.CALC_COND_BATCH, KEY, controller.calc_cond_batch)
+    return patched
+
+
+def controller_of(model) -> TGateController | None:
+    """The TGATE controller installed on a patched MODEL (for reports and tests), or None."""
+    import comfy.patcher_extension as ext
+
+    for fn in model.get_wrappers(ext.WrappersMP.SAMPLER_SAMPLE, KEY):
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, TGateController):
+            return owner
+    return None
+
+
+class TGate:
+    """ComfyUI node: MODEL in, MODEL out with TGATE."""
+
+    DESCRIPTION = (
+        "TGATE: after the gate, cross-attention is replayed from a cache (the mean of the conditional "
+        "and unconditional outputs at the step before the gate) and the unconditional CFG branch is "
+        "dropped, so the UNet runs at half the batch. No retraining. A gate at or after the last step "
+        "changes nothing."
+    )
+    CATEGORY = "model_patches"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "gate_mode": (
+                    list(GATE_MODES),
+                    {"default": "fraction", "tooltip": "fraction: gate_fraction of the steps; step: gate_step."},
+                ),
+                "gate_fraction": (
+                    "FLOAT",
+                    {
+                        "default": 0.4,
+                        "min": 0.01,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Share of the sampling steps that still run cross-attention and CFG "
+                        "(rounded half up, at least 1). 1.0 never gates.",
+                    },
+                ),
+                "gate_step": (
+                    "INT",
+                    {
+                        "default": 10,
+                        "min": 1,
+                        "max": 10000,
+                        "tooltip": "Steps that still run cross-attention and CFG. At or past the last step: no change.",
+                    },
+                ),
+                "self_attention_interval": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 1000,
+                        "tooltip": "TGATE v2: before the gate, recompute self-attention every k-th step "
+                        "after the warm-up and reuse it in between. 0: off (TGATE v1).",
+                    },
+                ),
+            },
+            "optional": {
+                "self_attention_interval_after": (
+                    "INT",
+                    {"default": 1, "min": 1, "max": 1000, "tooltip": "TGATE v2: interval after the gate (1: always compute)."},
+                ),
+                "self_attention_warm_up": (
+                    "INT",
+                    {"default": 2, "min": 0, "max": 1000, "tooltip": "TGATE v2: steps that always compute first."},
+                ),
+            },
+        }
+
+    def patch(
+        self,
+        model,
+        gate_mode="fraction",
+        gate_fraction=0.4,
+        gate_step=10,
+        self_attention_interval=0,
+        self_attention_interval_after=1,
+        self_attention_warm_up=2,
+    ):
+        settings = TGateSettings(
+            gate_mode=gate_mode,
+            gate_step=int(gate_step),
+            gate_fraction=float(gate_fraction),
+            self_attention_interval=int(self_attention_interval) or None,
+            self_attention_interval_after=int(self_attention_interval_after),
+            self_attention_warm_up=int(self_attention_warm_up),
+        )
+        return (apply_tgate(model, settings),)

@@ -1,0 +1,63 @@
+"""`guidance_after_gate`: the last guidance difference kept after the gate at no extra denoiser pass.
+
+Checked against the independent explicit loop (tests/reference_tgate.py), which adds
+w d^k (g - 1/2) delta to each single prediction itself, and for sequential CFG against
+ManualSequentialTGate; w = 0 is TGATE exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import crossgate
+from conftest import run
+from reference_tgate import reference_latents
+from sequential_cases import ManualSequentialTGate, wan_t2v
+
+
+@pytest.mark.parametrize("weight,decay", [(1.0, 1.0), (0.5, 0.8)])
+def test_batched_cfg_matches_the_reference_loop(sd_pipe, weight, decay):
+    prompts = ["a red circle", "a blue square"]
+    crossgate.apply(sd_pipe, gate_step=3, guidance_after_gate=weight, guidance_after_gate_decay=decay)
+    got = run(sd_pipe, prompts, steps=8, seed=3, guidance_scale=5.0, negative_prompt=["", ""])
+    assert crossgate.last_call(sd_pipe).denoiser_batches == [4, 4, 4, 2, 2, 2, 2, 2]  # no extra pass
+    crossgate.remove(sd_pipe)
+    expected = reference_latents(
+        sd_pipe, prompts, steps=8, gate=3, guidance=5.0, seed=3, keep_guidance=weight, keep_decay=decay
+    )
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    plain_tgate = reference_latents(sd_pipe, prompts, steps=8, gate=3, guidance=5.0, seed=3)
+    assert (got - plain_tgate).abs().max() > 1e-3  # the kept guidance made a difference
+
+
+def test_zero_weight_is_tgate_exactly(sd_pipe):
+    crossgate.apply(sd_pipe, gate_step=3)
+    tgate = run(sd_pipe, steps=8)
+    crossgate.apply(sd_pipe, gate_step=3, guidance_after_gate=0.0, guidance_after_gate_decay=0.5)
+    assert torch.equal(run(sd_pipe, steps=8), tgate)
+
+
+def test_sequential_cfg_matches_the_manual_reference():
+    case = wan_t2v()
+    pipe = case.pipe
+
+    def call():
+        kwargs = dict(case.kwargs, num_inference_steps=4, output_type="latent")
+        return pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(0)).frames
+
+    crossgate.apply(pipe, gate_step=2, guidance_after_gate=1.0)
+    got = call()
+    crossgate.remove(pipe)
+    manual = ManualSequentialTGate([pipe.transformer], 2, keep_guidance=1.0)
+    try:
+        expected = call()
+    finally:
+        manual.close()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("field,bad", [("guidance_after_gate", -1.0), ("guidance_after_gate_decay", 0.0)])
+def test_bad_values_are_clear_errors(field, bad):
+    with pytest.raises(crossgate.ConfigError, match=field):
+        crossgate.TGateConfig(**{field: bad})
