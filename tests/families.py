@@ -7,6 +7,7 @@ README is rendered from :data:`CASES` (see test_support_matrix.py), so it cannot
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -551,7 +552,7 @@ def sdxl_t2i_adapter() -> Case:
     from diffusers import StableDiffusionXLAdapterPipeline
 
     base = rp.tiny_sdxl_pipeline()
-    pipe = StableDiffusionXLAdapterPipeline(**base.components, adapter=_t2i_adapter((16, 32), xl=True))
+    pipe = StableDiffusionXLAdapterPipeline(**base.components, adapter=_t2i_adapter((16, 32)))
     rp.ready(pipe)
     return Case(pipe, {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32})
 
@@ -586,7 +587,8 @@ def sd_controlnet_inpaint() -> Case:
     from diffusers import StableDiffusionControlNetInpaintPipeline
 
     base = rp.tiny_sd_pipeline(in_channels=9)
-    pipe = StableDiffusionControlNetInpaintPipeline(**base.components, controlnet=_controlnet(base))
+    controlnet = _controlnet(rp.tiny_sd_pipeline())  # the ControlNet sees the 4 latent channels only
+    pipe = StableDiffusionControlNetInpaintPipeline(**base.components, controlnet=controlnet)
     rp.ready(pipe)
     return Case(pipe, {**_INPAINT_CALL, "control_image": _image(seed=2), "strength": 1.0})
 
@@ -603,9 +605,8 @@ def lcm_img2img() -> Case:
         pipe,
         {"prompt": "a red circle", "image": _image(), "strength": 0.5, "guidance_scale": 6.0},
         cfg=False,
-        steps=8,
+        steps=4,
         gate=1,
-        actual_steps=4,
     )
 
 
@@ -646,6 +647,79 @@ def sd_upscale() -> Case:
     return Case(pipe, {"prompt": "a red circle", "image": _image(16), "noise_level": 20})
 
 
+def sd_controlnet_xs() -> Case:
+    from diffusers import ControlNetXSAdapter, StableDiffusionControlNetXSPipeline
+
+    parts = _sd_parts(layers_per_block=2)  # ControlNet-XS mirrors two resnets per down block
+    torch.manual_seed(7)
+    adapter = ControlNetXSAdapter.from_unet(
+        parts["unet"], size_ratio=0.5, learn_time_embedding=True, conditioning_embedding_out_channels=(4, 8)
+    )
+    pipe = StableDiffusionControlNetXSPipeline(
+        **parts, controlnet=adapter, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32})
+
+
+def _random_controlnet(controlnet):
+    with torch.no_grad():  # from_unet zero-initialises the outputs; make the control matter
+        for p in controlnet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return controlnet
+
+
+def sdxl_controlnet_union() -> Case:
+    from diffusers import ControlNetUnionModel, StableDiffusionXLControlNetUnionPipeline
+
+    base = rp.tiny_sdxl_pipeline()
+    torch.manual_seed(2)
+    config = base.unet.config
+    params = inspect.signature(ControlNetUnionModel.__init__).parameters
+    controlnet = ControlNetUnionModel(
+        **{k: v for k, v in config.items() if k in params and not k.startswith("_")},
+        conditioning_embedding_out_channels=(8, 16),
+        num_trans_channel=16,  # the first block's width (the union transformer runs on its features)
+        num_trans_head=2,
+        num_proj_channel=16,
+    )
+    pipe = StableDiffusionXLControlNetUnionPipeline(**base.components, controlnet=controlnet)
+    rp.ready(pipe)
+    return Case(
+        pipe, {"prompt": "a red circle", "control_image": [_image()], "control_mode": [1], "height": 32, "width": 32}
+    )
+
+
+def sdxl_controlnet_img2img() -> Case:
+    from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
+
+    base = rp.tiny_sdxl_pipeline()
+    pipe = StableDiffusionXLControlNetImg2ImgPipeline(
+        **base.components, controlnet=_controlnet(base), requires_aesthetics_score=False
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "image": _image(), "control_image": _image(seed=2), "strength": 0.5},
+        steps=8,
+        gate=2,
+        actual_steps=4,
+    )
+
+
+def sdxl_controlnet_inpaint() -> Case:
+    from diffusers import StableDiffusionXLControlNetInpaintPipeline
+
+    base = rp.tiny_sdxl_pipeline()
+    pipe = StableDiffusionXLControlNetInpaintPipeline(
+        **base.components, controlnet=_controlnet(base), requires_aesthetics_score=False
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe, {**_INPAINT_CALL, "control_image": _image(seed=2), "strength": 0.5}, steps=8, gate=2, actual_steps=4
+    )
+
+
 _UNCOND = "uncond: the negative prompt's side inputs, as the original release"
 _NO_CFG = "the whole batch (no CFG)"
 
@@ -665,6 +739,9 @@ _SVD_HALF = (
     "cond: SVD's unconditional inputs are zeros (image embeddings and latents), the uncond half has no image"
 )
 _DISTILLED = "none (guidance-distilled): full batch cached, no averaging"
+_VIDEO_CFG = "batched (text repeated per frame inside the UNet), dropped after the gate"
+_CONTROLNET_CFG = "batched, dropped after the gate; the ControlNet still runs at 2B, residuals sliced to B"
+_ADAPTER_CFG = "batched, dropped after the gate; the adapter's residuals are sliced to B"
 
 CASES: dict[str, Spec] = {
     "SD 1.x/2.x": Spec(sd, "StableDiffusionPipeline"),
@@ -693,6 +770,39 @@ CASES: dict[str, Spec] = {
         _SVD_HALF,
     ),
     "LTX-Video": Spec(ltx_video, "LTXPipeline"),
+    "AnimateDiff": Spec(animatediff, "AnimateDiffPipeline", _VIDEO_CFG),
+    "AnimateDiff video-to-video": Spec(animatediff_v2v, "AnimateDiffVideoToVideoPipeline", _VIDEO_CFG),
+    "Text-to-video (UNet3D)": Spec(text_to_video, "TextToVideoSDPipeline", _VIDEO_CFG),
+    "SD T2I-Adapter": Spec(sd_t2i_adapter, "StableDiffusionAdapterPipeline", _ADAPTER_CFG),
+    "SD ControlNet img2img": Spec(
+        sd_controlnet_img2img, "StableDiffusionControlNetImg2ImgPipeline", _CONTROLNET_CFG
+    ),
+    "SD ControlNet inpainting": Spec(
+        sd_controlnet_inpaint, "StableDiffusionControlNetInpaintPipeline", _CONTROLNET_CFG
+    ),
+    "SDXL ControlNet img2img": Spec(
+        sdxl_controlnet_img2img, "StableDiffusionXLControlNetImg2ImgPipeline", _CONTROLNET_CFG
+    ),
+    "SDXL ControlNet inpainting": Spec(
+        sdxl_controlnet_inpaint, "StableDiffusionXLControlNetInpaintPipeline", _CONTROLNET_CFG
+    ),
+    "SDXL ControlNet-Union": Spec(
+        sdxl_controlnet_union, "StableDiffusionXLControlNetUnionPipeline", _CONTROLNET_CFG
+    ),
+    "SD ControlNet-XS": Spec(
+        sd_controlnet_xs,
+        "StableDiffusionControlNetXSPipeline",
+        "batched; the control branch is part of the denoiser (UNetControlNetXSModel), so it is gated too",
+    ),
+    "LCM img2img": Spec(lcm_img2img, "LatentConsistencyModelImg2ImgPipeline", _DISTILLED, _NO_CFG),
+    "GLIGEN": Spec(
+        gligen,
+        "StableDiffusionGLIGENPipeline",
+        "batched; the grounding (gated self-attention) is self-attention and keeps computing",
+    ),
+    "SD x4 upscaler": Spec(
+        sd_upscale, "StableDiffusionUpscalePipeline", "batched (low-res image and noise level doubled), dropped after the gate"
+    ),
 }
 
 # Rows of the matrix that are not a family case: (what, status, where it is tested).

@@ -156,7 +156,7 @@ class TGateConfig:
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
 
-    def with_overrides(self, **overrides: object) -> TGateConfig:
+    def with_overrides(self, **overrides: Any) -> TGateConfig:
         """A copy with some fields replaced (validated again)."""
         unknown = set(overrides) - {f.name for f in fields(self)}
         if unknown:
@@ -211,7 +211,7 @@ def _as_number(value: object) -> object:
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Rational) and value.denominator == 1:  # Fraction(5) is a step count
-        return int(value)
+        return int(value.numerator)
     if isinstance(value, numbers.Real):
         return float(value)
     return value

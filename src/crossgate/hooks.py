@@ -40,7 +40,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 import torch
 from diffusers.hooks import ModelHook
@@ -81,7 +82,15 @@ def _call_for(denoiser: torch.nn.Module) -> CallState | None:
 _BATCH = "batch"  # the key of a batched pass's output (both CFG halves in one tensor)
 
 
-class CrossAttentionGateHook(ModelHook):
+class _SkippingHook(ModelHook):
+    """A ``ModelHook`` that replaces its module's forward and calls the original when it computes."""
+
+    def _run_module(self, *args: Any, **kwargs: Any) -> Any:
+        forward = cast(Callable[..., Any], self.fn_ref.original_forward)  # set by HookRegistry
+        return forward(*args, **kwargs)
+
+
+class CrossAttentionGateHook(_SkippingHook):
     """Compute before the gate, replay the converged output after it."""
 
     def __init__(self, denoiser: torch.nn.Module, name: str) -> None:
@@ -93,16 +102,16 @@ class CrossAttentionGateHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         call = _call_for(self.denoiser)
         if call is None:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return self._run_module(*args, **kwargs)
         record = self.record(call)
         if not call.gated:
-            output = self.fn_ref.original_forward(*args, **kwargs)
+            output = self._run_module(*args, **kwargs)
             self._keep(call, record, output)
             return output
         if record.cache is None:
             if not record.latest and id(self.denoiser) not in call.ran_before_gate:
                 # an expert that first runs after the gate: nothing was measured, so compute
-                output = self.fn_ref.original_forward(*args, **kwargs)
+                output = self._run_module(*args, **kwargs)
                 record.computed_steps.add(call.step)
                 return output
             record.cache = self._freeze(call, record)
@@ -180,7 +189,7 @@ class CrossAttentionGateHook(ModelHook):
         return cache
 
 
-class SelfAttentionCacheHook(ModelHook):
+class SelfAttentionCacheHook(_SkippingHook):
     """TGATE v2: recompute self-attention only on the schedule's steps, reuse it in between."""
 
     def __init__(self, denoiser: torch.nn.Module, name: str) -> None:
@@ -192,13 +201,13 @@ class SelfAttentionCacheHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         call = _call_for(self.denoiser)
         if call is None or not call.config.caches_self_attention:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return self._run_module(*args, **kwargs)
         record = self.record(call)
         action = self._action(call, call.step)
         batch = latent_batch(args, kwargs)
         if action is Action.REUSE and record.cache is not None and record.cache.shape[0] == batch:
             return record.cache
-        output = self.fn_ref.original_forward(*args, **kwargs)
+        output = self._run_module(*args, **kwargs)
         record.computed_steps.add(call.step)
         if action is Action.STORE and self._reused_at(call, call.step + 1):  # else nobody reads it
             at_gate = call.step == call.gate - 1
@@ -299,7 +308,7 @@ class DenoiserGate:
         call = current_call()
         if call is None or not call.runs(self.denoiser):
             return None
-        keep_guidance = call.cfg and call.config.guidance_after_gate > 0
+        keep_guidance = bool(call.cfg) and call.config.guidance_after_gate > 0
         if call.sequential:
             return self._after_sequential(call, output, keep_guidance)
         half, call.halved = call.halved, None
@@ -331,7 +340,7 @@ class DenoiserGate:
         return None
 
 
-class BlockSkipHook(ModelHook):
+class BlockSkipHook(_SkippingHook):
     """Sequential CFG after the gate: the uncond call's blocks compute nothing (identity).
 
     Its output is discarded (the denoiser returns the cond call's output instead), so each block
@@ -347,7 +356,7 @@ class BlockSkipHook(ModelHook):
         call = _call_for(self.denoiser)
         if call is not None and call.skip_pass:
             return self._passthrough(args, kwargs)
-        return self.fn_ref.original_forward(*args, **kwargs)
+        return self._run_module(*args, **kwargs)
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -383,7 +392,7 @@ def _calling_pipeline() -> Any:
     """
     from diffusers import DiffusionPipeline
 
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
         if isinstance(owner, DiffusionPipeline):

@@ -21,7 +21,7 @@ import inspect
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from diffusers.hooks import HookRegistry
@@ -366,7 +366,7 @@ def _branch_context_for(denoiser: torch.nn.Module):
     Sequential-CFG pipelines name each denoiser call (``with denoiser.cache_context("uncond"):``);
     the name is observed and the denoiser's own ``cache_context`` (diffusers' caches) still runs.
     """
-    original = type(denoiser).cache_context.__get__(denoiser)
+    original = cast(Any, type(denoiser)).cache_context.__get__(denoiser)  # CacheMixin's
 
     @contextlib.contextmanager
     def cache_context(name: str, **kwargs: Any) -> Iterator[None]:

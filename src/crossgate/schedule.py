@@ -43,7 +43,7 @@ def self_attention_action(
         if not caching_after:
             return Action.COMPUTE
         return Action.STORE if step % interval_after == 0 else Action.REUSE
-    if not caching_before or step < warm_up:
+    if interval is None or step < warm_up:
         return Action.COMPUTE
     if step == warm_up or step % interval == 0:
         return Action.STORE

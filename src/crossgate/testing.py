@@ -3,7 +3,8 @@
 Nothing here touches the Hugging Face Hub: the tokenizer is a character-level CLIP BPE written to a
 temporary folder, and every model is built from a config with random (seeded) weights. Two sizes:
 ``tiny_*`` pipelines (widths of a few channels, for tests) and :func:`random_pipeline` (the real
-SD-1.5 / SD-2.1 / SDXL UNet architectures from the bundled configs, for benchmarks).
+SD-1.5 / SD-2.1 / SDXL UNet, PixArt-Alpha and Wan 2.1 T2V 1.3B denoiser architectures from the
+bundled configs, for benchmarks; their text encoders and VAEs are small, see each builder).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ ARCHITECTURES: dict[str, str] = {
     "sd21": "sd21_unet.json",
     "sdxl": "sdxl_unet.json",
 }
-RANDOM_MODELS: tuple[str, ...] = ("tiny", "tiny-sdxl", *ARCHITECTURES)
+TRANSFORMER_ARCHITECTURES: dict[str, str] = {
+    "pixart-alpha": "pixart_alpha_1024.json",
+    "wan13b": "wan21_t2v_1.3b.json",
+}
+TINY_MODELS: tuple[str, ...] = ("tiny", "tiny-sdxl", "tiny-pixart", "tiny-wan")
+RANDOM_MODELS: tuple[str, ...] = (*TINY_MODELS, *ARCHITECTURES, *TRANSFORMER_ARCHITECTURES)
 
 
 def ready(pipe: Any) -> Any:
@@ -309,17 +315,37 @@ def tiny_sana_pipeline(seed: int = 0):
 
 
 def random_pipeline(
-    model: str, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
-) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    model: str,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    num_layers: int | None = None,
+) -> Any:
     """A pipeline named in :data:`RANDOM_MODELS`, random weights, on ``device`` in ``dtype``.
 
-    ``tiny`` / ``tiny-sdxl`` are :func:`tiny_sd_pipeline` / :func:`tiny_sdxl_pipeline`; the others
-    are :func:`architecture_pipeline` of the bundled UNet config.
+    ``tiny*`` are the tiny test pipelines (:func:`tiny_sd_pipeline`, :func:`tiny_sdxl_pipeline`,
+    :func:`tiny_pixart_pipeline`, :func:`tiny_wan_pipeline`); ``sd15``/``sd21``/``sdxl`` are
+    :func:`architecture_pipeline` of the bundled UNet config, ``pixart-alpha`` is
+    :func:`pixart_architecture_pipeline` and ``wan13b`` :func:`wan_architecture_pipeline`.
+    ``num_layers`` (transformer architectures only) keeps the real widths with fewer layers: for
+    smoke runs of the same code path, whose timings and MACs are then not the real model's.
     """
-    if model == "tiny":
-        return tiny_sd_pipeline(seed).to(device, dtype)
-    if model == "tiny-sdxl":
-        return tiny_sdxl_pipeline(seed).to(device, dtype)
+    tiny = {
+        "tiny": tiny_sd_pipeline,
+        "tiny-sdxl": tiny_sdxl_pipeline,
+        "tiny-pixart": tiny_pixart_pipeline,
+        "tiny-wan": tiny_wan_pipeline,
+    }
+    if model in tiny:
+        return tiny[model](seed).to(device, dtype)
+    if num_layers is not None and model not in TRANSFORMER_ARCHITECTURES:
+        raise ValueError(f"num_layers applies to {', '.join(TRANSFORMER_ARCHITECTURES)} only, not {model!r}.")
+    if model in TRANSFORMER_ARCHITECTURES:
+        config = bundled_config(TRANSFORMER_ARCHITECTURES[model])
+        if num_layers is not None:
+            config["num_layers"] = num_layers
+        build = pixart_architecture_pipeline if model == "pixart-alpha" else wan_architecture_pipeline
+        return build(config, device, dtype, seed)
     if model not in ARCHITECTURES:
         raise ValueError(f"unknown random-weight model {model!r}; use one of {', '.join(RANDOM_MODELS)}.")
     return architecture_pipeline(bundled_config(ARCHITECTURES[model]), device, dtype, seed)
@@ -372,4 +398,148 @@ def architecture_pipeline(
                 feature_extractor=None,
                 requires_safety_checker=False,
             )
+    return ready(pipe).to(device, dtype)
+
+
+def tiny_wan_transformer(seed: int = 0, **extra: Any):
+    """A two-layer Wan 2.1 transformer (2 heads of 12, text width 32): the tests' sequential-CFG model."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+        **extra,
+    )
+
+
+def small_wan_vae(base_dim: int = 8):
+    """An ``AutoencoderKLWan`` with Wan 2.1's latent layout (16 channels, 8x spatial and 4x temporal
+    compression) and few channels: only a decode uses it, the denoiser's cost does not depend on it."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=base_dim,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """Wan 2.1 T2V with a tiny transformer, T5 encoder and VAE (16x16 pixels, 5 frames, 16 tokens)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    torch.manual_seed(seed)
+    vae = small_wan_vae(base_dim=3)
+    tokenizer = char_fast_tokenizer(max_length=16)
+    torch.manual_seed(seed)
+    text_encoder = tiny_t5_encoder(tokenizer)
+    pipe = WanPipeline(
+        vae=vae,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        transformer=tiny_wan_transformer(seed),
+    )
+    return ready(pipe)
+
+
+def wan_architecture_pipeline(
+    transformer_config: dict[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+):
+    """A WanPipeline around the real Wan 2.1 T2V transformer ``transformer_config`` describes (e.g.
+    the bundled ``wan21_t2v_1.3b.json``), random weights: a benchmark of the denoiser's real cost.
+
+    The rest is small, because the denoiser dominates a generation and costs the same for every
+    configuration a benchmark compares: a one-layer random umT5 encoder of the transformer's
+    ``text_dim`` (4096) under a character tokenizer that pads to 512 tokens (the pipeline's
+    ``max_sequence_length``, so cross-attention sees the real prompt length), a few-channel
+    ``AutoencoderKLWan`` with the real latent layout (:func:`small_wan_vae`; only ``--decode`` runs it),
+    and flow-matching Euler with shift 3 (Wan's 480p setting). Built directly on a CUDA device when
+    one is asked for.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=512)
+    init_device = device if device.startswith("cuda") else "cpu"
+    with torch.device(init_device):
+        transformer = WanTransformer3DModel.from_config(transformer_config)
+        text_encoder = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=len(tokenizer),
+                d_model=transformer_config["text_dim"],
+                d_kv=64,
+                d_ff=256,
+                num_layers=1,
+                num_heads=2,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
+        )
+        vae = small_wan_vae()
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+    )
+    return ready(pipe).to(device, dtype)
+
+
+def pixart_architecture_pipeline(
+    transformer_config: dict[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+):
+    """A PixArt-Alpha pipeline around the real transformer ``transformer_config`` describes (the
+    bundled ``pixart_alpha_1024.json``), random weights.
+
+    The T5 text encoder is a two-layer random one of the transformer's ``caption_channels`` (4096)
+    under a character tokenizer (the pipeline pads prompts to its 120-token ``max_sequence_length``);
+    the VAE is the SD VAE architecture. Call it with ``use_resolution_binning=False`` at sizes other
+    than 1024-px aspect-ratio bins. Built directly on a CUDA device when one is asked for.
+    """
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=120)
+    init_device = device if device.startswith("cuda") else "cpu"
+    with torch.device(init_device):
+        transformer = PixArtTransformer2DModel.from_config(transformer_config)
+        text_encoder = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer),
+                d_model=transformer_config["caption_channels"],
+                d_kv=64,
+                d_ff=256,
+                num_layers=2,
+                num_heads=2,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
+        )
+        vae = AutoencoderKL.from_config(bundled_config("sd_vae.json"))
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
     return ready(pipe).to(device, dtype)

@@ -183,7 +183,7 @@ def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"
 
 
 def to_pil(image: Any):
-    """A PIL image from a pipeline output image (PIL, numpy or tensor)."""
+    """The PIL image of a pipeline output (the CLI always asks for ``output_type="pil"``)."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
