@@ -720,6 +720,205 @@ def sdxl_controlnet_inpaint() -> Case:
     )
 
 
+def _movq():
+    from diffusers import VQModel
+
+    torch.manual_seed(8)
+    return VQModel(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        norm_type="spatial",
+        num_vq_embeddings=12,
+        vq_embed_dim=4,
+    )
+
+
+def kandinsky3() -> Case:
+    from diffusers import DDPMScheduler, Kandinsky3Pipeline, Kandinsky3UNet
+
+    torch.manual_seed(0)
+    tokenizer = rp.char_fast_tokenizer(max_length=128)
+    unet = Kandinsky3UNet(
+        in_channels=4,
+        time_embedding_dim=4,
+        groups=2,
+        attention_head_dim=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        cross_attention_dim=4,
+        encoder_hid_dim=32,
+    )
+    pipe = Kandinsky3Pipeline(
+        tokenizer=tokenizer,
+        text_encoder=rp.tiny_t5_encoder(tokenizer),
+        unet=unet,
+        scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=True, thresholding=False),
+        movq=_movq(),
+    )
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "height": 32, "width": 32}, steps=4, gate=2)
+
+
+def i2vgen_xl() -> Case:
+    from diffusers import I2VGenXLPipeline, I2VGenXLUNet
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    parts = _sd_parts()
+    torch.manual_seed(0)
+    unet = I2VGenXLUNet(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        num_attention_heads=None,
+        norm_num_groups=8,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            intermediate_size=24,
+            patch_size=8,
+        )
+    )
+    feature_extractor = CLIPImageProcessor(crop_size=32, size=32)
+    pipe = I2VGenXLPipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        image_encoder=image_encoder,
+        feature_extractor=feature_extractor,
+        unet=unet,
+        scheduler=parts["scheduler"],
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32, "num_frames": 2},
+        steps=4,
+        gate=2,
+    )
+
+
+def latte() -> Case:
+    from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
+
+    torch.manual_seed(0)
+    tokenizer = rp.char_fast_tokenizer()
+    transformer = LatteTransformer3DModel(
+        sample_size=8,
+        num_layers=1,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    pipe = LattePipeline(
+        tokenizer=tokenizer,
+        text_encoder=rp.tiny_t5_encoder(tokenizer),
+        vae=rp.tiny_vae(),
+        transformer=transformer,
+        scheduler=DDIMScheduler(),
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "height": 16, "width": 16, "video_length": 2, "clean_caption": False,
+         "mask_feature": False},
+        denoiser_attr="transformer",
+        steps=4,
+        gate=2,
+    )
+
+
+def _bert_tokenizer(max_length: int = 77):
+    import string
+    import tempfile
+    from pathlib import Path
+
+    from transformers import BertTokenizer
+
+    folder = Path(tempfile.mkdtemp(prefix="crossgate-bert-"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizer(str(folder / "vocab.txt"), model_max_length=max_length)
+
+
+def hunyuan_dit() -> Case:
+    from diffusers import DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = _bert_tokenizer()
+    text_encoder = BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=80,
+        )
+    )
+    tokenizer_2 = rp.char_fast_tokenizer(max_length=256)
+    transformer = HunyuanDiT2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        in_channels=4,
+        cross_attention_dim=32,
+        cross_attention_dim_t5=32,
+        pooled_projection_dim=16,
+        hidden_size=24,
+        activation_fn="gelu-approximate",
+    )
+    pipe = HunyuanDiTPipeline(
+        vae=rp.tiny_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        scheduler=DDPMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        text_encoder_2=rp.tiny_t5_encoder(tokenizer_2),
+        tokenizer_2=tokenizer_2,
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "height": 16, "width": 16, "use_resolution_binning": False},
+        denoiser_attr="transformer",
+        steps=4,
+        gate=2,
+    )
+
+
 _UNCOND = "uncond: the negative prompt's side inputs, as the original release"
 _NO_CFG = "the whole batch (no CFG)"
 

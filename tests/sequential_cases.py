@@ -27,25 +27,28 @@ class SeqCase:
     gate: int = 2
 
 
-def _transformer(seed: int, **extra: Any):
+# The tiny Wan block every case shares; each family's transformer class takes these plus its own.
+_TINY = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 12,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 32,
+    "freq_dim": 256,
+    "ffn_dim": 32,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 32,
+}
+
+
+def _transformer(seed: int, cls: Any = None, **extra: Any):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        **extra,
-    )
+    return (cls or WanTransformer3DModel)(**{**_TINY, **extra})
 
 
 def _wan_parts(seed: int = 0) -> dict[str, Any]:
@@ -113,7 +116,8 @@ def wan_i2v(seed: int = 0) -> SeqCase:
     image_processor = CLIPImageProcessor(crop_size=32, size=32)
     pipe = WanImageToVideoPipeline(
         **_wan_parts(seed),
-        transformer=_i2v_transformer(seed),
+        # the latents are concatenated with the image condition: 16 + 20 channels in
+        transformer=_transformer(seed, in_channels=36, image_dim=4, added_kv_proj_dim=24),
         image_encoder=image_encoder,
         image_processor=image_processor,
     )
@@ -123,50 +127,11 @@ def wan_i2v(seed: int = 0) -> SeqCase:
     return SeqCase(pipe, {"image": image, "prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
 
 
-def _i2v_transformer(seed: int):
-    """I2V concatenates the latents with the image condition (16 + 20 channels in)."""
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=36,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        image_dim=4,
-        added_kv_proj_dim=24,
-    )
-
-
 def wan_vace(seed: int = 0) -> SeqCase:
     """VACE: control blocks (`vace_blocks`, with their own attn2) add hints to the main blocks."""
     from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
-    torch.manual_seed(seed)
-    transformer = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        vace_layers=[0],
-        vace_in_channels=96,
-    )
+    transformer = _transformer(seed, WanVACETransformer3DModel, vace_layers=[0], vace_in_channels=96)
     pipe = WanVACEPipeline(**_wan_parts(seed), transformer=transformer)
     rp.ready(pipe)
     return SeqCase(pipe, {"prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
@@ -175,21 +140,7 @@ def wan_vace(seed: int = 0) -> SeqCase:
 def skyreels_v2(seed: int = 0) -> SeqCase:
     from diffusers import SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
 
-    torch.manual_seed(seed)
-    transformer = SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
+    transformer = _transformer(seed, SkyReelsV2Transformer3DModel)
     parts = _wan_parts(seed)
     parts["scheduler"] = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0

@@ -1,0 +1,407 @@
+"""A real ComfyUI, the embedded model inside it, and an independent TGATE to check the node against.
+
+Runs in the ComfyUI test venv (`make comfy-env`), never in the main one. Shared by
+scripts/comfy_checks.py (what tests/test_comfyui.py runs) and scripts/comfy_bench.py.
+
+* ``Comfy(...)``: imports ComfyUI on CPU (``args.cpu = True`` before ``comfy.model_management``), loads
+  the node pack the way ComfyUI loads custom nodes (``nodes.load_custom_node`` on a copy of
+  ``comfyui/`` in a temporary ``custom_nodes`` folder), and builds a ComfyUI SD1.5-style model from
+  the embedded diffusers UNet (``comfy.utils.unet_to_diffusers`` with a config written for it).
+  Conditioning comes from the embedded CLIP text model through transformers (ComfyUI's own loaders
+  refuse the tiny CLIP and VAE).
+* ``Probe``: counts what the UNet really does, per UNet call: the batch (forward pre-hook on the
+  diffusion model), the tokens every cross-attention projection (to_q/to_k/to_v/to_out) receives
+  (forward pre-hooks) and the attention computations (ComfyUI's own ``optimized_attention_override``).
+* ``reference_sample``: TGATE written again by hand, sharing nothing with the node: a hand-written
+  sampling loop (Euler, Heun, DPM-Solver++(2M)) around ``BaseModel.apply_model`` with explicit CFG
+  batches, and torch forward hooks on every attn2.to_out (attn1.to_out for v2) that keep and replay
+  the outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK = ROOT / "comfyui"
+EMBEDDED = ROOT / "src" / "crossgate" / "embedded" / "crossgate-shapes-32"
+DEFAULT_COMFY = ROOT / ".venv-comfy" / "ComfyUI"
+
+# The embedded UNet (unet/config.json) in ComfyUI's UNetModel terms: 2 levels (64, 128 channels),
+# 1 res block each, transformer depth 1 then 2 (mid 2), heads of 16 channels, text width 128.
+UNET_CONFIG = {
+    "image_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 64,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth": [1, 2],
+    "transformer_depth_output": [1, 1, 2, 2],
+    "transformer_depth_middle": 2,
+    "context_dim": 128,
+    "num_heads": -1,
+    "num_head_channels": 16,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+    "use_spatial_transformer": True,
+    "legacy": False,
+}
+
+
+def load_schedule_reference():
+    """crossgate's own v2 schedule (src/crossgate/schedule.py, pure), loaded without the package."""
+    spec = importlib.util.spec_from_file_location("crossgate_schedule_ref", ROOT / "src/crossgate/schedule.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class Comfy:
+    def __init__(self, comfy_path: Path | None = None, threads: int = 2) -> None:
+        comfy_path = Path(comfy_path or os.environ.get("CROSSGATE_COMFYUI") or DEFAULT_COMFY)
+        if not (comfy_path / "comfy").is_dir():
+            raise SystemExit(f"no ComfyUI at {comfy_path} (make comfy-env)")
+        sys.path.insert(0, str(comfy_path))
+        import torch
+
+        torch.set_num_threads(threads)
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+        logging.getLogger().setLevel(logging.WARNING)
+        import comfy.model_management  # noqa: F401  (after args.cpu)
+        import comfy.sample
+        import comfy.samplers
+        import comfy.utils
+        import nodes
+
+        self.torch = torch
+        self.nodes = nodes
+        self.comfy = comfy
+        self.comfy_path = comfy_path
+        self.version = (comfy_path / "comfyui_version.py").read_text().split('"')[1]
+        self._custom_nodes = Path(tempfile.mkdtemp(prefix="crossgate-custom-nodes-"))
+        self.pack_dir = self._custom_nodes / "crossgate-tgate"
+        shutil.copytree(PACK, self.pack_dir, ignore=shutil.ignore_patterns("__pycache__"))
+        loaded = asyncio.run(nodes.load_custom_node(str(self.pack_dir)))
+        if not loaded or "TGATE" not in nodes.NODE_CLASS_MAPPINGS:
+            raise RuntimeError("ComfyUI did not load the node pack")
+        self.TGate = nodes.NODE_CLASS_MAPPINGS["TGATE"]
+        self.node_module = sys.modules[self.TGate.__module__]
+        self._text = None
+
+    def close(self) -> None:
+        shutil.rmtree(self._custom_nodes, ignore_errors=True)
+
+    # -- the model ---------------------------------------------------------------------------
+
+    def build_model(self):
+        """A fresh ComfyUI ModelPatcher over the embedded UNet (v-prediction, zero terminal SNR)."""
+        import comfy.model_base
+        import comfy.model_patcher
+        import comfy.supported_models
+        import safetensors.torch
+
+        torch = self.torch
+        diffusers_sd = safetensors.torch.load_file(str(EMBEDDED / "unet" / "diffusion_pytorch_model.safetensors"))
+        config = dict(UNET_CONFIG, dtype=torch.float32)
+        mapping = self.comfy.utils.unet_to_diffusers(config)
+        missing = sorted(set(diffusers_sd) - set(mapping))
+        if missing:
+            raise RuntimeError(f"unet_to_diffusers does not map {missing[:3]} (+{len(missing) - 3})")
+        comfy_sd = {mapping[k]: v for k, v in diffusers_sd.items()}
+        model_config = comfy.supported_models.SD15(config)
+        model_config.sampling_settings = {"zsnr": True}  # rescale_betas_zero_snr; scaled_linear 0.00085..0.012
+        model_config.unet_config.update({"num_heads": -1, "num_head_channels": 16})
+        model_config.set_inference_dtype(torch.float32, None)
+        model = comfy.model_base.BaseModel(
+            model_config, model_type=comfy.model_base.ModelType.V_PREDICTION, device=torch.device("cpu")
+        )
+        result = model.diffusion_model.load_state_dict(comfy_sd, strict=True)
+        assert not result.missing_keys and not result.unexpected_keys
+        model.eval()
+        cpu = torch.device("cpu")
+        return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+    def conditioning(self, prompt: str):
+        """ComfyUI CONDITIONING from the embedded CLIP text model (as the diffusers pipeline encodes)."""
+        torch = self.torch
+        if self._text is None:
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            tokenizer = CLIPTokenizer.from_pretrained(str(EMBEDDED / "tokenizer"))
+            encoder = CLIPTextModel.from_pretrained(str(EMBEDDED / "text_encoder")).eval()
+            self._text = (tokenizer, encoder)
+        tokenizer, encoder = self._text
+        ids = tokenizer(
+            prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        with torch.no_grad():
+            out = encoder(ids)
+        return [[out.last_hidden_state.clone(), {"pooled_output": out.pooler_output.clone()}]]
+
+    def tgate(self, model, **widgets):
+        """The node exactly as a workflow calls it."""
+        return self.TGate().patch(model, **widgets)[0]
+
+    def sample(self, model, positive, negative, *, steps=10, cfg=7.5, sampler="euler", scheduler="simple", seed=0,
+               batch=1, size=8, denoise=1.0):  # fmt: skip
+        """nodes.common_ksampler (the KSampler node's code path); returns the latent tensor."""
+        latent = {"samples": self.torch.zeros(batch, 4, size, size)}
+        (out,) = self.nodes.common_ksampler(
+            model, seed, steps, cfg, sampler, scheduler, positive, negative, latent, denoise=denoise
+        )
+        return out["samples"]
+
+    def controller(self, model):
+        return self.node_module.controller_of(model)
+
+    def transformer_blocks(self, model):
+        """(key, BasicTransformerBlock) of every transformer block, in module order."""
+        diffusion_model = model.get_model_object("diffusion_model")
+        keys = self.node_module.transformer_block_keys(diffusion_model)
+        blocks = [
+            m for name, m in diffusion_model.named_modules() if name.rsplit(".", 2)[-2:-1] == ["transformer_blocks"]
+        ]
+        assert len(blocks) == len(keys)
+        return list(zip(keys, blocks))
+
+
+class Probe:
+    """Per UNet call: batch, sigma, tokens each attn2 projection got, attention computations."""
+
+    def __init__(self, comfy_env: Comfy, model) -> None:
+        self.env = comfy_env
+        self.calls: list[dict] = []
+        self.handles = []
+        self.model = model.clone()
+        diffusion_model = self.model.get_model_object("diffusion_model")
+        self.handles.append(diffusion_model.register_forward_pre_hook(self._unet, with_kwargs=True))
+        for _, block in comfy_env.transformer_blocks(self.model):
+            for proj in (block.attn2.to_q, block.attn2.to_k, block.attn2.to_v, block.attn2.to_out[0]):
+                self.handles.append(proj.register_forward_pre_hook(self._proj))
+        to = self.model.model_options.setdefault("transformer_options", {})
+        to["optimized_attention_override"] = self._attention
+
+    def _unet(self, module, args, kwargs):
+        x = args[0]
+        timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
+        to = kwargs.get("transformer_options", {})
+        self.calls.append(
+            {
+                "batch": int(x.shape[0]),
+                "t": float(timesteps.reshape(-1)[0]),
+                "sigma": float(to["sigmas"].reshape(-1)[0]) if "sigmas" in to else None,
+                "attn2_tokens": 0,
+                "attn2_projections": 0,
+                "attention": 0,
+            }
+        )
+
+    def _proj(self, module, args):
+        call = self.calls[-1]
+        call["attn2_projections"] += 1
+        call["attn2_tokens"] += int(args[0].shape[1])
+
+    def _attention(self, func, *args, **kwargs):
+        self.calls[-1]["attention"] += 1
+        return func(*args, **kwargs)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def expected_steps(sampler: str, sigmas: list[float]) -> list[int]:
+    """The step of each model evaluation, worked out from the sampler's algorithm (not its callback)."""
+    steps = []
+    for i in range(len(sigmas) - 1):
+        steps.append(i)
+        if sampler == "heun" and sigmas[i + 1] != 0:
+            steps.append(i)
+    return steps
+
+
+def run_sigmas(comfy_env: Comfy, model, steps: int, scheduler: str = "simple"):
+    import comfy.samplers
+
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+
+
+class _ReferenceCache:
+    """Forward hooks on to_out of each attention layer: record, store, replay (the TGATE reference)."""
+
+    def __init__(self, modules):
+        self.mode: dict[int, str] = {}
+        self.stored: dict[int, object] = {}
+        self.handles = [m.register_forward_hook(self._hook) for m in modules]
+        self.ids = [id(m) for m in modules]
+        self.computed = 0
+        self.replayed = 0
+
+    def set(self, mode: str) -> None:  # "compute" | "store" | "replay"
+        self.global_mode = mode
+
+    def halve(self) -> None:
+        """At the gate: the kept [uncond; cond] outputs become their mean (batch B)."""
+        for key, t in list(self.stored.items()):
+            u, c = t.chunk(2)
+            self.stored[key] = (u + c) / 2
+
+    def _hook(self, module, inputs, output):
+        mode = self.global_mode
+        if mode == "replay":
+            self.replayed += 1
+            return self.stored[id(module)]
+        self.computed += 1
+        if mode == "store":
+            self.stored[id(module)] = output
+        return output
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def reference_sample(
+    comfy_env: Comfy,
+    model,
+    positive,
+    negative,
+    *,
+    steps=10,
+    cfg=7.5,
+    sampler="euler",
+    scheduler="simple",
+    seed=0,
+    batch=1,
+    size=8,
+    gate=None,
+    v2=None,
+    transformer_options=None,
+):
+    """TGATE by hand. ``gate=None``: plain CFG sampling. ``v2``: (interval, interval_after, warm_up).
+
+    The loop mirrors k-diffusion's Euler / Heun / DPM-Solver++(2M) (s_churn 0), the model call
+    mirrors ComfyUI's CFG (batch [uncond; cond], ``u + cfg (c - u)``); after the gate the denoiser
+    runs on the conditional half only and its prediction is used unguided.
+    """
+    import comfy.model_management
+    import comfy.sample
+
+    torch = comfy_env.torch
+    comfy.model_management.load_models_gpu([model])  # weights as ComfyUI patches them (LoRA)
+    base = model.model
+    ms = base.model_sampling
+    sigmas = run_sigmas(comfy_env, model, steps, scheduler)
+    n = len(sigmas) - 1
+    m = n if gate is None else gate
+    use_cfg = abs(cfg - 1.0) > 1e-9
+    schedule = load_schedule_reference()
+
+    blocks = [b for _, b in comfy_env.transformer_blocks(model)]
+    cross = _ReferenceCache([b.attn2.to_out for b in blocks])
+    selfc = _ReferenceCache([b.attn1.to_out for b in blocks]) if v2 is not None else None
+    cond_ctx = positive[0][0].expand(batch, -1, -1)
+    uncond_ctx = negative[0][0].expand(batch, -1, -1)
+    options = dict(transformer_options or {})
+    gated_once = [False, False]
+
+    def self_mode(step):
+        action = schedule.self_attention_action(step, m, v2[0], v2[1], v2[2])
+        name = action.value
+        if name == "reuse":
+            return "replay"
+        return name  # compute | store
+
+    def denoise(x, sigma, step):
+        after = step >= m
+        if after and not gated_once[0]:
+            gated_once[0] = True
+            if use_cfg:
+                cross.halve()
+        cross.set("replay" if after else ("store" if step == m - 1 else "compute"))
+        if selfc is not None:
+            mode = self_mode(step)
+            if after and not gated_once[1]:
+                gated_once[1] = True
+                if use_cfg:
+                    selfc.halve()
+            selfc.set(mode)
+        s = sigma * torch.ones(x.shape[0])
+        if use_cfg and not after:
+            x_in = torch.cat([x, x])
+            ctx = torch.cat([uncond_ctx, cond_ctx])
+            out = base.apply_model(x_in, torch.cat([s, s]), c_crossattn=ctx, transformer_options=dict(options))
+            u, c = out.chunk(2)
+            return u + (c - u) * cfg
+        return base.apply_model(x, s, c_crossattn=cond_ctx, transformer_options=dict(options))
+
+    latent = torch.zeros(batch, 4, size, size)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    max_denoise = True
+    x = ms.noise_scaling(sigmas[0], noise, latent, max_denoise)
+    try:
+        with torch.no_grad():
+            x = _solve(sampler, denoise, x, sigmas)
+    finally:
+        cross.remove()
+        if selfc is not None:
+            selfc.remove()
+    x = ms.inverse_noise_scaling(sigmas[-1], x)
+    out = base.process_latent_out(x.to(torch.float32))
+    counts = {"cross_computed": cross.computed, "cross_replayed": cross.replayed}
+    if selfc is not None:
+        counts.update(self_computed=selfc.computed, self_replayed=selfc.replayed)
+    return out, counts
+
+
+def _solve(sampler, denoise, x, sigmas):
+    n = len(sigmas) - 1
+    if sampler == "euler":
+        for i in range(n):
+            den = denoise(x, sigmas[i], i)
+            d = (x - den) / sigmas[i]
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        return x
+    if sampler == "heun":
+        for i in range(n):
+            den = denoise(x, sigmas[i], i)
+            d = (x - den) / sigmas[i]
+            dt = sigmas[i + 1] - sigmas[i]
+            if sigmas[i + 1] == 0:
+                x = x + d * dt
+            else:
+                x2 = x + d * dt
+                den2 = denoise(x2, sigmas[i + 1], i)  # the same step: Heun's second evaluation
+                d2 = (x2 - den2) / sigmas[i + 1]
+                x = x + (d + d2) / 2 * dt
+        return x
+    if sampler == "dpmpp_2m":
+        old = None
+        for i in range(n):
+            den = denoise(x, sigmas[i], i)
+            t, t_next = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = t_next - t
+            ratio = (-t_next).exp() / (-t).exp()
+            if old is None or sigmas[i + 1] == 0:
+                x = ratio * x - (-h).expm1() * den
+            else:
+                r = (t - (-sigmas[i - 1].log())) / h
+                den_d = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * old
+                x = ratio * x - (-h).expm1() * den_d
+            old = den
+        return x
+    raise ValueError(sampler)
