@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,5 +252,3 @@ def deepcache(pipe: Any, interval: int, composed: bool) -> Iterator[Any]:
     finally:
         helper.disable()
 
-
-Wrapper = Callable[[], contextlib.AbstractContextManager]
