@@ -4,12 +4,16 @@ the gate, through ComfyUI's own hook points only (no ComfyUI function is replace
 What runs where, for a MODEL patched by the node (``apply_tgate``):
 
 * ``SAMPLER_SAMPLE`` wrapper (``add_wrapper_with_key``): one sampling run. It resolves the gate from
-  the run's sigmas (``len(sigmas) - 1`` steps: the steps that actually run, also for ``denoise < 1``
-  and KSamplerAdvanced's start/end steps), keeps the run's state in the run's own
-  ``transformer_options`` (so it is gone when the run ends: nothing is kept between prompts), and
-  counts steps through the sampler's per-step callback: a second-order sampler (Heun) calls the model
-  twice per step and reports one step. A gate at or past the last step installs nothing for the run,
-  and the result is bit-identical to the unpatched model.
+  the run's sigmas (the ``sample_sigmas`` of the run: ``len - 1`` steps, the steps that actually run,
+  also for ``denoise < 1`` and KSamplerAdvanced's start/end steps) and keeps the run's state in the
+  run's own ``transformer_options`` (gone when the run ends: nothing is kept between prompts). A gate
+  at or past the last step installs nothing for the run: bit-identical to the unpatched model.
+* ``PREDICT_NOISE`` wrapper: one model evaluation; it assigns the evaluation its step (``_Steps``).
+  Steps, not calls: every ComfyUI sampler reports step ``i`` (its callback) right after the step's
+  first evaluation, and a second-order step evaluates again after that report (Heun's corrector at
+  the next sigma, DPM-2's midpoint). How many times is known for ComfyUI's samplers
+  (``EXTRA_EVALUATIONS``, checked against ComfyUI by scripts/comfy_checks.py) and learned from the
+  previous step for any other sampler.
 * ``CALC_COND_BATCH`` wrapper: after the gate, under CFG, only the conditional batch is computed (the
   UNet really runs at batch B, not 2B), and its prediction is returned for both branches, so the
   guidance arithmetic ``u + s (c - u)`` returns it, exactly.
@@ -159,58 +163,159 @@ class _Store:
         self.post.clear()
 
 
+# Model evaluations a step of ComfyUI's built-in samplers makes after reporting the step through its
+# callback (the k-diffusion function a KSAMPLER runs). Not listed: one evaluation per step, or unknown
+# (learned from the previous step). The last step makes none (sigma 0 next); heunpp2 looks 2 ahead.
+EXTRA_EVALUATIONS = {
+    "sample_heun": 1,
+    "sample_exp_heun_2_x0": 1,
+    "sample_exp_heun_2_x0_sde": 1,
+    "sample_dpm_2": 1,
+    "sample_dpm_2_ancestral": 1,
+    "sample_dpmpp_2s_ancestral": 1,
+    "sample_dpmpp_2s_ancestral_cfg_pp": 1,
+    "sample_dpmpp_sde": 1,
+    "sample_dpmpp_sde_gpu": 1,
+    "sample_seeds_2": 1,
+    "sample_seeds_3": 2,
+    "sample_heunpp2": 2,
+}
+_LOOKAHEAD = {"sample_heunpp2"}  # its extra evaluations run at sigmas[i+1] and sigmas[i+2]
+
+
+def sampler_name(sampler: Any) -> str | None:
+    """The k-diffusion function a ComfyUI KSAMPLER runs (``sample_euler``...), or None."""
+    return getattr(getattr(sampler, "sampler_function", None), "__name__", None)
+
+
+def extra_evaluations(name: str | None, step: int, sigmas: list[float]) -> int | None:
+    """Evaluations of ``step`` after its callback for sampler ``name``; None if unknown."""
+    if name in EXTRA_EVALUATIONS:
+        ahead = sum(1 for s in sigmas[step + 1 :] if s != 0)  # sigmas still to evaluate at
+        if name in _LOOKAHEAD:
+            return min(EXTRA_EVALUATIONS[name], ahead)
+        return EXTRA_EVALUATIONS[name] if ahead else 0
+    if name == "sample_sa_solver_pece":
+        return 0 if step == 0 else 1  # from step 1 on it re-evaluates at the step's sigma after correcting
+    if name in _SINGLE:
+        return 0
+    return None
+
+
+# Built-in samplers with exactly one evaluation per step (measured like EXTRA_EVALUATIONS).
+_SINGLE = {
+    "sample_euler",
+    "sample_euler_cfg_pp",
+    "sample_euler_ancestral",
+    "sample_euler_ancestral_cfg_pp",
+    "sample_lms",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_cfg_pp",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2m_sde_gpu",
+    "sample_dpmpp_2m_sde_heun",
+    "sample_dpmpp_2m_sde_heun_gpu",
+    "sample_dpmpp_3m_sde",
+    "sample_dpmpp_3m_sde_gpu",
+    "sample_ddpm",
+    "sample_lcm",
+    "sample_ipndm",
+    "sample_ipndm_v",
+    "sample_deis",
+    "sample_res_multistep",
+    "sample_res_multistep_cfg_pp",
+    "sample_res_multistep_ancestral",
+    "sample_res_multistep_ancestral_cfg_pp",
+    "sample_gradient_estimation",
+    "sample_gradient_estimation_cfg_pp",
+    "sample_er_sde",
+    "sample_sa_solver",
+    "sample_unipc",
+    "sample_unipc_bh2",
+}
+
+
+class _Steps:
+    """The step of each model evaluation of one run: steps, not calls.
+
+    Step ``i`` reports itself (the sampler's callback) right after its first evaluation; the next
+    ``extra`` evaluations still belong to it, the one after that starts step ``i + 1``. ``extra`` is
+    known for ComfyUI's samplers; for another sampler it is learned at each callback (which of the
+    evaluations since the previous one got the reported latent: that one was the step's first) and
+    taken from the previous step (0 until then). A sampler that never reports is followed by sigma.
+    """
+
+    def __init__(self, sampler: str | None, sigmas: list[float]) -> None:
+        self.sampler = sampler
+        self.sigmas = sigmas
+        self.reported: int | None = None
+        self.inputs: list[Any] = []  # latents evaluated since the last callback
+        self.learned = 0
+        self.by_sigma = False
+        self.step = 0
+
+    def evaluation(self, x: Any, sigma: float) -> int:
+        if self.reported is None:
+            position = schedule_position(sigma, self.sigmas[:-1])
+            if position is not None and (self.by_sigma or position > self.step + 1):
+                self.by_sigma = True  # no callbacks: the sigma's place in the schedule
+                self.step = max(self.step, position)
+        else:
+            extra = extra_evaluations(self.sampler, self.reported, self.sigmas)
+            if extra is None:
+                extra = self.learned
+            self.step = max(self.step, self.reported if len(self.inputs) < extra else self.reported + 1)
+        self.inputs.append(x)
+        return self.step
+
+    def callback(self, i: int, x: Any) -> None:
+        if self.reported is not None:
+            for k, seen in enumerate(self.inputs):
+                if seen is x:
+                    self.learned = k  # evaluations of the previous step after its callback
+                    break
+        self.reported = int(i)
+        self.by_sigma = False
+        self.inputs = []
+        self.step = max(self.step, int(i))
+
+
 class _Run:
     """One sampling run: its gate, its current step, its caches and what it did (``report``)."""
 
-    def __init__(self, settings: TGateSettings, sigmas: list[float]) -> None:
+    def __init__(self, settings: TGateSettings, sigmas: list[float], sampler: str | None) -> None:
         self.settings = settings
-        self.sigmas = sigmas
         self.num_steps = len(sigmas) - 1
         self.gate = settings.gate(self.num_steps)
-        self.step = 0
-        self.step_source = "sampler"
-        self.reported = False
+        self.steps = _Steps(sampler, sigmas)
         self.disabled: str | None = None
         self.first_call = True
-        self.cfg = False
         self.cross = _Store()
         self.self_attn = _Store()
         self.report: dict[str, Any] = {
             "steps": self.num_steps,
             "gate": self.gate,
+            "sampler": sampler,
             "engaged": True,
             "cfg": None,
-            "calls": [],  # per model evaluation: [step, sigma, conds run (2 = cond + uncond)]
+            "evaluations": [],  # per model evaluation: [step, sigma]
+            "batches": [],  # per conditioning batch: [step, conds run (2 = cond + uncond)]
             "cross_attention": {"computed": 0, "replayed": 0},
             "self_attention": {"computed": 0, "reused": 0},
         }
 
     @property
+    def step(self) -> int:
+        return self.steps.step
+
+    @property
     def gated(self) -> bool:
         return self.disabled is None and self.step >= self.gate
-
-    def on_step_done(self, i: int) -> None:
-        self.reported = True
-        if self.step_source == "sampler":
-            self.step = max(self.step, int(i) + 1)
-
-    def observe_sigma(self, sigma: float) -> None:
-        """A sampler that never reports its steps is noticed when the sigma runs ahead of the count
-        by more than one entry; from then on the step is the sigma's place in the schedule."""
-        if self.reported:
-            return
-        position = schedule_position(sigma, self.sigmas[:-1])
-        if position is None:
-            return
-        if self.step_source == "sampler" and position > self.step + 1:
-            self.step_source = "sigma"
-        if self.step_source == "sigma":
-            self.step = max(self.step, position)
 
     def close(self) -> dict[str, Any]:
         self.cross.clear()
         self.self_attn.clear()
-        self.report["step_source"] = self.step_source
+        self.steps.inputs = []
         self.report["disabled"] = self.disabled
         return self.report
 
@@ -246,17 +351,17 @@ class TGateController:
         if num_steps < 1 or self.settings.gate(num_steps) >= num_steps:
             self.last_report = {"steps": num_steps, "gate": self.settings.gate(max(num_steps, 1)), "engaged": False}
             return executor(guider, sigmas, extra_args, callback, *args, **kwargs)
-        run = _Run(self.settings, sigma_list)
+        run = _Run(self.settings, sigma_list, sampler_name(getattr(executor, "class_obj", None)))
         model_options = dict(extra_args.get("model_options", {}))
         transformer_options = dict(model_options.get("transformer_options", {}))
         transformer_options[KEY] = run
         model_options["transformer_options"] = transformer_options
         extra_args = {**extra_args, "model_options": model_options}
 
-        def step_done(step, *rest):
-            run.on_step_done(step)
+        def step_done(step, x0, x, total_steps):
+            run.steps.callback(step, x)
             if callback is not None:
-                return callback(step, *rest)
+                return callback(step, x0, x, total_steps)
             return None
 
         try:
@@ -273,6 +378,13 @@ class TGateController:
                 run.report["cross_attention"]["replayed"],
             )
 
+    def predict_noise(self, executor, x, timestep, model_options, seed):
+        run = _run_of(model_options.get("transformer_options"))
+        if run is not None:
+            sigma = float(timestep.reshape(-1)[0])
+            run.report["evaluations"].append([run.steps.evaluation(x, sigma), sigma])
+        return executor(x, timestep, model_options, seed)
+
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
         run = _run_of(model_options.get("transformer_options"))
         if run is None:
@@ -284,16 +396,14 @@ class TGateController:
                 run.disabled = f"a guider with {len(conds)} conds"
                 run.report["engaged"] = False
                 return executor(model, conds, x_in, timestep, model_options)
-        run.observe_sigma(float(timestep.reshape(-1)[0]))
         if len(conds) == 2 and conds[0] is not None:
             if run.report["cfg"] is None:
-                run.cfg = conds[1] is not None
-                run.report["cfg"] = run.cfg
+                run.report["cfg"] = conds[1] is not None
             if run.gated and conds[1] is not None:
-                run.report["calls"].append([run.step, float(timestep.reshape(-1)[0]), 1])
+                run.report["batches"].append([run.step, 1])
                 out = executor(model, [conds[0], None], x_in, timestep, model_options)
                 return [out[0], out[0]]
-        run.report["calls"].append([run.step, float(timestep.reshape(-1)[0]), sum(c is not None for c in conds)])
+        run.report["batches"].append([run.step, sum(c is not None for c in conds)])
         return executor(model, conds, x_in, timestep, model_options)
 
     # -- cross-attention (attn2) -----------------------------------------------------------------
@@ -403,7 +513,7 @@ def _remove_previous_tgate(model) -> None:
     """A second TGATE node on the same chain replaces the first (settings are not stacked)."""
     import comfy.patcher_extension as ext
 
-    for kind in (ext.WrappersMP.SAMPLER_SAMPLE, ext.WrappersMP.CALC_COND_BATCH):
+    for kind in (ext.WrappersMP.SAMPLER_SAMPLE, ext.WrappersMP.PREDICT_NOISE, ext.WrappersMP.CALC_COND_BATCH):
         model.remove_wrappers_with_key(kind, KEY)
     to = model.model_options.setdefault("transformer_options", {})
     patches = dict(to.get("patches", {}))
@@ -449,6 +559,7 @@ def apply_tgate(model, settings: TGateSettings):
         patched.set_model_attn1_patch(controller.attn1_patch)
         patched.set_model_attn1_output_patch(controller.attn1_output_patch)
     patched.add_wrapper_with_key(ext.WrappersMP.SAMPLER_SAMPLE, KEY, controller.sampler_sample)
+    patched.add_wrapper_with_key(ext.WrappersMP.PREDICT_NOISE, KEY, controller.predict_noise)
     patched.add_wrapper_with_key(ext.WrappersMP.CALC_COND_BATCH, KEY, controller.calc_cond_batch)
     return patched
 

@@ -24,8 +24,11 @@ from pathlib import Path
 STUB = '''"""Stand-in for {name}, written by crossgate's scripts/comfy_env.py for ComfyUI's tests.
 
 ComfyUI imports {name} at module level for models the tests never load. Every attribute is a
-placeholder that raises when used, so a test that does need {name} fails loudly.
+placeholder that raises when used, so a test that does need {name} fails loudly. The version is
+0.0.0, so that libraries probing for it (transformers) take their paths without it.
 """
+
+__version__ = "0.0.0"
 
 
 class _Missing:

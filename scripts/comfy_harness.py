@@ -68,7 +68,7 @@ def load_schedule_reference():
 
 
 class Comfy:
-    def __init__(self, comfy_path: Path | None = None, threads: int = 2) -> None:
+    def __init__(self, comfy_path: Path | None = None, threads: int = 1) -> None:
         comfy_path = Path(comfy_path or os.environ.get("CROSSGATE_COMFYUI") or DEFAULT_COMFY)
         if not (comfy_path / "comfy").is_dir():
             raise SystemExit(f"no ComfyUI at {comfy_path} (make comfy-env)")
@@ -86,6 +86,7 @@ class Comfy:
         import comfy.utils
         import nodes
 
+        comfy.utils.PROGRESS_BAR_ENABLED = False
         self.torch = torch
         self.nodes = nodes
         self.comfy = comfy

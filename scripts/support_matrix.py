@@ -1,4 +1,5 @@
-"""Render the README's support matrix from tests/families.py; `--write` updates README.md in place."""
+"""Render the README's support matrix (the classification in crossgate/adapters/support.py and the
+family cases in tests/families.py, with counts per bucket); `--write` updates README.md in place."""
 
 from __future__ import annotations
 

@@ -656,7 +656,11 @@ def sd_controlnet_xs() -> Case:
         parts["unet"], size_ratio=0.5, learn_time_embedding=True, conditioning_embedding_out_channels=(4, 8)
     )
     pipe = StableDiffusionControlNetXSPipeline(
-        **parts, controlnet=adapter, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **parts,
+        controlnet=adapter,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     rp.ready(pipe)
     return Case(pipe, {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32})
@@ -686,7 +690,14 @@ def sdxl_controlnet_union() -> Case:
     pipe = StableDiffusionXLControlNetUnionPipeline(**base.components, controlnet=controlnet)
     rp.ready(pipe)
     return Case(
-        pipe, {"prompt": "a red circle", "control_image": [_image()], "control_mode": [1], "height": 32, "width": 32}
+        pipe,
+        {
+            "prompt": "a red circle",
+            "control_image": [_image()],
+            "control_mode": [1],
+            "height": 32,
+            "width": 32,
+        },
     )
 
 
@@ -716,7 +727,11 @@ def sdxl_controlnet_inpaint() -> Case:
     )
     rp.ready(pipe)
     return Case(
-        pipe, {**_INPAINT_CALL, "control_image": _image(seed=2), "strength": 0.5}, steps=8, gate=2, actual_steps=4
+        pipe,
+        {**_INPAINT_CALL, "control_image": _image(seed=2), "strength": 0.5},
+        steps=8,
+        gate=2,
+        actual_steps=4,
     )
 
 
@@ -725,7 +740,7 @@ def _movq():
 
     torch.manual_seed(8)
     return VQModel(
-        block_out_channels=(8, 16),
+        block_out_channels=(32, 64),  # SpatialNorm groups by 32
         down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
         up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
         in_channels=3,
@@ -749,8 +764,8 @@ def kandinsky3() -> Case:
         time_embedding_dim=4,
         groups=2,
         attention_head_dim=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
+        layers_per_block=3,  # Kandinsky 3's blocks assume three
+        block_out_channels=(32, 64),
         cross_attention_dim=4,
         encoder_hid_dim=32,
     )
@@ -762,7 +777,7 @@ def kandinsky3() -> Case:
         movq=_movq(),
     )
     rp.ready(pipe)
-    return Case(pipe, {"prompt": "a red circle", "height": 32, "width": 32}, steps=4, gate=2)
+    return Case(pipe, {"prompt": "a red circle", "height": 16, "width": 16}, steps=4, gate=2)
 
 
 def i2vgen_xl() -> Case:
@@ -808,7 +823,15 @@ def i2vgen_xl() -> Case:
     rp.ready(pipe)
     return Case(
         pipe,
-        {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32, "num_frames": 2},
+        # clip_skip=None: the default (1) reads CLIPTextModel.text_model, which transformers 5 removed
+        {
+            "prompt": "a red circle",
+            "image": _image(),
+            "height": 16,
+            "width": 16,
+            "num_frames": 2,
+            "clip_skip": None,
+        },
         steps=4,
         gate=2,
     )
@@ -835,6 +858,7 @@ def latte() -> Case:
         norm_type="ada_norm_single",
         norm_elementwise_affine=False,
         norm_eps=1e-6,
+        video_length=2,
     )
     pipe = LattePipeline(
         tokenizer=tokenizer,
@@ -846,8 +870,14 @@ def latte() -> Case:
     rp.ready(pipe)
     return Case(
         pipe,
-        {"prompt": "a red circle", "height": 16, "width": 16, "video_length": 2, "clean_caption": False,
-         "mask_feature": False},
+        {
+            "prompt": "a red circle",
+            "height": 16,
+            "width": 16,
+            "video_length": 2,
+            "clean_caption": False,
+            "mask_feature": False,
+        },
         denoiser_attr="transformer",
         steps=4,
         gate=2,
@@ -914,6 +944,41 @@ def hunyuan_dit() -> Case:
         pipe,
         {"prompt": "a red circle", "height": 16, "width": 16, "use_resolution_binning": False},
         denoiser_attr="transformer",
+        steps=4,
+        gate=2,
+    )
+
+
+def sana_sprint() -> Case:
+    from diffusers import SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler
+
+    base = rp.tiny_sana_pipeline()
+    torch.manual_seed(0)
+    transformer = SanaTransformer2DModel(
+        **{k: v for k, v in base.transformer.config.items() if not k.startswith("_")}
+        | {"guidance_embeds": True}
+    )
+    pipe = SanaSprintPipeline(
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        vae=base.vae,
+        transformer=transformer,
+        scheduler=SCMScheduler(),
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {
+            "prompt": "a red circle",
+            "height": 32,
+            "width": 32,
+            "use_resolution_binning": False,
+            "max_sequence_length": 16,
+            "complex_human_instruction": None,
+            "intermediate_timesteps": None,
+        },
+        denoiser_attr="transformer",
+        cfg=False,
         steps=4,
         gate=2,
     )
@@ -999,10 +1064,52 @@ CASES: dict[str, Spec] = {
         "StableDiffusionGLIGENPipeline",
         "batched; the grounding (gated self-attention) is self-attention and keeps computing",
     ),
+    "Kandinsky 3": Spec(
+        kandinsky3, "Kandinsky3Pipeline", "batched (attention mask doubled), dropped after the gate"
+    ),
+    "I2VGen-XL": Spec(
+        i2vgen_xl,
+        "I2VGenXLPipeline",
+        "batched (text and image embeddings, image latents and fps doubled), dropped after the gate",
+    ),
+    "Latte": Spec(latte, "LattePipeline", _VIDEO_CFG.replace("UNet", "transformer")),
+    "HunyuanDiT": Spec(
+        hunyuan_dit,
+        "HunyuanDiTPipeline",
+        "batched (CLIP and T5 embeddings, masks, size and style ids doubled), dropped after the gate",
+    ),
+    "Sana Sprint": Spec(
+        sana_sprint,
+        "SanaSprintPipeline",
+        "none (guidance is an embedding input; fixed by the family adapter): full batch cached",
+        _NO_CFG,
+    ),
     "SD x4 upscaler": Spec(
-        sd_upscale, "StableDiffusionUpscalePipeline", "batched (low-res image and noise level doubled), dropped after the gate"
+        sd_upscale,
+        "StableDiffusionUpscalePipeline",
+        "batched (low-res image and noise level doubled), dropped after the gate",
     ),
 }
+
+# Memory and precision features composed with crossgate (tests/test_memory_features.py).
+MEMORY_ROWS: list[tuple[str, str, str]] = [
+    (
+        "group offloading (`enable_group_offload`, block and leaf level), either order",
+        "supported; output exactly crossgate's alone",
+        "test_memory_features.py",
+    ),
+    (
+        "layerwise casting (`enable_layerwise_casting`, fp8 storage), either order",
+        "supported; exactly the independent TGATE under the same casting, within 2x the casting's own error "
+        "of fp32 crossgate",
+        "test_memory_features.py",
+    ),
+    (
+        "torchao int8 weight-only denoiser (`quantize_`), either order",
+        "supported; as layerwise casting (skipped where torchao is not installed)",
+        "test_memory_features.py",
+    ),
+]
 
 # Rows of the matrix that are not a family case: (what, status, where it is tested).
 OTHER_ROWS: list[tuple[str, str, str]] = [
@@ -1018,22 +1125,67 @@ OTHER_ROWS: list[tuple[str, str, str]] = [
         "test_compile.py",
     ),
     ("sequential CPU offload", "not tested: accelerate's sequential offload fails on CPU-only machines", "-"),
+    *MEMORY_ROWS,
     (
-        "Wan, QwenImage, CogView4, Flux true-CFG (CFG as separate denoiser calls)",
-        "refused at `apply()` with the reason",
-        "test_pipeline_calling_the_denoiser_per_cfg_branch_is_refused",
-    ),
-    (
-        "SD3, Flux (joint attention, no cross-attention)",
-        "refused at `apply()`: nothing to gate",
-        "test_pipeline_without_cross_attention_is_refused_cleanly",
+        "user subclass of a supported class",
+        "supported if it does not override `__call__`; one that does is refused until "
+        "`crossgate.adapters.support.allow_untested(cls)`",
+        "test_classification.py",
     ),
 ]
 
 
+def _exported_pipelines() -> list[str]:
+    import diffusers
+
+    return sorted(n for n in dir(diffusers) if n.endswith("Pipeline"))
+
+
+def _verdicts() -> dict[str, Any]:
+    import diffusers
+
+    from crossgate.adapters import support
+
+    return {name: support.classify(getattr(diffusers, name)) for name in _exported_pipelines()}
+
+
+def classification_counts() -> dict[str, int]:
+    """How many exported pipeline classes are supported, refused, not applicable."""
+    from crossgate.adapters import support
+
+    counts = dict.fromkeys(
+        (support.SUPPORTED_STATUS, support.REFUSED_STATUS, support.NOT_APPLICABLE_STATUS), 0
+    )
+    for verdict in _verdicts().values():
+        counts[verdict.status] += 1
+    return counts
+
+
+def _grouped(verdicts: dict[str, Any], status: str) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name, verdict in verdicts.items():
+        if verdict.status == status and not verdict.sequential:
+            groups.setdefault(verdict.reason, []).append(name)
+    return dict(sorted(groups.items(), key=lambda item: -len(item[1])))
+
+
 def render_support_matrix() -> str:
-    """The README's support matrix, from :data:`CASES` and :data:`OTHER_ROWS`."""
+    """The README's support matrix: the classification (adapters/support.py) and :data:`CASES`."""
+    import diffusers
+
+    from crossgate.adapters import support
+
+    verdicts = _verdicts()
+    counts = classification_counts()
+    sequential = {n: v for n, v in verdicts.items() if v.sequential}
     lines = [
+        f"**{len(verdicts)} pipeline classes exported by diffusers {diffusers.__version__}: "
+        f"{counts['supported']} supported, {counts['refused']} refused at `apply()` with the reason, "
+        f"{counts['not applicable']} not applicable.** The table is `crossgate/adapters/support.py`; "
+        "`tests/test_classification.py` fails when a diffusers release exports a class it does not list.",
+        "",
+        f"Supported, CFG batched as `[uncond; cond]` ({len(support.SUPPORTED)} classes, {len(CASES)} cases):",
+        "",
         "| family | pipeline class | CFG | after the gate the denoiser gets | tested in |",
         "|---|---|---|---|---|",
     ]
@@ -1041,7 +1193,41 @@ def render_support_matrix() -> str:
         lines.append(
             f"| {name} | `{spec.pipeline}` | {spec.cfg} | {spec.after_gate} | `test_family[{name}]` |"
         )
+    supported_seq = sum(v.status == support.SUPPORTED_STATUS for v in sequential.values())
+    lines += [
+        "",
+        f"Sequential CFG, one denoiser call per branch (`adapters/sequential.py`; {len(sequential)} classes: "
+        f"{supported_seq} supported, {len(sequential) - supported_seq} refused):",
+        "",
+        "| pipeline class | status | tested in / reason |",
+        "|---|---|---|",
+    ]
+    for name, verdict in sequential.items():
+        detail = f"`{verdict.reason}`" if verdict.status == support.SUPPORTED_STATUS else verdict.reason
+        lines.append(f"| `{name}` | {verdict.status} | {detail} |")
     lines += ["", "| also | status | tested in |", "|---|---|---|"]
     for what, status, where in OTHER_ROWS:
         lines.append(f"| {what} | {status} | {where if where == '-' else f'`{where}`'} |")
+    for status, title in (
+        (
+            support.REFUSED_STATUS,
+            "Refused at `apply()`, with the reason (`test_unsupported_class_is_refused_at_apply_with_its_reason`)",
+        ),
+        (
+            support.NOT_APPLICABLE_STATUS,
+            "Not applicable: nothing to gate (refused at `apply()` with the reason)",
+        ),
+    ):
+        groups = _grouped(verdicts, status)
+        total = sum(len(names) for names in groups.values())
+        lines += [
+            "",
+            f"<details><summary>{title}: {total} classes</summary>",
+            "",
+            "| reason | classes |",
+            "|---|---|",
+        ]
+        for reason, names in groups.items():
+            lines.append(f"| {reason} | {', '.join(f'`{n}`' for n in names)} |")
+        lines += ["", "</details>"]
     return "\n".join(lines)

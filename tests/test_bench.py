@@ -89,7 +89,15 @@ def test_table_flags_rows_timed_too_little() -> None:
 
 def test_peer_registry_builds_registered_peers_in_order() -> None:
     pipe = random_pipeline("tiny")
-    assert list(PEER_REGISTRY)[:5] == ["tgate", "tgate-v2", "deepcache", "tomesd", "pab"]
+    assert list(PEER_REGISTRY)[:7] == [
+        "tgate",
+        "tgate-v2",
+        "deepcache",
+        "tomesd",
+        "pab",
+        "crossgate+deepcache",
+        "cfg-cutoff",
+    ]
 
     @register_peer("test-peer", counterpart=lambda r: Variant(f"crossgate twin m={r.gate}"))
     def build(request: PeerRequest) -> Variant:
@@ -112,6 +120,8 @@ PEER_MODULES = {
     "deepcache": "DeepCache",
     "tomesd": "tomesd",
     "pab": None,
+    "crossgate+deepcache": "DeepCache",
+    "cfg-cutoff": None,
 }
 
 
@@ -123,9 +133,7 @@ def test_peer_is_fully_removed_after_its_run(peer: str) -> None:
         pytest.skip(f"{module} not installed")
     pipe = random_pipeline("tiny")
     before = _latents(pipe)
-    variant = next(
-        v for v in build_variants(pipe, [2], [peer]) if v.name.split()[0] not in ("plain", "crossgate")
-    )
+    variant = build_variants(pipe, [2], [peer])[-1]  # the peer's own row comes last
     assert variant.unavailable is None
     variant.enable()
     try:
@@ -173,3 +181,89 @@ def test_cli_bench_rejects_cuda_without_gpu(capsys) -> None:
         pytest.skip("a GPU is present")
     assert main(["bench", "--model", "tiny", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_per_gate_peers_get_a_row_per_gate() -> None:
+    pipe = random_pipeline("tiny")
+    names = [v.name for v in build_variants(pipe, [3, 2], ["cfg-cutoff", "tgate"])]
+    assert names[:3] == ["plain", "crossgate m=3", "crossgate m=2"]
+    assert names[3:5] == ["CFG cutoff m=3", "CFG cutoff m=2"]
+    assert [n.split(" (")[0] for n in names[5:]] == ["tgate pkg m=3", "tgate pkg m=2"]
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
+def test_cfg_cutoff_drops_cfg_after_the_gate_but_computes_cross_attention(model: str) -> None:
+    """The ablation runs batch 2 for m steps, then batch 1 with every cross-attention computed."""
+    pipe = random_pipeline(model)
+    steps, gate = 4, 2
+    variant = build_variants(pipe, [gate], ["cfg-cutoff"])[-1]
+    assert variant.name == "CFG cutoff m=2" and variant.call is not None
+    batches: list[int] = []
+    handle = pipe.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        with CallMeter(pipe) as meter:
+            variant.call(dict(KWARGS, num_inference_steps=steps))
+    finally:
+        handle.remove()
+    assert batches == [2] * gate + [1] * (steps - gate)
+    call = meter.call_macs()
+    cutoff = Schedule("cutoff", tuple(batches), (True,) * steps)
+    assert meter.executed == image_macs(call, cutoff) > image_macs(call, Schedule.tgate(steps, gate))
+    assert pipe.guidance_scale == 0.0  # the callback's mark; the next call sets its own again
+    _latents(pipe)
+    assert pipe.guidance_scale > 1
+
+
+def test_cfg_cutoff_is_unavailable_where_the_pipeline_has_no_callback() -> None:
+    pipe = random_pipeline("tiny-pixart")
+    variant = build_variants(pipe, [2], ["cfg-cutoff"])[-1]
+    assert variant.unavailable and "PixArtAlphaPipeline" in variant.unavailable
+
+
+def test_peak_memory_column_appears_with_cuda_numbers() -> None:
+    report = _report([1.0, 1.1, 1.2])
+    assert "peak MiB" not in markdown([report])
+    report.results[0].peak_bytes, report.results[1].peak_bytes = 3 * 2**20, 2 * 2**20
+    table = markdown([report])
+    assert "| efficiency | peak MiB | note |" in table
+    assert "| 1.000 | 3 |" in table and "| missing | - | - | 0 | - | - | -x | - | - |" in table
+
+
+def test_cli_bench_video_and_transformer_models_smoke(tmp_path, capsys) -> None:
+    """The Wan 2.1 1.3B bench row (real widths, one layer, a tiny clip) and tiny PixArt/Wan rows run
+    through the CLI with their peers; every configuration gets a timed row or its reason."""
+    out = tmp_path / "bench"
+    common = ["--steps", "2", "--gate-step", "1", "--repeats", "1", "--warmup", "0", "--quiet"]
+    wan = ["bench", "--model", "wan13b", "--layers", "1", "--resolution", "32", "--frames", "5", *common]
+    assert main([*wan, "--peers", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "### wan13b (32px, 5 frames, 2 steps, float32, cpu, 1 layers (smoke run, not the real model))" in text
+    )
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert {"| plain", "| crossgate m=1"} <= set(rows)
+    assert "| - |" not in rows["| crossgate m=1"].split("x |")[0]  # timed, with a speed-up
+    tiny = ["bench", "--model", "tiny-wan", "tiny-pixart", *common, "--out", str(out)]
+    assert main([*tiny, "--peers", "pab", "cfg-cutoff", "tgate"]) == 0
+    text = capsys.readouterr().out
+    assert "### tiny-wan (16px, 5 frames," in text and "### tiny-pixart (64px," in text
+    assert text.count("| crossgate m=1 | ") == 2
+    assert "| CFG cutoff m=1 | - |" in text  # unavailable on both, with the reason
+    assert main(["bench", "--model", "sd15", "--layers", "1", "--out", str(out)]) == 2
+    assert "--layers applies to" in capsys.readouterr().err
+
+
+def test_time_budget_stops_starting_rounds_and_says_so() -> None:
+    import time
+
+    pipe = random_pipeline("tiny")
+    variants = [
+        Variant("a", call=lambda _kw: time.sleep(0.05)),
+        Variant("b", call=lambda _kw: time.sleep(0.05)),
+    ]
+    report = run_bench(pipe, variants, KWARGS, repeats=10, warmup=1, log=lambda _: None, time_budget=0.25)
+    rounds = {len(r.times) for r in report.results}
+    assert len(rounds) == 1 and 1 <= rounds.pop() < 10
+    assert "time budget:" in report.setting and "of 10 rounds" in report.setting
+    full = run_bench(pipe, variants[:1], KWARGS, repeats=2, warmup=0, log=lambda _: None, time_budget=60)
+    assert len(full.results[0].times) == 2 and "time budget" not in full.setting

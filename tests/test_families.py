@@ -20,6 +20,7 @@ from manual_tgate import ManualTGate
 
 def call(case: Case, seed: int = 0, **overrides):
     kwargs = dict(case.kwargs, num_inference_steps=case.steps, output_type="latent", **overrides)
+    torch.manual_seed(seed)  # for pipelines that sample without the generator (I2VGen-XL's image latents)
     out = case.pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed))
     return out.frames if hasattr(out, "frames") else out.images
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from families import CASES, render_support_matrix
+import diffusers
+import pytest
+
+from crossgate.adapters import support
+from families import CASES, classification_counts, render_support_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,6 +21,10 @@ def _script():
     return module
 
 
+@pytest.mark.skipif(
+    diffusers.__version__ != support.CLASSIFIED_FOR,
+    reason=f"the README's matrix is rendered for diffusers {support.CLASSIFIED_FOR}",
+)
 def test_readme_matrix_is_current():
     readme = (ROOT / "README.md").read_text()
     script = _script()
@@ -26,6 +34,10 @@ def test_readme_matrix_is_current():
     )
 
 
-def test_every_family_is_a_row():
+def test_every_family_and_class_is_in_the_matrix():
     matrix = render_support_matrix()
     assert all(f"| {name} |" in matrix for name in CASES)
+    exported = [n for n in dir(diffusers) if n.endswith("Pipeline")]
+    assert all(f"`{name}`" in matrix for name in exported)
+    counts = classification_counts()
+    assert f"{counts['supported']} supported, {counts['refused']} refused" in matrix

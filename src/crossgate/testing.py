@@ -499,7 +499,25 @@ def wan_architecture_pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         transformer=transformer,
     )
-    return ready(pipe).to(device, dtype)
+    ready(pipe).to(device, dtype)
+    keep_fp32(transformer)
+    return pipe
+
+
+def keep_fp32(model: torch.nn.Module) -> torch.nn.Module:
+    """Put back in float32 the submodules a diffusers model keeps there when loaded in half precision
+    (``_keep_in_fp32_modules``, e.g. Wan's rotary embedding, time embedder and norms), as
+    ``from_pretrained(torch_dtype=...)`` does, so a random-weight model runs as the released one."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    if keep and next(model.parameters()).dtype != torch.float32:
+        for name, module in model.named_modules():
+            if keep.intersection(name.split(".")):
+                module.to(torch.float32)
+        if "scale_shift_table" in keep:
+            for name, param in model.named_parameters():
+                if "scale_shift_table" in name.split("."):
+                    param.data = param.data.float()
+    return model
 
 
 def pixart_architecture_pipeline(

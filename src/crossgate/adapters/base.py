@@ -75,6 +75,9 @@ class ModelAdapter:
     cfg_layout: str = "batched"
     # Further denoisers the loop switches to (Wan 2.2's low-noise expert `transformer_2`).
     extra_attrs: tuple[str, ...] = ()
+    # Set for families whose pipeline never batches CFG and says so nowhere (Sana Sprint: guidance is
+    # an embedding, there is no `do_classifier_free_guidance` and encode_prompt takes no such flag).
+    fixed_cfg: bool | None = None
 
     def denoiser(self, pipe: object) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attr)
@@ -116,6 +119,8 @@ class ModelAdapter:
         such as LCM). Those that do not (PixArt) pass the decision to their own ``encode_prompt``,
         which crossgate observes on the instance (``from_encode_prompt``).
         """
+        if self.fixed_cfg is not None:
+            return self.fixed_cfg
         try:
             flag = getattr(pipe, "do_classifier_free_guidance", None)
         except AttributeError:  # the property reads a value set only inside __call__

@@ -32,6 +32,10 @@ TRANSFORMER = ModelAdapter(family="transformer", denoiser_attr="transformer")
 # Stable Video Diffusion's unconditional half is all zeros (image embeddings and image latents), so
 # feeding it after the gate would drop the image conditioning; the original release feeds the cond half.
 SVD = ModelAdapter(family="svd", denoiser_attr="unet", post_gate_inputs="cond")
+# Sana Sprint is guidance-distilled (guidance is an embedding input) and never batches CFG, but it has
+# no `do_classifier_free_guidance` and its encode_prompt takes no CFG flag: without this the first
+# denoiser pass could not tell whether to halve the batch and would raise mid-call.
+SANA_SPRINT = ModelAdapter(family="sana-sprint", denoiser_attr="transformer", fixed_cfg=False)
 
 # The diffusers release this table was made against: there the classified names and the exported
 # names must be equal; on other releases every exported name must still be classified.
@@ -96,6 +100,11 @@ SUPPORTED: dict[str, Supported] = {
     "LatentConsistencyModelImg2ImgPipeline": _sd("LCM img2img"),
     "StableDiffusionGLIGENPipeline": _sd("GLIGEN"),
     "StableDiffusionUpscalePipeline": _sd("SD x4 upscaler"),
+    "Kandinsky3Pipeline": _sd("Kandinsky 3"),
+    "I2VGenXLPipeline": _sd("I2VGen-XL"),
+    "LattePipeline": _dit("Latte"),
+    "HunyuanDiTPipeline": _dit("HunyuanDiT"),
+    "SanaSprintPipeline": Supported(SANA_SPRINT, "Sana Sprint"),
 }
 
 # Per-branch CFG with cross-attention (Wan's family). Status and reason: adapters/sequential.py.
@@ -144,6 +153,11 @@ _COMBINED = (
 _NO_PROGRESS_BAR = (
     "runs its denoising loop without `self.progress_bar`, which is how crossgate learns a call's steps."
 )
+_ADDED_KV = (
+    "uses added-KV attention (`SimpleCrossAttn` blocks, `AttnAddedKVProcessor`): each conditioning "
+    "layer attends to [conditioning tokens; latent tokens] at once, so caching it would freeze "
+    "self-attention too, which is not TGATE."
+)
 _UNRECOGNISED = (
     "conditions on text through cross-attention modules of its own class, which crossgate does not "
     "recognise as cross-attention (no diffusers `Attention` with `is_cross_attention` / `attn2`); it "
@@ -191,6 +205,25 @@ REFUSED: dict[str, str] = {
         _COMBINED,
     ),
     **dict.fromkeys(("TextToVideoZeroPipeline", "TextToVideoZeroSDXLPipeline"), _NO_PROGRESS_BAR),
+    **dict.fromkeys(
+        (
+            "IFPipeline",
+            "IFImg2ImgPipeline",
+            "IFInpaintingPipeline",
+            "IFSuperResolutionPipeline",
+            "IFImg2ImgSuperResolutionPipeline",
+            "IFInpaintingSuperResolutionPipeline",
+            "KandinskyPipeline",
+            "KandinskyImg2ImgPipeline",
+            "KandinskyInpaintPipeline",
+            "KandinskyV22Pipeline",
+            "KandinskyV22Img2ImgPipeline",
+            "KandinskyV22InpaintPipeline",
+            "KandinskyV22ControlnetPipeline",
+            "KandinskyV22ControlnetImg2ImgPipeline",
+        ),
+        _ADDED_KV,
+    ),
     **dict.fromkeys(
         (
             "Kandinsky5T2VPipeline",
@@ -293,25 +326,8 @@ REFUSED: dict[str, str] = {
             "BlipDiffusionPipeline",
             "BlipDiffusionControlNetPipeline",
             "DreamLiteMobilePipeline",
-            "HunyuanDiTPipeline",
             "HunyuanDiTControlNetPipeline",
-            "I2VGenXLPipeline",
-            "IFPipeline",
-            "IFImg2ImgPipeline",
-            "IFInpaintingPipeline",
-            "IFSuperResolutionPipeline",
-            "IFImg2ImgSuperResolutionPipeline",
-            "IFInpaintingSuperResolutionPipeline",
-            "Kandinsky3Pipeline",
             "Kandinsky3Img2ImgPipeline",
-            "KandinskyPipeline",
-            "KandinskyImg2ImgPipeline",
-            "KandinskyInpaintPipeline",
-            "KandinskyV22Pipeline",
-            "KandinskyV22Img2ImgPipeline",
-            "KandinskyV22InpaintPipeline",
-            "KandinskyV22ControlnetPipeline",
-            "KandinskyV22ControlnetImg2ImgPipeline",
             "KolorsPipeline",
             "KolorsImg2ImgPipeline",
             "LDMTextToImagePipeline",
@@ -320,13 +336,11 @@ REFUSED: dict[str, str] = {
             "LTXConditionPipeline",
             "LTXImageToVideoPipeline",
             "LTXI2VLongMultiPromptPipeline",
-            "LattePipeline",
             "LuminaPipeline",
             "PIAPipeline",
             "PaintByExamplePipeline",
             "SanaControlNetPipeline",
             "SanaImageToVideoPipeline",
-            "SanaSprintPipeline",
             "SanaSprintImg2ImgPipeline",
             "SanaVideoPipeline",
             "StableAudioPipeline",
@@ -609,9 +623,12 @@ def classify(pipeline_cls: type) -> Verdict | None:
 
 
 def overrides_call(pipeline_cls: type) -> bool:
-    """Whether ``pipeline_cls`` runs a ``__call__`` other than the classified diffusers class's own."""
+    """Whether a class between ``pipeline_cls`` and its classified diffusers ancestor defines ``__call__``."""
     base = diffusers_ancestor(pipeline_cls)
-    return base is not None and getattr(pipeline_cls, "__call__", None) is not getattr(base, "__call__", None)
+    if base is None:
+        return False
+    mro = pipeline_cls.__mro__
+    return any("__call__" in vars(cls) for cls in mro[: mro.index(base)])
 
 
 def refusal(pipeline_cls: type, verdict: Verdict) -> str:

@@ -20,6 +20,7 @@ from crossgate.cli.common import (
     non_negative_int,
     positive_int,
 )
+from crossgate.cli.macs import resolution_arg
 
 
 def register(subparsers: Any) -> None:
@@ -41,15 +42,29 @@ def register(subparsers: Any) -> None:
         nargs="+",
         default=None,
         choices=sorted(BENCH_MODELS),
-        help="random-weight architectures, or `embedded` for the shipped trained model "
-        "(default: sd15 sdxl, on CPU and on CUDA)",
+        help="random-weight architectures (sd15, sd21, sdxl, pixart-alpha, wan13b = Wan 2.1 T2V 1.3B; "
+        "tiny-* for smoke runs), or `embedded` for the shipped trained model (default: sd15 sdxl)",
     )
     p.add_argument("--model-dir", default=None, help="a diffusers pipeline folder instead of --model")
     p.add_argument(
         "--resolution",
+        type=resolution_arg,
+        default=None,
+        help="image side, or HEIGHTxWIDTH (default on CPU: sd15 256, sdxl 512, pixart-alpha 512, wan13b "
+        "64x64; on CUDA: 512, 1024, 1024, 480x832)",
+    )
+    p.add_argument(
+        "--frames",
         type=positive_int,
         default=None,
-        help="square image side (default: sd15 256 / sdxl 512 on CPU; 512 / 1024 on CUDA)",
+        help="video models: frames per clip, 1 + 4k (default wan13b: 5 on CPU, 17 on CUDA)",
+    )
+    p.add_argument(
+        "--layers",
+        type=positive_int,
+        default=None,
+        help="smoke runs only: build pixart-alpha / wan13b with this many layers (real widths); the "
+        "table is then not the real model's and says so",
     )
     p.add_argument("--steps", type=positive_int, default=25)
     p.add_argument("--gate-step", type=positive_int, nargs="+", default=[10, 5], metavar="M")
@@ -73,6 +88,14 @@ def register(subparsers: Any) -> None:
         help="untimed runs per configuration (0: count MACs in the first timed round, for slow CPUs; "
         "rows are then flagged as indicative)",
     )
+    p.add_argument(
+        "--time-budget",
+        type=finite_float,
+        default=None,
+        metavar="SECONDS",
+        help="per model: start no timed round that would end past this many seconds after the model's "
+        "first warm-up (for capped GPU runs; the table says when rounds were cut)",
+    )
     p.add_argument("--guidance", type=finite_float, default=7.5)
     p.add_argument("--decode", action="store_true", help="include the VAE decode (default: latents only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -84,15 +107,14 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crossgate.tools.bench import (
-        BENCH_MODELS,
         PROMPT,
         BenchError,
+        BenchSize,
         build_variants,
-        markdown,
+        call_kwargs,
+        default_size,
         random_pipeline,
         run_bench,
-        write_chart,
-        write_csv,
     )
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -107,57 +129,85 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot create --out folder {args.out!r}: {error}") from None
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
 
-    targets: list[tuple[str, int | None]] = []
+    targets: list[tuple[str, BenchSize | None]] = []
     if args.model_dir:
-        targets.append((args.model_dir, args.resolution))  # the pipeline's own default size if None
+        size = _size(args, None)
+        targets.append((args.model_dir, size))  # the pipeline's own default size if None
     else:
         for model in args.model or ["sd15", "sdxl"]:
-            default = BENCH_MODELS[model]
-            if gpu and model in ("sd15", "sdxl"):
-                default *= 2
-            targets.append((model, args.resolution or default))
+            targets.append((model, _size(args, default_size(model, gpu))))
 
     reports = []
-    for model, resolution in targets:
-        log(f"== {model} @ {resolution}px, {args.steps} steps, {args.dtype} on {args.device}")
+    for model, size in targets:
+        where = size.describe() if size is not None else "default size"
+        depth = f", {args.layers} layers (smoke run, not the real model)" if args.layers else ""
+        log(f"== {model} @ {where}, {args.steps} steps, {args.dtype} on {args.device}{depth}")
         start = time.perf_counter()
         try:
             if args.model_dir or model == "embedded":
+                if args.layers:
+                    raise CommandError("--layers applies to the random-weight pixart-alpha / wan13b only.")
                 folder = args.model_dir or default_model()
                 if folder is None:
                     raise CommandError("the embedded model is not installed; pass --model-dir or a --model.")
                 pipe = load_pipeline(folder, args.device, args.dtype)
                 pipe.set_progress_bar_config(disable=True)
             else:
-                pipe = random_pipeline(model, args.device, DTYPES[args.dtype])
+                pipe = random_pipeline(model, args.device, DTYPES[args.dtype], num_layers=args.layers)
             variants = build_variants(pipe, args.gate_step, args.peers)
         except BenchError as error:
             raise CommandError(str(error)) from None
         log(f"  built in {time.perf_counter() - start:.1f} s")
-        call_kwargs: dict[str, Any] = dict(
+        kwargs: dict[str, Any] = dict(
             prompt=PROMPT,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             output_type="pil" if args.decode else "latent",
+            **call_kwargs(pipe, size),
         )
-        if resolution is not None:
-            call_kwargs.update(height=resolution, width=resolution)
-        setting = f"{resolution or 'default'}px, {args.steps} steps, {args.dtype}, {args.device}"
+        setting = f"{where}, {args.steps} steps, {args.dtype}, {args.device}{depth}"
         report = run_bench(
             pipe,
             variants,
-            call_kwargs,
+            kwargs,
             repeats=args.repeats,
             warmup=args.warmup,
             device=args.device,
             log=log,
             model=model,
             setting=setting,
+            time_budget=args.time_budget,
         )
         reports.append(report)
         del pipe
         if gpu:
             torch.cuda.empty_cache()
+    write_outputs(reports, args, out)
+    return 0
+
+
+def _size(args: argparse.Namespace, default: Any) -> Any:
+    """The size to run at: ``--resolution`` / ``--frames`` over the model's default (None: the
+    pipeline's own, for --model-dir without --resolution)."""
+    from crossgate.tools.bench import BenchSize
+
+    if args.resolution is None and args.frames is None:
+        return default
+    if args.resolution is None and default is None:
+        raise CommandError("--frames needs --resolution with --model-dir.")
+    if args.resolution is None:
+        height, width = default.height, default.width
+    elif isinstance(args.resolution, int):
+        height = width = args.resolution
+    else:
+        height, width = args.resolution
+    frames = args.frames if args.frames is not None else (default.frames if default is not None else None)
+    return BenchSize(height, width, frames)
+
+
+def write_outputs(reports: list[Any], args: argparse.Namespace, out: Path) -> None:
+    """bench.md (environment header + tables), bench.csv and bench.png into ``out``; print the table."""
+    from crossgate.tools.bench import markdown, write_chart, write_csv
 
     table = markdown(reports)
     header = environment_header(args)
@@ -168,7 +218,6 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(table)
     print(f"wrote {out / 'bench.md'}, {out / 'bench.csv'}" + (f", {out / 'bench.png'}" if charted else ""))
-    return 0
 
 
 def environment_header(args: argparse.Namespace) -> str:

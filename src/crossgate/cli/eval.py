@@ -66,8 +66,13 @@ def register(subparsers: Any) -> None:
         help=(
             "extra configuration (repeatable): plain, tgate:M, tgate:M:k=K (TGATE v2: self-attention "
             "recomputed every K-th step before the gate), tgate:M:late=K (every K-th step after it), "
-            "null-before:M, null-after:M, auto:TOL (gate when cross-attention converged), "
-            "profile:PATH (a `crossgate calibrate` profile)"
+            "tgate:M:w=W[:d=D] (guidance_after_gate W, decay D), null-before:M, null-after:M, "
+            "auto:TOL (gate when cross-attention converged), profile:PATH (a `crossgate calibrate` "
+            "profile). Study configurations (docs/quality-frontier.md): cfg-cutoff:M (CFG dropped from "
+            "step M, cross-attention still computed), cache-only:M (cross-attention frozen per CFG "
+            "branch, both branches run), deepcache:N (DeepCache, interval N), tgate:M:dc=N (crossgate "
+            "+ DeepCache), tgate:M:dca=N (DeepCache after the gate only), tgate:M:w=W:ws=eps (kept "
+            "guidance rescaled by the noise level)"
         ),
     )
     p.add_argument(

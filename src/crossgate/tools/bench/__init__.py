@@ -16,6 +16,8 @@ from crossgate.tools.bench.peers import (
     PeerRequest,
     Variant,
     build_variants,
+    cfg_cutoff_variant,
+    crossgate_deepcache_variant,
     crossgate_v2_variant,
     crossgate_variant,
     deepcache_variant,
@@ -24,7 +26,14 @@ from crossgate.tools.bench.peers import (
     register_peer,
     tomesd_variant,
 )
-from crossgate.tools.bench.pipelines import BENCH_MODELS, PROMPT, random_pipeline
+from crossgate.tools.bench.pipelines import (
+    BENCH_MODELS,
+    PROMPT,
+    BenchSize,
+    call_kwargs,
+    default_size,
+    random_pipeline,
+)
 from crossgate.tools.bench.report import markdown, write_chart, write_csv
 from crossgate.tools.bench.runner import MIN_ROUNDS, BenchReport, Result, run_bench
 
@@ -36,14 +45,19 @@ __all__ = [
     "PROMPT",
     "BenchError",
     "BenchReport",
+    "BenchSize",
     "Peer",
     "PeerRequest",
     "Result",
     "Variant",
     "build_variants",
+    "call_kwargs",
+    "cfg_cutoff_variant",
+    "crossgate_deepcache_variant",
     "crossgate_v2_variant",
     "crossgate_variant",
     "deepcache_variant",
+    "default_size",
     "markdown",
     "official_tgate_variant",
     "pab_variant",

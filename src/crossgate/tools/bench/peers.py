@@ -3,7 +3,9 @@
 A peer is registered by name with :func:`register_peer`; its builder returns a :class:`Variant`
 (how to switch it on and off on one pipeline), or one marked ``unavailable`` with the reason (not
 installed, wrong pipeline family), so the table always says why a row is empty. Adding a peer is one
-decorated function; :func:`build_variants` and the CLI's ``--peers`` choices read the registry.
+decorated function; :func:`build_variants` and the CLI's ``--peers`` choices read the registry. A
+peer registered ``per_gate`` gets one row per crossgate gate (the official ``tgate`` package and the
+CFG cutoff run at the same step as each crossgate row).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class Variant:
 
 @dataclass(frozen=True)
 class PeerRequest:
-    """What a peer builder gets: the pipeline, crossgate's (first) gate step and TGATE v2's ``k``."""
+    """What a peer builder gets: the pipeline, crossgate's gate step (the first one, or each one in
+    turn for a ``per_gate`` peer) and TGATE v2's ``k``."""
 
     pipe: Any
     gate: int
@@ -49,23 +52,27 @@ PeerBuilder = Callable[[PeerRequest], Variant]
 
 @dataclass(frozen=True)
 class Peer:
-    """A registered peer; ``counterpart`` builds crossgate's own row doing the same work, if any."""
+    """A registered peer; ``counterpart`` builds crossgate's own row doing the same work, if any;
+    ``per_gate``: one row per crossgate gate instead of one at the first gate."""
 
     name: str
     build: PeerBuilder
     counterpart: PeerBuilder | None = None
+    per_gate: bool = False
 
 
 PEER_REGISTRY: dict[str, Peer] = {}
 
 
-def register_peer(name: str, counterpart: PeerBuilder | None = None) -> Callable[[PeerBuilder], PeerBuilder]:
+def register_peer(
+    name: str, counterpart: PeerBuilder | None = None, per_gate: bool = False
+) -> Callable[[PeerBuilder], PeerBuilder]:
     """Register the decorated builder as peer ``name`` (the name ``crossgate bench --peers`` takes)."""
 
     def decorator(build: PeerBuilder) -> PeerBuilder:
         if name in PEER_REGISTRY:
             raise ValueError(f"peer {name!r} is already registered")
-        PEER_REGISTRY[name] = Peer(name, build, counterpart)
+        PEER_REGISTRY[name] = Peer(name, build, counterpart, per_gate)
         return build
 
     return decorator
@@ -197,11 +204,89 @@ def pab_variant(pipe: Any, spatial: int = 2, cross: int = 6) -> Variant:
     return Variant(name, enable, disable)
 
 
+def crossgate_deepcache_variant(pipe: Any, gate: int, interval: int = 3, branch: int = 0) -> Variant:
+    """crossgate and DeepCache together, composed (:func:`crossgate.compose_deepcache`: DeepCache
+    refills its caches at the gate, where the batch halves)."""
+    name = f"crossgate m={gate} + DeepCache N={interval}"
+    try:
+        from DeepCache import DeepCacheSDHelper
+    except ImportError as error:
+        return Variant(name, unavailable=f"`DeepCache` not installed ({error.name})")
+    if not hasattr(pipe, "unet"):
+        return Variant(name, unavailable="DeepCache caches UNet skip branches; this pipeline has no UNet")
+    helper = DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    crossgate.compose_deepcache(pipe, helper)
+
+    def enable() -> None:
+        helper.enable()
+        crossgate.apply(pipe, gate_step=gate)
+
+    def disable() -> None:
+        crossgate.remove(pipe)
+        helper.disable()
+
+    return Variant(name, enable, disable)
+
+
+# diffusers' own CFG-cutoff callbacks, by pipeline class (they keep the last prompt row: batch 1)
+_CFG_CUTOFF_CALLBACKS = {
+    "StableDiffusionPipeline": "SDCFGCutoffCallback",
+    "StableDiffusionXLPipeline": "SDXLCFGCutoffCallback",
+}
+_CFG_CUTOFF_TENSORS = {
+    "StableDiffusionPipeline": ("prompt_embeds",),
+    "StableDiffusionXLPipeline": ("prompt_embeds", "add_text_embeds", "add_time_ids"),
+}
+
+
+def cfg_cutoff_variant(pipe: Any, gate: int) -> Variant:
+    """Ablation: classifier-free guidance dropped after step ``gate`` - 1, cross-attention still computed.
+
+    diffusers' CFG-cutoff callback (``callback_on_step_end``): after the step, ``pipe._guidance_scale
+    = 0.0`` (the pipeline's ``do_classifier_free_guidance`` turns off) and the batched conditioning
+    (``prompt_embeds``; SDXL also ``add_text_embeds``, ``add_time_ids``) keeps only its cond half, so
+    steps ``gate ..`` run the denoiser at batch B on the cond branch, as crossgate's steps after its
+    gate do, but with every cross-attention computed. Uses ``diffusers.callbacks``' class for the
+    pipeline where it exists, else the same rule written out (the documented recipe).
+    """
+    name = f"CFG cutoff m={gate}"
+    cls = type(pipe).__name__
+    tensors = _CFG_CUTOFF_TENSORS.get(cls)
+    if tensors is None:
+        return Variant(
+            name,
+            unavailable=f"{cls} has no callback_on_step_end CFG cutoff (CFG is decided once per call)",
+        )
+    callback: Any
+    try:
+        import diffusers.callbacks as callbacks
+
+        cutoff = getattr(callbacks, _CFG_CUTOFF_CALLBACKS[cls])
+        callback = cutoff(cutoff_step_ratio=None, cutoff_step_index=gate - 1)
+        tensor_inputs: list[str] = list(callback.tensor_inputs)
+    except (ImportError, AttributeError):
+
+        def callback(pipeline: Any, step_index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if step_index == gate - 1:
+                pipeline._guidance_scale = 0.0
+                for key in tensors:
+                    kwargs[key] = kwargs[key].chunk(2)[-1]
+            return kwargs
+
+        tensor_inputs = list(tensors)
+
+    def call(kwargs: dict[str, Any]) -> Any:
+        return pipe(**kwargs, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=tensor_inputs)
+
+    return Variant(name, call=call)
+
+
 def _crossgate_v2_counterpart(request: PeerRequest) -> Variant:
     return crossgate_v2_variant(request.pipe, request.gate, request.v2_interval)
 
 
-@register_peer("tgate")
+@register_peer("tgate", per_gate=True)
 def _tgate_package(request: PeerRequest) -> Variant:
     return official_tgate_variant(request.pipe, request.gate)
 
@@ -226,6 +311,16 @@ def _pab(request: PeerRequest) -> Variant:
     return pab_variant(request.pipe)
 
 
+@register_peer("crossgate+deepcache")
+def _crossgate_deepcache(request: PeerRequest) -> Variant:
+    return crossgate_deepcache_variant(request.pipe, request.gate)
+
+
+@register_peer("cfg-cutoff", per_gate=True)
+def _cfg_cutoff(request: PeerRequest) -> Variant:
+    return cfg_cutoff_variant(request.pipe, request.gate)
+
+
 PEERS: tuple[str, ...] = tuple(PEER_REGISTRY)  # the built-in peers, in table order
 
 
@@ -233,7 +328,8 @@ def build_variants(
     pipe: Any, gates: Sequence[int], peers: Sequence[str], v2_interval: int = 5
 ) -> list[Variant]:
     """plain, crossgate at each gate, crossgate's counterpart of each requested peer that has one
-    (crossgate v2 for the tgate package's v2), then the requested peers in the order given."""
+    (crossgate v2 for the tgate package's v2), then the requested peers in the order given (a
+    ``per_gate`` peer once per gate)."""
     unknown = set(peers) - set(PEER_REGISTRY)
     if unknown:
         raise BenchError(f"unknown peer(s) {sorted(unknown)}; choose from {', '.join(PEER_REGISTRY)}.")
@@ -244,5 +340,10 @@ def build_variants(
         counterpart = PEER_REGISTRY[name].counterpart
         if counterpart is not None:
             variants.append(counterpart(request))
-    variants += [PEER_REGISTRY[name].build(request) for name in peers]
+    for name in peers:
+        peer = PEER_REGISTRY[name]
+        if peer.per_gate:
+            variants += [peer.build(PeerRequest(pipe, m, v2_interval)) for m in gates]
+        else:
+            variants.append(peer.build(request))
     return variants

@@ -29,22 +29,24 @@ def markdown(reports: Sequence[BenchReport]) -> str:
     for report in reports:
         rows = report.rows()
         base_caveat = bool(rows and rows[0]["caveat"])
+        memory = any(row.get("peak_mib") is not None for row in rows)  # CUDA runs only
         lines += [
             f"### {report.model} ({report.setting})",
             "",
             "| config | median s | min–max s | rounds | speed-up | GMACs per image (counted) "
-            "| MACs speed-up | efficiency | note |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| MACs speed-up | efficiency |" + (" peak MiB |" if memory else "") + " note |",
+            "|---|---|---|---|---|---|---|---|" + ("---|" if memory else "") + "---|",
         ]
         for row in rows:
             own = CAVEAT_MARK if row["caveat"] else ""
             timed = CAVEAT_MARK if row["caveat"] or base_caveat else ""
             speedup = "-" if row["speedup"] is None else f"{row['speedup']:.3f}x{timed}"
             efficiency = "-" if row["efficiency"] is None else f"{row['efficiency']:.3f}{timed}"
+            peak = f" {_fmt(row.get('peak_mib'), '.0f')} |" if memory else ""
             lines.append(
                 f"| {row['config']} | {_fmt(row['median_s'], '.3f')} | {_spread(row)} | {row['runs']}{own} "
                 f"| {speedup} | {_fmt(row['gmacs'], '.5g')} | {_fmt(row['predicted_speedup'], '.3f')}x "
-                f"| {efficiency} | {row['note']} |"
+                f"| {efficiency} |{peak} {row['note']} |"
             )
         flagged = sorted({row["caveat"] for row in rows if row["caveat"]})
         if flagged:

@@ -5,7 +5,8 @@ that rotates each round (so drift in machine load hits all configurations alike)
 is the median over rounds, with its spread. Each configuration's first (warm-up) run also counts the
 linear/conv MACs its denoiser really executed, so every row gets a MACs-predicted speed-up and an
 efficiency = measured speed-up / predicted speed-up. A peer that is not installed or fails on this
-pipeline stays in the table with the reason.
+pipeline stays in the table with the reason. On CUDA every row also records its peak GPU memory
+(``torch.cuda.max_memory_allocated`` over its runs, the statistics reset before each run).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Result:
     macs: int | None = None
     error: str | None = None
     warmup: int = 0  # untimed runs before the timed rounds
+    peak_bytes: int | None = None  # CUDA only: the most memory any of its runs allocated
 
     @property
     def median(self) -> float | None:
@@ -84,6 +86,7 @@ class BenchReport:
                     "predicted_speedup": predicted,
                     "efficiency": speedup / predicted if speedup and predicted else None,
                     "caveat": r.caveat,
+                    "peak_mib": r.peak_bytes / 2**20 if r.peak_bytes is not None else None,
                     "note": r.error or "",
                 }
             )
@@ -93,6 +96,15 @@ class BenchReport:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> int | None:
+    return torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
 
 
 def _failure(error: Exception) -> str:
@@ -110,12 +122,17 @@ def run_bench(
     log: Callable[[str], None] = print,
     model: str = "",
     setting: str = "",
+    time_budget: float | None = None,
 ) -> BenchReport:
     """Warm up and count MACs per configuration, then time ``repeats`` rotating rounds.
 
     ``warmup=0`` (for slow CPU runs) skips the untimed runs and counts MACs in the first round; such
     rows, and rows with fewer than :data:`MIN_ROUNDS` rounds, carry a caveat in the report.
+    ``time_budget`` (seconds from the start): no round is started that would, at the pace of the
+    last one (or of the warm-ups), end past it; every warm-up and the first round always run. A
+    report cut short says so in its setting.
     """
+    begun = time.perf_counter()
     results = {v.name: Result(v.name, error=v.unavailable, warmup=warmup) for v in variants}
     denoiser = denoiser_of(pipe)
 
@@ -125,6 +142,7 @@ def run_bench(
         try:
             counter = LinearConvCounter(denoiser)
             _sync(device)
+            _reset_peak(device)
             start = time.perf_counter()
             if count:
                 counter.__enter__()
@@ -136,21 +154,33 @@ def run_bench(
             elapsed = time.perf_counter() - start
         finally:
             variant.disable()
+        result = results[variant.name]
         if count:
-            results[variant.name].macs = counter.total
+            result.macs = counter.total
+        peak = _peak(device)
+        if peak is not None:
+            result.peak_bytes = max(peak, result.peak_bytes or 0)
         return elapsed
 
     live = [v for v in variants if v.unavailable is None]
+    pace = 0.0  # seconds one round takes: the warm-ups' first runs, then the last round
     for variant in live:
         try:
             for i in range(warmup):
                 seconds = once(variant, count=i == 0)
+                pace += seconds if i == 0 else 0.0
                 log(f"  warm-up {variant.name}: {seconds:.2f} s")
         except Exception as error:  # a peer that breaks on this pipeline/diffusers stays in the table
             results[variant.name].error = _failure(error)
             log(f"  {variant.name} failed:\n{traceback.format_exc(limit=3)}")
     live = [v for v in live if results[v.name].error is None]
+    rounds = 0
     for round_ in range(repeats):
+        if round_ and time_budget is not None and time.perf_counter() - begun + pace > time_budget:
+            log(f"  time budget {time_budget:.0f} s reached: {round_} of {repeats} rounds timed")
+            break
+        round_start = time.perf_counter()
+        rounds += 1
         shift = round_ % max(1, len(live))
         for variant in live[shift:] + live[:shift]:
             if results[variant.name].error is not None:
@@ -164,4 +194,7 @@ def run_bench(
                 continue
             results[variant.name].times.append(seconds)
             log(f"  round {round_ + 1}/{repeats} {variant.name}: {seconds:.2f} s")
+        pace = time.perf_counter() - round_start
+    if rounds < repeats:
+        setting = ", ".join(part for part in (setting, f"time budget: {rounds} of {repeats} rounds") if part)
     return BenchReport(model, setting, [results[v.name] for v in variants])

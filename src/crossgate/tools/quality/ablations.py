@@ -62,30 +62,57 @@ def _replace_prediction(output: Any, value: torch.Tensor) -> Any:
 
 
 @dataclass
-class PassLog:
-    """The latent batch of every denoiser pass, in order (for tests and the table)."""
+class StudyStats:
+    """What one call of a study configuration did (read like ``crossgate.last_call``)."""
 
-    batches: list[int]
+    gate: int
+    denoiser_batches: list[int]
+
+
+class PassLog:
+    """Records the latent batch of every denoiser pass; :meth:`take` ends a call's record."""
+
+    def __init__(self, gate: int) -> None:
+        self.gate = gate
+        self.batches: list[int] = []
+
+    def take(self) -> StudyStats:
+        stats = StudyStats(self.gate, self.batches)
+        self.batches = []
+        return stats
 
 
 @contextlib.contextmanager
-def cfg_cutoff(pipe: Any, gate: int, tracker: StepTracker) -> Iterator[PassLog]:
+def pass_log(pipe: Any, gate: int) -> Iterator[PassLog]:
+    """Log the batch the denoiser actually runs at each pass (after every other pre-hook)."""
+    log = PassLog(gate)
+    denoiser = resolve_adapter(pipe).denoiser(pipe)
+
+    def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        log.batches.append(latent_batch(args, kwargs))
+
+    handle = denoiser.register_forward_pre_hook(before, with_kwargs=True)
+    try:
+        yield log
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def cfg_cutoff(pipe: Any, gate: int, tracker: StepTracker) -> Iterator[None]:
     """CFG off from step ``gate`` on (cond prediction only), cross-attention still computed."""
     check_step_callback(pipe)
     adapter = resolve_adapter(pipe)
     denoiser = adapter.denoiser(pipe)
-    log = PassLog([])
     halved: list[int | None] = [None]
 
     def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         halved[0] = None
         full = latent_batch(args, kwargs)
         if tracker.step < gate or not cfg_active(pipe, full, tracker.prompts, adapter):
-            log.batches.append(full)
             return None
         half = full // 2
         halved[0] = half
-        log.batches.append(half)
         return map_batch((args, kwargs), full, lambda t: t[half:])  # the cond half
 
     def after(module: torch.nn.Module, args: tuple, output: Any) -> Any:
@@ -99,7 +126,7 @@ def cfg_cutoff(pipe: Any, gate: int, tracker: StepTracker) -> Iterator[PassLog]:
         denoiser.register_forward_hook(after),
     ]
     try:
-        yield log
+        yield None
     finally:
         for handle in handles:
             handle.remove()
@@ -145,7 +172,9 @@ def cache_only(pipe: Any, gate: int, tracker: StepTracker) -> Iterator[dict[str,
     originals: dict[str, tuple[Any, Any]] = {}
     for name, module in cross_attention_modules(denoiser):
         if not hasattr(module, "processor"):
-            raise ValueError(f"cache-only needs diffusers Attention modules with a processor; {name} has none")
+            raise ValueError(
+                f"cache-only needs diffusers Attention modules with a processor; {name} has none"
+            )
         originals[name] = (module, module.processor)
         swapped[name] = _ReplayProcessor(module.processor, gate, tracker)
         module.processor = swapped[name]
@@ -230,11 +259,16 @@ def kept_guidance(
 
 
 @contextlib.contextmanager
-def deepcache(pipe: Any, interval: int, composed: bool) -> Iterator[Any]:
+def deepcache(
+    pipe: Any, interval: int, composed: bool, after: int | None = None, gate: int | None = None
+) -> Iterator[Any]:
     """DeepCache (cache branch 0, uniform skipping every ``interval`` steps) around the block.
 
     ``composed``: crossgate is (or will be) applied inside, so let it refill DeepCache's caches
-    when the batch halves (:func:`crossgate.compose_deepcache`).
+    when the batch halves (:func:`crossgate.compose_deepcache`). ``after`` (study option, with
+    ``gate``): a second interval for the steps after the gate; the full passes are then steps
+    ``0, interval, 2 interval, ... < gate``, the gate itself (the refill at batch B) and
+    ``gate + after, gate + 2 after, ...``.
     """
     import crossgate
 
@@ -243,12 +277,32 @@ def deepcache(pipe: Any, interval: int, composed: bool) -> Iterator[Any]:
     except ImportError as error:  # pragma: no cover - DeepCache is a dev dependency
         raise ValueError("dc=/deepcache: configurations need the DeepCache package") from error
     helper = DeepCacheSDHelper(pipe=pipe)
-    helper.set_params(cache_interval=interval, cache_branch_id=0)
+    if after is None:
+        helper.set_params(cache_interval=interval, cache_branch_id=0)
+    else:
+        if gate is None:
+            raise ValueError("a DeepCache interval after the gate needs the gate")
+        # DeepCache's own rule with an interval no step reaches: full at step 0 only, so it
+        # answers "which blocks are skipped" and the schedule below decides which steps are full.
+        helper.set_params(cache_interval=10**9, cache_branch_id=0)
     helper.enable()
-    if composed:
+    if after is not None:
+        own_skip = type(helper).is_skip_step.__get__(helper)
+
+        def full_pass(step: int) -> bool:
+            if step < gate:
+                return step % interval == 0
+            return (step - gate) % after == 0
+
+        def is_skip_step(block_i: int, layer_i: int, blocktype: str = "down") -> bool:
+            if full_pass(helper.cur_timestep):
+                return False
+            return own_skip(block_i, layer_i, blocktype)
+
+        helper.is_skip_step = is_skip_step
+    elif composed:
         crossgate.compose_deepcache(pipe, helper)
     try:
         yield helper
     finally:
         helper.disable()
-

@@ -6,6 +6,7 @@ is the reference for PSNR/SSIM, and accuracy differences are differences of conf
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,16 +19,38 @@ import crossgate
 from crossgate.adapters import denoiser_of
 from crossgate.embedded import scenes
 from crossgate.tools.accounting import LinearConvCounter
+from crossgate.tools.quality.ablations import (
+    GuidanceSchedule,
+    cache_only,
+    cfg_cutoff,
+    deepcache,
+    kept_guidance,
+    pass_log,
+)
 from crossgate.tools.quality.judge import Judge, score_images
 from crossgate.tools.quality.metrics import frechet_distance, mse, psnr_from_mse, ssim
 from crossgate.tools.quality.outputs import finite
 from crossgate.tools.quality.sampling import Generation, StepTracker, generate_images, null_text
 
-KINDS = ("plain", "tgate", "null-before", "null-after", "auto", "profile")
-SPEC_HELP = (
-    "plain, tgate:M[:k=K][:late=K], null-before:M, null-after:M, auto:TOL or "
-    "profile:PATH (M, K ints >= 1; TOL a positive float)"
+KINDS = (
+    "plain",
+    "tgate",
+    "null-before",
+    "null-after",
+    "auto",
+    "profile",
+    "cfg-cutoff",
+    "cache-only",
+    "deepcache",
 )
+SPEC_HELP = (
+    "plain, tgate:M[:k=K][:late=K][:w=W][:d=D][:ws=eps][:dc=N][:dca=N], null-before:M, null-after:M, "
+    "cfg-cutoff:M[:w=W][:d=D][:ws=eps], cache-only:M, deepcache:N, auto:TOL or profile:PATH "
+    "(M, K, N ints >= 1; W >= 0, D in (0, 1] and TOL > 0 floats)"
+)
+GATED_KINDS = ("tgate", "null-before", "null-after", "cfg-cutoff", "cache-only")
+_INT_OPTIONS = {"k": "interval", "late": "late", "dc": "deepcache", "dca": "deepcache_after"}
+_FLOAT_OPTIONS = {"w": "guidance", "d": "decay"}
 
 
 @dataclass(frozen=True)
@@ -35,8 +58,16 @@ class RunConfig:
     """One way of sampling.
 
     ``plain``; ``tgate`` at gate ``m`` (optionally TGATE v2: self-attention reused with interval
-    ``interval`` before the gate, ``late`` after it); null text before/after step ``m``; ``auto``
-    (gate chosen from convergence at ``tolerance``); ``profile`` (a calibrated JSON).
+    ``interval`` before the gate, ``late`` after it; ``guidance``/``decay``: the engine's
+    ``guidance_after_gate``/``guidance_after_gate_decay``); null text before/after step ``m``;
+    ``auto`` (gate chosen from convergence at ``tolerance``); ``profile`` (a calibrated JSON).
+
+    Study configurations (:mod:`crossgate.tools.quality.ablations`, not engine options):
+    ``cfg-cutoff`` (CFG dropped from ``m`` on, cross-attention still computed), ``cache-only``
+    (cross-attention frozen per CFG branch from ``m`` on, both branches still run), ``deepcache``
+    (plain sampling under DeepCache with interval ``deepcache``); ``deepcache`` on ``tgate`` composes
+    the two; ``schedule="eps"`` keeps guidance with the noise-level-rescaled weights of
+    :class:`~crossgate.tools.quality.ablations.GuidanceSchedule` (a study hook, not the engine).
     """
 
     kind: str
@@ -45,11 +76,16 @@ class RunConfig:
     late: int = 1
     tolerance: float | None = None
     profile: str | None = None
+    guidance: float = 0.0
+    decay: float = 1.0
+    schedule: str = "const"
+    deepcache: int | None = None
+    deepcache_after: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown configuration kind {self.kind!r}; use one of {KINDS}")
-        takes_gate = self.kind in ("tgate", "null-before", "null-after")
+        takes_gate = self.kind in GATED_KINDS
         if takes_gate == (self.gate is None):
             raise ValueError(f"{self.kind!r} {'needs a' if takes_gate else 'takes no'} gate step")
         if self.gate is not None and self.gate < 1:
@@ -64,6 +100,27 @@ class RunConfig:
             raise ValueError(f"tolerance must be a positive number, got {self.tolerance}")
         if (self.kind == "profile") != bool(self.profile):
             raise ValueError("profile:PATH needs a path (and only profile takes one)")
+        keeps = self.guidance != 0.0 or self.decay != 1.0 or self.schedule != "const"
+        if keeps and self.kind not in ("tgate", "cfg-cutoff"):
+            raise ValueError(
+                "w=/d=/ws= (guidance kept after the gate) apply to tgate:M and cfg-cutoff:M only"
+            )
+        if not (math.isfinite(self.guidance) and self.guidance >= 0 and 0 < self.decay <= 1):
+            raise ValueError(f"w= must be >= 0 and d= in (0, 1], got {self.guidance} and {self.decay}")
+        if self.schedule not in ("const", "eps"):
+            raise ValueError(f"ws= must be 'eps' (or absent), got {self.schedule!r}")
+        if self.schedule == "eps" and self.guidance == 0.0:
+            raise ValueError("ws=eps rescales the kept guidance: give its weight w= too")
+        if self.deepcache is not None and self.kind not in ("tgate", "deepcache"):
+            raise ValueError("dc= (DeepCache) applies to tgate:M only; plain DeepCache is deepcache:N")
+        if (self.kind == "deepcache" and self.deepcache is None) or (
+            self.deepcache is not None and self.deepcache < 1
+        ):
+            raise ValueError("deepcache:N needs a cache interval N >= 1 (dc=N on tgate:M)")
+        if self.deepcache_after is not None and (self.kind != "tgate" or self.deepcache_after < 1):
+            raise ValueError("dca=N (DeepCache interval after the gate) applies to tgate:M only, N >= 1")
+        if self.deepcache_after is not None and self.deepcache is None:
+            object.__setattr__(self, "deepcache", 1)  # no caching before the gate
 
     @property
     def auto(self) -> bool:
@@ -75,6 +132,11 @@ class RunConfig:
         return self.auto
 
     @property
+    def study_hook(self) -> bool:
+        """The kept guidance runs through the study hook (any non-engine schedule, or cfg-cutoff)."""
+        return self.guidance > 0 and (self.schedule != "const" or self.kind == "cfg-cutoff")
+
+    @property
     def name(self) -> str:
         if self.kind == "plain":
             return "plain"
@@ -82,9 +144,19 @@ class RunConfig:
             return f"{self.kind} tol={self.tolerance:g}"
         if self.kind == "profile":
             return f"profile {Path(str(self.profile)).name}"
+        if self.kind == "deepcache":
+            return f"deepcache dc={self.deepcache}"
         extra = (f" k={self.interval}" if self.interval else "") + (
             f" late={self.late}" if self.late > 1 else ""
         )
+        if self.guidance or self.decay != 1.0:
+            extra += f" w={self.guidance:g}" + (f" d={self.decay:g}" if self.decay != 1.0 else "")
+        if self.schedule != "const":
+            extra += f" ws={self.schedule}"
+        if self.deepcache is not None and (self.deepcache > 1 or self.deepcache_after is None):
+            extra += f" dc={self.deepcache}"
+        if self.deepcache_after is not None:
+            extra += f" dca={self.deepcache_after}"
         return f"{self.kind} m={self.gate}{extra}"
 
     def tgate_config(self) -> crossgate.TGateConfig:
@@ -95,17 +167,25 @@ class RunConfig:
             return crossgate.TGateConfig(gate_step="auto", auto_tolerance=self.tolerance)
         if self.kind != "tgate":
             raise ValueError(f"{self.name!r} is not a TGATE configuration")
+        engine_guidance = 0.0 if self.study_hook else self.guidance
         return crossgate.TGateConfig(
             gate_step=self.gate,
             self_attention_interval=self.interval,
             self_attention_interval_after=self.late,
+            guidance_after_gate=engine_guidance,
+            guidance_after_gate_decay=self.decay if engine_guidance else 1.0,
         )
+
+    def guidance_schedule(self) -> GuidanceSchedule | None:
+        """The study hook's schedule, or None when the engine (or nothing) keeps guidance."""
+        return GuidanceSchedule(self.guidance, self.decay, self.schedule) if self.study_hook else None
 
     @classmethod
     def parse(cls, spec: str) -> RunConfig:
-        """``plain``, ``tgate:10``, ``tgate:10:k=3``, ``tgate:10:late=3``, ``null-before:6``,
-        ``null-after:6``, ``auto:0.05``, ``profile:PATH`` (``10`` alone means
-        ``tgate:10``)."""
+        """``plain``, ``tgate:10``, ``tgate:10:k=3``, ``tgate:10:late=3``, ``tgate:10:w=1:d=0.9``,
+        ``tgate:10:w=1:ws=eps``, ``tgate:10:dc=3``, ``null-before:6``, ``null-after:6``,
+        ``cfg-cutoff:10``, ``cache-only:10``, ``deepcache:3``, ``auto:0.05``, ``profile:PATH``
+        (``10`` alone means ``tgate:10``)."""
         text = spec.strip()
         bad = f"bad configuration {spec!r}; use {SPEC_HELP}"
         if text.lower() == "plain":
@@ -121,13 +201,25 @@ class RunConfig:
                 if options:
                     raise ValueError(bad)
                 return cls(kind, tolerance=float(value))
-            fields: dict[str, int] = {}
+            if kind == "deepcache":
+                if options:
+                    raise ValueError(bad)
+                return cls(kind, deepcache=int(value))
+            fields: dict[str, Any] = {}
             for option in options:
                 key, sep, number = option.partition("=")
-                if not sep or key not in ("k", "late") or key in fields:
+                name = (
+                    _INT_OPTIONS.get(key) or _FLOAT_OPTIONS.get(key) or ("schedule" if key == "ws" else None)
+                )
+                if not sep or name is None or name in fields:
                     raise ValueError(bad)
-                fields[key] = int(number)
-            return cls(kind, int(value), interval=fields.get("k"), late=fields.get("late", 1))
+                if key in _INT_OPTIONS:
+                    fields[name] = int(number)
+                elif key in _FLOAT_OPTIONS:
+                    fields[name] = float(number)
+                else:
+                    fields[name] = number
+            return cls(kind, int(value), **fields)
         except ValueError as error:
             raise ValueError(
                 bad if "invalid literal" in str(error) or "could not" in str(error) else str(error)
@@ -229,7 +321,7 @@ def evaluate(
         raise ValueError("no captions to evaluate")
     if per_caption < 1:
         raise ValueError(f"per_caption must be >= 1, got {per_caption}")
-    bad = [c.name for c in configs if c.gate is not None and c.kind != "tgate" and c.gate > steps]
+    bad = [c.name for c in configs if c.kind.startswith("null") and c.gate is not None and c.gate > steps]
     if bad:
         raise ValueError(f"null-text gate steps beyond --steps {steps}: {bad}")
     judge = judge or Judge()
@@ -325,8 +417,25 @@ def _run_config(
 ) -> Generation:
     if config.kind == "plain":
         return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size)
-    if config.kind in ("tgate", "auto", "profile"):
-        with crossgate.enabled(pipe, config.tgate_config()):
+    tracker = StepTracker()
+    schedule = config.guidance_schedule()
+    with contextlib.ExitStack() as stack:
+        if config.deepcache is not None:
+            stack.enter_context(
+                deepcache(
+                    pipe,
+                    config.deepcache,
+                    composed=config.kind == "tgate",
+                    after=config.deepcache_after,
+                    gate=config.gate,
+                )
+            )
+        if config.kind == "deepcache":
+            return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size)
+        if config.kind in ("tgate", "auto", "profile"):
+            stack.enter_context(crossgate.enabled(pipe, config.tgate_config()))
+            if schedule is not None:
+                stack.enter_context(kept_guidance(pipe, int(config.gate or 0), schedule, tracker))
             return generate_images(
                 pipe,
                 prompts,
@@ -334,9 +443,21 @@ def _run_config(
                 steps,
                 guidance_scale,
                 batch_size,
+                tracker=tracker if schedule is not None else None,
                 after_call=lambda: crossgate.last_call(pipe),
             )
-    tracker = StepTracker()
+        if config.kind in ("cfg-cutoff", "cache-only"):
+            gate = int(config.gate or 0)
+            if config.kind == "cfg-cutoff":
+                stack.enter_context(cfg_cutoff(pipe, gate, tracker))
+                if schedule is not None:
+                    stack.enter_context(kept_guidance(pipe, gate, schedule, tracker))
+            else:
+                stack.enter_context(cache_only(pipe, gate, tracker))
+            log = stack.enter_context(pass_log(pipe, gate))
+            return generate_images(
+                pipe, prompts, seeds, steps, guidance_scale, batch_size, tracker=tracker, after_call=log.take
+            )
     window = "before" if config.kind == "null-before" else "after"
     with null_text(pipe, window, config.gate, tracker):
         return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size, tracker=tracker)

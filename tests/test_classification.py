@@ -1,0 +1,270 @@
+"""Every pipeline class the installed diffusers exports is classified, and `apply()` obeys the table.
+
+The table is crossgate/adapters/support.py. A diffusers release that adds a class nobody has
+classified fails `test_every_exported_pipeline_is_classified`; a class marked supported must name a
+tests/families.py case that builds it; every other class is refused at `apply()` with its reason,
+before anything on the pipeline is touched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import diffusers
+import pytest
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+import crossgate
+from crossgate.adapters import cross_attention_modules, support
+from crossgate.adapters.registry import calls_denoiser_per_cfg_branch
+from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
+from crossgate.testing import tiny_sd_pipeline
+from families import CASES, classification_counts
+
+EXPORTED = sorted(n for n in dir(diffusers) if n.endswith("Pipeline"))
+BUCKETS = {
+    "supported": set(support.SUPPORTED),
+    "sequential CFG": set(support.SEQUENTIAL_CFG),
+    "refused": set(support.REFUSED),
+    "not applicable": set(support.NOT_APPLICABLE),
+}
+
+
+def _cls(name: str) -> type:
+    return getattr(diffusers, name)  # resolves diffusers' lazy import
+
+
+def test_every_exported_pipeline_is_classified():
+    unclassified = [
+        n
+        for n in EXPORTED
+        if "not in crossgate's classification" in (support.classify(_cls(n)) or _none()).reason
+    ]
+    assert not unclassified, (
+        f"diffusers {diffusers.__version__} exports pipelines nobody has classified: {unclassified}; add each "
+        "to crossgate/adapters/support.py (supported with a tests/families.py case, refused with the "
+        "reason, or not applicable)"
+    )
+    if diffusers.__version__ == support.CLASSIFIED_FOR:
+        named = set().union(*BUCKETS.values())
+        assert named == set(EXPORTED) - {n for n in EXPORTED if _is_modular(_cls(n))}, (
+            f"classified but not exported by diffusers {diffusers.__version__}: {sorted(named - set(EXPORTED))}"
+        )
+
+
+def _none() -> support.Verdict:
+    return support.Verdict("", "", "not in crossgate's classification")
+
+
+def _is_modular(cls: type) -> bool:
+    return any(c.__name__ == "ModularPipeline" for c in cls.__mro__)
+
+
+def test_buckets_are_disjoint_and_counts_add_up():
+    names = [n for bucket in BUCKETS.values() for n in bucket]
+    assert len(names) == len(set(names)), "a class is in two buckets"
+    counts = classification_counts()
+    assert sum(counts.values()) == len(EXPORTED)
+    assert counts["supported"] >= len(support.SUPPORTED)
+
+
+def test_every_supported_class_has_a_family_case_that_builds_it():
+    for name, entry in support.SUPPORTED.items():
+        assert entry.case in CASES, f"{name}: no tests/families.py case {entry.case!r}"
+        assert CASES[entry.case].pipeline == name
+    for case, spec in CASES.items():
+        verdict = support.classify(_cls(spec.pipeline))
+        assert verdict is not None and verdict.status == support.SUPPORTED_STATUS, (
+            f"case {case!r} tests {spec.pipeline}, which the classification does not support"
+        )
+
+
+def test_sequential_family_status_comes_from_the_sequential_module():
+    assert set(SEQUENTIAL_ADAPTERS) <= set(support.SEQUENTIAL_CFG)
+    for name in support.SEQUENTIAL_CFG:
+        cls = _cls(name)
+        assert calls_denoiser_per_cfg_branch(cls, "transformer"), f"{name} does not call per CFG branch"
+        verdict = support.classify(cls)
+        if name in SEQUENTIAL_ADAPTERS:
+            assert verdict.status == support.SUPPORTED_STATUS and verdict.adapter is SEQUENTIAL_ADAPTERS[name]
+        else:
+            assert verdict.status == support.REFUSED_STATUS and verdict.reason == per_branch_refusal(cls)
+
+
+def test_no_supported_batched_class_calls_its_denoiser_per_branch():
+    for name, entry in support.SUPPORTED.items():
+        assert not calls_denoiser_per_cfg_branch(_cls(name), entry.adapter.denoiser_attr), name
+
+
+@pytest.mark.parametrize("name", [n for n in EXPORTED if support.classify(_cls(n)).status != "supported"])
+def test_unsupported_class_is_refused_at_apply_with_its_reason(name):
+    cls = _cls(name)
+    pipe = cls.__new__(cls)  # no weights, no __init__: the refusal must come from the class alone
+    verdict = support.classify(cls)
+    with pytest.raises(crossgate.UnsupportedPipelineError) as error:
+        crossgate.apply(pipe, gate_step=2)
+    assert support.refusal(cls, verdict) == str(error.value)
+    assert not crossgate.is_applied(pipe) and "progress_bar" not in vars(pipe)
+
+
+def _denoiser_types(cls: type) -> list[type] | None:
+    """The model classes ``cls.__init__`` annotates for its ``unet`` / ``transformer``, or None."""
+    params = inspect.signature(cls.__init__).parameters
+    for attr in ("unet", "transformer"):
+        if attr in params:
+            hint = typing.get_type_hints(cls.__init__).get(attr)
+            return [t for t in (typing.get_args(hint) or (hint,)) if isinstance(t, type)]
+    return None
+
+
+# Denoisers whose default config does not build (they need sizes); their claim is checked by reading.
+_NO_DEFAULT_BUILD = {
+    "EasyAnimateTransformer3DModel",
+    "HiDreamImageTransformer2DModel",
+    "OmniGenTransformer2DModel",
+    "UniDiffuserModel",
+}
+
+
+def test_not_applicable_claims_hold():
+    """ "No cross-attention": the denoiser, built on the meta device, has none. "No denoiser": the
+    class takes no `unet` / `transformer`."""
+    built: dict[type, bool] = {}
+    for name, reason in support.NOT_APPLICABLE.items():
+        cls = getattr(diffusers, name, None)
+        if cls is None or "dummy" in cls.__module__ or name == "DiffusionPipeline":
+            continue  # not installed here (ONNX, note-seq, opencv extras), or the base class
+        types = _denoiser_types(cls)
+        if (
+            reason == support.NOT_APPLICABLE["FluxPipeline"]
+            or reason == support.NOT_APPLICABLE["DDPMPipeline"]
+        ):
+            assert types, f"{name}: expected a unet/transformer to inspect"
+            for model_cls in types:
+                if model_cls not in built:
+                    try:
+                        with torch.device("meta"):
+                            model = model_cls()
+                    except Exception:
+                        assert model_cls.__name__ in _NO_DEFAULT_BUILD, (
+                            f"{name}: {model_cls.__name__} did not build"
+                        )
+                        built[model_cls] = False
+                        continue
+                    built[model_cls] = bool(cross_attention_modules(model))
+                assert not built.get(model_cls, False), f"{name}: {model_cls.__name__} has cross-attention"
+        elif reason == support.NOT_APPLICABLE["KandinskyPriorPipeline"]:
+            assert types is None, f"{name} takes a unet/transformer"
+
+
+def test_pag_and_three_way_batches_are_refused_before_anything_changes():
+    """PAG ([uncond, cond, perturbed]) and InstructPix2Pix ([text+image, image, none]) used to reach
+    the gate and raise mid-call; they are refused at apply() and keep working plainly."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPAGPipeline
+
+    parts = {k: v for k, v in tiny_sd_pipeline().components.items() if k != "image_encoder"}
+    pag = StableDiffusionPAGPipeline(**parts, pag_applied_layers=["mid"])
+    pag.set_progress_bar_config(disable=True)
+    ip2p = StableDiffusionInstructPix2PixPipeline(**{**parts, "unet": tiny_sd_pipeline(in_channels=8).unet})
+    ip2p.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 32, 32)
+    for pipe, kwargs, match in (
+        (pag, {"pag_scale": 2.0}, "perturbed-attention guidance"),
+        (ip2p, {"image": image}, "three guidance branches"),
+    ):
+        generator = torch.Generator().manual_seed(0)
+        plain = pipe(
+            "a red circle", num_inference_steps=3, output_type="latent", generator=generator, **kwargs
+        )
+        with pytest.raises(crossgate.UnsupportedPipelineError, match=match):
+            crossgate.apply(pipe, gate_step=2)
+        assert not crossgate.is_applied(pipe) and "progress_bar" not in vars(pipe)
+        assert not any(
+            getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in pipe.unet.modules()
+        )
+        generator = torch.Generator().manual_seed(0)
+        again = pipe(
+            "a red circle", num_inference_steps=3, output_type="latent", generator=generator, **kwargs
+        )
+        assert torch.equal(again.images, plain.images)
+
+
+def test_subclasses_keep_their_parents_verdict_unless_they_override_call(monkeypatch):
+    monkeypatch.setattr(support, "_ALLOWED", set())
+
+    class Plain(StableDiffusionPipeline):  # no __call__ of its own: the tested loop runs
+        pass
+
+    class Custom(StableDiffusionPipeline):
+        def __call__(self, *args, **kwargs):
+            return super().__call__(*args, **kwargs)
+
+    components = tiny_sd_pipeline().components
+    crossgate.apply(Plain(**components), gate_step=2)
+    custom = Custom(**components)
+    custom.set_progress_bar_config(disable=True)
+    with pytest.raises(
+        crossgate.UnsupportedPipelineError, match=r"Custom overrides StableDiffusionPipeline.__call__"
+    ):
+        crossgate.apply(custom, gate_step=2)
+    support.allow_untested(Custom)  # the user vouches for its loop
+    crossgate.apply(custom, gate_step=2)
+    custom("a red circle", num_inference_steps=4, output_type="latent")
+    stats = crossgate.last_call(custom)
+    assert stats.engaged and stats.denoiser_batches == [2, 2, 1, 1]
+
+
+def test_allow_untested_admits_untested_classes_only(monkeypatch):
+    monkeypatch.setattr(support, "_ALLOWED", set())
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="perturbed-attention"):
+        support.allow_untested(diffusers.StableDiffusionPAGPipeline)
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="joint"):
+        support.allow_untested(diffusers.FluxPipeline)
+    untested = _cls(sorted(support.UNTESTED)[0])
+    assert support.allow_untested(untested) is untested and support.is_allowed(untested)
+
+
+def test_custom_and_unclassified_pipelines_are_refused():
+    class MyPipeline(DiffusionPipeline):
+        def __call__(self):
+            return None
+
+    with pytest.raises(
+        crossgate.UnsupportedPipelineError, match="custom pipeline deriving from DiffusionPipeline"
+    ):
+        crossgate.apply(MyPipeline(), gate_step=2)
+
+    # what a newer diffusers release adding a class looks like to the classification
+    brand_new = type(
+        "BrandNewPipeline", (DiffusionPipeline,), {"__module__": "diffusers.pipelines.brand_new"}
+    )
+    verdict = support.classify(brand_new)
+    assert verdict.status == support.REFUSED_STATUS and "not in crossgate's classification" in verdict.reason
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="not in crossgate's classification"):
+        crossgate.apply(brand_new.__new__(brand_new), gate_step=2)
+
+
+def test_added_kv_attention_mixes_self_and_cross_attention():
+    """Why DeepFloyd IF and Kandinsky 2.x are refused: their `SimpleCrossAttn` layers (the ones
+    crossgate would cache) project the latents into keys and values next to the conditioning."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        cross_attention_dim=32,
+        encoder_hid_dim=16,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    layers = cross_attention_modules(unet)
+    assert layers and all(m.added_kv_proj_dim and not m.only_cross_attention for _, m in layers)
+    assert all(
+        support.classify(_cls(n)).reason == support.REFUSED["IFPipeline"]
+        for n in ("IFPipeline", "KandinskyV22Pipeline", "KandinskyPipeline")
+    )
