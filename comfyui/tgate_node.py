@@ -37,7 +37,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .tgate_schedule import COMPUTE, GATE_MODES, REUSE, STORE, resolve_gate, schedule_position, self_attention_action
+from .tgate_schedule import (
+    COMPUTE,
+    GATE_MODES,
+    REUSE,
+    STORE,
+    resolve_gate,
+    schedule_position,
+    self_attention_action,
+)
 
 KEY = "crossgate_tgate"
 log = logging.getLogger("crossgate.comfyui")
@@ -77,7 +85,11 @@ class TGateSettings:
 
     def self_attention_action(self, step: int, gate: int) -> str:
         return self_attention_action(
-            step, gate, self.self_attention_interval, self.self_attention_interval_after, self.self_attention_warm_up
+            step,
+            gate,
+            self.self_attention_interval,
+            self.self_attention_interval_after,
+            self.self_attention_warm_up,
         )
 
 
@@ -348,8 +360,14 @@ class TGateController:
     def sampler_sample(self, executor, guider, sigmas, extra_args, callback, *args, **kwargs):
         sigma_list = [float(s) for s in sigmas]
         num_steps = len(sigma_list) - 1
-        if num_steps < 1 or self.settings.gate(num_steps) >= num_steps:
-            self.last_report = {"steps": num_steps, "gate": self.settings.gate(max(num_steps, 1)), "engaged": False}
+        gate = self.settings.gate(max(num_steps, 1))
+        reason = None
+        if num_steps < 1 or gate >= num_steps:
+            reason = "the gate is at or after the last step"
+        elif extra_args.get("model_options", {}).get("context_handler") is not None:
+            reason = "context windows (each window would need caches of its own)"
+        if reason is not None:
+            self.last_report = {"steps": num_steps, "gate": gate, "engaged": False, "disabled": reason}
             return executor(guider, sigmas, extra_args, callback, *args, **kwargs)
         run = _Run(self.settings, sigma_list, sampler_name(getattr(executor, "class_obj", None)))
         model_options = dict(extra_args.get("model_options", {}))
@@ -464,7 +482,11 @@ class TGateController:
 
     def attn1_patch(self, n, context, value, extra):
         if self._self_decision(extra)[0] == "reuse":
-            return n[:, :0], (context if context is None else context[:, :0]), (value if value is None else value[:, :0])
+            return (
+                n[:, :0],
+                (context if context is None else context[:, :0]),
+                (value if value is None else value[:, :0]),
+            )
         return n, context, value
 
     def attn1_replace(self, key: tuple, previous):
@@ -595,7 +617,10 @@ class TGate:
                 "model": ("MODEL",),
                 "gate_mode": (
                     list(GATE_MODES),
-                    {"default": "fraction", "tooltip": "fraction: gate_fraction of the steps; step: gate_step."},
+                    {
+                        "default": "fraction",
+                        "tooltip": "fraction: gate_fraction of the steps; step: gate_step.",
+                    },
                 ),
                 "gate_fraction": (
                     "FLOAT",
@@ -631,11 +656,21 @@ class TGate:
             "optional": {
                 "self_attention_interval_after": (
                     "INT",
-                    {"default": 1, "min": 1, "max": 1000, "tooltip": "TGATE v2: interval after the gate (1: always compute)."},
+                    {
+                        "default": 1,
+                        "min": 1,
+                        "max": 1000,
+                        "tooltip": "TGATE v2: interval after the gate (1: always compute).",
+                    },
                 ),
                 "self_attention_warm_up": (
                     "INT",
-                    {"default": 2, "min": 0, "max": 1000, "tooltip": "TGATE v2: steps that always compute first."},
+                    {
+                        "default": 2,
+                        "min": 0,
+                        "max": 1000,
+                        "tooltip": "TGATE v2: steps that always compute first.",
+                    },
                 ),
             },
         }

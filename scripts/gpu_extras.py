@@ -170,16 +170,26 @@ def generate(pipe: Any, args: argparse.Namespace, steps: int) -> torch.Tensor:
 
 
 def timed_rounds(
-    rec: Recorder, entry: dict[str, Any], key: str, fn: Callable[[], Any], args: argparse.Namespace
+    rec: Recorder,
+    entry: dict[str, Any],
+    key: str,
+    fn: Callable[[], Any],
+    args: argparse.Namespace,
+    after_each: Callable[[], None] | None = None,
 ) -> Any:
-    """One untimed warm-up, then ``args.repeats`` timed calls (fewer if the budget runs out)."""
+    """One untimed warm-up, then ``args.repeats`` timed calls (fewer if the budget runs out);
+    ``after_each`` runs after every call, the warm-up included."""
     seconds, peak, result = measure(fn, args.device)
+    if after_each:
+        after_each()
     times: list[float] = []
     for _ in range(args.repeats):
         if times and rec.left() < 2 * seconds:
             entry.setdefault("notes", []).append(f"{key}: time budget, {len(times)} of {args.repeats} rounds")
             break
         seconds, round_peak, result = measure(fn, args.device)
+        if after_each:
+            after_each()
         peak = max(peak or 0, round_peak or 0) if peak is not None else None
         times.append(seconds)
     entry[key] = {**summary(times), "peak_mib": mib(peak)}
@@ -285,9 +295,13 @@ def section_compile(rec: Recorder, args: argparse.Namespace) -> None:
     rec.save()
     log(f"first compiled call {seconds:.1f} s, {first}; vs eager {entry['output_vs_eager']}")
 
-    timed_rounds(rec, entry, "compiled_crossgate", lambda: generate(pipe, args, steps), args)
+    # frames dynamo compiled by the end of each compiled call: flat from some call on = no recompiles
+    per_call = entry["frames_compiled_after_each_call"] = [first["frames_compiled"]]
+    track = lambda: per_call.append(dynamo_counts()["frames_compiled"])  # noqa: E731
+    timed_rounds(rec, entry, "compiled_crossgate", lambda: generate(pipe, args, steps), args, track)
     after = dynamo_counts()
     entry["recompiles_after_first_call"] = after["frames_compiled"] - first["frames_compiled"]
+    entry["recompiles_after_second_call"] = after["frames_compiled"] - per_call[min(1, len(per_call) - 1)]
     rec.save()
 
     # crossgate removed from the compiled denoiser: plain, compiled (its hooks are gone: new guards)
@@ -425,8 +439,9 @@ def render(data: dict[str, Any]) -> str:
                 "",
                 f"First compiled call: {first['seconds']} s, {first['unique_graphs']} graphs from "
                 f"{first['frames_compiled']} frame compilations, {first['graph_breaks']} graph breaks "
-                f"({'; '.join(first['graph_break_reasons']) or 'none'}); frames compiled after it: "
-                f"{c.get('recompiles_after_first_call')}.",
+                f"({'; '.join(first['graph_break_reasons']) or 'none'}); frames compiled by the end of each "
+                f"compiled call: {c.get('frames_compiled_after_each_call')} (recompiles after the first call: "
+                f"{c.get('recompiles_after_first_call')}, after the second: {c.get('recompiles_after_second_call')}).",
             ]
         vs = c.get("output_vs_eager")
         if vs:

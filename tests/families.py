@@ -765,7 +765,7 @@ def kandinsky3() -> Case:
         groups=2,
         attention_head_dim=4,
         layers_per_block=3,  # Kandinsky 3's blocks assume three
-        block_out_channels=(32, 64),
+        block_out_channels=(16, 32),
         cross_attention_dim=4,
         encoder_hid_dim=32,
     )

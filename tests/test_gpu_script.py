@@ -33,8 +33,9 @@ def test_script_parses_and_its_caps_fit_one_device_call() -> None:
     assert list(caps) == ["sd15", "sdxl", "pixart", "wan", "compile", "offload"]
     text = SCRIPT.read_text()
     budget = int(re.search(r'BUDGET="\$\{BUDGET:-(\d+)\}"', text)[1])
-    env_cap = 45  # wheels (60 s timeout, seconds in practice) and the environment check
+    env_cap = 40  # wheels (25 s timeout, seconds in practice) and the environment check (15 s)
     assert sum(caps.values()) + env_cap <= budget <= PER_CALL_LIMIT - 30
+    assert re.findall(r"timeout (\d+) \"\$PY\"", text) == ["25", "15"]  # the env section's own caps
     # the header documents the same caps as the code runs
     for name, cap in caps.items():
         assert re.search(rf"#\s+\d {name}\s+\(cap\s+{cap} s\)", text), name
@@ -49,22 +50,23 @@ def _extras():
 
 
 def test_extras_dry_run_compiles_and_offloads_with_crossgate(tmp_path) -> None:
-    """Tiny SD on CPU, aot_eager (inductor's C++ build is what the GPU run adds): the compiled
-    denoiser matches eager under crossgate, no recompiles after the first call, every row timed;
+    """Tiny SD on CPU, dynamo with the eager backend (inductor's C++ build is what the GPU run adds): the compiled
+    denoiser matches eager under crossgate, no recompiles after the second call, every row timed;
     each offload order either runs and matches on-device crossgate, or fails exactly as offload
     without crossgate does on this machine (never because of crossgate)."""
     extras = _extras()
     out = tmp_path / "extras"
-    argv = ["--dry-run", "--device", "cpu", "--backend", "aot_eager", "--out", str(out)]
+    argv = ["--dry-run", "--device", "cpu", "--backend", "eager", "--out", str(out)]
     status = extras.main([*argv, "--section", "compile", "offload"])
     data = json.loads((out / "extras.json").read_text())
     compile_, offload = data["compile"], data["offload"]
     assert status == 0 and compile_["status"] == "done" and offload["status"] == "done"
     assert compile_["output_vs_eager"]["matches"] and compile_["output_vs_eager"]["rel_l2"] <= 1e-4
     assert compile_["crossgate_engaged"] == {"gate": 2, "denoiser_batches": [2, 2, 1, 1]}
-    assert (
-        compile_["first_compiled_call"]["unique_graphs"] > 0 and compile_["recompiles_after_first_call"] == 0
-    )
+    assert compile_["first_compiled_call"]["unique_graphs"] > 0
+    # the second call still compiles a few frames (crossgate paths first taken then), the third none
+    frames = compile_["frames_compiled_after_each_call"]
+    assert len(frames) == 3 and frames[1] == frames[2] and compile_["recompiles_after_second_call"] == 0
     for key in ("eager_plain", "eager_crossgate", "compiled_crossgate", "compiled_plain"):
         assert compile_[key]["rounds"] == 1 and compile_[key]["median_s"] > 0
     for order in ("offload-then-crossgate", "crossgate-then-offload"):
@@ -77,4 +79,4 @@ def test_extras_dry_run_compiles_and_offloads_with_crossgate(tmp_path) -> None:
                 "fails too"
             )
     summary = (out / "extras.md").read_text()
-    assert "## torch.compile (aot_eager) with crossgate" in summary and "crossgate-then-offload" in summary
+    assert "## torch.compile (eager) with crossgate" in summary and "crossgate-then-offload" in summary
