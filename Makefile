@@ -38,8 +38,8 @@ demo: install
 	$(VENV)/bin/crossgate generate "a red circle left of a blue square" --compare --out out/demo.png
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts comfyui
+	$(VENV)/bin/ruff format --check src tests scripts comfyui
 
 # The engine modules ([tool.mypy] files in pyproject.toml).
 typecheck: install

@@ -15,6 +15,7 @@
 #                           output tolerance, graphs/recompiles/graph breaks, latency, peak memory (a cold
 #                           inductor build of ~100 graphs is most of it; progress is recorded every 5 s)
 #   7 offload   (cap  45 s) enable_sequential_cpu_offload() with crossgate in both orders vs on-device
+#                           (SD-1.5 @512, 6 steps, m=2)
 #   (sum of caps 560 s; expected about 450 s on one H200, of which compiling is the least certain)
 #
 # Random weights throughout (nothing is downloaded). The GPU machine has torch/transformers/accelerate

@@ -63,9 +63,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=None, help="default 512 (dry run 32)")
     p.add_argument("--steps", type=int, default=None, help="compile section steps (default 25; dry run 4)")
     p.add_argument("--gate-step", type=int, default=None, help="crossgate m (default 10; dry run 2)")
-    p.add_argument(
-        "--offload-steps", type=int, default=None, help="offload section steps (default 10; dry 3)"
-    )
+    p.add_argument("--offload-steps", type=int, default=None, help="offload section steps (default 6; dry 3)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; dry run 1)")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds for this call's sections")
@@ -76,7 +74,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "resolution": 32 if dry else 512,
         "steps": 4 if dry else 25,
         "gate_step": 2 if dry else 10,
-        "offload_steps": 3 if dry else 10,
+        "offload_steps": 3 if dry else 6,
         "repeats": 1 if dry else 5,
         "dtype": "float32" if dry or args.device == "cpu" else "float16",
     }
@@ -360,16 +358,19 @@ def section_offload(rec: Recorder, args: argparse.Namespace) -> None:
     def apply(pipe: Any) -> None:
         crossgate.apply(pipe, gate_step=gate)
 
+    # an order costs two offloaded generations; before the first is timed, guess 10x on-device
+    need = 2 * 10 * max(entry["crossgate_on_device"]["seconds"], 0.5)
     for order, first, second in (
         ("offload-then-crossgate", offload, apply),
         ("crossgate-then-offload", apply, offload),
     ):
         result: dict[str, Any] = {}
         entry[order] = result
-        if rec.left() < 3 * max(entry["crossgate_on_device"]["seconds"], 1.0):
-            result["status"] = "skipped: time budget"
+        if rec.left() < need:
+            result["status"] = f"skipped: time budget ({rec.left():.0f} s left, about {need:.0f} s needed)"
             rec.save()
             continue
+        began = time.perf_counter()
         pipe = copy.deepcopy(template)
         try:
             first(pipe)
@@ -394,6 +395,7 @@ def section_offload(rec: Recorder, args: argparse.Namespace) -> None:
             result["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
             result["traceback"] = traceback.format_exc(limit=4)
             result["plain_offload_alone"] = offload_alone(template, args, steps)
+        need = 1.2 * (time.perf_counter() - began)
         log(
             f"{order}: {result.get('status')} { ({k: result.get(k) for k in ('seconds', 'max_abs_diff', 'matches')}) }"
         )
