@@ -110,7 +110,38 @@ FULL_CONFIGS = (
 )
 FULL25 = Stage(steps=25, captions=96, per_caption=4, gate_steps=(3, 5, 8, 10, 15, 20), configs=FULL_CONFIGS)
 
-STAGES: dict[str, Stage] = {"screen": SCREEN, "screen2": SCREEN2, "full-ddim-25": FULL25}
+# Transfer checks for the fewest configurations that answer the question (96 captions x 2 seeds, to
+# stay within the CPU budget). At n=50 a decay per step of 0.9 is 0.8 per 1/25 of the trajectory.
+DDIM50 = Stage(
+    steps=50,
+    captions=96,
+    per_caption=2,
+    gate_steps=(20, 30),
+    configs=("deepcache:3", "deepcache:5", *_kept(40, "dc=3", "dc=3:w=1:d=0.9"), *_kept(30, "w=1:d=0.9")),
+)
+DPM25 = Stage(
+    steps=25,
+    captions=96,
+    per_caption=2,
+    scheduler="dpm",
+    gate_steps=(10, 15, 20),
+    configs=(
+        "cfg-cutoff:10",
+        "cache-only:10",
+        "deepcache:2",
+        "deepcache:3",
+        *_kept(15, "w=1:d=0.8"),
+        *_kept(20, "dc=3:w=1:d=0.8"),
+    ),
+)
+
+STAGES: dict[str, Stage] = {
+    "screen": SCREEN,
+    "screen2": SCREEN2,
+    "full-ddim-25": FULL25,
+    "ddim-50": DDIM50,
+    "dpm-25": DPM25,
+}
 
 
 def run(stage_name: str, out_root: Path) -> int:

@@ -226,3 +226,10 @@ def test_composes_with_diffusers_caches(cache, order):
     assert crossgate.last_call(pipe).denoiser_batches == [1] * (2 * case.gate + case.steps - case.gate)
     assert torch.isfinite(first).all() and not torch.equal(first, cache_alone)
     disable_both()
+
+
+def test_v2_self_attention_caching_is_refused_for_sequential_cfg():
+    pipe = wan_t2v().pipe
+    with pytest.raises(crossgate.ConfigError, match="two denoiser calls"):
+        crossgate.apply(pipe, gate_step=2, self_attention_interval=2)
+    assert not crossgate.is_applied(pipe)

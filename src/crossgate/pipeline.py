@@ -33,7 +33,7 @@ from crossgate.adapters import (
     resolve_adapter,
     self_attention_modules,
 )
-from crossgate.config import TGateConfig, coerce_config
+from crossgate.config import ConfigError, TGateConfig, coerce_config
 from crossgate.gate import CallState, CallStats, current_call, enter_call, gate_policy, leave_call
 from crossgate.hooks import BlockSkipHook, CrossAttentionGateHook, DenoiserGate, SelfAttentionCacheHook
 
@@ -329,7 +329,13 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
     that :func:`apply` would, so a CLI or a service can refuse bad input before doing any work.
     """
     config = coerce_config(config, overrides)
-    resolve_adapter(pipe)
+    adapter = resolve_adapter(pipe)
+    if adapter.cfg_layout == "sequential" and config.caches_self_attention:
+        raise ConfigError(
+            f"TGATE v2's self-attention caching is not supported for {type(pipe).__name__}, which runs "
+            "CFG as two denoiser calls per step (its caches would mix the branches); leave "
+            "self_attention_interval=None and self_attention_interval_after=1."
+        )
     return config
 
 
