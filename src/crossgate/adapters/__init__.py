@@ -14,10 +14,12 @@ from crossgate.adapters.base import (
     self_attention_modules,
 )
 from crossgate.adapters.registry import denoiser_of, resolve_adapter
+from crossgate.adapters.support import allow_untested
 
 __all__ = [
     "ModelAdapter",
     "UnsupportedPipelineError",
+    "allow_untested",
     "cross_attention_modules",
     "denoiser_of",
     "resolve_adapter",

@@ -19,8 +19,8 @@ from crossgate.cli.common import (
     load_pipeline,
     non_negative_int,
     positive_int,
+    resolution_arg,
 )
-from crossgate.cli.macs import resolution_arg
 
 
 def register(subparsers: Any) -> None:

@@ -67,6 +67,15 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def resolution_arg(text: str) -> int | tuple[int, int]:
+    """``--resolution``: a square side (``512``) or ``HEIGHTxWIDTH`` (``480x832``)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a side (512) or HEIGHTxWIDTH (480x832)")
+    sides = [positive_int(part) for part in parts]
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
 def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 

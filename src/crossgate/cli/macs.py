@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crossgate.cli.common import CommandError, gate_step_arg, positive_int
+from crossgate.cli.common import CommandError, gate_step_arg, positive_int, resolution_arg
 
 
 def gate_arg(text: str) -> int | float:
@@ -13,15 +13,6 @@ def gate_arg(text: str) -> int | float:
     if text == "auto":
         raise argparse.ArgumentTypeError("`auto` decides per call; give steps or a fraction to count")
     return gate_step_arg(text)
-
-
-def resolution_arg(text: str) -> int | tuple[int, int]:
-    """``--resolution``: a square side (``512``) or ``HEIGHTxWIDTH`` (``480x832``)."""
-    parts = text.lower().split("x")
-    if len(parts) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a side (512) or HEIGHTxWIDTH (480x832)")
-    sides = [positive_int(part) for part in parts]
-    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
 def register(subparsers: Any) -> None:
