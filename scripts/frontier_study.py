@@ -178,11 +178,12 @@ def reference_row(data: dict) -> dict:
     return rows[0]
 
 
-def equal_quality(row: dict, plain: dict, reference: dict) -> bool:
+def equal_quality(row: dict, plain: dict, reference: dict, fd: bool = True) -> bool:
+    """The issue's bar; ``fd=False`` drops its FD part (accuracy and PSNR only)."""
     return (
         row["object_accuracy"] >= plain["object_accuracy"] - TOLERANCE - 1e-9
         and row["relation_accuracy"] >= plain["relation_accuracy"] - TOLERANCE - 1e-9
-        and row["frechet"] <= reference["frechet"] + 1e-9
+        and (not fd or row["frechet"] <= reference["frechet"] + 1e-9)
         and row["psnr"] >= reference["psnr"] - 1e-9
     )
 
@@ -194,7 +195,7 @@ def family(name: str) -> str:
         return "DeepCache alone"
     if name.startswith(("cfg-cutoff", "cache-only", "null")):
         return name.split(" ")[0]
-    dc = " dc=" in name
+    dc = " dc=" in name or " dca=" in name
     kept = " w=" in name
     if " k=" in name:
         return "tgate v2"
@@ -210,16 +211,20 @@ def family(name: str) -> str:
 def markdown(data: dict, label: str) -> str:
     plain = data["results"][0]
     reference = reference_row(data)
-    head = "| config | objects | relation | flipped | caption | FD | PSNR dB | SSIM | MACs vs plain | fewer MACs | equal quality |"
-    rule = "|" + "---|" * 11
+    head = (
+        "| config | objects | relation | flipped | caption | FD | PSNR dB | SSIM | MACs vs plain | fewer MACs "
+        "| equal quality | acc + PSNR only |"
+    )
+    rule = "|" + "---|" * 12
     rows = []
     for r in sorted(data["results"], key=lambda r: -r["macs_vs_plain"]):
         psnr = "inf" if math.isinf(r["psnr"]) else f"{r['psnr']:.2f}"
         ok = "yes" if r is not plain and equal_quality(r, plain, reference) else ""
+        ok2 = "yes" if r is not plain and equal_quality(r, plain, reference, fd=False) else ""
         rows.append(
             f"| {r['name']} | {r['object_accuracy']:.3f} | {r['relation_accuracy']:.3f} | "
             f"{r['relation_flipped']:.3f} | {r['caption_accuracy']:.3f} | {r['frechet']:.3f} | {psnr} | "
-            f"{r['ssim']:.4f} | {r['macs_vs_plain']:.3f} | {1 / r['macs_vs_plain']:.2f}x | {ok} |"
+            f"{r['ssim']:.4f} | {r['macs_vs_plain']:.3f} | {1 / r['macs_vs_plain']:.2f}x | {ok} | {ok2} |"
         )
     images = plain["images"]
     note = (
@@ -252,11 +257,11 @@ def plot(runs: list[tuple[str, dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(runs), figsize=(5.2 * len(runs), 8.0), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(3, len(runs), figsize=(5.6 * len(runs), 11.5), dpi=120, squeeze=False)
     for col, (label, data) in enumerate(runs):
         plain = data["results"][0]
         reference = reference_row(data)
-        top, bottom = axes[0][col], axes[1][col]
+        top, bottom, fd_ax = axes[0][col], axes[1][col], axes[2][col]
         finite_psnr = [r["psnr"] for r in data["results"] if not math.isinf(r["psnr"])]
         cap = max(finite_psnr) + 2 if finite_psnr else 40
         seen: set[str] = set()
@@ -264,7 +269,7 @@ def plot(runs: list[tuple[str, dict]], path: Path) -> None:
             fam = family(r["name"])
             marker, colour = MARKERS.get(fam, ("o", "grey"))
             x = r["macs_vs_plain"]
-            good = r is not plain and equal_quality(r, plain, reference)
+            good = r is not plain and equal_quality(r, plain, reference, fd=False)
             kwargs = dict(
                 marker=marker, color=colour, s=46 if good else 26, label=None if fam in seen else fam
             )
@@ -272,6 +277,7 @@ def plot(runs: list[tuple[str, dict]], path: Path) -> None:
             seen.add(fam)
             top.scatter([x], [min(r["object_accuracy"], r["relation_accuracy"])], **kwargs)
             bottom.scatter([x], [min(r["psnr"], cap)], **kwargs)
+            fd_ax.scatter([x], [r["frechet"]], **kwargs)
             if good or fam in ("tgate (fixed gate)",):
                 bottom.annotate(r["name"].replace("tgate ", ""), (x, min(r["psnr"], cap)), fontsize=5.5)
         fixed = sorted(
@@ -287,7 +293,11 @@ def plot(runs: list[tuple[str, dict]], path: Path) -> None:
             lw=1,
         )
         bottom.plot(xs, [min(r["psnr"], cap) for r in fixed], "-", color="tab:blue", lw=1)
-        for ax in (top, bottom):
+        fd_ax.plot(xs, [r["frechet"] for r in fixed], "-", color="tab:blue", lw=1)
+        fd_ax.axhline(reference["frechet"], color="grey", ls="--", lw=1)
+        fd_ax.set_ylabel("FD to real scenes (judge features)")
+        fd_ax.set_xlabel("executed denoiser MACs / plain")
+        for ax in (top, bottom, fd_ax):
             ax.axvline(0.5, color="tab:red", ls=":", lw=1)
             ax.grid(alpha=0.3)
             ax.set_xlim(0, 1.05)
@@ -302,8 +312,8 @@ def plot(runs: list[tuple[str, dict]], path: Path) -> None:
         if col == 0:
             top.legend(fontsize=6.5, loc="lower right")
     fig.suptitle(
-        "Quality vs executed MACs; ringed markers meet equal quality (accuracy within 1 pt of plain, "
-        "FD and PSNR no worse than tgate at 0.4 n; dashed lines)",
+        "Ringed: accuracy within 1 pt of plain and PSNR >= tgate at 0.4 n\n"
+        "(dashed lines); FD bar: bottom row, dashed",
         fontsize=9,
     )
     fig.tight_layout()
@@ -377,6 +387,45 @@ def fd_noise(specs: list[str], reference: str, steps: int, out: Path, resamples:
     out.write_text(text)
 
 
+def guidance_decay(gates: list[int], captions: int = 24, steps: int = 25) -> None:
+    """How the true guidance difference ``cond - uncond`` evolves against the one frozen at ``m - 1``.
+
+    Plain sampling of the first ``captions`` held-out captions (one seed each); per step after each
+    gate: the least-squares coefficient of ``delta_t`` on ``delta_(m-1)``, their cosine, and the
+    epsilon-space rescaling ``alpha(m-1) / alpha(t)`` of ``ws=eps``, averaged over images.
+    """
+    import torch
+
+    from crossgate.embedded import load_pipeline
+    from crossgate.tools.quality.runner import default_captions
+    from crossgate.tools.quality.sampling import generate_images
+
+    torch.set_num_threads(1)
+    pipe = load_pipeline()
+    deltas: list[torch.Tensor] = []
+
+    def keep(module: torch.nn.Module, args: tuple, output: tuple) -> None:
+        uncond, cond = output[0].float().chunk(2)
+        deltas.append((cond - uncond).flatten(1))
+
+    handle = pipe.unet.register_forward_hook(keep)
+    prompts = default_captions()[:captions]
+    try:
+        generate_images(pipe, prompts, list(range(len(prompts))), steps, None, len(prompts))
+    finally:
+        handle.remove()
+    alphabar = pipe.scheduler.alphas_cumprod
+    alpha = [float(alphabar[int(t)]) ** 0.5 for t in pipe.scheduler.timesteps]
+    for gate in gates:
+        ref = deltas[gate - 1]
+        print(f"gate {gate}: step, LS coefficient on delta(m-1), cosine, alpha(m-1)/alpha(t)")
+        for step in range(gate, steps):
+            d = deltas[step]
+            coef = float(((d * ref).sum(1) / (ref * ref).sum(1)).mean())
+            cos = float(torch.nn.functional.cosine_similarity(d, ref, dim=1).mean())
+            print(f"  {step:2d}  {coef:+.3f}  {cos:+.3f}  {alpha[gate - 1] / alpha[step]:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -395,7 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     p_fd.add_argument("--reference", default="tgate:10")
     p_fd.add_argument("--steps", type=int, default=25)
     p_fd.add_argument("--out", type=Path, default=Path("fd-noise.md"))
+    p_gd = sub.add_parser("guidance-decay", help="how fast the true guidance difference decays")
+    p_gd.add_argument("--gates", default="5,10")
     args = parser.parse_args(argv)
+    if args.command == "guidance-decay":
+        guidance_decay([int(g) for g in args.gates.split(",")])
+        return 0
     if args.command == "fd-noise":
         fd_noise(args.specs, args.reference, args.steps, args.out)
         return 0
