@@ -27,55 +27,13 @@ class SeqCase:
     gate: int = 2
 
 
-# The tiny Wan block every case shares; each family's transformer class takes these plus its own.
-_TINY = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 2,
-    "attention_head_dim": 12,
-    "in_channels": 16,
-    "out_channels": 16,
-    "text_dim": 32,
-    "freq_dim": 256,
-    "ffn_dim": 32,
-    "num_layers": 2,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "rope_max_seq_len": 32,
-}
-
-
-def _transformer(seed: int, cls: Any = None, **extra: Any):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return (cls or WanTransformer3DModel)(**{**_TINY, **extra})
-
-
-def _wan_parts(seed: int = 0) -> dict[str, Any]:
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
-    tokenizer = rp.char_fast_tokenizer(max_length=16)
-    torch.manual_seed(seed)
-    text_encoder = rp.tiny_t5_encoder(tokenizer)
-    return {
-        "vae": vae,
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
-        "scheduler": FlowMatchEulerDiscreteScheduler(shift=7.0),
-    }
-
-
 _VIDEO = {"height": 16, "width": 16, "num_frames": 5, "max_sequence_length": 16, "guidance_scale": 5.0}
 
 
 def wan_t2v(seed: int = 0) -> SeqCase:
     from diffusers import WanPipeline
 
-    pipe = WanPipeline(**_wan_parts(seed), transformer=_transformer(seed))
+    pipe = WanPipeline(**rp.tiny_wan_parts(seed), transformer=rp.tiny_wan_transformer(seed))
     rp.ready(pipe)
     return SeqCase(pipe, {"prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
 
@@ -85,9 +43,9 @@ def wan22_two_experts(seed: int = 0, boundary_ratio: float = 0.87, steps: int = 
     from diffusers import WanPipeline
 
     pipe = WanPipeline(
-        **_wan_parts(seed),
-        transformer=_transformer(seed),
-        transformer_2=_transformer(seed + 1),
+        **rp.tiny_wan_parts(seed),
+        transformer=rp.tiny_wan_transformer(seed),
+        transformer_2=rp.tiny_wan_transformer(seed + 1),
         boundary_ratio=boundary_ratio,
     )
     rp.ready(pipe)
@@ -115,9 +73,9 @@ def wan_i2v(seed: int = 0) -> SeqCase:
     )
     image_processor = CLIPImageProcessor(crop_size=32, size=32)
     pipe = WanImageToVideoPipeline(
-        **_wan_parts(seed),
+        **rp.tiny_wan_parts(seed),
         # the latents are concatenated with the image condition: 16 + 20 channels in
-        transformer=_transformer(seed, in_channels=36, image_dim=4, added_kv_proj_dim=24),
+        transformer=rp.tiny_wan_transformer(seed, in_channels=36, image_dim=4, added_kv_proj_dim=24),
         image_encoder=image_encoder,
         image_processor=image_processor,
     )
@@ -131,8 +89,10 @@ def wan_vace(seed: int = 0) -> SeqCase:
     """VACE: control blocks (`vace_blocks`, with their own attn2) add hints to the main blocks."""
     from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
-    transformer = _transformer(seed, WanVACETransformer3DModel, vace_layers=[0], vace_in_channels=96)
-    pipe = WanVACEPipeline(**_wan_parts(seed), transformer=transformer)
+    transformer = rp.tiny_wan_transformer(
+        seed, WanVACETransformer3DModel, vace_layers=[0], vace_in_channels=96
+    )
+    pipe = WanVACEPipeline(**rp.tiny_wan_parts(seed), transformer=transformer)
     rp.ready(pipe)
     return SeqCase(pipe, {"prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
 
@@ -140,8 +100,8 @@ def wan_vace(seed: int = 0) -> SeqCase:
 def skyreels_v2(seed: int = 0) -> SeqCase:
     from diffusers import SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel, UniPCMultistepScheduler
 
-    transformer = _transformer(seed, SkyReelsV2Transformer3DModel)
-    parts = _wan_parts(seed)
+    transformer = rp.tiny_wan_transformer(seed, SkyReelsV2Transformer3DModel)
+    parts = rp.tiny_wan_parts(seed)
     parts["scheduler"] = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
     )

@@ -314,7 +314,8 @@ class DenoiserGate:
         half, call.halved = call.halved, None
         if half is None:
             if keep_guidance and not call.gated and call.step == call.gate - 1:
-                call.guidance_delta = _first_tensor(output).chunk(2)[1] - _first_tensor(output).chunk(2)[0]
+                uncond, cond = _first_tensor(output).chunk(2)
+                call.guidance_delta = cond - uncond
             return None
         if not keep_guidance or call.guidance_delta is None:
             return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))

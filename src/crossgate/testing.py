@@ -401,26 +401,30 @@ def architecture_pipeline(
     return ready(pipe).to(device, dtype)
 
 
-def tiny_wan_transformer(seed: int = 0, **extra: Any):
-    """A two-layer Wan 2.1 transformer (2 heads of 12, text width 32): the tests' sequential-CFG model."""
+def tiny_wan_transformer(seed: int = 0, cls: Any = None, **extra: Any):
+    """A two-layer Wan 2.1 transformer (2 heads of 12, text width 32): the tests' sequential-CFG model.
+
+    ``cls`` builds a relative with the same block (VACE's, SkyReels-V2's transformer); ``extra``
+    adds or overrides its config (e.g. image-to-video's 36 input channels).
+    """
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        **extra,
-    )
+    config = {
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": 2,
+        "attention_head_dim": 12,
+        "in_channels": 16,
+        "out_channels": 16,
+        "text_dim": 32,
+        "freq_dim": 256,
+        "ffn_dim": 32,
+        "num_layers": 2,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "rope_max_seq_len": 32,
+    }
+    return (cls or WanTransformer3DModel)(**{**config, **extra})
 
 
 def small_wan_vae(base_dim: int = 8):
@@ -437,23 +441,27 @@ def small_wan_vae(base_dim: int = 8):
     )
 
 
-def tiny_wan_pipeline(seed: int = 0):
-    """Wan 2.1 T2V with a tiny transformer, T5 encoder and VAE (16x16 pixels, 5 frames, 16 tokens)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+def tiny_wan_parts(seed: int = 0) -> dict[str, Any]:
+    """Everything of a tiny Wan pipeline but its transformer: VAE, T5 encoder (16 tokens), scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     torch.manual_seed(seed)
     vae = small_wan_vae(base_dim=3)
     tokenizer = char_fast_tokenizer(max_length=16)
     torch.manual_seed(seed)
-    text_encoder = tiny_t5_encoder(tokenizer)
-    pipe = WanPipeline(
-        vae=vae,
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        transformer=tiny_wan_transformer(seed),
-    )
-    return ready(pipe)
+    return {
+        "vae": vae,
+        "tokenizer": tokenizer,
+        "text_encoder": tiny_t5_encoder(tokenizer),
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=7.0),
+    }
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """Wan 2.1 T2V with a tiny transformer, T5 encoder and VAE (16x16 pixels, 5 frames, 16 tokens)."""
+    from diffusers import WanPipeline
+
+    return ready(WanPipeline(**tiny_wan_parts(seed), transformer=tiny_wan_transformer(seed)))
 
 
 def wan_architecture_pipeline(
