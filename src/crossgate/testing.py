@@ -193,22 +193,36 @@ def char_fast_tokenizer(max_length: int = 32, eos: bool = True):
     )
 
 
-def tiny_t5_encoder(tokenizer: Any, width: int = 32):
-    """A two-layer T5 encoder (PixArt, LTX) over ``tokenizer``'s vocabulary."""
-    from transformers import T5Config, T5EncoderModel
+def t5_encoder(
+    tokenizer: Any,
+    width: int,
+    num_layers: int = 2,
+    d_kv: int = 64,
+    d_ff: int = 256,
+    num_heads: int = 2,
+    umt5: bool = False,
+):
+    """A random T5 (or umT5, Wan's) encoder of ``width`` over ``tokenizer``'s vocabulary."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    config = T5Config(
+    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    config = config_cls(
         vocab_size=len(tokenizer),
         d_model=width,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_heads=num_heads,
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    return T5EncoderModel(config)
+    return model_cls(config)
+
+
+def tiny_t5_encoder(tokenizer: Any, width: int = 32):
+    """A two-layer T5 encoder (PixArt, LTX, the tiny Wan) over ``tokenizer``'s vocabulary."""
+    return t5_encoder(tokenizer, width, d_kv=8, d_ff=37, num_heads=4)
 
 
 def tiny_pixart_pipeline(seed: int = 0, sigma: bool = False):
@@ -479,26 +493,13 @@ def wan_architecture_pipeline(
     one is asked for.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     tokenizer = char_fast_tokenizer(max_length=512)
     init_device = device if device.startswith("cuda") else "cpu"
     with torch.device(init_device):
         transformer = WanTransformer3DModel.from_config(transformer_config)
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=len(tokenizer),
-                d_model=transformer_config["text_dim"],
-                d_kv=64,
-                d_ff=256,
-                num_layers=1,
-                num_heads=2,
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
-            )
-        )
+        text_encoder = t5_encoder(tokenizer, transformer_config["text_dim"], num_layers=1, umt5=True)
         vae = small_wan_vae()
     pipe = WanPipeline(
         tokenizer=tokenizer,
@@ -540,26 +541,13 @@ def pixart_architecture_pipeline(
     than 1024-px aspect-ratio bins. Built directly on a CUDA device when one is asked for.
     """
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tokenizer = char_fast_tokenizer(max_length=120)
     init_device = device if device.startswith("cuda") else "cpu"
     with torch.device(init_device):
         transformer = PixArtTransformer2DModel.from_config(transformer_config)
-        text_encoder = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer),
-                d_model=transformer_config["caption_channels"],
-                d_kv=64,
-                d_ff=256,
-                num_layers=2,
-                num_heads=2,
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
-            )
-        )
+        text_encoder = t5_encoder(tokenizer, transformer_config["caption_channels"])
         vae = AutoencoderKL.from_config(bundled_config("sd_vae.json"))
     pipe = PixArtAlphaPipeline(
         tokenizer=tokenizer,
