@@ -139,16 +139,24 @@ def official_tgate_variant(pipe: Any, gate: int, interval: int | None = None) ->
     return Variant(name, enable, disable, call=lambda kw: pipe.tgate(**kw, gate_step=gate, **schedule))
 
 
-def deepcache_variant(pipe: Any, interval: int = 3, branch: int = 0) -> Variant:
-    name = f"DeepCache N={interval}"
+def _deepcache_helper(pipe: Any, interval: int, branch: int) -> Any:
+    """A configured ``DeepCacheSDHelper`` for ``pipe``, or the reason it cannot have one (a str)."""
     try:
         from DeepCache import DeepCacheSDHelper
     except ImportError as error:
-        return Variant(name, unavailable=f"`DeepCache` not installed ({error.name})")
+        return f"`DeepCache` not installed ({error.name})"
     if not hasattr(pipe, "unet"):
-        return Variant(name, unavailable="DeepCache caches UNet skip branches; this pipeline has no UNet")
+        return "DeepCache caches UNet skip branches; this pipeline has no UNet"
     helper = DeepCacheSDHelper(pipe=pipe)
     helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    return helper
+
+
+def deepcache_variant(pipe: Any, interval: int = 3, branch: int = 0) -> Variant:
+    name = f"DeepCache N={interval}"
+    helper = _deepcache_helper(pipe, interval, branch)
+    if isinstance(helper, str):
+        return Variant(name, unavailable=helper)
     return Variant(name, enable=helper.enable, disable=helper.disable)
 
 
@@ -208,14 +216,9 @@ def crossgate_deepcache_variant(pipe: Any, gate: int, interval: int = 3, branch:
     """crossgate and DeepCache together, composed (:func:`crossgate.compose_deepcache`: DeepCache
     refills its caches at the gate, where the batch halves)."""
     name = f"crossgate m={gate} + DeepCache N={interval}"
-    try:
-        from DeepCache import DeepCacheSDHelper
-    except ImportError as error:
-        return Variant(name, unavailable=f"`DeepCache` not installed ({error.name})")
-    if not hasattr(pipe, "unet"):
-        return Variant(name, unavailable="DeepCache caches UNet skip branches; this pipeline has no UNet")
-    helper = DeepCacheSDHelper(pipe=pipe)
-    helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    helper = _deepcache_helper(pipe, interval, branch)
+    if isinstance(helper, str):
+        return Variant(name, unavailable=helper)
     crossgate.compose_deepcache(pipe, helper)
 
     def enable() -> None:
