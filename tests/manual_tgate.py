@@ -3,6 +3,8 @@
 It uses none of crossgate's machinery: the denoiser's ``forward`` is replaced by a closure that
 counts calls (one call per step for first-order schedulers), slices one CFG half by hand and
 duplicates the result; plain torch forward hooks record and replay cross-attention outputs.
+ControlNets get the same treatment (:class:`ManualControlGate`): their own call count, one half in
+after the gate, every output duplicated, their cross-attention cached and replayed.
 """
 
 from __future__ import annotations
@@ -25,9 +27,27 @@ def _take(tree, batch, cond: bool):
     return tree
 
 
+def _doubled(tree):
+    if isinstance(tree, torch.Tensor):
+        return torch.cat([tree, tree])
+    if isinstance(tree, dict):
+        return type(tree)(**{key: _doubled(value) for key, value in tree.items()})
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_doubled(value) for value in tree)
+    return tree
+
+
 class ManualTGate:
-    def __init__(self, denoiser: torch.nn.Module, gate: int, cfg: bool, half: str = "uncond") -> None:
+    def __init__(
+        self,
+        denoiser: torch.nn.Module,
+        gate: int,
+        cfg: bool,
+        half: str = "uncond",
+        guess_mode: bool = False,
+    ) -> None:
         self.denoiser, self.gate, self.cfg, self.cond = denoiser, gate, cfg, half == "cond"
+        self.guess_mode = guess_mode  # a guess-mode ControlNet's residuals live in the cond half only
         self.calls = 0
         self.cache: dict[str, torch.Tensor] = {}
         self._original = denoiser.forward
@@ -54,7 +74,12 @@ class ManualTGate:
         if step < self.gate or not self.cfg:
             return self._original(*args, **kwargs)
         full = (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).shape[0]
-        out = self._original(*_take(args, full, self.cond), **_take(kwargs, full, self.cond))
+        taken = _take(kwargs, full, self.cond)
+        if self.guess_mode:
+            for key in ("down_block_additional_residuals", "mid_block_additional_residual"):
+                if key in kwargs:
+                    taken[key] = _take(kwargs[key], full, cond=True)
+        out = self._original(*_take(args, full, self.cond), **taken)
         tensor = out[0] if isinstance(out, tuple) else out.sample
         doubled = torch.cat([tensor, tensor])
         return (doubled,) if isinstance(out, tuple) else type(out)(sample=doubled)
@@ -66,3 +91,22 @@ class ManualTGate:
             del self.denoiser.forward
         for handle in self._handles:
             handle.remove()
+
+
+class ManualControlGate(ManualTGate):
+    """The same for a ControlNet: one CFG half in after the gate, all of its outputs duplicated.
+
+    In guess mode it runs on the cond half alone (batch B) at every step: nothing to slice, and its
+    cross-attention cache is its own (cond) output.
+    """
+
+    def __init__(self, control: torch.nn.Module, gate: int, cfg: bool, half: str, guess_mode: bool) -> None:
+        super().__init__(control, gate, cfg and not guess_mode, half)
+
+    def _forward(self, *args, **kwargs):
+        step = self.calls
+        self.calls += 1
+        if step < self.gate or not self.cfg:
+            return self._original(*args, **kwargs)
+        full = (args[0] if args else kwargs["sample"]).shape[0]
+        return _doubled(self._original(*_take(args, full, self.cond), **_take(kwargs, full, self.cond)))

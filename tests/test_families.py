@@ -2,9 +2,10 @@
 
 For each family (tiny random weights, built in tests/families.py):
 1. gate_step >= steps: `torch.equal` to the plain pipeline;
-2. after the gate: every cross-attention layer computed in exactly m steps, the denoiser batch halved
-   when the call runs CFG, and the output equal to an independent hand-patched TGATE
-   (tests/manual_tgate.py) within atol 1e-4 + rtol 1e-5 (float32 reassociation only);
+2. after the gate: every cross-attention layer (the ControlNets' too) computed in exactly m steps, the
+   denoiser batch (and each ControlNet's) halved when the call runs CFG, and the output equal to an
+   independent hand-patched TGATE (tests/manual_tgate.py) within atol 1e-4 + rtol 1e-5 (float32
+   reassociation only);
 3. no state leaks between calls, and `remove()` restores the plain output exactly.
 """
 
@@ -15,7 +16,19 @@ import torch
 
 import crossgate
 from families import CASES, Case
-from manual_tgate import ManualTGate
+from manual_tgate import ManualControlGate, ManualTGate
+
+
+def controlnets(pipe) -> dict[str, torch.nn.Module]:
+    """The pipeline's ControlNets by attribute path, found without crossgate (Multi* unwrapped)."""
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    model = getattr(pipe, "controlnet", None)
+    nets = getattr(model, "nets", None)
+    found = (
+        {f"controlnet.nets.{i}": n for i, n in enumerate(nets)} if nets is not None else {"controlnet": model}
+    )
+    return {path: n for path, n in found.items() if isinstance(n, (ControlNetModel, ControlNetUnionModel))}
 
 
 def call(case: Case, seed: int = 0, **overrides):
@@ -50,14 +63,21 @@ def test_family(family):
     assert len(set(before)) == 1 and len(set(after)) == 1
     assert after[0] == (before[0] // 2 if case.cfg else before[0])
     assert not torch.equal(gated, plain)
+    nets = controlnets(pipe)
+    assert set(stats.control_batches) == set(nets)
+    for path, batches in stats.control_batches.items():
+        assert batches == before[:1] * case.gate + after[:1] * (steps - case.gate), path
+        assert any(name.startswith(f"{path}.") for name in stats.cross_attention_computed_steps)
 
     crossgate.remove(pipe)
     assert stats.post_gate_inputs == case.half
-    manual = ManualTGate(getattr(pipe, case.denoiser_attr), case.gate, case.cfg, case.half)
+    manuals = [ManualTGate(getattr(pipe, case.denoiser_attr), case.gate, case.cfg, case.half)]
+    manuals += [ManualControlGate(n, case.gate, case.cfg, case.half, guess_mode=False) for n in nets.values()]
     try:
         expected = call(case)
     finally:
-        manual.close()
+        for manual in manuals:
+            manual.close()
     torch.testing.assert_close(gated, expected, atol=1e-4, rtol=1e-5)
 
     # 3. no leakage across calls; remove() is exact

@@ -116,6 +116,13 @@ class CallState:
         cond_output: sequential CFG after the gate: the cond pass's output, handed to the uncond call.
         ran_before_gate: ids of the denoisers that ran a pass before the gate (an expert that did
             not has no cross-attention to replay).
+        controls: the ControlNets the loop runs beside its denoiser, gated like it: CFG batch
+            before the gate, one half (cross-attention replayed) after it.
+        control_batches: per ControlNet (by id), the batch of every pass.
+        cond_only: ids of the ControlNets that run on the cond branch alone (guess mode): their
+            passes hold one CFG branch, so their caches are not CFG means and the denoiser takes
+            their residuals from its cond half.
+        control_halved: per ControlNet (by id), the batch of its running pass when the gate halved it.
     """
 
     owner: Any
@@ -138,10 +145,24 @@ class CallState:
     cond_output: Any = None
     ran_before_gate: set[int] = field(default_factory=set)
     guidance_delta: Any = None  # cond - uncond of the last pass before the gate (guidance_after_gate)
+    controls: tuple[Any, ...] = ()
+    control_batches: dict[int, list[int]] = field(default_factory=dict)
+    cond_only: set[int] = field(default_factory=set)
+    control_halved: dict[int, int] = field(default_factory=dict)
 
-    def runs(self, denoiser: Any) -> bool:
-        """Whether ``denoiser`` belongs to this call (and the running pass is this call's own)."""
-        return not self.foreign_pass and any(d is denoiser for d in self.denoisers)
+    def runs(self, model: Any) -> bool:
+        """Whether ``model`` (a denoiser or a ControlNet) belongs to this call's own running pass."""
+        return not self.foreign_pass and any(m is model for m in (*self.denoisers, *self.controls))
+
+    def runs_cfg(self) -> bool:
+        """Whether the call batches ``[uncond; cond]``, asked of the pipeline at the first pass."""
+        if self.cfg is None:
+            self.cfg = bool(self.cfg_probe()) if self.cfg_probe is not None else False
+        return self.cfg
+
+    def cfg_batched(self, model: Any) -> bool:
+        """Whether ``model``'s passes in this call hold both CFG halves (a guess-mode ControlNet's do not)."""
+        return bool(self.cfg) and id(model) not in self.cond_only
 
     @property
     def gate(self) -> int:
@@ -194,6 +215,8 @@ class CallStats:
         self_attention_computed_steps: TGATE v2: per self-attention layer, the steps it computed.
         convergence: ``"auto"`` only: the layer-averaged relative change, one value per step from 1.
         post_gate_inputs: the CFG half (``"uncond"``/``"cond"``) that fed the passes after the gate.
+        control_batches: per ControlNet (its attribute path, e.g. ``controlnet.nets.0``), the batch of
+            every pass: like the denoiser's, halved from the gate on.
     """
 
     num_steps: int
@@ -205,6 +228,7 @@ class CallStats:
     self_attention_computed_steps: dict[str, list[int]] = field(default_factory=dict)
     convergence: list[float] = field(default_factory=list)
     post_gate_inputs: str = "uncond"
+    control_batches: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def engaged(self) -> bool:

@@ -17,6 +17,8 @@ or nested in a callback never see each other's state.
   accelerate's offloading re-installing its ``forward`` wrapper after every call). From the gate on,
   under CFG, it feeds one half of the ``[uncond; cond]`` batch through the denoiser and hands the
   pipeline the result for both halves, so the pipeline's own guidance arithmetic returns it unchanged.
+* :class:`ControlGate` (PyTorch forward hooks on each ControlNet, batched CFG): gates a ControlNet
+  like the denoiser it feeds, one CFG half after the gate, its cross-attention replayed too.
 * :class:`BlockSkipHook` (a ``ModelHook`` on every top-level transformer block, sequential CFG only).
 
 Sequential CFG (Wan and its family call the denoiser once per branch, inside
@@ -73,13 +75,15 @@ class SelfAttentionRecord:
     computed_steps: set[int] = field(default_factory=set)
 
 
-def _call_for(denoiser: torch.nn.Module) -> CallState | None:
-    """The running call if it is running ``denoiser`` in a pass of its own pipeline, else None."""
+def _call_for(model: torch.nn.Module) -> CallState | None:
+    """The running call if it is running ``model`` in a pass of its own pipeline, else None."""
     call = current_call()
-    return call if call is not None and call.runs(denoiser) else None
+    return call if call is not None and call.runs(model) else None
 
 
 _BATCH = "batch"  # the key of a batched pass's output (both CFG halves in one tensor)
+# The UNet inputs that carry a ControlNet's residuals (diffusers' UNet2DConditionModel.forward).
+_CONTROL_RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
 
 
 class _SkippingHook(ModelHook):
@@ -93,14 +97,14 @@ class _SkippingHook(ModelHook):
 class CrossAttentionGateHook(_SkippingHook):
     """Compute before the gate, replay the converged output after it."""
 
-    def __init__(self, denoiser: torch.nn.Module, name: str) -> None:
+    def __init__(self, model: torch.nn.Module, name: str) -> None:
         super().__init__()
-        self.denoiser = denoiser
+        self.model = model  # the denoiser (or ControlNet) whose passes this layer belongs to
         self.name = name
-        self._key = f"cross:{id(denoiser)}:{name}"  # experts share module names
+        self._key = f"cross:{id(model)}:{name}"  # experts share module names
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        call = _call_for(self.denoiser)
+        call = _call_for(self.model)
         if call is None:
             return self._run_module(*args, **kwargs)
         record = self.record(call)
@@ -109,7 +113,7 @@ class CrossAttentionGateHook(_SkippingHook):
             self._keep(call, record, output)
             return output
         if record.cache is None:
-            if not record.latest and id(self.denoiser) not in call.ran_before_gate:
+            if not record.latest and id(self.model) not in call.ran_before_gate:
                 # an expert that first runs after the gate: nothing was measured, so compute
                 output = self._run_module(*args, **kwargs)
                 record.computed_steps.add(call.step)
@@ -154,9 +158,8 @@ class CrossAttentionGateHook(_SkippingHook):
             )
         record.latest[_BATCH], record.latest_step[_BATCH] = output, step
 
-    @staticmethod
-    def _batched_view(call: CallState, output: torch.Tensor) -> torch.Tensor:
-        return cfg_mean(output) if call.cfg else output
+    def _batched_view(self, call: CallState, output: torch.Tensor) -> torch.Tensor:
+        return cfg_mean(output) if call.cfg_batched(self.model) else output
 
     @staticmethod
     def _complete(call: CallState, record: CrossAttentionRecord, step: int) -> bool:
@@ -269,8 +272,7 @@ class DenoiserGate:
         call.foreign_pass = _calling_pipeline() is not call.owner
         if call.foreign_pass:
             return None  # a pipeline sharing this denoiser, called from inside this call: plain
-        if call.cfg is None:
-            call.cfg = bool(call.cfg_probe()) if call.cfg_probe is not None else False
+        call.runs_cfg()
         full = latent_batch(args, kwargs)
         if not (call.gated and call.cfg):
             if not call.gated:
@@ -288,7 +290,15 @@ class DenoiserGate:
         start = half if call.post_gate_inputs == "cond" else 0
         call.denoiser_batches.append(half)
         call.halved = half
-        return map_batch((args, kwargs), full, lambda t: t[start : start + half])
+        sliced_args, sliced_kwargs = map_batch((args, kwargs), full, lambda t: t[start : start + half])
+        if call.cond_only and start == 0:
+            # a guess-mode ControlNet ran on the cond half alone and the pipeline padded its
+            # residuals with zeros for the uncond half: take them from the cond half, or the
+            # control would vanish after the gate
+            for key in _CONTROL_RESIDUALS:
+                if key in kwargs:
+                    sliced_kwargs[key] = map_batch(kwargs[key], full, lambda t: t[half:])
+        return sliced_args, sliced_kwargs
 
     @staticmethod
     def _before_sequential(call: CallState, full: int) -> None:
@@ -339,6 +349,68 @@ class DenoiserGate:
         if call.gated and call.cfg and call.branch == "cond":
             call.cond_output = output
         return None
+
+
+class ControlGate:
+    """Run a ControlNet at the denoiser's batch after the gate: one CFG half in, residuals out twice.
+
+    Before the gate the ControlNet runs as written and its cross-attention layers keep their outputs
+    (their own :class:`CrossAttentionGateHook`). From the gate on, under CFG, it gets the same half of
+    its inputs as the denoiser (``post_gate_inputs``), its cross-attention replays the cached mean,
+    and its residuals are handed back for both halves of the pipeline's batch; the denoiser's gate
+    slices them to that half again. A guess-mode ControlNet runs on the cond half alone (batch B) at
+    every step: it runs as written, its caches are its cond outputs, and the denoiser takes its
+    residuals from the cond half.
+    """
+
+    def __init__(self, control: torch.nn.Module) -> None:
+        self.control = control
+        self._handles: list[torch.utils.hooks.RemovableHandle] = [
+            control.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
+            control.register_forward_hook(self._after),
+        ]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        call = current_call()
+        if call is None or not any(c is self.control for c in call.controls):
+            return None
+        call.foreign_pass = _calling_pipeline() is not call.owner
+        if call.foreign_pass:
+            return None
+        key = id(self.control)
+        if call.runs_cfg() and kwargs.get("guess_mode", False):
+            call.cond_only.add(key)
+        if not call.gated:
+            call.ran_before_gate.add(key)
+        full = latent_batch(args, kwargs)
+        batches = call.control_batches.setdefault(key, [])
+        if not (call.gated and call.cfg_batched(self.control)):
+            batches.append(full)
+            return None
+        if full % 2:
+            raise RuntimeError(
+                f"crossgate: expected a [uncond; cond] batch for {type(self.control).__name__} after the gate "
+                f"but it got batch {full}."
+            )
+        half = full // 2
+        start = half if call.post_gate_inputs == "cond" else 0
+        batches.append(half)
+        call.control_halved[key] = half
+        return map_batch((args, kwargs), full, lambda t: t[start : start + half])
+
+    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        call = current_call()
+        if call is None or not call.runs(self.control):
+            return None
+        half = call.control_halved.pop(id(self.control), None)
+        if half is None:
+            return None
+        return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
 
 
 class BlockSkipHook(_SkippingHook):

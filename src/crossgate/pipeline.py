@@ -35,7 +35,13 @@ from crossgate.adapters import (
 )
 from crossgate.config import ConfigError, TGateConfig, coerce_config
 from crossgate.gate import CallState, CallStats, current_call, enter_call, gate_policy, leave_call
-from crossgate.hooks import BlockSkipHook, CrossAttentionGateHook, DenoiserGate, SelfAttentionCacheHook
+from crossgate.hooks import (
+    BlockSkipHook,
+    ControlGate,
+    CrossAttentionGateHook,
+    DenoiserGate,
+    SelfAttentionCacheHook,
+)
 
 _SESSION_ATTR = "_crossgate_session"
 _INSTALLATION_ATTR = "_crossgate_installation"
@@ -46,27 +52,43 @@ _SKIP_HOOK = "crossgate_skip_uncond"
 _INSTANCE_PATCHES = ("progress_bar", "encode_prompt")
 
 
+@dataclass(frozen=True)
+class _Part:
+    """A model the pipeline's loop runs that crossgate hooks: a denoiser (or expert), or a ControlNet."""
+
+    path: str  # its attribute path in the pipeline: "unet", "transformer_2", "controlnet.nets.0"
+    module: torch.nn.Module
+    control: bool = False
+
+
+def _parts(adapter: ModelAdapter, pipe: Any) -> list[_Part]:
+    return [_Part(path, m) for path, m in adapter.denoisers(pipe)] + [
+        _Part(path, m, control=True) for path, m in adapter.controls(pipe)
+    ]
+
+
 @dataclass
 class _Installation:
-    """The hooks crossgate put on one denoiser, and the sessions that use them."""
+    """The hooks crossgate put on one denoiser or ControlNet, and the sessions that use them."""
 
-    denoiser: torch.nn.Module
+    model: torch.nn.Module  # the hooked denoiser, or a ControlNet when ``control``
+    control: bool = False
     cross_attention: dict[str, CrossAttentionGateHook] = field(default_factory=dict)
     self_attention: dict[str, SelfAttentionCacheHook] = field(default_factory=dict)
-    gate: DenoiserGate | None = None
+    gate: DenoiserGate | ControlGate | None = None
     users: list[_Session] = field(default_factory=list)
     _hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
 
     @classmethod
-    def acquire(cls, session: _Session, denoiser: torch.nn.Module) -> _Installation:
-        """``denoiser``'s installation with ``session`` among its users (hooking it if needed)."""
-        installation = denoiser.__dict__.get(_INSTALLATION_ATTR)
+    def acquire(cls, session: _Session, part: _Part) -> _Installation:
+        """``part``'s installation with ``session`` among its users (hooking it if needed)."""
+        installation = part.module.__dict__.get(_INSTALLATION_ATTR)
         fresh = installation is None
         if installation is None:
-            installation = cls(denoiser)
+            installation = cls(part.module, control=part.control)
         try:
             if fresh:
-                installation._hook_denoiser(session.adapter)
+                installation._hook(session.adapter)
             installation.users.append(session)
             installation.sync()
         except BaseException:
@@ -75,25 +97,28 @@ class _Installation:
             if fresh:
                 installation._unhook()
             raise
-        denoiser.__dict__[_INSTALLATION_ATTR] = installation
+        part.module.__dict__[_INSTALLATION_ATTR] = installation
         return installation
 
     def release(self, session: _Session) -> None:
-        """Drop ``session``; unhook the denoiser when no session uses it any more."""
+        """Drop ``session``; unhook the model when no session uses it any more."""
         if session in self.users:
             self.users.remove(session)
         if self.users:
             self.sync()
             return
         self._unhook()
-        self.denoiser.__dict__.pop(_INSTALLATION_ATTR, None)
+        self.model.__dict__.pop(_INSTALLATION_ATTR, None)
 
     def sync(self) -> None:
-        """Self-attention hooks exist exactly while some user caches self-attention (TGATE v2)."""
-        needed = any(user.config.caches_self_attention for user in self.users)
+        """Self-attention hooks exist exactly while some user caches self-attention (TGATE v2).
+
+        Only on denoisers: a ControlNet's self-attention keeps computing (at batch B after the gate).
+        """
+        needed = not self.control and any(user.config.caches_self_attention for user in self.users)
         if needed and not self.self_attention:
-            for name, module in self_attention_modules(self.denoiser):
-                hook = SelfAttentionCacheHook(self.denoiser, name)
+            for name, module in self_attention_modules(self.model):
+                hook = SelfAttentionCacheHook(self.model, name)
                 self._register(module, hook, _SELF_HOOK)
                 self.self_attention[name] = hook
         elif not needed and self.self_attention:
@@ -102,12 +127,15 @@ class _Installation:
                 self._hooked.remove((module, hook_name))
             self.self_attention.clear()
 
-    def _hook_denoiser(self, adapter: ModelAdapter) -> None:
-        denoiser = self.denoiser
+    def _hook(self, adapter: ModelAdapter) -> None:
+        denoiser = self.model
         for name, module in cross_attention_modules(denoiser):
             hook = CrossAttentionGateHook(denoiser, name)
             self._register(module, hook, _CROSS_HOOK)
             self.cross_attention[name] = hook
+        if self.control:
+            self.gate = ControlGate(denoiser)
+            return
         self.gate = DenoiserGate(denoiser)
         if adapter.cfg_layout == "sequential":
             blocks = adapter.blocks(denoiser)
@@ -138,7 +166,7 @@ class _Installation:
         self._hooked.append((module, name))
 
     def _unhook(self) -> None:
-        self.denoiser.__dict__.pop("cache_context", None)
+        self.model.__dict__.pop("cache_context", None)
         if self.gate is not None:
             self.gate.detach()
             self.gate = None
@@ -155,7 +183,7 @@ class _Session:
 
     config: TGateConfig
     adapter: ModelAdapter
-    denoisers: list[torch.nn.Module]
+    parts: list[_Part]
     installations: list[_Installation] = field(default_factory=list)
     last_call: CallStats | None = None
     prompt_cfg: bool | None = None
@@ -165,10 +193,10 @@ class _Session:
         return self.config.post_gate_inputs or self.adapter.post_gate_inputs
 
     def install(self) -> None:
-        """Hook every denoiser of the pipeline (rolling back what was hooked if one fails)."""
+        """Hook every denoiser and ControlNet of the pipeline (rolling back if one fails)."""
         try:
-            for denoiser in self.denoisers:
-                self.installations.append(_Installation.acquire(self, denoiser))
+            for part in self.parts:
+                self.installations.append(_Installation.acquire(self, part))
         except BaseException:
             self.uninstall()
             raise
@@ -183,14 +211,13 @@ class _Session:
             installation.sync()
 
     def begin_loop(self, pipe: Any, num_steps: int) -> CallState:
-        denoisers = self.adapter.denoisers(pipe)
-        if len(denoisers) != len(self.denoisers) or any(
-            a is not b for a, b in zip(denoisers, self.denoisers)
-        ):
-            self._rehook(pipe, denoisers)
+        parts = _parts(self.adapter, pipe)
+        if [(p.path, p.module) for p in parts] != [(p.path, p.module) for p in self.parts]:
+            self._rehook(pipe, parts)
         return CallState(
             owner=pipe,
-            denoisers=tuple(self.denoisers),
+            denoisers=tuple(p.module for p in self.parts if not p.control),
+            controls=tuple(p.module for p in self.parts if p.control),
             config=self.config,
             policy=gate_policy(self.config, num_steps),
             num_steps=num_steps,
@@ -215,8 +242,8 @@ class _Session:
         computed: dict[str, int] = {}
         replays: dict[str, int] = {}
         self_computed: dict[str, list[int]] = {}
-        for index, installation in enumerate(self.installations):
-            prefix = "" if index == 0 else f"{self.adapter.extra_attrs[index - 1]}."
+        for index, (part, installation) in enumerate(zip(self.parts, self.installations)):
+            prefix = "" if index == 0 else f"{part.path}."
             for name, hook in installation.cross_attention.items():
                 computed[prefix + name], replays[prefix + name] = hook.stats(call)
             if call.config.caches_self_attention:
@@ -232,10 +259,13 @@ class _Session:
             self_attention_computed_steps=self_computed,
             convergence=list(call.convergence),
             post_gate_inputs=call.post_gate_inputs,
+            control_batches={
+                p.path: list(call.control_batches.get(id(p.module), [])) for p in self.parts if p.control
+            },
         )
 
-    def _rehook(self, pipe: Any, denoisers: list[torch.nn.Module]) -> None:
-        """The pipeline's denoiser was replaced after ``apply``: move the hooks to the new one."""
+    def _rehook(self, pipe: Any, parts: list[_Part]) -> None:
+        """A denoiser or ControlNet was replaced after ``apply``: move the hooks to the new ones."""
         try:
             resolve_adapter(pipe)  # the new denoiser must be gateable too
         except UnsupportedPipelineError as error:
@@ -243,12 +273,12 @@ class _Session:
                 f"crossgate: {type(pipe).__name__}.{self.adapter.denoiser_attr} was replaced after apply() "
                 f"and the new one cannot be gated ({error}); restore it or call crossgate.remove(pipe)."
             ) from None
-        old = self.installations
-        self.installations, self.denoisers = [], denoisers
+        old_parts, old = self.parts, self.installations
+        self.installations, self.parts = [], parts
         try:
             self.install()
         except BaseException:
-            self.installations, self.denoisers = old, [i.denoiser for i in old]
+            self.installations, self.parts = old, old_parts
             raise
         for installation in old:
             installation.release(self)
@@ -274,7 +304,7 @@ def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any
                 raise
         return pipe
     adapter = resolve_adapter(pipe)
-    session = _Session(config=config, adapter=adapter, denoisers=adapter.denoisers(pipe))
+    session = _Session(config=config, adapter=adapter, parts=_parts(adapter, pipe))
     try:
         session.install()
         pipe.progress_bar = _progress_bar_for(pipe, session)

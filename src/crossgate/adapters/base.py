@@ -78,14 +78,42 @@ class ModelAdapter:
     # Set for families whose pipeline never batches CFG and says so nowhere (Sana Sprint: guidance is
     # an embedding, there is no `do_classifier_free_guidance` and encode_prompt takes no such flag).
     fixed_cfg: bool | None = None
+    # Where the pipeline keeps the ControlNet(s) it runs beside the denoiser every step, at the
+    # denoiser's batch, feeding it residuals: they are gated like the denoiser (see `controls`).
+    control_attr: str | None = None
 
     def denoiser(self, pipe: object) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attr)
 
-    def denoisers(self, pipe: object) -> list[torch.nn.Module]:
-        """The primary denoiser and every expert the pipeline actually has."""
-        experts = [getattr(pipe, attr, None) for attr in self.extra_attrs]
-        return [self.denoiser(pipe), *(e for e in experts if isinstance(e, torch.nn.Module))]
+    def denoisers(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
+        """The primary denoiser and every expert the pipeline actually has, with their attribute names."""
+        experts = [(attr, getattr(pipe, attr, None)) for attr in self.extra_attrs]
+        primary = (self.denoiser_attr, self.denoiser(pipe))
+        return [primary, *((a, e) for a, e in experts if isinstance(e, torch.nn.Module))]
+
+    def controls(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
+        """Each ControlNet the loop runs beside the denoiser, with its attribute path in ``pipe``.
+
+        A ``MultiControlNetModel`` (or its union twin) is unwrapped into its nets: each runs its own
+        pass with its own cross-attention. Only ControlNet classes whose forward takes the pipeline's
+        CFG batch (and ``guess_mode``) are listed; ControlNet-XS's adapter is part of the denoiser.
+        """
+        if self.control_attr is None:
+            return []
+        from diffusers import ControlNetModel, ControlNetUnionModel
+
+        model = getattr(pipe, self.control_attr, None)
+        if not isinstance(model, torch.nn.Module):
+            return []
+        nets = getattr(model, "nets", None)
+        parts = (
+            [(f"{self.control_attr}.nets.{i}", net) for i, net in enumerate(nets)]
+            if isinstance(nets, torch.nn.ModuleList)
+            else [(self.control_attr, model)]
+        )
+        return [
+            (path, net) for path, net in parts if isinstance(net, (ControlNetModel, ControlNetUnionModel))
+        ]
 
     def cross_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
         return cross_attention_modules(self.denoiser(pipe))

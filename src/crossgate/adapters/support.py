@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from crossgate.adapters.base import ModelAdapter
 from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
 
-UNET = ModelAdapter(family="unet", denoiser_attr="unet")
+UNET = ModelAdapter(family="unet", denoiser_attr="unet", control_attr="controlnet")
 TRANSFORMER = ModelAdapter(family="transformer", denoiser_attr="transformer")
 # Stable Video Diffusion's unconditional half is all zeros (image embeddings and image latents), so
 # feeding it after the gate would drop the image conditioning; the original release feeds the cond half.

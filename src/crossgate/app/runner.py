@@ -386,7 +386,7 @@ class ComparisonRunner:
             try:
                 plain_macs = executed_macs(self._call_macs, plain_stats)
                 if meter is not None:
-                    tgate_macs = meter.executed
+                    tgate_macs = meter.denoiser_executed  # as plain_macs: denoiser only
                     method = (
                         "plain: executed_macs(CallStats); crossgate + DeepCache: counted live (CallMeter)"
                     )

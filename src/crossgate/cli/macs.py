@@ -1,4 +1,7 @@
-"""``crossgate macs``: per-image denoiser MACs, plain vs TGATE, counted on meta-device architectures."""
+"""``crossgate macs``: per-image denoiser MACs, plain vs TGATE, counted on meta-device architectures.
+
+With ``--controlnet`` (UNet models) each image also pays a ControlNet call per denoiser pass.
+"""
 
 from __future__ import annotations
 
@@ -66,18 +69,32 @@ def register(subparsers: Any) -> None:
     p.add_argument("--frames", type=positive_int, default=None, help="video models: pixel frames (1 + 4k)")
     p.add_argument("--text-len", type=positive_int, default=None, help="prompt tokens (default per model)")
     p.add_argument("--per-call", action="store_true", help="also print the per-call (one sample) table")
+    p.add_argument(
+        "--controlnet",
+        action="store_true",
+        help="UNet models: add a ControlNet (ControlNetModel.from_unet) to every pass; lists TGATE with the "
+        "ControlNet ungated (2B after the gate) and gated (B, cross-attention replayed)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.tools.accounting import MODELS, AccountingError, call_macs
+    from crossgate.tools.accounting import MODELS, AccountingError, bundled_config, call_macs, controlnet_macs
 
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         raise CommandError(
             f"unknown model(s) {unknown}; bundled: {', '.join(MODELS)} (use --model-dir for a folder)."
         )
-    targets = list(args.models) or ([] if args.model_dir else list(MODELS))
+    defaults = list(MODELS)
+    if args.controlnet:
+        if args.sa_interval:
+            raise CommandError(
+                "--sa-interval with --controlnet is not modelled (the ControlNet's self-attention cache)."
+            )
+        unet = "UNet2DConditionModel"
+        defaults = [k for k in MODELS if bundled_config(MODELS[k].config).get("_class_name") == unet]
+    targets = list(args.models) or ([] if args.model_dir else defaults)
     targets += args.model_dir
     if args.frames is not None:
         images = [t for t in targets if t in MODELS and MODELS[t].frames is None]
@@ -85,12 +102,15 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--frames applies to video models only, not {', '.join(images)}.")
     try:
         calls = [call_macs(t, args.resolution, args.text_len, args.frames) for t in targets]
+        controls = (
+            [controlnet_macs(t, args.resolution, args.text_len) for t in targets] if args.controlnet else []
+        )
     except AccountingError as error:
         raise CommandError(str(error)) from None
-    print(render_table(calls, args))
+    print(render_table(calls, args, controls))
     if args.per_call:
         print()
-        print(render_per_call(calls))
+        print(render_per_call(calls + controls))
     return 0
 
 
@@ -120,26 +140,51 @@ def schedules_for(call: Any, args: argparse.Namespace) -> list[Any]:
     return schedules
 
 
-def render_table(calls: list[Any], args: argparse.Namespace) -> str:
+def rows_for(call: Any, args: argparse.Namespace, controlnet: Any = None) -> list[tuple[str, list]]:
+    """``(label, [(CallMacs, Schedule), ...])`` per row: what each counted model runs in that setting.
+
+    With a ``controlnet``: the baseline runs it at every pass; each TGATE row comes twice, the
+    ControlNet ungated (the plain schedule: 2B, cross-attention computed, after the gate too) and
+    gated (the UNet's own schedule: B with cross-attention replayed after the gate).
+    """
+    schedules = schedules_for(call, args)
+    if controlnet is None:
+        return [(s.label, [(call, s)]) for s in schedules]
+    plain, *gated = schedules
+    after = " (2B after the gate)" if not args.no_cfg else ""
+    rows = [(plain.label, [(call, plain), (controlnet, plain)])]
+    for s in gated:
+        rows.append((f"{s.label}, ControlNet ungated{after}", [(call, s), (controlnet, plain)]))
+        rows.append((s.label, [(call, s), (controlnet, s)]))
+    return rows
+
+
+def render_table(calls: list[Any], args: argparse.Namespace, controlnets: list[Any] | None = None) -> str:
     """Per-image MACs table: one row per model and setting, both conventions."""
     from crossgate.tools.accounting import image_macs, tera
 
     cfg = not args.no_cfg
+    what = "UNet + ControlNet" if controlnets else "denoiser"
     lines = [
-        f"Per-image denoiser MACs, n={args.steps} steps, CFG {'on' if cfg else 'off'}.",
+        f"Per-image {what} MACs, n={args.steps} steps, CFG {'on' if cfg else 'off'}.",
         "",
         "| model | setting | MACs (linear+conv) | vs baseline | MACs (all ops) | vs baseline |",
         "|---|---|---|---|---|---|",
     ]
+
+    def total(parts: list, convention: str) -> int:
+        return sum(image_macs(c, s, convention) for c, s in parts)
+
     sequential = False
-    for call in calls:
-        schedules = schedules_for(call, args)
+    for index, call in enumerate(calls):
+        model = call.model.replace(" @", " + ControlNet @", 1) if controlnets else call.model
+        rows = rows_for(call, args, controlnets[index] if controlnets else None)
         sequential |= call.cfg_layout == "sequential"
-        base = {c: image_macs(call, schedules[0], c) for c in ("linear_conv", "all")}
-        for schedule in schedules:
-            lc, al = (image_macs(call, schedule, c) for c in ("linear_conv", "all"))
+        base = {c: total(rows[0][1], c) for c in ("linear_conv", "all")}
+        for label, parts in rows:
+            lc, al = total(parts, "linear_conv"), total(parts, "all")
             lines.append(
-                f"| {call.model} | {schedule.label} | {tera(lc)} | {lc / base['linear_conv']:.3f} "
+                f"| {model} | {label} | {tera(lc)} | {lc / base['linear_conv']:.3f} "
                 f"| {tera(al)} | {al / base['all']:.3f} |"
             )
     if sequential:

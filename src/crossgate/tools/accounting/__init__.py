@@ -9,8 +9,9 @@ One denoiser call (one sample) is counted in two conventions:
   included (on meta tensors SDPA is decomposed into counted matmuls). MACs = FLOPs / 2.
 
 Rooms: :mod:`.counting` (the counters, :class:`CallMacs`), :mod:`.models` (bundled configs and
-model folders built on the meta device), :mod:`.schedules` (per-step plans and per-image totals,
-executed MACs from ``CallStats``), :mod:`.meter` (:class:`CallMeter`, a real call measured live).
+model folders built on the meta device, and a UNet's ControlNet: :func:`controlnet_macs`),
+:mod:`.schedules` (per-step plans and per-image totals, executed MACs from ``CallStats``),
+:mod:`.meter` (:class:`CallMeter`, a real call measured live, ControlNets included).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from crossgate.tools.accounting.models import (
     build_meta_denoiser,
     bundled_config,
     call_macs,
+    controlnet_macs,
     example_inputs,
     folder_text_len,
 )
@@ -51,6 +53,7 @@ __all__ = [
     "bundled_config",
     "call_macs",
     "check_convention",
+    "controlnet_macs",
     "count_call",
     "example_inputs",
     "executed_macs",

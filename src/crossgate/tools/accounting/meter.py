@@ -1,4 +1,5 @@
-"""Measuring a real call: the linear/conv MACs that ran, and the architecture counted at its shapes."""
+"""Measuring a real call: the linear/conv MACs that ran (denoiser and ControlNets), and the
+denoiser's architecture counted at its shapes."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ class CallMeter:
     """Measures one real pipeline call: live linear/conv MACs and the denoiser's per-sample counts.
 
     ``with CallMeter(pipe) as meter: pipe(...)``; then ``meter.executed`` is what the linear/conv
-    layers actually ran (an independent check of :func:`~.schedules.executed_macs`) and
-    ``meter.call_macs()`` counts the same architecture on meta at the call's own input shapes, batch 1.
+    layers actually ran and ``meter.call_macs()`` counts the denoiser's architecture on meta at the
+    call's own input shapes, batch 1. A ControlNet pipeline's ``pipe.controlnet`` (a
+    ``MultiControlNetModel`` holds its nets as submodules) is counted too: ``executed`` is the
+    denoiser's ``denoiser_executed`` (an independent check of :func:`~.schedules.executed_macs`, which
+    counts the denoiser only) plus the ControlNets' ``controlnet_executed``.
 
     Every denoiser call is seen: ``meter.calls`` counts them (a sequential-CFG pipeline such as Wan
     makes two per step, cond then uncond, and crossgate's skipped uncond calls after the gate are
@@ -45,14 +49,24 @@ class CallMeter:
         except UnsupportedPipelineError:  # not gateable: measured all the same, as a batched pipeline
             layout = "batched"
         self.cfg_layout: CfgLayout = check_cfg_layout(layout)
+        control = getattr(pipe, "controlnet", None)
+        self.controlnet: nn.Module | None = control if isinstance(control, nn.Module) else None
+        try:  # each ControlNet crossgate gates, by its path (a MultiControlNetModel's nets one by one)
+            self._nets = dict(resolve_adapter(pipe).controls(pipe))
+        except UnsupportedPipelineError:
+            self._nets = {}
+        self._net_inputs: dict[str, tuple[tuple, dict]] = {}
         self.calls = 0
         self._counter = LinearConvCounter(self.denoiser)
+        self._control_counter = LinearConvCounter(self.controlnet) if self.controlnet is not None else None
         self._first: tuple[tuple, dict] | None = None
         self._signatures: set[tuple] = set()
         self._handle: Any = None
 
     def __enter__(self) -> CallMeter:
         self._counter.reset()
+        if self._control_counter is not None:
+            self._control_counter.reset()
         self._first = None
         self._signatures.clear()
         self.calls = 0
@@ -64,17 +78,44 @@ class CallMeter:
                 self._first = (args, kwargs)
 
         self._handle = self.denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True)
+        self._net_inputs.clear()
+        self._net_handles = [
+            net.register_forward_pre_hook(self._keep_first(path), with_kwargs=True, prepend=True)
+            for path, net in self._nets.items()
+        ]
         self._counter.__enter__()
+        if self._control_counter is not None:
+            self._control_counter.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._control_counter is not None:
+            self._control_counter.__exit__(*exc)
         self._counter.__exit__(*exc)
         self._handle.remove()
+        for handle in self._net_handles:
+            handle.remove()
+
+    def _keep_first(self, path: str):
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._net_inputs.setdefault(path, (args, kwargs))
+
+        return pre_hook
 
     @property
     def executed(self) -> int:
-        """Linear/conv MACs the denoiser executed during the block."""
+        """Linear/conv MACs the denoiser and the pipeline's ControlNet(s) executed during the block."""
+        return self.denoiser_executed + self.controlnet_executed
+
+    @property
+    def denoiser_executed(self) -> int:
+        """Linear/conv MACs the denoiser alone executed during the block."""
         return self._counter.total
+
+    @property
+    def controlnet_executed(self) -> int:
+        """Linear/conv MACs ``pipe.controlnet`` executed during the block (0 without one)."""
+        return self._control_counter.total if self._control_counter is not None else 0
 
     def call_macs(self) -> CallMacs:
         """Per-sample counts of this denoiser at the shapes of the calls it received."""
@@ -86,13 +127,28 @@ class CallMeter:
                 "shapes (e.g. prompts of different lengths per CFG branch); one count cannot describe them."
             )
         args, kwargs = self._first
-        # One sample of every batch-shaped input, on meta (only shapes are read). Other tensors (a
-        # 0-d timestep) pass as they are: the denoiser moves them to its sample's device itself.
-        meta_args, meta_kwargs = map_batch((args, kwargs), latent_batch(args, kwargs), _one_sample_on_meta)
-        meta = build_meta_denoiser(dict(self.denoiser.config), type(self.denoiser))
-        return count_call(
-            meta, meta_args, meta_kwargs, model=type(self.denoiser).__name__, cfg_layout=self.cfg_layout
-        )
+        return _count_one_sample(self.denoiser, args, kwargs, self.cfg_layout)
+
+    def control_call_macs(self) -> dict[str, CallMacs]:
+        """Per-sample counts of each ControlNet crossgate gates, by path, at its first call's shapes.
+
+        With :func:`~.schedules.executed_macs` (``controls=``) they predict :attr:`controlnet_executed`.
+        """
+        return {
+            path: _count_one_sample(self._nets[path], *inputs, "batched")
+            for path, inputs in self._net_inputs.items()
+        }
+
+
+def _count_one_sample(model: nn.Module, args: tuple, kwargs: dict, cfg_layout: CfgLayout) -> CallMacs:
+    """``model``'s call counted on meta with one sample of every batch-shaped input.
+
+    Only shapes are read. Other tensors (a 0-d timestep) pass as they are: the model moves them to
+    its sample's device itself.
+    """
+    meta_args, meta_kwargs = map_batch((args, kwargs), latent_batch(args, kwargs), _one_sample_on_meta)
+    meta = build_meta_denoiser(dict(model.config), type(model))
+    return count_call(meta, meta_args, meta_kwargs, model=type(model).__name__, cfg_layout=cfg_layout)
 
 
 def _one_sample_on_meta(tensor: torch.Tensor) -> torch.Tensor:

@@ -178,6 +178,61 @@ def call_macs(
     prompt length its tokenizer pads to (Wan: 480x832, 81 frames, 512 tokens). Cached: counting
     SDXL takes a few seconds.
     """
+    target = _target(model, resolution, text_len, frames)
+    args, kwargs = example_inputs(
+        target.denoiser, *target.size, target.text_len, target.vae_scale, frames=target.frames or 1
+    )
+    return count_call(target.denoiser, args, kwargs, model=target.label, cfg_layout=target.cfg_layout)
+
+
+@functools.lru_cache(maxsize=32)
+def controlnet_macs(
+    model: str, resolution: Resolution | None = None, text_len: int | None = None
+) -> CallMacs:
+    """Per-sample MACs of one call of a ControlNet for a UNet model (``MODELS`` key or folder).
+
+    The ControlNet is ``ControlNetModel.from_unet(unet)`` on the meta device (the architecture of the
+    full-size published ControlNets for SD-1.5, SD-2.1 and SDXL; distilled small ones cost less), fed
+    the UNet's inputs plus a 3-channel conditioning image at pixel size. Its cross-attention share is
+    what a gated ControlNet replays after the gate. Other denoisers (transformers, Wan) are refused.
+    """
+    from diffusers import ControlNetModel
+
+    target = _target(model, resolution, text_len, None)
+    unet = target.denoiser
+    if type(unet).__name__ != "UNet2DConditionModel":
+        raise AccountingError(
+            f"{target.label} is a {type(unet).__name__}; ControlNet counting covers UNet models "
+            "(ControlNetModel.from_unet), e.g. sd15, sd21, sdxl."
+        )
+    with torch.device("meta"):
+        controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    height, width = target.size
+    args, kwargs = example_inputs(unet, height, width, target.text_len, target.vae_scale)
+    channels = controlnet.config.conditioning_channels
+    kwargs["controlnet_cond"] = torch.empty(1, channels, height, width, device="meta")
+    label = (
+        target.label.replace("UNet", "ControlNet")
+        if "UNet" in target.label
+        else f"ControlNet for {target.label}"
+    )
+    return count_call(controlnet, args, kwargs, model=label)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A model to count, resolved: its meta denoiser and the inputs its pipeline feeds it."""
+
+    denoiser: nn.Module
+    label: str  # with the size, e.g. "SD-1.5 UNet @512"
+    size: tuple[int, int]
+    text_len: int
+    vae_scale: int
+    frames: int | None
+    cfg_layout: CfgLayout
+
+
+def _target(model: str, resolution: Resolution | None, text_len: int | None, frames: int | None) -> _Target:
     if model in MODELS:
         spec = MODELS[model]
         config = bundled_config(spec.config)
@@ -204,11 +259,10 @@ def call_macs(
     if frames is not None and not video:
         raise AccountingError(f"{label} is an image model; frames apply to video models only.")
     height, width = size
-    args, kwargs = example_inputs(denoiser, height, width, text_len, vae_scale, frames=frames or 1)
     where = f"{height}" if height == width and not video else f"{height}x{width}"
     if video:
         where += f", {frames} frame{'s' if frames != 1 else ''}"
-    return count_call(denoiser, args, kwargs, model=f"{label} @{where}", cfg_layout=layout)
+    return _Target(denoiser, f"{label} @{where}", size, text_len, vae_scale, frames, layout)
 
 
 def _size(resolution: Resolution) -> tuple[int, int]:

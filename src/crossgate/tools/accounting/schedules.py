@@ -7,7 +7,7 @@ executed (:func:`executed_macs`), so a prediction can be checked against what ra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -185,14 +185,18 @@ def executed_macs(
     stats: CallStats,
     convention: Convention = "linear_conv",
     cfg_layout: CfgLayout | None = None,
+    controls: Mapping[str, CallMacs] | None = None,
 ) -> int:
-    """Denoiser MACs a real crossgate call executed, from its ``CallStats`` (all images of the call).
+    """MACs a real crossgate call executed, from its ``CallStats`` (all images of the call).
 
     Every denoiser pass runs the full model for its batch, minus each cross-attention module that
     was replayed in it. A module is replayed once per gated pass, and the gated passes are the last
     ones of the call, so module ``j``'s ``r`` replays fall in the last ``r`` passes. With
     self-attention caching, each self-attention module also saves its MACs at every step missing
     from its ``self_attention_computed_steps``.
+
+    ControlNets (``stats.control_batches``) are counted the same way from their own passes; pass
+    their per-sample counts in ``controls`` by path (``CallMeter.control_call_macs()``).
 
     Sequential CFG (``cfg_layout``, by default the counted model's own): ``denoiser_batches`` lists
     only the passes that computed (2 per step before the gate, the cond pass after it); under CFG
@@ -202,14 +206,19 @@ def executed_macs(
     convention = check_convention(convention)
     layout = check_cfg_layout(cfg_layout or call.cfg_layout)
     passes = stats.denoiser_batches
-    macs = sum(passes) * call.full(convention)
-    for name, replays in stats.cross_attention_replays.items():
-        if name not in call.cross_attention:
+    replays = dict(stats.cross_attention_replays)
+    macs = 0
+    for path, batches in stats.control_batches.items():
+        counted = (controls or {}).get(path)
+        if counted is None:
             raise AccountingError(
-                f"cross-attention module {name!r} is not in the counted model {call.model}."
+                f"the call ran the ControlNet {path!r}; pass its counts as controls={{{path!r}: ...}} "
+                "(CallMeter.control_call_macs())."
             )
-        if replays:
-            macs -= sum(passes[-replays:]) * call.cross_attention[name][convention]
+        prefix = f"{path}."
+        own = {name[len(prefix) :]: replays.pop(name) for name in list(replays) if name.startswith(prefix)}
+        macs += _passes_macs(counted, batches, own, convention)
+    macs += _passes_macs(call, passes, replays, convention)
     computed_steps = stats.self_attention_computed_steps
     if layout == "sequential":
         if computed_steps:
@@ -240,4 +249,19 @@ def executed_macs(
         computed = set(steps)
         skipped = sum(b for step, b in enumerate(passes) if step not in computed)
         macs -= skipped * call.self_attention[name][convention]
+    return macs
+
+
+def _passes_macs(
+    call: CallMacs, passes: list[int], replays: Mapping[str, int], convention: Convention
+) -> int:
+    """Full passes at their batches, minus each cross-attention module's replays (the last passes)."""
+    macs = sum(passes) * call.full(convention)
+    for name, count in replays.items():
+        if name not in call.cross_attention:
+            raise AccountingError(
+                f"cross-attention module {name!r} is not in the counted model {call.model}."
+            )
+        if count:
+            macs -= sum(passes[-count:]) * call.cross_attention[name][convention]
     return macs
