@@ -504,9 +504,8 @@ def video_to_video() -> Case:
     parts["unet"] = _unet3d()
     pipe = VideoToVideoSDPipeline(**parts)
     rp.ready(pipe)
-    video = torch.rand(1, 3, 2, 32, 32) * 2 - 1  # (batch, channels, frames, height, width) in [-1, 1]
     return Case(
-        pipe, {"prompt": "a red circle", "video": video, "strength": 0.5}, steps=8, gate=2, actual_steps=4
+        pipe, {"prompt": "a red circle", "video": _video(), "strength": 0.5}, steps=8, gate=2, actual_steps=4
     )
 
 
@@ -514,12 +513,15 @@ def _t2i_adapter(channels: tuple[int, ...], xl: bool = False):
     from diffusers import T2IAdapter
 
     torch.manual_seed(6)
-    # downscale 2 and one entry per UNet down block: the residuals match the tiny UNet's resolutions
+    # One entry per UNet down block, each residual at the resolution its block adds it: SD adds them
+    # at each block's input (32 px -> 16, 8), so downscale 2 then the adapter's own halvings. SDXL's
+    # UNet adds a plain DownBlock2D's residual after its downsampler (8x8 here) and the XL adapter
+    # keeps its first two levels at one resolution, so downscale 4.
     return T2IAdapter(
         in_channels=3,
         channels=list(channels),
         num_res_blocks=1,
-        downscale_factor=2,
+        downscale_factor=4 if xl else 2,
         adapter_type="full_adapter_xl" if xl else "full_adapter",
     )
 
@@ -542,7 +544,7 @@ def sdxl_t2i_adapter() -> Case:
     from diffusers import StableDiffusionXLAdapterPipeline
 
     base = rp.tiny_sdxl_pipeline()
-    pipe = StableDiffusionXLAdapterPipeline(**base.components, adapter=_t2i_adapter((16, 32)))
+    pipe = StableDiffusionXLAdapterPipeline(**base.components, adapter=_t2i_adapter((16, 32), xl=True))
     rp.ready(pipe)
     return Case(pipe, {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32})
 

@@ -172,3 +172,57 @@ def test_replaced_controlnet_is_rehooked():
     assert "_crossgate_installation" in pipe.controlnet.__dict__
     crossgate.remove(pipe)
     assert "_crossgate_installation" not in pipe.controlnet.__dict__
+
+
+def test_multi_controlnet_union():
+    """SDXL ControlNet-Union with two union nets (MultiControlNetUnionModel): both gated like the UNet."""
+    import copy
+
+    from diffusers import StableDiffusionXLControlNetUnionPipeline
+
+    from families import sdxl_controlnet_union
+
+    base = sdxl_controlnet_union().pipe
+    second = copy.deepcopy(base.controlnet)
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    pipe = rp.ready(
+        StableDiffusionXLControlNetUnionPipeline(
+            **{**base.components, "controlnet": [base.controlnet, second]}
+        )
+    )
+    kwargs = {
+        "prompt": "a red circle",
+        "control_image": [_image(), _image(seed=3)],
+        "control_mode": [1, 2],
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": STEPS,
+        "output_type": "latent",
+    }
+
+    def run():
+        return pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(0)).images
+
+    plain = run()
+    found = controlnets(pipe)
+    assert type(pipe.controlnet).__name__ == "MultiControlNetUnionModel" and len(found) == 2
+    crossgate.apply(pipe, gate_step=GATE)
+    watch = Watch(found)
+    try:
+        gated = run()
+    finally:
+        watch.close()
+    assert watch.batches == {path: [2] * GATE + [1] * (STEPS - GATE) for path in found}
+    assert set(watch.queries.values()) == {GATE}
+    crossgate.remove(pipe)
+    manuals = [ManualTGate(pipe.unet, GATE, True)]
+    manuals += [ManualControlGate(n, GATE, True, "uncond", False) for n in found.values()]
+    try:
+        expected = run()
+    finally:
+        for manual in manuals:
+            manual.close()
+    torch.testing.assert_close(gated, expected, atol=1e-4, rtol=1e-5)
+    assert torch.equal(run(), plain)
