@@ -226,3 +226,28 @@ def test_multi_controlnet_union():
             manual.close()
     torch.testing.assert_close(gated, expected, atol=1e-4, rtol=1e-5)
     assert torch.equal(run(), plain)
+
+
+def test_auto_gate_watches_the_denoiser_only():
+    """The auto rule's statistic is the UNet's layers (its tolerance is calibrated on them).
+
+    With conditioning scale 0 the ControlNet adds exact zeros, so the UNet computes what the plain SD
+    pipeline built from the same parts computes: the convergence curves must be equal.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    pipe = _pipe(xl=False, nets=1)
+    sd = rp.ready(StableDiffusionPipeline(**{k: v for k, v in pipe.components.items() if k != "controlnet"}))
+    curves = []
+    for target, extra in ((pipe, {"image": _image(), "controlnet_conditioning_scale": 0.0}), (sd, {})):
+        crossgate.apply(target, gate_step="auto")
+        target(
+            prompt=["a red circle", "a blue square"],
+            num_inference_steps=STEPS,
+            output_type="latent",
+            generator=torch.Generator("cpu").manual_seed(0),
+            **extra,
+        )
+        curves.append(crossgate.last_call(target).convergence)
+        crossgate.remove(target)
+    assert curves[0] and curves[0] == curves[1]

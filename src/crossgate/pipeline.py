@@ -148,15 +148,6 @@ class _Installation:
                 self._register(block, BlockSkipHook(denoiser, passthrough), _SKIP_HOOK)
             denoiser.__dict__["cache_context"] = _branch_context_for(denoiser)
 
-    def step_change(self, call: CallState) -> float | None:
-        """The layer-averaged convergence statistic of the step ``call`` just completed."""
-        if not call.policy.watches_convergence:
-            return None
-        changes = [
-            c for h in self.cross_attention.values() if (c := h.change_at(call, call.step)) is not None
-        ]
-        return sum(changes) / len(changes) if changes else None
-
     def changes(self, call: CallState) -> list[float]:
         """The relative changes its cross-attention layers measured at ``call``'s current step."""
         return [c for h in self.cross_attention.values() if (c := h.change_at(call, call.step)) is not None]
@@ -230,7 +221,8 @@ class _Session:
         for _ in range(steps):
             change = None
             if call.policy.watches_convergence:
-                changes = [c for installation in self.installations for c in installation.changes(call)]
+                # the denoisers' layers only: the auto rule's tolerance is calibrated on them
+                changes = [c for inst in self.installations if not inst.control for c in inst.changes(call)]
                 change = sum(changes) / len(changes) if changes else None
             call.complete_step(change)
         for installation in self.installations:
