@@ -969,6 +969,263 @@ def sana_sprint() -> Case:
     )
 
 
+def animatediff_sdxl() -> Case:
+    from diffusers import AnimateDiffSDXLPipeline
+
+    base = rp.tiny_sdxl_pipeline()
+    parts = {k: v for k, v in base.components.items() if k not in ("image_encoder", "feature_extractor")}
+    pipe = AnimateDiffSDXLPipeline(**parts, motion_adapter=_motion_adapter())
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "num_frames": 2, "height": 32, "width": 32}, steps=4, gate=2)
+
+
+def _chatglm_tokenizer(max_length: int = 32):
+    """Kolors' ChatGLM tokenizer over a character-level SentencePiece model trained here, offline."""
+    import tempfile
+    from pathlib import Path
+
+    import sentencepiece as spm
+    from diffusers.pipelines.kolors import ChatGLMTokenizer
+
+    folder = Path(tempfile.mkdtemp(prefix="crossgate-chatglm-"))
+    corpus = folder / "corpus.txt"
+    corpus.write_text(
+        "\n".join(["abcdefghijklmnopqrstuvwxyz 0123456789", "a red circle", "a blue square"] * 8)
+    )
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=45,
+        model_type="char",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    return ChatGLMTokenizer(str(folder / "tokenizer.model"), model_max_length=max_length)
+
+
+def _kolors_parts() -> dict[str, Any]:
+    """Kolors' components: an SDXL-layout UNet (one text encoder, pooled 32) and a tiny ChatGLM."""
+    from diffusers.pipelines.kolors import ChatGLMModel
+    from diffusers.pipelines.kolors.text_encoder import ChatGLMConfig
+
+    tokenizer = _chatglm_tokenizer()
+    unet = rp.tiny_sdxl_pipeline(projection_class_embeddings_input_dim=6 * 8 + 32).unet  # pooled 32
+    text_encoder = ChatGLMModel(
+        ChatGLMConfig(
+            num_layers=2,
+            padded_vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            ffn_hidden_size=64,
+            kv_channels=8,
+            num_attention_heads=4,
+            seq_length=64,
+            multi_query_attention=True,
+            multi_query_group_num=2,
+            original_rope=True,
+        ),
+        empty_init=False,  # the default leaves every weight uninitialised (torch.empty)
+    )
+    with torch.no_grad():  # its RMSNorm weights start empty whatever empty_init says
+        for name, param in text_encoder.named_parameters():
+            if name.endswith("layernorm.weight"):
+                param.fill_(1.0)
+    return {
+        "vae": rp.tiny_vae(),
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": rp.ddim_scheduler(),
+        "force_zeros_for_empty_prompt": False,
+    }
+
+
+_KOLORS_CALL = {"prompt": "a red circle", "height": 32, "width": 32, "max_sequence_length": 32}
+
+
+def kolors() -> Case:
+    from diffusers import KolorsPipeline
+
+    pipe = KolorsPipeline(**_kolors_parts())
+    rp.ready(pipe)
+    return Case(pipe, dict(_KOLORS_CALL))
+
+
+def kolors_img2img() -> Case:
+    from diffusers import KolorsImg2ImgPipeline
+
+    pipe = KolorsImg2ImgPipeline(**_kolors_parts())
+    rp.ready(pipe)
+    return Case(pipe, {**_KOLORS_CALL, "image": _image(), "strength": 0.5}, steps=10, gate=2, actual_steps=5)
+
+
+def allegro() -> Case:
+    from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro, DDIMScheduler
+
+    torch.manual_seed(0)
+    tokenizer = rp.char_fast_tokenizer(max_length=16)
+    transformer = AllegroTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        cross_attention_dim=24,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=8,
+        caption_channels=32,
+    )
+    vae = AutoencoderKLAllegro(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("AllegroDownBlock3D",) * 4,
+        up_block_types=("AllegroUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    vae.enable_tiling()  # Allegro's VAE decodes only tiled
+    pipe = AllegroPipeline(
+        tokenizer=tokenizer,
+        text_encoder=rp.tiny_t5_encoder(tokenizer),
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(),
+    )
+    rp.ready(pipe)
+    # 8 frames -> 2 latent frames and 32 px -> a 2x2 patch grid: Allegro's rotary tables then have
+    # exactly as many rows as the CFG batch (2), which must not be taken for batched inputs.
+    return Case(
+        pipe,
+        {
+            "prompt": "a red circle",
+            "height": 32,
+            "width": 32,
+            "num_frames": 8,
+            "max_sequence_length": 16,
+            "clean_caption": False,
+        },
+        denoiser_attr="transformer",
+        steps=4,
+        gate=2,
+    )
+
+
+def sana_video() -> Case:
+    from diffusers import DPMSolverMultistepScheduler, SanaVideoPipeline, SanaVideoTransformer3DModel
+
+    base = rp.tiny_sana_pipeline()
+    torch.manual_seed(0)
+    transformer = SanaVideoTransformer3DModel(
+        in_channels=16,
+        out_channels=16,
+        num_attention_heads=2,
+        attention_head_dim=12,
+        num_layers=2,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=12,
+        cross_attention_dim=24,
+        caption_channels=8,
+        mlp_ratio=2.5,
+        sample_size=8,
+        patch_size=(1, 2, 2),
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    pipe = SanaVideoPipeline(
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        vae=rp.small_wan_vae(base_dim=3),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {
+            "prompt": "a red circle",
+            "height": 32,
+            "width": 32,
+            "frames": 5,
+            "max_sequence_length": 16,
+            "complex_human_instruction": None,
+            "use_resolution_binning": False,
+        },
+        denoiser_attr="transformer",
+        steps=4,
+        gate=2,
+    )
+
+
+def sdxl_controlnet_xs() -> Case:
+    from diffusers import ControlNetXSAdapter, StableDiffusionXLControlNetXSPipeline
+
+    base = rp.tiny_sdxl_pipeline(layers_per_block=2)  # ControlNet-XS mirrors two resnets per down block
+    torch.manual_seed(7)
+    adapter = ControlNetXSAdapter.from_unet(
+        base.unet, size_ratio=0.5, learn_time_embedding=True, conditioning_embedding_out_channels=(4, 8)
+    )
+    parts = {k: v for k, v in base.components.items() if k not in ("image_encoder", "feature_extractor")}
+    pipe = StableDiffusionXLControlNetXSPipeline(**parts, controlnet=adapter)
+    rp.ready(pipe)
+    return Case(pipe, {"prompt": "a red circle", "image": _image(), "height": 32, "width": 32})
+
+
+def latent_upscale() -> Case:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline, UNet2DConditionModel
+
+    parts = _sd_parts()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        act_fn="gelu",
+        attention_head_dim=8,
+        norm_num_groups=None,
+        # the K-UNet's channel bookkeeping holds for this four-level layout (groups of 32 channels)
+        block_out_channels=(32, 32, 64, 64),
+        time_cond_proj_dim=128 + 32,  # the noise-level embedding and the pooled text embedding
+        conv_in_kernel=1,
+        conv_out_kernel=1,
+        cross_attention_dim=32,
+        down_block_types=("KDownBlock2D", *("KCrossAttnDownBlock2D",) * 3),
+        up_block_types=(*("KCrossAttnUpBlock2D",) * 3, "KUpBlock2D"),
+        in_channels=8,
+        mid_block_type=None,
+        only_cross_attention=False,
+        out_channels=5,
+        resnet_time_scale_shift="scale_shift",
+        time_embedding_type="fourier",
+        timestep_post_act="gelu",
+    )
+    pipe = StableDiffusionLatentUpscalePipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(prediction_type="sample"),
+    )
+    rp.ready(pipe)
+    low_res = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    return Case(pipe, {"prompt": "a red circle", "image": low_res}, steps=4, gate=2)
+
+
+def kandinsky3_img2img() -> Case:
+    from diffusers import Kandinsky3Img2ImgPipeline
+
+    pipe = Kandinsky3Img2ImgPipeline(**kandinsky3().pipe.components)
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "image": _image(16), "strength": 0.5, "height": 16, "width": 16},
+        steps=8,
+        gate=2,
+        actual_steps=4,
+    )
+
+
 _UNCOND = "uncond: the negative prompt's side inputs, as the original release"
 _NO_CFG = "the whole batch (no CFG)"
 
@@ -994,6 +1251,10 @@ _CONTROLNET_CFG = (
     "replayed (guess mode: the cond half's residuals)"
 )
 _ADAPTER_CFG = "batched, dropped after the gate; the adapter's residuals are sliced to B"
+_CONTROLNET_XS_CFG = (
+    "batched; the control branch is part of the denoiser (UNetControlNetXSModel), so it is gated too"
+)
+_MASK_CFG = "batched (attention mask doubled), dropped after the gate"
 
 CASES: dict[str, Spec] = {
     "SD 1.x/2.x": Spec(sd, "StableDiffusionPipeline"),
@@ -1041,20 +1302,15 @@ CASES: dict[str, Spec] = {
     "SDXL ControlNet-Union": Spec(
         sdxl_controlnet_union, "StableDiffusionXLControlNetUnionPipeline", _CONTROLNET_CFG
     ),
-    "SD ControlNet-XS": Spec(
-        sd_controlnet_xs,
-        "StableDiffusionControlNetXSPipeline",
-        "batched; the control branch is part of the denoiser (UNetControlNetXSModel), so it is gated too",
-    ),
+    "SD ControlNet-XS": Spec(sd_controlnet_xs, "StableDiffusionControlNetXSPipeline", _CONTROLNET_XS_CFG),
     "LCM img2img": Spec(lcm_img2img, "LatentConsistencyModelImg2ImgPipeline", _DISTILLED, _NO_CFG),
     "GLIGEN": Spec(
         gligen,
         "StableDiffusionGLIGENPipeline",
         "batched; the grounding (gated self-attention) is self-attention and keeps computing",
     ),
-    "Kandinsky 3": Spec(
-        kandinsky3, "Kandinsky3Pipeline", "batched (attention mask doubled), dropped after the gate"
-    ),
+    "Kandinsky 3": Spec(kandinsky3, "Kandinsky3Pipeline", _MASK_CFG),
+    "Kandinsky 3 img2img": Spec(kandinsky3_img2img, "Kandinsky3Img2ImgPipeline", _MASK_CFG),
     "I2VGen-XL": Spec(
         i2vgen_xl,
         "I2VGenXLPipeline",
@@ -1077,6 +1333,25 @@ CASES: dict[str, Spec] = {
         "StableDiffusionUpscalePipeline",
         "batched (low-res image and noise level doubled), dropped after the gate",
     ),
+    "SD x2 latent upscaler": Spec(
+        latent_upscale,
+        "StableDiffusionLatentUpscalePipeline",
+        "batched (low-res latents and the pooled-text timestep condition doubled), dropped after the gate",
+    ),
+    "AnimateDiff SDXL": Spec(animatediff_sdxl, "AnimateDiffSDXLPipeline", _VIDEO_CFG),
+    "Video-to-video (UNet3D)": Spec(video_to_video, "VideoToVideoSDPipeline", _VIDEO_CFG),
+    "SDXL T2I-Adapter": Spec(sdxl_t2i_adapter, "StableDiffusionXLAdapterPipeline", _ADAPTER_CFG),
+    "SDXL ControlNet-XS": Spec(
+        sdxl_controlnet_xs, "StableDiffusionXLControlNetXSPipeline", _CONTROLNET_XS_CFG
+    ),
+    "Kolors": Spec(kolors, "KolorsPipeline"),
+    "Kolors img2img": Spec(kolors_img2img, "KolorsImg2ImgPipeline"),
+    "Allegro": Spec(
+        allegro,
+        "AllegroPipeline",
+        _MASK_CFG + "; its rotary tables (`image_rotary_emb`) are never sliced",
+    ),
+    "Sana Video": Spec(sana_video, "SanaVideoPipeline", _MASK_CFG),
 }
 
 # Memory and precision features composed with crossgate (tests/test_memory_features.py).

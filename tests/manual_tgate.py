@@ -15,6 +15,10 @@ from crossgate.adapters import cross_attention_modules
 
 
 def _take(tree, batch, cond: bool):
+    """One CFG half of every batch-shaped tensor; rotary tables (never per sample) pass whole."""
+    if isinstance(tree, dict) and "image_rotary_emb" in tree:
+        rest = _take({k: v for k, v in tree.items() if k != "image_rotary_emb"}, batch, cond)
+        return {**rest, "image_rotary_emb": tree["image_rotary_emb"]}
     half = batch // 2
     if isinstance(tree, torch.Tensor):
         if not (tree.dim() and tree.shape[0] == batch):

@@ -191,6 +191,90 @@ def test_pag_and_three_way_batches_are_refused_before_anything_changes():
         assert torch.equal(again.images, plain.images)
 
 
+def _tiny_lumina():
+    """Lumina-Next (LuminaPipeline) with a tiny Next-DiT, Gemma-2 encoder and VAE (32 px, 4x4 latents)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LuminaNextDiT2DModel, LuminaPipeline
+    from transformers import Gemma2Config, Gemma2Model
+
+    from crossgate import testing as rp
+
+    torch.manual_seed(0)
+    # the pipeline pads prompts to 256 tokens; the appended </s> keeps an empty negative prompt's mask
+    # non-empty (an all-masked cross-attention row is NaN)
+    tokenizer = rp.char_fast_tokenizer(max_length=256)
+    transformer = LuminaNextDiT2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=16,
+        num_layers=2,
+        num_attention_heads=2,
+        num_kv_heads=1,
+        multiple_of=16,
+        ffn_dim_multiplier=None,
+        norm_eps=1e-5,
+        learn_sigma=True,
+        qk_norm=True,
+        cross_attention_dim=8,
+        scaling_factor=1.0,
+    )
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=8,
+            intermediate_size=64,
+            max_position_embeddings=512,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            pad_token_id=0,
+            bos_token_id=3,
+            eos_token_id=1,
+        )
+    )
+    pipe = LuminaPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=rp.tiny_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+    return rp.ready(pipe)
+
+
+def test_lumina_batches_cond_first_and_is_refused_before_anything_changes():
+    """Lumina-Next batches CFG as [cond; uncond]: the gate's choice of half would be the wrong one.
+
+    Read from a real (tiny) call: the first half of the transformer's batch carries the prompt's
+    mask (longer than the empty negative prompt's). apply() refuses with that reason and leaves the
+    pipeline running exactly as before."""
+    pipe = _tiny_lumina()
+    masks: list[torch.Tensor] = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs["encoder_mask"]), with_kwargs=True
+    )
+    call = {"prompt": "a red circle", "height": 32, "width": 32, "clean_caption": False}
+
+    def run():
+        generator = torch.Generator().manual_seed(0)
+        return pipe(**call, num_inference_steps=3, output_type="latent", generator=generator).images
+
+    plain = run()
+    handle.remove()
+    first, second = masks[0].chunk(2)
+    assert first.sum() > second.sum()  # [prompt; negative prompt]
+    assert torch.isfinite(plain).all()
+    with pytest.raises(crossgate.UnsupportedPipelineError, match=r"\[cond; uncond\]"):
+        crossgate.apply(pipe, gate_step=2)
+    assert not support.classify(type(pipe)).untested
+    assert not crossgate.is_applied(pipe) and "progress_bar" not in vars(pipe)
+    assert not any(
+        getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in pipe.transformer.modules()
+    )
+    assert torch.equal(run(), plain)
+
+
 def test_subclasses_keep_their_parents_verdict_unless_they_override_call(monkeypatch):
     monkeypatch.setattr(support, "_ALLOWED", set())
 

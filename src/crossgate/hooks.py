@@ -84,6 +84,9 @@ def _call_for(model: torch.nn.Module) -> CallState | None:
 _BATCH = "batch"  # the key of a batched pass's output (both CFG halves in one tensor)
 # The UNet inputs that carry a ControlNet's residuals (diffusers' UNet2DConditionModel.forward).
 _CONTROL_RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
+# Denoiser inputs that are positional tables, never per sample, though a dimension may happen to
+# equal the batch (Allegro's rotary tables have a row per latent frame, patch row and column).
+_SHARED_INPUTS = frozenset({"image_rotary_emb"})
 
 
 class _SkippingHook(ModelHook):
@@ -290,7 +293,9 @@ class DenoiserGate:
         start = half if call.post_gate_inputs == "cond" else 0
         call.denoiser_batches.append(half)
         call.halved = half
-        sliced_args, sliced_kwargs = map_batch((args, kwargs), full, lambda t: t[start : start + half])
+        per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS}
+        sliced_args, sliced_kwargs = map_batch((args, per_sample), full, lambda t: t[start : start + half])
+        sliced_kwargs.update({k: v for k, v in kwargs.items() if k in _SHARED_INPUTS})
         if call.cond_only and start == 0:
             # a guess-mode ControlNet ran on the cond half alone and the pipeline padded its
             # residuals with zeros for the uncond half: take them from the cond half, or the

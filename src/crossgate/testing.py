@@ -140,7 +140,7 @@ def tiny_sdxl_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionX
     """An SDXL pipeline (two text encoders, pooled embeds and time ids) with tiny random weights."""
     torch.manual_seed(seed)
     tokenizer = char_tokenizer()
-    unet = UNet2DConditionModel(
+    unet_kwargs: dict[str, Any] = dict(
         block_out_channels=(16, 32),
         layers_per_block=1,
         sample_size=16,
@@ -156,8 +156,9 @@ def tiny_sdxl_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionX
         projection_class_embeddings_input_dim=6 * 8 + 16,
         cross_attention_dim=32,
         norm_num_groups=8,
-        **unet_overrides,
     )
+    unet_kwargs.update(unet_overrides)
+    unet = UNet2DConditionModel(**unet_kwargs)
     pipe = StableDiffusionXLPipeline(
         vae=tiny_vae(),
         text_encoder=CLIPTextModel(clip_text_config(tokenizer, 16)),

@@ -105,6 +105,16 @@ SUPPORTED: dict[str, Supported] = {
     "LattePipeline": _dit("Latte"),
     "HunyuanDiTPipeline": _dit("HunyuanDiT"),
     "SanaSprintPipeline": Supported(SANA_SPRINT, "Sana Sprint"),
+    "Kandinsky3Img2ImgPipeline": _sd("Kandinsky 3 img2img"),
+    "StableDiffusionLatentUpscalePipeline": _sd("SD x2 latent upscaler"),
+    "AnimateDiffSDXLPipeline": _sd("AnimateDiff SDXL"),
+    "VideoToVideoSDPipeline": _sd("Video-to-video (UNet3D)"),
+    "StableDiffusionXLAdapterPipeline": _sd("SDXL T2I-Adapter"),
+    "StableDiffusionXLControlNetXSPipeline": _sd("SDXL ControlNet-XS"),
+    "KolorsPipeline": _sd("Kolors"),
+    "KolorsImg2ImgPipeline": _sd("Kolors img2img"),
+    "AllegroPipeline": _dit("Allegro"),
+    "SanaVideoPipeline": _dit("Sana Video"),
 }
 
 # Per-branch CFG with cross-attention (Wan's family). Status and reason: adapters/sequential.py.
@@ -288,6 +298,12 @@ REFUSED: dict[str, str] = {
         "calls its UNet with `encoder_hidden_states=None` (the text enters as class labels), so its "
         "`attn2` layers attend to the latents themselves: they are self-attention, not TGATE's target."
     ),
+    "LuminaPipeline": (
+        "batches CFG as [cond; uncond] (the prompt's embeddings and mask first, the negative prompt's "
+        "second; its guidance splits the output as cond, uncond), the reverse of the [uncond; cond] "
+        "layout crossgate's gate assumes when it picks the half that feeds the passes after the gate "
+        "(`post_gate_inputs`): it would run the prompt's half while reporting the negative prompt's."
+    ),
     "AceStepPipeline": (
         "applies guidance only inside a timestep interval, through adaptive projected guidance "
         "(norm-thresholded), and may add a cover-strength pass; crossgate's gate assumes plain CFG."
@@ -310,13 +326,11 @@ REFUSED: dict[str, str] = {
     ),
     **dict.fromkeys(
         (
-            "AllegroPipeline",
             "AltDiffusionPipeline",
             "AltDiffusionImg2ImgPipeline",
             "AmusedPipeline",
             "AmusedImg2ImgPipeline",
             "AmusedInpaintPipeline",
-            "AnimateDiffSDXLPipeline",
             "AnimateDiffControlNetPipeline",
             "AnimateDiffSparseControlNetPipeline",
             "AnimateDiffVideoToVideoControlNetPipeline",
@@ -327,35 +341,26 @@ REFUSED: dict[str, str] = {
             "BlipDiffusionControlNetPipeline",
             "DreamLiteMobilePipeline",
             "HunyuanDiTControlNetPipeline",
-            "Kandinsky3Img2ImgPipeline",
-            "KolorsPipeline",
-            "KolorsImg2ImgPipeline",
             "LDMTextToImagePipeline",
             "LTX2DFRPipeline",
             "LTX2DFRTemporalRefinePipeline",
             "LTXConditionPipeline",
             "LTXImageToVideoPipeline",
             "LTXI2VLongMultiPromptPipeline",
-            "LuminaPipeline",
             "PIAPipeline",
             "PaintByExamplePipeline",
             "SanaControlNetPipeline",
             "SanaImageToVideoPipeline",
             "SanaSprintImg2ImgPipeline",
-            "SanaVideoPipeline",
             "StableAudioPipeline",
             "StableDiffusionDepth2ImgPipeline",
             "StableDiffusionImageVariationPipeline",
             "StableDiffusionLDM3DPipeline",
-            "StableDiffusionLatentUpscalePipeline",
             "StableDiffusionModelEditingPipeline",
-            "StableDiffusionXLAdapterPipeline",
             "StableDiffusionXLControlNetUnionImg2ImgPipeline",
             "StableDiffusionXLControlNetUnionInpaintPipeline",
-            "StableDiffusionXLControlNetXSPipeline",
             "StableUnCLIPPipeline",
             "StableUnCLIPImg2ImgPipeline",
-            "VideoToVideoSDPipeline",
             "VQDiffusionPipeline",
         ),
         _UNTESTED,
