@@ -29,6 +29,7 @@ class Case:
     gate: int = 3
     actual_steps: int | None = None  # denoising steps the loop really runs (img2img strength)
     half: str = "uncond"  # the CFG half the family feeds after the gate
+    cond_first: bool = False  # the pipeline batches CFG as [cond; uncond] (Lumina-Next)
     notes: str = ""
     extra_modules: dict[str, Any] = field(default_factory=dict)
 
@@ -1113,6 +1114,64 @@ def allegro() -> Case:
     )
 
 
+def lumina() -> Case:
+    """Lumina-Next (LuminaPipeline) with a tiny Next-DiT, Gemma-2 encoder and VAE (32 px, 4x4 latents)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LuminaNextDiT2DModel, LuminaPipeline
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(0)
+    # the pipeline pads prompts to 256 tokens; the appended </s> keeps an empty negative prompt's mask
+    # non-empty (an all-masked cross-attention row is NaN)
+    tokenizer = rp.char_fast_tokenizer(max_length=256)
+    transformer = LuminaNextDiT2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=16,
+        num_layers=2,
+        num_attention_heads=2,
+        num_kv_heads=1,
+        multiple_of=16,
+        ffn_dim_multiplier=None,
+        norm_eps=1e-5,
+        learn_sigma=True,
+        qk_norm=True,
+        cross_attention_dim=8,
+        scaling_factor=1.0,
+    )
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=8,
+            intermediate_size=64,
+            max_position_embeddings=512,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            pad_token_id=0,
+            bos_token_id=3,
+            eos_token_id=1,
+        )
+    )
+    pipe = LuminaPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=rp.tiny_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+    rp.ready(pipe)
+    return Case(
+        pipe,
+        {"prompt": "a red circle", "height": 32, "width": 32, "clean_caption": False},
+        denoiser_attr="transformer",
+        steps=4,
+        gate=2,
+        cond_first=True,
+    )
+
+
 def sana_video() -> Case:
     from diffusers import DPMSolverMultistepScheduler, SanaVideoPipeline, SanaVideoTransformer3DModel
 
@@ -1352,6 +1411,11 @@ CASES: dict[str, Spec] = {
         _MASK_CFG + "; its rotary tables (`image_rotary_emb`) are never sliced",
     ),
     "Sana Video": Spec(sana_video, "SanaVideoPipeline", _MASK_CFG),
+    "Lumina-Next": Spec(
+        lumina,
+        "LuminaPipeline",
+        "batched as [cond; uncond] (prompt first; the family adapter says so), dropped after the gate",
+    ),
 }
 
 # Memory and precision features composed with crossgate (tests/test_memory_features.py).

@@ -14,20 +14,20 @@ import torch
 from crossgate.adapters import cross_attention_modules
 
 
-def _take(tree, batch, cond: bool):
-    """One CFG half of every batch-shaped tensor; rotary tables (never per sample) pass whole."""
+def _take(tree, batch, second: bool):
+    """One half of every batch-shaped tensor; rotary tables (never per sample) pass whole."""
     if isinstance(tree, dict) and "image_rotary_emb" in tree:
-        rest = _take({k: v for k, v in tree.items() if k != "image_rotary_emb"}, batch, cond)
+        rest = _take({k: v for k, v in tree.items() if k != "image_rotary_emb"}, batch, second)
         return {**rest, "image_rotary_emb": tree["image_rotary_emb"]}
     half = batch // 2
     if isinstance(tree, torch.Tensor):
         if not (tree.dim() and tree.shape[0] == batch):
             return tree
-        return tree[half:] if cond else tree[:half]
+        return tree[half:] if second else tree[:half]
     if isinstance(tree, dict):
-        return {key: _take(value, batch, cond) for key, value in tree.items()}
+        return {key: _take(value, batch, second) for key, value in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_take(value, batch, cond) for value in tree)
+        return type(tree)(_take(value, batch, second) for value in tree)
     return tree
 
 
@@ -49,8 +49,10 @@ class ManualTGate:
         cfg: bool,
         half: str = "uncond",
         guess_mode: bool = False,
+        cond_first: bool = False,
     ) -> None:
-        self.denoiser, self.gate, self.cfg, self.cond = denoiser, gate, cfg, half == "cond"
+        self.denoiser, self.gate, self.cfg = denoiser, gate, cfg
+        self.second = (half == "cond") != cond_first  # the half fed after the gate is the batch's second
         self.guess_mode = guess_mode  # a guess-mode ControlNet's residuals live in the cond half only
         self.calls = 0
         self.cache: dict[str, torch.Tensor] = {}
@@ -78,12 +80,12 @@ class ManualTGate:
         if step < self.gate or not self.cfg:
             return self._original(*args, **kwargs)
         full = (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).shape[0]
-        taken = _take(kwargs, full, self.cond)
+        taken = _take(kwargs, full, self.second)
         if self.guess_mode:
             for key in ("down_block_additional_residuals", "mid_block_additional_residual"):
                 if key in kwargs:
-                    taken[key] = _take(kwargs[key], full, cond=True)
-        out = self._original(*_take(args, full, self.cond), **taken)
+                    taken[key] = _take(kwargs[key], full, second=True)
+        out = self._original(*_take(args, full, self.second), **taken)
         tensor = out[0] if isinstance(out, tuple) else out.sample
         doubled = torch.cat([tensor, tensor])
         return (doubled,) if isinstance(out, tuple) else type(out)(sample=doubled)
@@ -113,4 +115,4 @@ class ManualControlGate(ManualTGate):
         if step < self.gate or not self.cfg:
             return self._original(*args, **kwargs)
         full = (args[0] if args else kwargs["sample"]).shape[0]
-        return _doubled(self._original(*_take(args, full, self.cond), **_take(kwargs, full, self.cond)))
+        return _doubled(self._original(*_take(args, full, self.second), **_take(kwargs, full, self.second)))

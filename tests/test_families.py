@@ -71,7 +71,11 @@ def test_family(family):
 
     crossgate.remove(pipe)
     assert stats.post_gate_inputs == case.half
-    manuals = [ManualTGate(getattr(pipe, case.denoiser_attr), case.gate, case.cfg, case.half)]
+    manuals = [
+        ManualTGate(
+            getattr(pipe, case.denoiser_attr), case.gate, case.cfg, case.half, cond_first=case.cond_first
+        )
+    ]
     manuals += [ManualControlGate(n, case.gate, case.cfg, case.half, guess_mode=False) for n in nets.values()]
     try:
         expected = call(case)
@@ -106,3 +110,24 @@ def test_pipeline_calling_the_denoiser_per_cfg_branch_is_refused():
     with pytest.raises(crossgate.UnsupportedPipelineError, match="separately for the conditional"):
         crossgate.apply(pipe, gate_step=2)
     assert not crossgate.is_applied(pipe)
+
+
+def test_lumina_batches_cond_first():
+    """The Lumina adapter's cond_first is read from a real call: the first half carries the prompt.
+
+    Its mask (the prompt's tokens) is longer than the empty negative prompt's, so a diffusers release
+    that swaps the order fails here rather than silently feeding the other half after the gate.
+    """
+    from families import lumina
+
+    case = lumina()
+    masks: list[torch.Tensor] = []
+    handle = case.pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs["encoder_mask"]), with_kwargs=True
+    )
+    try:
+        call(case)
+    finally:
+        handle.remove()
+    first, second = masks[0].chunk(2)
+    assert first.sum() > second.sum()

@@ -61,3 +61,28 @@ def test_sequential_cfg_matches_the_manual_reference():
 def test_bad_values_are_clear_errors(field, bad):
     with pytest.raises(crossgate.ConfigError, match=field):
         crossgate.TGateConfig(**{field: bad})
+
+
+def test_cond_first_pipeline_keeps_the_guidance_the_right_way_round():
+    """Lumina-Next batches [cond; uncond]: the kept difference is cond - uncond, handed back cond first.
+
+    Read at the transformer's output (after crossgate's hook): at the first step after the gate the
+    first half minus the second must be w times (cond - uncond) of the step before the gate.
+    """
+    from families import lumina
+    from test_families import call
+
+    case = lumina()
+    weight = 0.7
+    outputs: list[torch.Tensor] = []
+    crossgate.apply(case.pipe, gate_step=case.gate, guidance_after_gate=weight)
+    handle = case.pipe.transformer.register_forward_hook(lambda m, a, out: outputs.append(out[0].clone()))
+    try:
+        call(case)
+    finally:
+        handle.remove()
+        crossgate.remove(case.pipe)
+    before, after = outputs[case.gate - 1], outputs[case.gate]
+    cond, uncond = before.chunk(2)
+    first, second = after.chunk(2)
+    torch.testing.assert_close(first - second, weight * (cond - uncond), atol=1e-5, rtol=1e-4)

@@ -123,6 +123,7 @@ class CallState:
             passes hold one CFG branch, so their caches are not CFG means and the denoiser takes
             their residuals from its cond half.
         control_halved: per ControlNet (by id), the batch of its running pass when the gate halved it.
+        cond_first: the pipeline batches CFG as ``[cond; uncond]`` (Lumina-Next), not ``[uncond; cond]``.
     """
 
     owner: Any
@@ -149,6 +150,11 @@ class CallState:
     control_batches: dict[int, list[int]] = field(default_factory=dict)
     cond_only: set[int] = field(default_factory=set)
     control_halved: dict[int, int] = field(default_factory=dict)
+    cond_first: bool = False
+
+    def post_gate_start(self, half: int) -> int:
+        """Where the CFG half that feeds the passes after the gate starts in a batch of ``2 * half``."""
+        return half if (self.post_gate_inputs == "cond") != self.cond_first else 0
 
     def runs(self, model: Any) -> bool:
         """Whether ``model`` (a denoiser or a ControlNet) belongs to this call's own running pass."""

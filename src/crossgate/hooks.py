@@ -50,7 +50,7 @@ from diffusers.hooks import ModelHook
 
 from crossgate.gate import CallState, current_call
 from crossgate.schedule import Action, self_attention_action
-from crossgate.tensors import cfg_mean, latent_batch, map_batch, relative_change
+from crossgate.tensors import cfg_join, cfg_mean, cfg_split, latent_batch, map_batch, relative_change
 
 
 @dataclass
@@ -290,13 +290,13 @@ class DenoiserGate:
                 f"{full}; this pipeline may call the denoiser separately per CFG branch (unsupported)."
             )
         half = full // 2
-        start = half if call.post_gate_inputs == "cond" else 0
+        start = call.post_gate_start(half)
         call.denoiser_batches.append(half)
         call.halved = half
         per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS}
         sliced_args, sliced_kwargs = map_batch((args, per_sample), full, lambda t: t[start : start + half])
         sliced_kwargs.update({k: v for k, v in kwargs.items() if k in _SHARED_INPUTS})
-        if call.cond_only and start == 0:
+        if call.cond_only and start != half:
             # a guess-mode ControlNet ran on the cond half alone and the pipeline padded its
             # residuals with zeros for the uncond half: take them from the cond half, or the
             # control would vanish after the gate
@@ -329,13 +329,13 @@ class DenoiserGate:
         half, call.halved = call.halved, None
         if half is None:
             if keep_guidance and not call.gated and call.step == call.gate - 1:
-                uncond, cond = _first_tensor(output).chunk(2)
+                uncond, cond = cfg_split(_first_tensor(output), call.cond_first)
                 call.guidance_delta = cond - uncond
             return None
         if not keep_guidance or call.guidance_delta is None:
             return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
         shift = call.guidance_delta * (call.config.guidance_weight(call.step - call.gate) / 2)
-        return _map_first(output, lambda t: torch.cat([t - shift, t + shift], dim=0), half)
+        return _map_first(output, lambda t: cfg_join(t - shift, t + shift, call.cond_first), half)
 
     @staticmethod
     def _after_sequential(call: CallState, output: Any, keep_guidance: bool) -> Any:
@@ -403,7 +403,7 @@ class ControlGate:
                 f"but it got batch {full}."
             )
         half = full // 2
-        start = half if call.post_gate_inputs == "cond" else 0
+        start = call.post_gate_start(half)
         batches.append(half)
         call.control_halved[key] = half
         return map_batch((args, kwargs), full, lambda t: t[start : start + half])

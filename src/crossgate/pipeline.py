@@ -215,6 +215,7 @@ class _Session:
             post_gate_inputs=self.post_gate_inputs,
             cfg_probe=lambda: self.adapter.cfg_active(pipe, self.prompt_cfg),
             sequential=self.adapter.cfg_layout == "sequential",
+            cond_first=self.adapter.cond_first,
         )
 
     def end_step(self, call: CallState, steps: int = 1) -> None:

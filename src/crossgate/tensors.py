@@ -3,6 +3,7 @@
 * :func:`latent_batch`: the batch size of a denoiser call (its latent input's leading dimension);
 * :func:`map_batch`: apply a function to every batch-shaped tensor in nested inputs or outputs;
 * :func:`cfg_mean`: the mean of the ``[uncond; cond]`` halves, what TGATE caches at the gate;
+* :func:`cfg_split` / :func:`cfg_join`: a CFG batch's halves in the pipeline's order and back;
 * :func:`relative_change`: the convergence statistic of ``gate_step="auto"`` and of the analysis tools.
 """
 
@@ -47,6 +48,17 @@ def cfg_mean(output: torch.Tensor) -> torch.Tensor:
     """The mean of the ``[uncond; cond]`` halves: what one pass at batch B replays after the gate."""
     uncond, cond = output.chunk(2, dim=0)
     return (uncond + cond) / 2
+
+
+def cfg_split(batch: torch.Tensor, cond_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(uncond, cond)`` of a CFG batch laid out ``[uncond; cond]`` (or ``[cond; uncond]``)."""
+    first, second = batch.chunk(2, dim=0)
+    return (second, first) if cond_first else (first, second)
+
+
+def cfg_join(uncond: torch.Tensor, cond: torch.Tensor, cond_first: bool = False) -> torch.Tensor:
+    """The inverse of :func:`cfg_split`."""
+    return torch.cat([cond, uncond] if cond_first else [uncond, cond], dim=0)
 
 
 def relative_change(current: torch.Tensor, previous: torch.Tensor) -> float:

@@ -78,6 +78,8 @@ class ModelAdapter:
     # Set for families whose pipeline never batches CFG and says so nowhere (Sana Sprint: guidance is
     # an embedding, there is no `do_classifier_free_guidance` and encode_prompt takes no such flag).
     fixed_cfg: bool | None = None
+    # The pipeline batches CFG as [cond; uncond] instead of [uncond; cond] (Lumina-Next).
+    cond_first: bool = False
     # Where the pipeline keeps the ControlNet(s) it runs beside the denoiser every step, at the
     # denoiser's batch, feeding it residuals: they are gated like the denoiser (see `controls`).
     control_attr: str | None = None

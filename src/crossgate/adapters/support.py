@@ -36,6 +36,8 @@ SVD = ModelAdapter(family="svd", denoiser_attr="unet", post_gate_inputs="cond")
 # no `do_classifier_free_guidance` and its encode_prompt takes no CFG flag: without this the first
 # denoiser pass could not tell whether to halve the batch and would raise mid-call.
 SANA_SPRINT = ModelAdapter(family="sana-sprint", denoiser_attr="transformer", fixed_cfg=False)
+# Lumina-Next batches CFG as [cond; uncond] (prompt first, negative prompt second).
+LUMINA = ModelAdapter(family="lumina", denoiser_attr="transformer", cond_first=True)
 
 # The diffusers release this table was made against: there the classified names and the exported
 # names must be equal; on other releases every exported name must still be classified.
@@ -105,6 +107,7 @@ SUPPORTED: dict[str, Supported] = {
     "LattePipeline": _dit("Latte"),
     "HunyuanDiTPipeline": _dit("HunyuanDiT"),
     "SanaSprintPipeline": Supported(SANA_SPRINT, "Sana Sprint"),
+    "LuminaPipeline": Supported(LUMINA, "Lumina-Next"),
     "Kandinsky3Img2ImgPipeline": _sd("Kandinsky 3 img2img"),
     "StableDiffusionLatentUpscalePipeline": _sd("SD x2 latent upscaler"),
     "AnimateDiffSDXLPipeline": _sd("AnimateDiff SDXL"),
@@ -297,12 +300,6 @@ REFUSED: dict[str, str] = {
     "MusicLDMPipeline": (
         "calls its UNet with `encoder_hidden_states=None` (the text enters as class labels), so its "
         "`attn2` layers attend to the latents themselves: they are self-attention, not TGATE's target."
-    ),
-    "LuminaPipeline": (
-        "batches CFG as [cond; uncond] (the prompt's embeddings and mask first, the negative prompt's "
-        "second; its guidance splits the output as cond, uncond), the reverse of the [uncond; cond] "
-        "layout crossgate's gate assumes when it picks the half that feeds the passes after the gate "
-        "(`post_gate_inputs`): it would run the prompt's half while reporting the negative prompt's."
     ),
     "AceStepPipeline": (
         "applies guidance only inside a timestep interval, through adaptive projected guidance "
