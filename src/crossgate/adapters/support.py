@@ -258,8 +258,10 @@ REFUSED: dict[str, str] = {
         _UNRECOGNISED,
     ),
     "StableDiffusionPanoramaPipeline": (
-        "calls the denoiser once per view window (MultiDiffusion) in every step; crossgate keeps one "
-        "cross-attention output per layer and step, so it would replay one window's attention in all."
+        "calls the denoiser once per view window (MultiDiffusion) in every step, each call with CFG "
+        "interleaved per view ([uncond, cond, uncond, cond, ...] by repeat_interleave); crossgate keeps one "
+        "cross-attention output per layer and step and halves a contiguous [uncond; cond] batch, so it "
+        "would replay one window's attention in all and feed mixed halves."
     ),
     "StableDiffusionSAGPipeline": (
         "self-attention guidance runs a second, degraded denoiser pass per step built from the first "
