@@ -181,3 +181,25 @@ def test_study_configs_through_evaluate(sd_pipe):
     assert tgate.macs_per_image < cached.macs_per_image < plain.macs_per_image  # replays cost nothing
     assert by["tgate m=1 w=1 ws=eps"].macs_per_image == tgate.macs_per_image  # no extra pass
     assert by["deepcache dc=2"].macs_per_image < plain.macs_per_image
+
+
+def test_study_stages_rescale_to_the_same_trajectory_fraction():
+    """The n=50 stage is the n=25 candidates at the same gate fraction and decay per fraction."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "frontier_study.py"
+    spec = importlib.util.spec_from_file_location("frontier_study", path)
+    study = importlib.util.module_from_spec(spec)
+    sys.modules["frontier_study"] = study  # its dataclasses look their module up
+    spec.loader.exec_module(study)
+    assert study.rescaled("tgate:10:w=1:d=0.8", 2) == "tgate:20:w=1:d=0.89"
+    assert study.rescaled("cfg-cutoff:5", 2) == "cfg-cutoff:10"
+    assert study.rescaled("tgate:10:dca=5", 2) == "tgate:20:dca=5"  # DeepCache intervals are per step
+    assert study.rescaled("deepcache:3", 2) == "deepcache:3"
+    assert study.rescaled("tgate:15:w=1:d=0.8", 1) == "tgate:15:w=1:d=0.8"
+    stage = study.STAGES["full-ddim-50"]
+    assert (stage.steps, stage.captions, stage.per_caption) == (50, 96, 4)
+    argv = stage.argv(Path("/tmp/x"))
+    assert argv[argv.index("--gate-steps") + 1] == "10,16,20,30,40"
