@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 TOLERANCE = 0.01  # accuracy within 1 point of plain
@@ -169,6 +169,9 @@ FULL50 = Stage(
     ),
 )
 
+# The second scheduler at full scale (96 x 4): the transfer set plus the earlier fixed gates.
+FULLDPM = replace(DPM25, per_caption=4, gate_steps=(5, 8, 10, 15, 20))
+
 STAGES: dict[str, Stage] = {
     "screen": SCREEN,
     "screen2": SCREEN2,
@@ -176,6 +179,7 @@ STAGES: dict[str, Stage] = {
     "ddim-50": DDIM50,
     "dpm-25": DPM25,
     "full-ddim-50": FULL50,
+    "full-dpm-25": FULLDPM,
 }
 
 
