@@ -30,6 +30,8 @@ class Case:
     actual_steps: int | None = None  # denoising steps the loop really runs (img2img strength)
     half: str = "uncond"  # the CFG half the family feeds after the gate
     cond_first: bool = False  # the pipeline batches CFG as [cond; uncond] (Lumina-Next)
+    passes: int = 1  # denoiser passes per step (Panorama: one per batch of view windows)
+    interleaved: bool = False  # CFG batched per sample, [u0, c0, u1, c1, ...] (Panorama)
     notes: str = ""
     extra_modules: dict[str, Any] = field(default_factory=dict)
 
@@ -1285,6 +1287,60 @@ def kandinsky3_img2img() -> Case:
     )
 
 
+def _panorama(view_batch_size: int = 1, guidance_scale: float = 7.5) -> Case:
+    """SD Panorama (MultiDiffusion) on the tiny SD components, 3 view windows per step.
+
+    ``get_views`` works in latents of 1/8 the pixels with 64-latent windows at stride 8, so the VAE here
+    downsamples by 8 (four blocks) and a 32x640 panorama is a 4x80 latent: windows at columns 0, 8, 16.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPanoramaPipeline
+
+    base = rp.tiny_sd_pipeline()
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    pipe = StableDiffusionPanoramaPipeline(
+        **{**base.components, "vae": vae, "safety_checker": None, "feature_extractor": None},
+        requires_safety_checker=False,
+    )
+    rp.ready(pipe)
+    views = len(pipe.get_views(32, 640))
+    assert views == 3, views
+    return Case(
+        pipe,
+        {
+            "prompt": "a red circle",
+            "negative_prompt": "x",
+            "height": 32,
+            "width": 640,
+            "view_batch_size": view_batch_size,
+            "guidance_scale": guidance_scale,
+        },
+        cfg=guidance_scale > 1,
+        passes=-(-views // view_batch_size),
+        interleaved=True,
+    )
+
+
+def sd_panorama() -> Case:
+    return _panorama()
+
+
+def sd_panorama_view_batches() -> Case:
+    return _panorama(view_batch_size=2)
+
+
+def sd_panorama_no_cfg() -> Case:
+    return _panorama(guidance_scale=1.0)
+
+
 _UNCOND = "uncond: the negative prompt's side inputs, as the original release"
 _NO_CFG = "the whole batch (no CFG)"
 
@@ -1314,6 +1370,11 @@ _CONTROLNET_XS_CFG = (
     "batched; the control branch is part of the denoiser (UNetControlNetXSModel), so it is gated too"
 )
 _MASK_CFG = "batched (attention mask doubled), dropped after the gate"
+_PANORAMA_CFG = (
+    "interleaved per view window ([u0, c0, u1, c1, ...]), one pass per batch of windows each step; "
+    "cross-attention cached per pass, dropped after the gate"
+)
+_PANORAMA_HALF = "uncond: the interleaved batch's even rows (`x[0::2]`), handed back twice per row"
 
 CASES: dict[str, Spec] = {
     "SD 1.x/2.x": Spec(sd, "StableDiffusionPipeline"),
@@ -1416,6 +1477,16 @@ CASES: dict[str, Spec] = {
         "LuminaPipeline",
         "batched as [cond; uncond] (prompt first; the family adapter says so), dropped after the gate",
     ),
+    "SD Panorama": Spec(sd_panorama, "StableDiffusionPanoramaPipeline", _PANORAMA_CFG, _PANORAMA_HALF),
+    "SD Panorama, 2 views per pass": Spec(
+        sd_panorama_view_batches, "StableDiffusionPanoramaPipeline", _PANORAMA_CFG, _PANORAMA_HALF
+    ),
+    "SD Panorama, guidance <= 1": Spec(
+        sd_panorama_no_cfg,
+        "StableDiffusionPanoramaPipeline",
+        "off: each window's output cached as is",
+        _NO_CFG,
+    ),
 }
 
 # Memory and precision features composed with crossgate (tests/test_memory_features.py).
@@ -1511,7 +1582,8 @@ def render_support_matrix() -> str:
         f"{counts['not applicable']} not applicable.** The table is `crossgate/adapters/support.py`; "
         "`tests/test_classification.py` fails when a diffusers release exports a class it does not list.",
         "",
-        f"Supported, CFG batched as `[uncond; cond]` ({len(support.SUPPORTED)} classes, {len(CASES)} cases):",
+        f"Supported, CFG batched in one pass, `[uncond; cond]` unless the CFG column says otherwise "
+        f"({len(support.SUPPORTED)} classes, {len(CASES)} cases):",
         "",
         "| family | pipeline class | CFG | after the gate the denoiser gets | tested in |",
         "|---|---|---|---|---|",

@@ -5,6 +5,11 @@ counts calls (one call per step for first-order schedulers), slices one CFG half
 duplicates the result; plain torch forward hooks record and replay cross-attention outputs.
 ControlNets get the same treatment (:class:`ManualControlGate`): their own call count, one half in
 after the gate, every output duplicated, their cross-attention cached and replayed.
+
+Panorama (MultiDiffusion) calls the UNet ``passes`` times per step, one call per batch of view windows,
+CFG interleaved per view (``[u0, c0, u1, c1, ...]``): call ``k`` is pass ``k % passes`` of step
+``k // passes``, each pass keeps its own cross-attention cache (the mean of its even and odd rows),
+and after the gate it runs the even (uncond) or odd (cond) rows and hands each output row back twice.
 """
 
 from __future__ import annotations
@@ -14,20 +19,22 @@ import torch
 from crossgate.adapters import cross_attention_modules
 
 
-def _take(tree, batch, second: bool):
+def _take(tree, batch, second: bool, interleaved: bool = False):
     """One half of every batch-shaped tensor; rotary tables (never per sample) pass whole."""
     if isinstance(tree, dict) and "image_rotary_emb" in tree:
-        rest = _take({k: v for k, v in tree.items() if k != "image_rotary_emb"}, batch, second)
+        rest = _take({k: v for k, v in tree.items() if k != "image_rotary_emb"}, batch, second, interleaved)
         return {**rest, "image_rotary_emb": tree["image_rotary_emb"]}
     half = batch // 2
     if isinstance(tree, torch.Tensor):
         if not (tree.dim() and tree.shape[0] == batch):
             return tree
+        if interleaved:
+            return tree[1::2] if second else tree[0::2]
         return tree[half:] if second else tree[:half]
     if isinstance(tree, dict):
-        return {key: _take(value, batch, second) for key, value in tree.items()}
+        return {key: _take(value, batch, second, interleaved) for key, value in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_take(value, batch, second) for value in tree)
+        return type(tree)(_take(value, batch, second, interleaved) for value in tree)
     return tree
 
 
@@ -50,12 +57,16 @@ class ManualTGate:
         half: str = "uncond",
         guess_mode: bool = False,
         cond_first: bool = False,
+        passes: int = 1,
+        interleaved: bool = False,
     ) -> None:
         self.denoiser, self.gate, self.cfg = denoiser, gate, cfg
         self.second = (half == "cond") != cond_first  # the half fed after the gate is the batch's second
         self.guess_mode = guess_mode  # a guess-mode ControlNet's residuals live in the cond half only
+        self.passes, self.interleaved = passes, interleaved
         self.calls = 0
-        self.cache: dict[str, torch.Tensor] = {}
+        self.step = self.slot = 0  # of the running call: calls // passes, calls % passes
+        self.cache: dict[tuple[str, int], torch.Tensor] = {}
         self._original = denoiser.forward
         self._own_forward = "forward" in denoiser.__dict__  # e.g. accelerate's offload wrapper
         denoiser.forward = self._forward
@@ -63,31 +74,34 @@ class ManualTGate:
 
     def _hook(self, name):
         def hook(module, inputs, output):
-            step = self.calls - 1
-            if step >= self.gate:
-                return self.cache[name]
-            if step == self.gate - 1:
-                self.cache[name] = (
-                    0.5 * (output[: len(output) // 2] + output[len(output) // 2 :]) if self.cfg else output
-                )
+            key = (name, self.slot)
+            if self.step >= self.gate:
+                return self.cache[key]
+            if self.step == self.gate - 1:
+                if not self.cfg:
+                    self.cache[key] = output
+                elif self.interleaved:
+                    self.cache[key] = 0.5 * (output[0::2] + output[1::2])
+                else:
+                    self.cache[key] = 0.5 * (output[: len(output) // 2] + output[len(output) // 2 :])
             return output
 
         return hook
 
     def _forward(self, *args, **kwargs):
-        step = self.calls
+        self.step, self.slot = divmod(self.calls, self.passes)
         self.calls += 1
-        if step < self.gate or not self.cfg:
+        if self.step < self.gate or not self.cfg:
             return self._original(*args, **kwargs)
         full = (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).shape[0]
-        taken = _take(kwargs, full, self.second)
+        taken = _take(kwargs, full, self.second, self.interleaved)
         if self.guess_mode:
             for key in ("down_block_additional_residuals", "mid_block_additional_residual"):
                 if key in kwargs:
                     taken[key] = _take(kwargs[key], full, second=True)
-        out = self._original(*_take(args, full, self.second), **taken)
+        out = self._original(*_take(args, full, self.second, self.interleaved), **taken)
         tensor = out[0] if isinstance(out, tuple) else out.sample
-        doubled = torch.cat([tensor, tensor])
+        doubled = tensor.repeat_interleave(2, dim=0) if self.interleaved else torch.cat([tensor, tensor])
         return (doubled,) if isinstance(out, tuple) else type(out)(sample=doubled)
 
     def close(self) -> None:
@@ -110,9 +124,9 @@ class ManualControlGate(ManualTGate):
         super().__init__(control, gate, cfg and not guess_mode, half)
 
     def _forward(self, *args, **kwargs):
-        step = self.calls
+        self.step = self.calls
         self.calls += 1
-        if step < self.gate or not self.cfg:
+        if self.step < self.gate or not self.cfg:
             return self._original(*args, **kwargs)
         full = (args[0] if args else kwargs["sample"]).shape[0]
         return _doubled(self._original(*_take(args, full, self.second), **_take(kwargs, full, self.second)))

@@ -2,7 +2,8 @@
 
 For each family (tiny random weights, built in tests/families.py):
 1. gate_step >= steps: `torch.equal` to the plain pipeline;
-2. after the gate: every cross-attention layer (the ControlNets' too) computed in exactly m steps, the
+2. after the gate: every cross-attention layer (the ControlNets' too) computed in exactly m steps and
+   replayed in every pass after them (Panorama: one pass per batch of view windows per step), the
    denoiser batch (and each ControlNet's) halved when the call runs CFG, and the output equal to an
    independent hand-patched TGATE (tests/manual_tgate.py) within atol 1e-4 + rtol 1e-5 (float32
    reassociation only);
@@ -58,10 +59,12 @@ def test_family(family):
     assert stats.num_steps == steps and stats.gate == case.gate
     assert stats.cfg is case.cfg
     assert set(stats.cross_attention_computed_steps.values()) == {case.gate}
-    assert set(stats.cross_attention_replays.values()) == {steps - case.gate}
-    before, after = stats.denoiser_batches[: case.gate], stats.denoiser_batches[case.gate :]
-    assert len(set(before)) == 1 and len(set(after)) == 1
-    assert after[0] == (before[0] // 2 if case.cfg else before[0])
+    assert set(stats.cross_attention_replays.values()) == {(steps - case.gate) * case.passes}
+    split = case.gate * case.passes  # denoiser passes before the gate
+    before, after = stats.denoiser_batches[:split], stats.denoiser_batches[split:]
+    step = before[: case.passes]  # one step's passes
+    assert before == step * case.gate
+    assert after == [b // 2 if case.cfg else b for b in step] * (steps - case.gate)
     assert not torch.equal(gated, plain)
     nets = controlnets(pipe)
     assert set(stats.control_batches) == set(nets)
@@ -73,7 +76,13 @@ def test_family(family):
     assert stats.post_gate_inputs == case.half
     manuals = [
         ManualTGate(
-            getattr(pipe, case.denoiser_attr), case.gate, case.cfg, case.half, cond_first=case.cond_first
+            getattr(pipe, case.denoiser_attr),
+            case.gate,
+            case.cfg,
+            case.half,
+            cond_first=case.cond_first,
+            passes=case.passes,
+            interleaved=case.interleaved,
         )
     ]
     manuals += [ManualControlGate(n, case.gate, case.cfg, case.half, guess_mode=False) for n in nets.values()]
@@ -131,3 +140,54 @@ def test_lumina_batches_cond_first():
         handle.remove()
     first, second = masks[0].chunk(2)
     assert first.sum() > second.sum()
+
+
+def test_panorama_interleaves_cfg_per_view():
+    """The Panorama adapter's layout is read from a real call: [neg, pos, neg, pos] per pass of 2 views.
+
+    A diffusers release that batches the views' CFG contiguously fails here rather than feeding mixed
+    halves after the gate.
+    """
+    from families import sd_panorama_view_batches
+
+    case = sd_panorama_view_batches()
+    seen: list[torch.Tensor] = []
+    handle = case.pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"]), with_kwargs=True
+    )
+    try:
+        call(case)
+    finally:
+        handle.remove()
+    assert len(seen) == case.steps * case.passes
+    embeds = seen[0]
+    assert embeds.shape[0] == 4
+    assert torch.equal(embeds[0], embeds[2]) and torch.equal(embeds[1], embeds[3])
+    assert not torch.equal(embeds[0], embeds[1])
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"self_attention_interval": 2}, "self-attention caching"),
+        ({"gate_step": "auto"}, 'gate_step="auto"'),
+        ({"guidance_after_gate": 0.5}, "guidance_after_gate"),
+    ],
+)
+def test_panorama_refuses_what_a_single_pass_per_step_assumes(option, match):
+    from families import sd_panorama
+
+    pipe = sd_panorama().pipe
+    options = {"gate_step": 3, **option}
+    with pytest.raises(crossgate.ConfigError, match=match):
+        crossgate.check(pipe, **options)
+    with pytest.raises(crossgate.ConfigError, match=match):
+        crossgate.apply(pipe, **options)
+    assert not crossgate.is_applied(pipe) and "progress_bar" not in pipe.__dict__
+    crossgate.apply(pipe, gate_step=3)
+    with pytest.raises(crossgate.ConfigError, match=match):
+        crossgate.apply(pipe, **options)  # a refused reconfiguration keeps the previous one
+    from crossgate.pipeline import configuration
+
+    assert configuration(pipe).gate_step == 3
+    crossgate.remove(pipe)

@@ -124,6 +124,11 @@ class CallState:
             their residuals from its cond half.
         control_halved: per ControlNet (by id), the batch of its running pass when the gate halved it.
         cond_first: the pipeline batches CFG as ``[cond; uncond]`` (Lumina-Next), not ``[uncond; cond]``.
+        interleaved: the pipeline batches CFG per sample, ``[u0, c0, u1, c1, ...]`` (Panorama).
+        per_pass: the loop runs several denoiser passes per step on different inputs (Panorama's view
+            windows); cross-attention keeps one record per pass slot (the j-th pass of a step).
+        slot: the running denoiser pass's index within its step.
+        passes: this call's own denoiser passes started in the current step.
     """
 
     owner: Any
@@ -151,6 +156,14 @@ class CallState:
     cond_only: set[int] = field(default_factory=set)
     control_halved: dict[int, int] = field(default_factory=dict)
     cond_first: bool = False
+    interleaved: bool = False
+    per_pass: bool = False
+    slot: int = 0
+    passes: int = 0
+
+    def begin_pass(self) -> None:
+        """One of this call's own denoiser passes starts: it takes the next slot of the step."""
+        self.slot, self.passes = self.passes, self.passes + 1
 
     def post_gate_start(self, half: int) -> int:
         """Where the CFG half that feeds the passes after the gate starts in a batch of ``2 * half``."""
@@ -185,6 +198,7 @@ class CallState:
             self.convergence.append(change)
         self.policy.after_step(self.step, change)
         self.step += 1
+        self.passes = 0
 
 
 _RUNNING: contextvars.ContextVar[CallState | None] = contextvars.ContextVar("crossgate_call", default=None)
@@ -216,8 +230,10 @@ class CallStats:
         gate: the gate ``m`` it used (for ``"auto"``: the step the convergence rule chose).
         cfg: whether it ran classifier-free guidance.
         denoiser_batches: the batch of every denoiser pass (2B before the gate under CFG, B after).
-        cross_attention_computed_steps: per cross-attention layer, the steps it computed.
-        cross_attention_replays: per cross-attention layer, the passes that replayed its cache.
+        cross_attention_computed_steps: per cross-attention layer, the number of steps in which it
+            computed (``m`` when the gate engaged; a step counts once however many passes it ran).
+        cross_attention_replays: per cross-attention layer, the denoiser passes that replayed its
+            cache (one per step after the gate; Panorama: one per view-window pass after the gate).
         self_attention_computed_steps: TGATE v2: per self-attention layer, the steps it computed.
         convergence: ``"auto"`` only: the layer-averaged relative change, one value per step from 1.
         post_gate_inputs: the CFG half (``"uncond"``/``"cond"``) that fed the passes after the gate.

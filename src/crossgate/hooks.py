@@ -35,6 +35,21 @@ from that name, never from call parity):
 * a denoiser that never ran before the gate (Wan 2.2's second expert when the gate is in the first
   expert's range) has nothing to replay: its cross-attention keeps computing, its uncond call is
   still skipped.
+
+Several passes per step (Panorama, MultiDiffusion: one denoiser pass per view window, each with CFG
+interleaved per view, ``[u0, c0, u1, c1, ...]``; the adapter's ``per_pass_caches`` and
+``cfg_interleaved``):
+
+* each pass of a step takes a slot, its index in the step (the j-th own denoiser pass, counted again
+  from 0 when the step completes); each window has its own queries, so each cross-attention layer
+  keeps its latest output per slot;
+* at the gate slot j's cache is the CFG mean of slot j's output from the last step before it,
+  ``(x[0::2] + x[1::2]) / 2``;
+* after the gate each pass runs one half of its interleaved batch (``x[0::2]``, the uncond entries, by
+  default; ``x[1::2]`` for ``post_gate_inputs="cond"``) with its slot's cache replayed, and hands the
+  output back with each row twice (``repeat_interleave(2)``), so the pipeline's
+  ``noise_pred[::2]``/``noise_pred[1::2]`` guidance returns it unchanged;
+* a layer's computed steps count steps (``m``), its replays count passes (slots x steps after the gate).
 """
 
 from __future__ import annotations
@@ -50,7 +65,16 @@ from diffusers.hooks import ModelHook
 
 from crossgate.gate import CallState, current_call
 from crossgate.schedule import Action, self_attention_action
-from crossgate.tensors import cfg_join, cfg_mean, cfg_split, latent_batch, map_batch, relative_change
+from crossgate.tensors import (
+    cfg_double,
+    cfg_half,
+    cfg_join,
+    cfg_mean,
+    cfg_split,
+    latent_batch,
+    map_batch,
+    relative_change,
+)
 
 
 @dataclass
@@ -126,10 +150,21 @@ class CrossAttentionGateHook(_SkippingHook):
         return record.cache
 
     def record(self, call: CallState) -> CrossAttentionRecord:
+        """The record of the running pass: one per layer, or one per pass slot (``call.per_pass``)."""
+        if call.per_pass:
+            slots: dict[int, CrossAttentionRecord] = call.records.setdefault(self._key, {})
+            if call.slot not in slots:
+                slots[call.slot] = CrossAttentionRecord()
+            return slots[call.slot]
         record = call.records.get(self._key)
         if record is None:
             record = call.records[self._key] = CrossAttentionRecord()
         return record
+
+    def _records(self, call: CallState) -> list[CrossAttentionRecord]:
+        if call.per_pass:
+            return list(call.records.get(self._key, {}).values())
+        return [self.record(call)]
 
     def change_at(self, call: CallState, step: int) -> float | None:
         """This layer's relative change measured at ``step`` of ``call``, if it computed then."""
@@ -137,9 +172,10 @@ class CrossAttentionGateHook(_SkippingHook):
         return change[1] if change is not None and change[0] == step else None
 
     def stats(self, call: CallState) -> tuple[int, int]:
-        """(steps computed, passes replayed) in ``call``."""
-        record = self.record(call)
-        return len(record.computed_steps), record.replays
+        """(steps computed, passes replayed) in ``call``; with per-pass slots, over all of them."""
+        records = self._records(call)
+        computed = set().union(*(record.computed_steps for record in records))
+        return len(computed), sum(record.replays for record in records)
 
     def _keep(self, call: CallState, record: CrossAttentionRecord, output: torch.Tensor) -> None:
         step = call.step
@@ -162,7 +198,7 @@ class CrossAttentionGateHook(_SkippingHook):
         record.latest[_BATCH], record.latest_step[_BATCH] = output, step
 
     def _batched_view(self, call: CallState, output: torch.Tensor) -> torch.Tensor:
-        return cfg_mean(output) if call.cfg_batched(self.model) else output
+        return cfg_mean(output, call.interleaved) if call.cfg_batched(self.model) else output
 
     @staticmethod
     def _complete(call: CallState, record: CrossAttentionRecord, step: int) -> bool:
@@ -178,9 +214,11 @@ class CrossAttentionGateHook(_SkippingHook):
 
     def _freeze(self, call: CallState, record: CrossAttentionRecord) -> torch.Tensor:
         if not record.latest:
+            slot = f" in pass {call.slot} of a step" if call.per_pass else ""
             raise RuntimeError(
-                f"crossgate: cross-attention layer {self.name!r} was never computed before the gate, so "
-                "there is no output to replay. Something skipped it in every step before the gate."
+                f"crossgate: cross-attention layer {self.name!r} was never computed{slot} before the gate, so "
+                "there is no output to replay. Something skipped it in every step before the gate"
+                + (", or the pipeline runs more denoiser passes per step after the gate." if slot else ".")
             )
         if call.sequential:
             if call.cfg and not self._complete(call, record, max(record.latest_step.values())):
@@ -275,6 +313,7 @@ class DenoiserGate:
         call.foreign_pass = _calling_pipeline() is not call.owner
         if call.foreign_pass:
             return None  # a pipeline sharing this denoiser, called from inside this call: plain
+        call.begin_pass()
         call.runs_cfg()
         full = latent_batch(args, kwargs)
         if not (call.gated and call.cfg):
@@ -290,13 +329,15 @@ class DenoiserGate:
                 f"{full}; this pipeline may call the denoiser separately per CFG branch (unsupported)."
             )
         half = full // 2
-        start = call.post_gate_start(half)
+        second = call.post_gate_start(half) == half  # the half fed after the gate is the batch's second
         call.denoiser_batches.append(half)
         call.halved = half
         per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS}
-        sliced_args, sliced_kwargs = map_batch((args, per_sample), full, lambda t: t[start : start + half])
+        sliced_args, sliced_kwargs = map_batch(
+            (args, per_sample), full, lambda t: cfg_half(t, second, call.interleaved)
+        )
         sliced_kwargs.update({k: v for k, v in kwargs.items() if k in _SHARED_INPUTS})
-        if call.cond_only and start != half:
+        if call.cond_only and not second:
             # a guess-mode ControlNet ran on the cond half alone and the pipeline padded its
             # residuals with zeros for the uncond half: take them from the cond half, or the
             # control would vanish after the gate
@@ -333,7 +374,7 @@ class DenoiserGate:
                 call.guidance_delta = cond - uncond
             return None
         if not keep_guidance or call.guidance_delta is None:
-            return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+            return map_batch(output, half, lambda t: cfg_double(t, call.interleaved))
         shift = call.guidance_delta * (call.config.guidance_weight(call.step - call.gate) / 2)
         return _map_first(output, lambda t: cfg_join(t - shift, t + shift, call.cond_first), half)
 

@@ -216,6 +216,8 @@ class _Session:
             cfg_probe=lambda: self.adapter.cfg_active(pipe, self.prompt_cfg),
             sequential=self.adapter.cfg_layout == "sequential",
             cond_first=self.adapter.cond_first,
+            interleaved=self.adapter.cfg_interleaved,
+            per_pass=self.adapter.per_pass_caches,
         )
 
     def end_step(self, call: CallState, steps: int = 1) -> None:
@@ -359,7 +361,30 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
             "CFG as two denoiser calls per step (its caches would mix the branches); leave "
             "self_attention_interval=None and self_attention_interval_after=1."
         )
+    if adapter.per_pass_caches:
+        _check_per_pass(type(pipe).__name__, config)
     return config
+
+
+def _check_per_pass(name: str, config: TGateConfig) -> None:
+    """What a pipeline running several denoiser passes per step (Panorama's windows) cannot use."""
+    why = f"{name} runs one denoiser pass per view window in every step"
+    if config.caches_self_attention:
+        raise ConfigError(
+            f"TGATE v2's self-attention caching is not supported for {name}: {why}, and a cache per layer "
+            "would hand one window's self-attention to the others; leave self_attention_interval=None and "
+            "self_attention_interval_after=1."
+        )
+    if config.is_auto:
+        raise ConfigError(
+            f'gate_step="auto" is not supported for {name}: {why}, and the auto rule\'s tolerance is '
+            "calibrated on one pass per step; give gate_step as steps or as a fraction."
+        )
+    if config.guidance_after_gate > 0:
+        raise ConfigError(
+            f"guidance_after_gate is not supported for {name}: {why}, and the guidance kept at the gate is "
+            "one pass's; leave guidance_after_gate=0."
+        )
 
 
 def last_call(pipe: Any) -> CallStats | None:

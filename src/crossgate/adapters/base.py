@@ -80,6 +80,15 @@ class ModelAdapter:
     fixed_cfg: bool | None = None
     # The pipeline batches CFG as [cond; uncond] instead of [uncond; cond] (Lumina-Next).
     cond_first: bool = False
+    # The pipeline batches CFG per sample, [u0, c0, u1, c1, ...] (`repeat_interleave(2)`), and guides
+    # with `noise_pred[::2]` / `noise_pred[1::2]` (Panorama).
+    cfg_interleaved: bool = False
+    # The loop runs several denoiser passes per step on different inputs (Panorama: one per view
+    # window): each cross-attention layer keeps one output per pass slot, the j-th pass of a step.
+    per_pass_caches: bool = False
+    # The pipeline's `do_classifier_free_guidance` property does not tell (Panorama's always says
+    # False; its loop decides from guidance_scale): read the flag it passes to encode_prompt instead.
+    cfg_from_encode_prompt: bool = False
     # Where the pipeline keeps the ControlNet(s) it runs beside the denoiser every step, at the
     # denoiser's batch, feeding it residuals: they are gated like the denoiser (see `controls`).
     control_attr: str | None = None
@@ -152,7 +161,7 @@ class ModelAdapter:
         if self.fixed_cfg is not None:
             return self.fixed_cfg
         try:
-            flag = getattr(pipe, "do_classifier_free_guidance", None)
+            flag = None if self.cfg_from_encode_prompt else getattr(pipe, "do_classifier_free_guidance", None)
         except AttributeError:  # the property reads a value set only inside __call__
             flag = None
         if flag is None:

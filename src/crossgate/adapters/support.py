@@ -11,9 +11,10 @@ Each class is in exactly one bucket:
 * :data:`NOT_APPLICABLE`: nothing to gate (no cross-attention, or no ``unet``/``transformer``).
 
 Why a table and not a rule: a rule ("has a ``unet`` with ``attn2`` and batches CFG") accepted
-pipelines that then raised mid-call (PAG's three-way batch, InstructPix2Pix, Panorama's per-window
-passes). Now a class nobody has classified is refused, and ``tests/test_classification.py`` fails
-when a diffusers release exports one, so the table cannot go stale.
+pipelines that then raised mid-call (PAG's three-way batch, InstructPix2Pix) or gated them wrongly
+(Panorama's per-window passes, since supported by an adapter of its own). Now a class nobody has
+classified is refused, and ``tests/test_classification.py`` fails when a diffusers release exports
+one, so the table cannot go stale.
 
 User subclasses resolve to their nearest diffusers ancestor. One that overrides ``__call__`` has an
 untested loop and is refused unless the user vouches for it with :func:`allow_untested`, which also
@@ -38,6 +39,16 @@ SVD = ModelAdapter(family="svd", denoiser_attr="unet", post_gate_inputs="cond")
 SANA_SPRINT = ModelAdapter(family="sana-sprint", denoiser_attr="transformer", fixed_cfg=False)
 # Lumina-Next batches CFG as [cond; uncond] (prompt first, negative prompt second).
 LUMINA = ModelAdapter(family="lumina", denoiser_attr="transformer", cond_first=True)
+# Panorama (MultiDiffusion) runs one UNet pass per view window in every step, CFG interleaved per view
+# ([u0, c0, u1, c1, ...]); its `do_classifier_free_guidance` property is always False (the loop decides
+# from guidance_scale and tells encode_prompt). Semantics: crossgate.hooks.
+PANORAMA = ModelAdapter(
+    family="panorama",
+    denoiser_attr="unet",
+    cfg_interleaved=True,
+    per_pass_caches=True,
+    cfg_from_encode_prompt=True,
+)
 
 # The diffusers release this table was made against: there the classified names and the exported
 # names must be equal; on other releases every exported name must still be classified.
@@ -118,6 +129,7 @@ SUPPORTED: dict[str, Supported] = {
     "KolorsImg2ImgPipeline": _sd("Kolors img2img"),
     "AllegroPipeline": _dit("Allegro"),
     "SanaVideoPipeline": _dit("Sana Video"),
+    "StableDiffusionPanoramaPipeline": Supported(PANORAMA, "SD Panorama"),
 }
 
 # Per-branch CFG with cross-attention (Wan's family). Status and reason: adapters/sequential.py.
@@ -256,12 +268,6 @@ REFUSED: dict[str, str] = {
             "PRXPixelPipeline",
         ),
         _UNRECOGNISED,
-    ),
-    "StableDiffusionPanoramaPipeline": (
-        "calls the denoiser once per view window (MultiDiffusion) in every step, each call with CFG "
-        "interleaved per view ([uncond, cond, uncond, cond, ...] by repeat_interleave); crossgate keeps one "
-        "cross-attention output per layer and step and halves a contiguous [uncond; cond] batch, so it "
-        "would replay one window's attention in all and feed mixed halves."
     ),
     "StableDiffusionSAGPipeline": (
         "self-attention guidance runs a second, degraded denoiser pass per step built from the first "
