@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
 import warnings
-
-# Idle OpenMP threads sleep instead of spinning: on a shared or loaded machine two spinning torch
-# threads starve each other (one family test measured 67 s spinning, 2.4 s passive). Set before
-# torch is imported; an explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import torch
@@ -17,7 +11,10 @@ import torch
 from crossgate.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 warnings.filterwarnings("ignore", category=FutureWarning)
-torch.set_num_threads(2)
+# One thread: the tiny models gain nothing from two (measured: test_core + test_v2 52.9 s with one,
+# 56.2 s with two on an idle machine), and a single thread never spins against another on a loaded
+# one (two spinning OpenMP threads made one family test 67 s instead of 2.4 s).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
