@@ -1119,7 +1119,6 @@ def allegro() -> Case:
 def lumina() -> Case:
     """Lumina-Next (LuminaPipeline) with a tiny Next-DiT, Gemma-2 encoder and VAE (32 px, 4x4 latents)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, LuminaNextDiT2DModel, LuminaPipeline
-    from transformers import Gemma2Config, Gemma2Model
 
     torch.manual_seed(0)
     # the pipeline pads prompts to 256 tokens; the appended </s> keeps an empty negative prompt's mask
@@ -1141,21 +1140,7 @@ def lumina() -> Case:
         cross_attention_dim=8,
         scaling_factor=1.0,
     )
-    text_encoder = Gemma2Model(
-        Gemma2Config(
-            head_dim=16,
-            hidden_size=8,
-            intermediate_size=64,
-            max_position_embeddings=512,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            pad_token_id=0,
-            bos_token_id=3,
-            eos_token_id=1,
-        )
-    )
+    text_encoder = rp.tiny_gemma2_encoder(tokenizer)
     pipe = LuminaPipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(),

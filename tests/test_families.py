@@ -121,6 +121,19 @@ def test_pipeline_calling_the_denoiser_per_cfg_branch_is_refused():
     assert not crossgate.is_applied(pipe)
 
 
+def inputs_seen(case: Case, module: torch.nn.Module, key: str) -> list[torch.Tensor]:
+    """The keyword input ``key`` of every ``module`` call during one plain call of ``case``."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs[key]), with_kwargs=True
+    )
+    try:
+        call(case)
+    finally:
+        handle.remove()
+    return seen
+
+
 def test_lumina_batches_cond_first():
     """The Lumina adapter's cond_first is read from a real call: the first half carries the prompt.
 
@@ -130,14 +143,7 @@ def test_lumina_batches_cond_first():
     from families import lumina
 
     case = lumina()
-    masks: list[torch.Tensor] = []
-    handle = case.pipe.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: masks.append(kwargs["encoder_mask"]), with_kwargs=True
-    )
-    try:
-        call(case)
-    finally:
-        handle.remove()
+    masks = inputs_seen(case, case.pipe.transformer, "encoder_mask")
     first, second = masks[0].chunk(2)
     assert first.sum() > second.sum()
 
@@ -151,14 +157,7 @@ def test_panorama_interleaves_cfg_per_view():
     from families import sd_panorama_view_batches
 
     case = sd_panorama_view_batches()
-    seen: list[torch.Tensor] = []
-    handle = case.pipe.unet.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"]), with_kwargs=True
-    )
-    try:
-        call(case)
-    finally:
-        handle.remove()
+    seen = inputs_seen(case, case.pipe.unet, "encoder_hidden_states")
     assert len(seen) == case.steps * case.passes
     embeds = seen[0]
     assert embeds.shape[0] == 4

@@ -165,9 +165,10 @@ class CallState:
         """One of this call's own denoiser passes starts: it takes the next slot of the step."""
         self.slot, self.passes = self.passes, self.passes + 1
 
-    def post_gate_start(self, half: int) -> int:
-        """Where the CFG half that feeds the passes after the gate starts in a batch of ``2 * half``."""
-        return half if (self.post_gate_inputs == "cond") != self.cond_first else 0
+    @property
+    def feeds_second_half(self) -> bool:
+        """Whether the CFG half that feeds the passes after the gate is the batch's second one."""
+        return (self.post_gate_inputs == "cond") != self.cond_first
 
     def runs(self, model: Any) -> bool:
         """Whether ``model`` (a denoiser or a ControlNet) belongs to this call's own running pass."""

@@ -289,20 +289,33 @@ class SelfAttentionCacheHook(_SkippingHook):
         return step < call.num_steps and self._action(call, step) is Action.REUSE
 
 
-class DenoiserGate:
-    """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed."""
+class _InputOutputHooks:
+    """PyTorch forward pre/post hooks on one model (``_before`` / ``_after``), removable together."""
 
-    def __init__(self, denoiser: torch.nn.Module) -> None:
-        self.denoiser = denoiser
+    def __init__(self, model: torch.nn.Module) -> None:
         self._handles: list[torch.utils.hooks.RemovableHandle] = [
-            denoiser.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
-            denoiser.register_forward_hook(self._after),
+            model.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
+            model.register_forward_hook(self._after),
         ]
+
+    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        raise NotImplementedError
+
+    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        raise NotImplementedError
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+class DenoiserGate(_InputOutputHooks):
+    """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed."""
+
+    def __init__(self, denoiser: torch.nn.Module) -> None:
+        self.denoiser = denoiser
+        super().__init__(denoiser)
 
     def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = current_call()
@@ -328,8 +341,7 @@ class DenoiserGate:
                 f"crossgate: expected a [uncond; cond] batch after the gate but the denoiser got batch "
                 f"{full}; this pipeline may call the denoiser separately per CFG branch (unsupported)."
             )
-        half = full // 2
-        second = call.post_gate_start(half) == half  # the half fed after the gate is the batch's second
+        half, second = full // 2, call.feeds_second_half
         call.denoiser_batches.append(half)
         call.halved = half
         per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS}
@@ -343,7 +355,7 @@ class DenoiserGate:
             # control would vanish after the gate
             for key in _CONTROL_RESIDUALS:
                 if key in kwargs:
-                    sliced_kwargs[key] = map_batch(kwargs[key], full, lambda t: t[half:])
+                    sliced_kwargs[key] = map_batch(kwargs[key], full, lambda t: cfg_half(t, True))
         return sliced_args, sliced_kwargs
 
     @staticmethod
@@ -397,7 +409,7 @@ class DenoiserGate:
         return None
 
 
-class ControlGate:
+class ControlGate(_InputOutputHooks):
     """Run a ControlNet at the denoiser's batch after the gate: one CFG half in, residuals out twice.
 
     Before the gate the ControlNet runs as written and its cross-attention layers keep their outputs
@@ -411,15 +423,7 @@ class ControlGate:
 
     def __init__(self, control: torch.nn.Module) -> None:
         self.control = control
-        self._handles: list[torch.utils.hooks.RemovableHandle] = [
-            control.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
-            control.register_forward_hook(self._after),
-        ]
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        super().__init__(control)
 
     def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = current_call()
@@ -443,11 +447,10 @@ class ControlGate:
                 f"crossgate: expected a [uncond; cond] batch for {type(self.control).__name__} after the gate "
                 f"but it got batch {full}."
             )
-        half = full // 2
-        start = call.post_gate_start(half)
+        half, second = full // 2, call.feeds_second_half
         batches.append(half)
         call.control_halved[key] = half
-        return map_batch((args, kwargs), full, lambda t: t[start : start + half])
+        return map_batch((args, kwargs), full, lambda t: cfg_half(t, second, call.interleaved))
 
     def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
         call = current_call()
@@ -456,7 +459,7 @@ class ControlGate:
         half = call.control_halved.pop(id(self.control), None)
         if half is None:
             return None
-        return map_batch(output, half, lambda t: torch.cat([t, t], dim=0))
+        return map_batch(output, half, lambda t: cfg_double(t, call.interleaved))
 
 
 class BlockSkipHook(_SkippingHook):

@@ -226,6 +226,27 @@ def tiny_t5_encoder(tokenizer: Any, width: int = 32):
     return t5_encoder(tokenizer, width, d_kv=8, d_ff=37, num_heads=4)
 
 
+def tiny_gemma2_encoder(tokenizer: Any):
+    """A one-layer Gemma-2 encoder of width 8 (Sana, Lumina-Next) over ``tokenizer``'s vocabulary."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    return Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=8,
+            intermediate_size=64,
+            max_position_embeddings=512,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            pad_token_id=0,
+            bos_token_id=3,
+            eos_token_id=1,
+        )
+    )
+
+
 def tiny_pixart_pipeline(seed: int = 0, sigma: bool = False):
     """PixArt-Alpha (or -Sigma) with a tiny T5 encoder and transformer; latents 8x8 for 64x64 images."""
     from diffusers import (
@@ -269,7 +290,6 @@ def tiny_pixart_pipeline(seed: int = 0, sigma: bool = False):
 def tiny_sana_pipeline(seed: int = 0):
     """Sana with a tiny Gemma2 encoder, DC-AE and linear-attention transformer."""
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     torch.manual_seed(seed)
     tokenizer = char_fast_tokenizer(max_length=300, eos=False)
@@ -304,21 +324,7 @@ def tiny_sana_pipeline(seed: int = 0):
         decoder_act_fns="silu",
         scaling_factor=0.41407,
     )
-    text_encoder = Gemma2Model(
-        Gemma2Config(
-            head_dim=16,
-            hidden_size=8,
-            intermediate_size=64,
-            max_position_embeddings=512,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            pad_token_id=0,
-            bos_token_id=3,
-            eos_token_id=1,
-        )
-    )
+    text_encoder = tiny_gemma2_encoder(tokenizer)
     pipe = SanaPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
