@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import threading
 from fractions import Fraction
 
@@ -99,11 +100,18 @@ def test_gated_pipeline_nested_in_another_gated_call(sd_pipe, _sd_template):
 
 
 def test_concurrent_threads_on_a_shared_unet_each_get_their_own_output(sd_pipe, _sd_template):
-    # Shares every model; the scheduler keeps per-call state of its own (timesteps, step index), so a
-    # scheduler shared across threads races whatever crossgate does: each thread gets its own.
+    # Shares every model. Two components race across threads whatever crossgate does, so each thread
+    # gets its own: the scheduler keeps per-call state (timesteps, step index), and a fast tokenizer
+    # reconfigures padding on its shared Rust object at every call (transformers#47085: wrong padding
+    # or "Already borrowed"; it once made the plain output here differ, with or without crossgate).
     plain_twin = StableDiffusionPipeline(
-        **{**sd_pipe.components, "scheduler": copy.deepcopy(sd_pipe.scheduler)}
+        **{
+            **sd_pipe.components,
+            "scheduler": copy.deepcopy(sd_pipe.scheduler),
+            "tokenizer": copy.deepcopy(sd_pipe.tokenizer),
+        }
     )
+    assert plain_twin.unet is sd_pipe.unet and plain_twin.text_encoder is sd_pipe.text_encoder
     crossgate.apply(sd_pipe, gate_step=2)
     expected_gated = _expected(_sd_template, 2)
     expected_plain = _expected(_sd_template, None, "a blue square", seed=1)
@@ -116,19 +124,24 @@ def test_concurrent_threads_on_a_shared_unet_each_get_their_own_output(sd_pipe, 
         except BaseException as error:  # reported below, with the thread's error
             errors.append(error)
 
-    for _ in range(3):
-        results.clear()
-        threads = [
-            threading.Thread(target=work, args=("gated", sd_pipe, "a red circle", 0)),
-            threading.Thread(target=work, args=("plain", plain_twin, "a blue square", 1)),
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not errors, errors
-        assert torch.equal(results["gated"], expected_gated)
-        assert torch.equal(results["plain"], expected_plain)
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over often, so the two calls interleave inside passes
+    try:
+        for _ in range(3):
+            results.clear()
+            threads = [
+                threading.Thread(target=work, args=("gated", sd_pipe, "a red circle", 0)),
+                threading.Thread(target=work, args=("plain", plain_twin, "a blue square", 1)),
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert not errors, errors
+            assert torch.equal(results["gated"], expected_gated)
+            assert torch.equal(results["plain"], expected_plain)
+    finally:
+        sys.setswitchinterval(switch_interval)
 
 
 def test_replaced_denoiser_is_rehooked_at_the_next_call(sd_pipe, _sd_template):
