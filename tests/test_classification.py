@@ -8,8 +8,11 @@ before anything on the pipeline is touched.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import re
 import typing
+from pathlib import Path
 
 import diffusers
 import pytest
@@ -18,12 +21,27 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 import crossgate
 from crossgate.adapters import cross_attention_modules, support
-from crossgate.adapters.registry import calls_denoiser_per_cfg_branch
+from crossgate.adapters.registry import batches_more_than_two_branches, calls_denoiser_per_cfg_branch
 from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
 from crossgate.testing import tiny_sd_pipeline
-from families import CASES, classification_counts
+from families import CASES
 
-EXPORTED = sorted(n for n in dir(diffusers) if n.endswith("Pipeline"))
+
+def _exported_pipeline_names() -> list[str]:
+    """Every name diffusers exports that is a pipeline class: each ``DiffusionPipeline`` subclass whatever
+    its name, and (modular pipelines, placeholders for missing backends) each name ending in "Pipeline".
+    Found here by itself, not with crossgate's own finder (``support.exported_pipelines``)."""
+    names = []
+    for name in dir(diffusers):
+        if name.startswith("_"):
+            continue
+        obj = getattr(diffusers, name)
+        if name.endswith("Pipeline") or (isinstance(obj, type) and issubclass(obj, DiffusionPipeline)):
+            names.append(name)
+    return sorted(names)
+
+
+EXPORTED = _exported_pipeline_names()
 BUCKETS = {
     "supported": set(support.SUPPORTED),
     "sequential CFG": set(support.SEQUENTIAL_CFG),
@@ -36,11 +54,23 @@ def _cls(name: str) -> type:
     return getattr(diffusers, name)  # resolves diffusers' lazy import
 
 
+def _classification_counts() -> dict[str, int]:
+    spec = importlib.util.spec_from_file_location(
+        "support_matrix", Path(__file__).resolve().parents[1] / "scripts" / "support_matrix.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.classification_counts()
+
+
 def test_every_exported_pipeline_is_classified():
+    """Classified as itself: a class whose name does not end in "Pipeline" used to resolve to its base,
+    ``DiffusionPipeline``, and be told it is "a custom pipeline" (StableDiffusionPipelineSafe)."""
     unclassified = [
         n
         for n in EXPORTED
         if "not in crossgate's classification" in (support.classify(_cls(n)) or _none()).reason
+        or support.classify(_cls(n)).name != _cls(n).__name__
     ]
     assert not unclassified, (
         f"diffusers {diffusers.__version__} exports pipelines nobody has classified: {unclassified}; add each "
@@ -62,10 +92,17 @@ def _is_modular(cls: type) -> bool:
     return any(c.__name__ == "ModularPipeline" for c in cls.__mro__)
 
 
+def test_crossgates_finder_sees_every_exported_pipeline_class():
+    assert sorted(support.exported_pipelines()) == EXPORTED
+    assert {"StableDiffusionPipelineSafe", "LEditsPPPipelineStableDiffusion", "SanaWMLTX2Refiner"} <= set(
+        EXPORTED
+    )
+
+
 def test_buckets_are_disjoint_and_counts_add_up():
     names = [n for bucket in BUCKETS.values() for n in bucket]
     assert len(names) == len(set(names)), "a class is in two buckets"
-    counts = classification_counts()
+    counts = _classification_counts()
     assert sum(counts.values()) == len(EXPORTED)
     assert counts["supported"] >= len(support.SUPPORTED)
 
@@ -268,3 +305,185 @@ def test_added_kv_attention_mixes_self_and_cross_attention():
         support.classify(_cls(n)).reason == support.REFUSED["IFPipeline"]
         for n in ("IFPipeline", "KandinskyV22Pipeline", "KandinskyPipeline")
     )
+
+
+# ---------------------------------------------------------------- verdicts pinned, reasons checkable
+
+_SUPPORTED, _REFUSED, _NA = support.SUPPORTED_STATUS, support.REFUSED_STATUS, support.NOT_APPLICABLE_STATUS
+_KANDINSKY_COMBINED = (
+    "KandinskyCombinedPipeline",
+    "KandinskyImg2ImgCombinedPipeline",
+    "KandinskyInpaintCombinedPipeline",
+    "KandinskyV22CombinedPipeline",
+    "KandinskyV22Img2ImgCombinedPipeline",
+    "KandinskyV22InpaintCombinedPipeline",
+)
+_VERSATILE = (
+    "VersatileDiffusionPipeline",
+    "VersatileDiffusionTextToImagePipeline",
+    "VersatileDiffusionDualGuidedPipeline",
+    "VersatileDiffusionImageVariationPipeline",
+)
+# class -> (status, a key phrase of the reason, whether allow_untested may admit it)
+PINNED: dict[str, tuple[str, str, bool]] = {
+    "LEditsPPPipelineStableDiffusion": (_REFUSED, "one branch per editing prompt", False),
+    "LEditsPPPipelineStableDiffusionXL": (_REFUSED, "one branch per editing prompt", False),
+    "SanaWMLTX2Refiner": (_REFUSED, "its progress bar counts blocks", False),
+    "StableDiffusionInpaintPipelineLegacy": (_REFUSED, "StableDiffusionInpaintPipeline (supported)", True),
+    "StableDiffusionPipelineSafe": (_REFUSED, "three branches [uncond, cond, safety concept]", False),
+    "PRXPipeline": (_NA, "concatenates the text and image keys", False),
+    "PRXPixelPipeline": (_NA, "concatenates the text and image keys", False),
+    **dict.fromkeys(_KANDINSKY_COMBINED, (_REFUSED, "neither can be gated", False)),
+    "VersatileDiffusionPipeline": (_REFUSED, "temporary pipeline it builds per call", False),
+    "VersatileDiffusionTextToImagePipeline": (_REFUSED, "`_swap_unet_attention_blocks`", False),
+    "VersatileDiffusionDualGuidedPipeline": (_REFUSED, "`DualTransformer2DModel`", False),
+    "VersatileDiffusionImageVariationPipeline": (_REFUSED, "denoiser `image_unet`", False),
+    "DreamLitePipeline": (_REFUSED, "[uncond, image only, text+image] in edit mode", False),
+    "StableDiffusionDiffEditPipeline": (
+        _REFUSED,
+        "before the editing call. Its denoising loop has cross-attention",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_pinned_verdicts(name, monkeypatch):
+    monkeypatch.setattr(support, "_ALLOWED", set())
+    status, phrase, admissible = PINNED[name]
+    cls = _cls(name)
+    verdict = support.classify(cls)
+    assert (verdict.name, verdict.status) == (name, status), verdict
+    assert phrase in verdict.reason, verdict.reason
+    if status == _REFUSED and admissible:
+        assert support.allow_untested(cls) is cls
+    else:
+        with pytest.raises(crossgate.UnsupportedPipelineError):
+            support.allow_untested(cls)
+
+
+def test_reasons_read_as_sentences():
+    """A reason is one or more whole sentences: DiffEdit's ran "...before the loop; has cross-attention"."""
+    reasons = set(support.REFUSED.values()) | set(support.NOT_APPLICABLE.values())
+    assert not [r for r in reasons if "; has cross-attention" in r or not r.rstrip(")").endswith(".")]
+
+
+def _source(obj) -> str:
+    return inspect.getsource(obj)
+
+
+def test_reasons_hold_in_the_pipelines_source():
+    """Each pinned reason names something the installed diffusers' source shows."""
+    from diffusers.models.transformers.transformer_prx import PRXAttnProcessor2_0
+
+    # PRX: the image queries attend to [text keys; image keys] at once (joint attention)
+    assert "torch.cat((txt_k, img_k)" in _source(PRXAttnProcessor2_0)
+    for name in ("PRXPipeline", "PRXPixelPipeline"):
+        assert _denoiser_types(_cls(name))[0].__name__ == "PRXTransformer2DModel"
+    # Safe Latent Diffusion: three-way batch while safety guidance is on (the default)
+    safe = diffusers.StableDiffusionPipelineSafe
+    assert "[latents] * (3 if enable_safety_guidance else 2)" in _source(safe.__call__)
+    assert inspect.signature(safe.__call__).parameters["sld_guidance_scale"].default == 1000
+    # LEDITS++: 1 + one branch per editing prompt, and an attention store
+    for name in ("LEditsPPPipelineStableDiffusion", "LEditsPPPipelineStableDiffusionXL"):
+        call = _source(_cls(name).__call__)
+        assert "[latents] * (1 + self.enabled_editing_prompts)" in call and "LeditsAttentionStore" in call
+    # SANA-WM refiner: the bar counts blocks, each with its own schedule
+    refiner = _source(diffusers.SanaWMLTX2Refiner.__call__)
+    assert "progress_bar(total=num_blocks)" in refiner and "self.scheduler.set_timesteps" in refiner
+    # Inpaint legacy: deprecated in favour of the supported inpainting pipeline; a plain batched loop
+    legacy = diffusers.StableDiffusionInpaintPipelineLegacy
+    assert "`StableDiffusionInpaintPipeline` instead" in _source(legacy.__init__)
+    assert "torch.cat([latents] * 2) if do_classifier_free_guidance" in _source(legacy.__call__)
+    # DreamLite: two branches to generate, three to edit (an image is given)
+    dreamlite = _source(diffusers.DreamLitePipeline.__call__)
+    assert 'task = "generate" if image is None else "edit"' in dreamlite
+    assert "torch.cat([latents] * 2)" in dreamlite and "torch.cat([latents] * 3)" in dreamlite
+    # DiffEdit: inversion and mask are methods of their own, run before the editing call
+    assert all(hasattr(diffusers.StableDiffusionDiffEditPipeline, m) for m in ("invert", "generate_mask"))
+    # Versatile Diffusion: the denoiser is `image_unet`, rebuilt per task; the umbrella runs temporary pipelines
+    for name in _VERSATILE[1:]:
+        params = inspect.signature(_cls(name).__init__).parameters
+        assert "image_unet" in params and "unet" not in params and "transformer" not in params
+        assert "self.image_unet(" in _source(_cls(name).__call__)
+    assert "_swap_unet_attention_blocks" in _source(diffusers.VersatileDiffusionTextToImagePipeline)
+    assert "DualTransformer2DModel(" in _source(diffusers.VersatileDiffusionDualGuidedPipeline)
+    assert "VersatileDiffusionTextToImagePipeline(**components)" in _source(
+        diffusers.VersatileDiffusionPipeline
+    )
+
+
+@pytest.mark.parametrize("name", _KANDINSKY_COMBINED)
+def test_combined_kandinsky_reason_leads_somewhere(name):
+    """The reason used to send users to `pipe.decoder_pipe`, itself refused. Now: both stages are
+    refused or not applicable (as the source builds them), and the alternative it names is supported."""
+    init = _source(_cls(name).__init__)
+    decoder = re.search(r"self\.decoder_pipe = (\w+)\(", init).group(1)
+    prior = re.search(r"self\.prior_pipe = (\w+)\(", init).group(1)
+    assert support.classify(_cls(decoder)).reason == support.REFUSED["KandinskyV22Pipeline"]
+    assert support.classify(_cls(prior)).status == _NA
+    reason = support.classify(_cls(name)).reason
+    assert "apply crossgate to the decoder" not in reason
+    assert support.classify(diffusers.Kandinsky3Pipeline).status == _SUPPORTED
+    assert "Kandinsky3Pipeline (supported)" in reason
+
+
+def test_more_than_two_branches_are_found_in_the_source():
+    """The check before the call: every class that stacks three or more copies of the latents is found,
+    and no supported class is."""
+    for name in support.SUPPORTED:
+        assert batches_more_than_two_branches(_cls(name)) is None, name
+    for name in (
+        "StableDiffusionPipelineSafe",
+        "StableDiffusionInstructPix2PixPipeline",
+        "StableDiffusionXLInstructPix2PixPipeline",
+        "DreamLitePipeline",
+        "LEditsPPPipelineStableDiffusion",
+        "LEditsPPPipelineStableDiffusionXL",
+        "SemanticStableDiffusionPipeline",
+        "CycleDiffusionPipeline",
+        *(n for n in support.REFUSED if support.REFUSED[n] == support.REFUSED["StableDiffusionPAGPipeline"]),
+    ):
+        assert batches_more_than_two_branches(_cls(name)), name
+
+
+def test_the_opt_in_cannot_start_a_call_that_would_fail_midway(monkeypatch):
+    """StableDiffusionPipelineSafe used to be "a custom pipeline": allow_untested() admitted it, apply()
+    accepted it, and the call failed midway. Now the opt-in refuses it, and even a class admitted by
+    hand (here Safe itself, and a custom pipeline whose loop batches three ways) is refused at apply()."""
+    monkeypatch.setattr(support, "_ALLOWED", set())
+    safe_cls = diffusers.StableDiffusionPipelineSafe
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="safety concept"):
+        support.allow_untested(safe_cls)
+    parts = tiny_sd_pipeline().components
+    safe = safe_cls(
+        **{k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="safety concept"):
+        crossgate.apply(safe, gate_step=2)
+    monkeypatch.setattr(support, "_ALLOWED", {safe_cls})  # as if the opt-in had let it through
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="more than the two CFG branches"):
+        crossgate.apply(safe, gate_step=2)
+    assert not crossgate.is_applied(safe) and "progress_bar" not in vars(safe)
+
+    class ThreeWay(DiffusionPipeline):
+        def __init__(self, unet):
+            super().__init__()
+            self.register_modules(unet=unet)
+
+        def __call__(self, latents, embeds):
+            with self.progress_bar(total=2) as bar:
+                for t in range(2):
+                    out = self.unet(torch.cat([latents] * 3), t, encoder_hidden_states=embeds).sample
+                    latents = out.chunk(3)[0]
+                    bar.update()
+            return latents
+
+    support.allow_untested(ThreeWay)  # a custom pipeline: the opt-in is for these
+    pipe = ThreeWay(parts["unet"])
+    with pytest.raises(crossgate.UnsupportedPipelineError, match=r"torch\.cat\(\[latents\] \* 3\)"):
+        crossgate.apply(pipe, gate_step=1)
+    assert not crossgate.is_applied(pipe)

@@ -2,7 +2,10 @@
 
 Which classes are supported is decided in one place, :mod:`crossgate.adapters.support`; this module
 adds the run-time checks a class name cannot answer (the instance's denoiser really has
-cross-attention; a user subclass's ``__call__`` does not call the denoiser per CFG branch).
+cross-attention; a user subclass's ``__call__`` does not call the denoiser per CFG branch, nor batch
+more than the two CFG branches). These checks also hold for classes admitted with
+:func:`~crossgate.adapters.support.allow_untested`: an opt-in must not start a call that a look at the
+class before the call shows would fail midway.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from crossgate.adapters.base import ModelAdapter, UnsupportedPipelineError
 from crossgate.adapters.sequential import names_cfg_branches, per_branch_refusal
 from crossgate.adapters.support import SVD, TRANSFORMER, UNET
 
-__all__ = ["SVD", "TRANSFORMER", "UNET", "calls_denoiser_per_cfg_branch", "denoiser_of", "resolve_adapter"]
+__all__ = [
+    "SVD",
+    "TRANSFORMER",
+    "UNET",
+    "batches_more_than_two_branches",
+    "calls_denoiser_per_cfg_branch",
+    "denoiser_of",
+    "resolve_adapter",
+]
 
 _ADAPTERS: tuple[ModelAdapter, ...] = (UNET, TRANSFORMER)
 
@@ -39,6 +50,14 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
             f"e.g. pipe = {pipe.__name__}.from_pretrained(...)."
         )
     verdict = _classified(pipe)
+    if verdict is not None:
+        found = batches_more_than_two_branches(type(pipe))
+        if found is not None:
+            raise UnsupportedPipelineError(
+                f"crossgate: {type(pipe).__name__}.__call__ batches more than the two CFG branches "
+                f"[uncond; cond] (`{found}`); crossgate's gate halves a two-branch batch, so the call would "
+                "fail midway. allow_untested() cannot change that."
+            )
     if verdict is None or not callable(pipe) or not hasattr(pipe, "components"):
         raise UnsupportedPipelineError(
             f"crossgate.apply expects a diffusers pipeline (e.g. StableDiffusionPipeline), got "
@@ -84,6 +103,31 @@ def denoiser_of(pipe: object) -> torch.nn.Module:
     raise UnsupportedPipelineError(
         f"{type(pipe).__name__} has neither a `unet` nor a `transformer` denoiser."
     )
+
+
+# The latents batched (or the prediction split) into a number of branches other than a literal 2:
+# `torch.cat([latents] * 3)`, `[latents] * (3 if enable_safety_guidance else 2)`, PAG's
+# `[latents] * (prompt_embeds.shape[0] // latents.shape[0])`, `noise_pred.chunk(1 + n)`.
+_MANY_BRANCHES = re.compile(
+    r"(?:torch\.cat\(\s*)?\[\s*(?:latents|latent_model_input)\s*\]\s*\*\s*(?!\s|2\s*\))[^\n]*"
+    r"|noise_pred\w*\s*\.chunk\(\s*(?!\s|2\s*[,)])[^\n]*"
+)
+
+
+def batches_more_than_two_branches(pipeline_cls: type) -> str | None:
+    """The line of ``pipeline_cls.__call__`` that batches more than two guidance branches, or None.
+
+    PAG, InstructPix2Pix, Safe Latent Diffusion, LEDITS++, SEGA and friends stack three or more copies
+    of the latents per step; after the gate crossgate would split such a batch in two and the call
+    would fail midway. Read from the source, so the refusal happens at ``apply()``, also for a class
+    admitted with ``allow_untested``.
+    """
+    try:
+        source = inspect.getsource(pipeline_cls.__call__)
+    except (OSError, TypeError):
+        return None
+    match = _MANY_BRANCHES.search(source)
+    return match.group(0).strip() if match else None
 
 
 def calls_denoiser_per_cfg_branch(pipeline_cls: type, denoiser_attr: str) -> bool:

@@ -1,5 +1,9 @@
 """Every pipeline class diffusers exports, classified: the one table ``crossgate.apply`` consults.
 
+"Every pipeline class" is :func:`exported_pipelines`: each ``DiffusionPipeline`` (or ``ModularPipeline``)
+subclass diffusers exports, whatever its name (``StableDiffusionPipelineSafe``, ``SanaWMLTX2Refiner``), and
+the placeholders diffusers exports for pipelines whose optional backend is missing (ONNX).
+
 Each class is in exactly one bucket:
 
 * :data:`SUPPORTED`: run end to end on a tiny random-weight build in ``tests/families.py`` (the
@@ -18,7 +22,9 @@ one, so the table cannot go stale.
 
 User subclasses resolve to their nearest diffusers ancestor. One that overrides ``__call__`` has an
 untested loop and is refused unless the user vouches for it with :func:`allow_untested`, which also
-admits diffusers classes refused only for being untested (never one refused for a cause).
+admits diffusers classes refused only for being untested (never one refused for a cause, such as a
+batch of more than two guidance branches: the opt-in cannot make those work, so it must not let a call
+start that would fail midway). Every reason names what can be checked in the pipeline's source.
 """
 
 from __future__ import annotations
@@ -161,6 +167,13 @@ _UNTESTED = (
     "test has run it; crossgate refuses classes it has not run (to try it anyway: "
     "crossgate.adapters.support.allow_untested(type(pipe)))."
 )
+
+
+def _untested(what: str) -> str:
+    """``what`` (a sentence about the class), then why it is refused: untested (allow_untested admits it)."""
+    return f"{what}. Its denoising loop {_UNTESTED}"
+
+
 _PAG = (
     "perturbed-attention guidance batches up to three branches [uncond, cond, perturbed] and swaps "
     "self-attention processors per branch; crossgate's gate halves a two-branch [uncond; cond] batch, "
@@ -172,8 +185,10 @@ _THREE_WAY = (
     "crossgate's gate halves a two-branch [uncond; cond] batch, so it would fail mid-call."
 )
 _COMBINED = (
-    "runs a prior pipeline and then a decoder pipeline, each with its own denoising loop; apply crossgate "
-    "to the decoder (`pipe.decoder_pipe`), whose UNet holds the cross-attention."
+    "runs a prior pipeline (`prior_pipe`) and then a decoder pipeline (`decoder_pipe`), and neither can be "
+    "gated: the prior (a Kandinsky prior pipeline) has no `unet` or `transformer` with cross-attention, and "
+    "the decoder (a Kandinsky 2.x pipeline) is refused for its added-KV attention (see "
+    "KandinskyV22Pipeline). For TGATE on Kandinsky use Kandinsky3Pipeline (supported)."
 )
 _NO_PROGRESS_BAR = (
     "runs its denoising loop without `self.progress_bar`, which is how crossgate learns a call's steps."
@@ -211,12 +226,14 @@ REFUSED: dict[str, str] = {
         _PAG,
     ),
     **dict.fromkeys(
-        (
-            "StableDiffusionInstructPix2PixPipeline",
-            "StableDiffusionXLInstructPix2PixPipeline",
-            "DreamLitePipeline",
-        ),
+        ("StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline"),
         _THREE_WAY,
+    ),
+    "DreamLitePipeline": (
+        "batches three guidance branches [uncond, image only, text+image] in edit mode (an `image` is "
+        "passed: `torch.cat([latents] * 3)`); its text-to-image mode batches [uncond; cond] but is "
+        "untested. The mode is picked per call, after `apply()`, so the class is refused as a whole: "
+        "crossgate's gate halves a two-branch batch and an edit call would fail mid-call."
     ),
     **dict.fromkeys(
         (
@@ -264,10 +281,52 @@ REFUSED: dict[str, str] = {
             "MotifVideoImage2VideoPipeline",
             "LongCatAudioDiTPipeline",
             "BriaFibo2Pipeline",
-            "PRXPipeline",
-            "PRXPixelPipeline",
         ),
         _UNRECOGNISED,
+    ),
+    **dict.fromkeys(
+        ("LEditsPPPipelineStableDiffusion", "LEditsPPPipelineStableDiffusionXL"),
+        "batches the unconditional branch with one branch per editing prompt "
+        "(`torch.cat([latents] * (1 + self.enabled_editing_prompts))`), not the two [uncond; cond] halves "
+        "crossgate's gate splits, and its edit masks read each step's cross-attention maps "
+        "(`LeditsAttentionStore`); it would fail mid-call.",
+    ),
+    "StableDiffusionPipelineSafe": (
+        "(Safe Latent Diffusion) batches three branches [uncond, cond, safety concept] while its safety "
+        "guidance is on (`sld_guidance_scale` > 1, default 1000: `torch.cat([latents] * (3 if "
+        "enable_safety_guidance else 2))`); crossgate's gate halves a two-branch [uncond; cond] batch, so "
+        "it would fail mid-call, and whether safety guidance runs is decided per call, after `apply()`."
+    ),
+    "StableDiffusionInpaintPipelineLegacy": _untested(
+        "is deprecated by diffusers, which says StableDiffusionInpaintPipeline (supported) does exactly "
+        "the same: use that"
+    ),
+    "SanaWMLTX2Refiner": (
+        "(SANA-WM's stage-2 refiner) refines the video block by block with a key/value cache carried "
+        "across blocks: its progress bar counts blocks (`total=num_blocks`), each block runs its own "
+        "few-step Euler schedule from the top plus an extra transformer pass to capture the cache, and "
+        "there is no CFG to drop; crossgate's gate counts the steps of one denoising schedule."
+    ),
+    "VersatileDiffusionPipeline": (
+        "runs each task through a temporary pipeline it builds per call "
+        "(`VersatileDiffusionTextToImagePipeline(**components)`, ...), whose loop crossgate never sees; "
+        "and the task pipelines are refused (their denoiser is `image_unet`, rebuilt per task)."
+    ),
+    "VersatileDiffusionTextToImagePipeline": (
+        "names its denoiser `image_unet` (crossgate gates `unet` or `transformer`), and at construction swaps "
+        "the attention blocks of `image_unet` and `text_unet` (`_swap_unet_attention_blocks`), so the "
+        "modules that attend to the prompt are the text UNet's, moved in; no adapter or test covers that "
+        "layout."
+    ),
+    "VersatileDiffusionDualGuidedPipeline": (
+        "names its denoiser `image_unet` (crossgate gates `unet` or `transformer`) and replaces its "
+        "transformer blocks with `DualTransformer2DModel`, which runs a text and an image cross-attention "
+        "path side by side and mixes their outputs (`mix_ratio`); caching that mixture is not TGATE's "
+        "per-module cache, and no adapter or test covers it."
+    ),
+    "VersatileDiffusionImageVariationPipeline": (
+        "names its denoiser `image_unet` (crossgate gates `unet` or `transformer`) and conditions it on "
+        "image embeddings, not text; no adapter or test covers it."
     ),
     "StableDiffusionSAGPipeline": (
         "self-attention guidance runs a second, degraded denoiser pass per step built from the first "
@@ -297,9 +356,9 @@ REFUSED: dict[str, str] = {
         "batches four branches per step (source and target, each uncond and cond, interleaved), not the "
         "[uncond; cond] halves crossgate's gate splits."
     ),
-    "StableDiffusionDiffEditPipeline": (
-        "edits through DDIM-inverted latents and masks computed by extra denoiser passes before the loop; "
-        + _UNTESTED
+    "StableDiffusionDiffEditPipeline": _untested(
+        "edits through latents inverted by its own loop (`invert()`) and a mask computed by extra "
+        "denoiser passes (`generate_mask()`), both run before the editing call"
     ),
     "AudioLDMPipeline": (
         "calls its UNet with `encoder_hidden_states=None` (the text enters as class labels), so its "
@@ -514,10 +573,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "StableCascadeCombinedPipeline",
             "UnCLIPPipeline",
             "UnCLIPImageVariationPipeline",
-            "VersatileDiffusionPipeline",
-            "VersatileDiffusionTextToImagePipeline",
-            "VersatileDiffusionImageVariationPipeline",
-            "VersatileDiffusionDualGuidedPipeline",
             "WuerstchenPriorPipeline",
             "WuerstchenDecoderPipeline",
             "WuerstchenCombinedPipeline",
@@ -533,6 +588,12 @@ NOT_APPLICABLE: dict[str, str] = {
             "StableDiffusionOnnxPipeline",
         ),
         "runs its models in ONNX Runtime: there is no torch denoiser for crossgate's hooks.",
+    ),
+    **dict.fromkeys(
+        ("PRXPipeline", "PRXPixelPipeline"),
+        "has no cross-attention layers: its attention (`PRXAttnProcessor2_0`) concatenates the text and "
+        "image keys and values (`torch.cat((txt_k, img_k))`), so the image tokens attend to text and image "
+        "at once (joint attention) and there is no cross-attention output for TGATE to cache.",
     ),
     "DiffusionPipeline": (
         "is the base class; `DiffusionPipeline.from_pretrained` returns the concrete pipeline class, and "
@@ -557,8 +618,10 @@ def allow_untested(pipeline_cls: type) -> type:
 
     For a user subclass that overrides ``__call__`` (of a supported class, or of an untested one), a
     custom pipeline deriving from ``DiffusionPipeline``, or a diffusers class refused only for being
-    untested. The run-time checks (denoiser, cross-attention, per-branch calls) still apply. Classes
-    refused for a cause or not applicable stay refused. Returns the class (usable as a decorator).
+    untested. The checks ``apply`` makes before the call still apply (denoiser, cross-attention,
+    per-branch calls, a ``__call__`` that batches more than two guidance branches). Classes refused for
+    a cause (a structural one: the opt-in cannot make them work) or not applicable stay refused.
+    Returns the class (usable as a decorator).
     """
     verdict = classify(pipeline_cls)
     if verdict is None:
@@ -581,6 +644,19 @@ def _is_diffusers(cls: type) -> bool:
     return module == "diffusers" or module.startswith("diffusers.")
 
 
+def _is_pipeline_class(cls: type) -> bool:
+    """A diffusers pipeline class: a ``DiffusionPipeline`` / ``ModularPipeline`` subclass, whatever its
+    name, or a placeholder diffusers exports for a pipeline whose backend is missing (named ``*Pipeline``).
+
+    Not the mixins a pipeline's MRO also holds (``StableDiffusionMixin``, ``FromSingleFileMixin``, ...).
+    """
+    if not _is_diffusers(cls):
+        return False
+    if cls.__name__.endswith("Pipeline"):
+        return True
+    return any(c.__name__ in _BASES and _is_diffusers(c) for c in getattr(cls, "__mro__", ()))
+
+
 def diffusers_ancestor(pipeline_cls: type) -> type | None:
     """The nearest diffusers pipeline class in ``pipeline_cls``'s MRO (itself for a diffusers class).
 
@@ -588,9 +664,33 @@ def diffusers_ancestor(pipeline_cls: type) -> type | None:
     diffusers class they derive from, as user subclasses do.
     """
     for cls in getattr(pipeline_cls, "__mro__", ()):
-        if _is_diffusers(cls) and cls.__name__.endswith("Pipeline"):
+        if _is_pipeline_class(cls):
             return cls
     return None
+
+
+def exported_pipelines() -> dict[str, type]:
+    """Every pipeline class the installed diffusers exports, by name: what the classification covers.
+
+    Found by what each exported name is, not by its spelling (``LEditsPPPipelineStableDiffusion``,
+    ``StableDiffusionPipelineSafe`` and ``SanaWMLTX2Refiner`` do not end in "Pipeline"). Imports every
+    exported name (seconds): for tests and the README matrix, never for ``apply``.
+    """
+    import diffusers
+
+    found: dict[str, type] = {}
+    for name in dir(diffusers):
+        if name.startswith("_"):
+            continue
+        try:
+            obj = getattr(diffusers, name)
+        except Exception:  # an optional backend's name that fails to import is not a class we could get
+            if name.endswith("Pipeline"):
+                raise
+            continue
+        if isinstance(obj, type) and obj.__name__ == name and _is_pipeline_class(obj):
+            found[name] = obj
+    return dict(sorted(found.items()))
 
 
 def classify(pipeline_cls: type) -> Verdict | None:
