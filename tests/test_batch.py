@@ -249,6 +249,62 @@ def test_duplicate_ids_including_case(tmp_path):
     assert "differs only in case from 'x' on line 1" in str(error.value)
 
 
+def test_a_seed_of_thousands_of_digits_is_a_problem_of_its_line(tmp_path):
+    """Python refuses to turn over 4300 digits into an int: json.loads raised a ValueError traceback."""
+    path = tmp_path / "p.jsonl"
+    huge = "1" * 5001
+    path.write_text(
+        f'{{"prompt": "a", "seed": {huge}}}\n{{"prompt": "b", "id": {huge}}}\n'
+        f'{{"prompt": "c", "seed": {2**64}}}\n{{"prompt": "d", "seed": {2**64 - 1}}}\n'
+        f'{{"prompt": "e", "seed": -{huge}}}\n'
+    )
+    with pytest.raises(BatchError) as error:
+        parse_prompts(path)
+    message = str(error.value)
+    assert "4 problem(s); nothing was generated" in message
+    assert 'line 1: "seed" <an integer of 5001 digits> must be an integer in [0, 2**64 - 1]' in message
+    assert 'line 2: "id" <an integer of 5001 digits> is not usable as a file name' in message
+    assert f'line 3: "seed" {2**64} must be an integer' in message and "line 5:" in message
+    assert "line 4:" not in message  # 2**64 - 1 is the largest seed torch.Generator.manual_seed takes
+    path.write_text(f'{{"prompt": "d", "seed": {2**64 - 1}}}\n{{"prompt": "z", "seed": 0}}\n')
+    assert [item.seed for item in parse_prompts(path)] == [2**64 - 1, 0]
+    torch.Generator().manual_seed(2**64 - 1)  # the bound is torch's
+    with pytest.raises((RuntimeError, ValueError)):
+        torch.Generator().manual_seed(2**64)
+
+
+def test_prompts_that_are_not_utf8_text_are_refused(tmp_path):
+    """A lone surrogate escape passed validation and crashed the text encoder once the run had started."""
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"prompt": "a\\ud800b"}\n{"prompt": "ok", "negative_prompt": "x\\udfffy"}\n'
+        '{"prompt": "pair \\ud83d\\ude00 is fine"}\n'
+    )
+    with pytest.raises(BatchError) as error:
+        parse_prompts(path)
+    message = str(error.value)
+    assert "2 problem(s)" in message
+    assert 'line 1: "prompt" holds a lone surrogate' in message
+    assert 'line 2: "negative_prompt" holds a lone surrogate' in message
+    assert "line 3:" not in message
+    path.write_text('{"prompt": "pair \\ud83d\\ude00 is fine"}\n')
+    assert parse_prompts(path)[0].prompt == "pair \U0001f600 is fine"
+
+
+def test_a_key_written_twice_is_refused(tmp_path):
+    """json keeps the last of two equal keys; unknown keys are refused, so duplicates are too."""
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        '{"prompt": "a", "prompt": "b"}\n{"prompt": "c", "seed": 1, "seed": 1}\n{"prompt": "d"}\n'
+    )
+    with pytest.raises(BatchError) as error:
+        parse_prompts(path)
+    message = str(error.value)
+    assert "2 problem(s)" in message
+    assert "line 1: key 'prompt' appears twice in one object; write each key once" in message
+    assert "line 2: key 'seed' appears twice" in message and "line 3:" not in message
+
+
 def test_batches_are_fixed_by_position_and_never_mix_negative_prompts():
     items = [PromptItem(str(i), "p", i, "neg" if i in (3, 4) else None, i) for i in range(8)]
     batches = plan_batches(items, 3)
@@ -289,6 +345,17 @@ def test_bad_input_errors(tmp_path, model_dir, capsys):
     blocker.write_text("")
     code, _, err = run_cli(capsys, str(good), *common_args(model_dir, blocker / "out"))
     assert code == 2 and "cannot write to output directory" in err
+
+    for name, text in (
+        ("seed", '{"prompt": "a", "seed": ' + "9" * 5001 + "}\n"),
+        ("surrogate", '{"prompt": "a\\ud800b"}\n'),
+        ("twice", '{"prompt": "a", "prompt": "b"}\n'),
+    ):
+        bad = tmp_path / f"{name}.jsonl"
+        bad.write_text(text)
+        code, _, err = run_cli(capsys, str(bad), *common_args(model_dir, tmp_path / f"o-{name}"))
+        assert code == 2 and "line 1:" in err and "Traceback" not in err, err
+        assert not (tmp_path / f"o-{name}").exists(), "refused before creating anything"
 
     code, _, err = run_cli(capsys, str(tmp_path / "missing.txt"), *common_args(model_dir, tmp_path / "o3"))
     assert code == 2 and "not found" in err

@@ -170,6 +170,60 @@ def test_damaged_run_json_is_rebuilt_from_intact_records(
     assert not run_json.exists(), "a refused run writes no settings"
 
 
+def test_a_record_with_a_wrongly_typed_setting_is_broken_and_generated_again(
+    tmp_path, model_dir, small_prompts, small_reference, capsys, restore_threads
+):
+    """docs/batch.md: a record whose `config` holds a setting of the wrong type is broken and generated
+    again (it used to be refused as "made with other settings")."""
+    out = copy_of(small_reference, tmp_path)
+    path = out / "records" / "000002.json"
+    record = json.loads(path.read_text())
+    record["config"]["steps"] = str(record["config"]["steps"])  # 8 -> "8", as an edit by hand would
+    path.write_text(json.dumps(record))
+
+    code, stdout, err = run_cli(capsys, str(small_prompts), *args(model_dir, out))
+    assert code == 0 and "Traceback" not in err, err
+    assert "1 result(s) failed verification" in stdout
+    assert "000002: its record has settings of the wrong type: ['steps']" in stdout
+    assert "3 already done, 1 to generate" in stdout
+    assert_complete_and_equal(out, small_reference)
+
+
+def test_a_run_json_with_wrongly_typed_settings_is_damaged_and_rebuilt(
+    tmp_path, model_dir, small_prompts, small_reference, capsys, restore_threads
+):
+    out = copy_of(small_reference, tmp_path)
+    run_json = out / "run.json"
+    original = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**original, "steps": str(original["steps"]), "tgate": 1}))
+
+    code, stdout, err = run_cli(capsys, str(small_prompts), *args(model_dir, out))
+    assert code == 0 and "Traceback" not in err, err
+    assert "run.json was damaged (settings of the wrong type: ['steps', 'tgate']); rebuilt it" in stdout
+    assert "4 already done, 0 to generate" in stdout
+    assert json.loads(run_json.read_text()) == original
+
+
+def test_setting_types_cover_every_setting():
+    """store.SETTING_TYPES is what a run writes: one entry per GenerationSettings field, matching."""
+    import dataclasses
+
+    fields = [f.name for f in dataclasses.fields(batch_run.GenerationSettings)]
+    assert sorted(store.SETTING_TYPES) == sorted(fields)
+    for settings in (
+        batch_run.GenerationSettings(model="m"),
+        batch_run.GenerationSettings(model="m", guidance=7.5, height=64, width=64, gate_step=10, threads=1),
+        batch_run.GenerationSettings(model="m", tgate=False, device="cuda"),
+    ):
+        config = json.loads(json.dumps(settings.as_config()))
+        assert store.wrongly_typed_settings(config) == []
+    assert store.wrongly_typed_settings({"steps": True, "exact": 1, "gate_step": "0.4", "guidance": 7}) == [
+        "exact",
+        "gate_step",
+        "steps",
+    ]
+
+
 # ---------------------------------------------------------------- disk full, Ctrl-C
 
 

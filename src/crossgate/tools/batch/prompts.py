@@ -18,7 +18,47 @@ from crossgate.tools.batch.errors import BatchError, listed
 
 JSONL_KEYS = ("prompt", "negative_prompt", "seed", "id")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-MAX_SEED = 2**64 - 1
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (a negative seed wraps around)
+# Longer integers are never turned into ints: no usable seed or id has more digits, and Python refuses
+# to convert strings of over 4300 digits (a ValueError out of json.loads, not a problem of the line).
+MAX_INT_DIGITS = 128
+
+
+class _LongInteger:
+    """A JSON integer with more than :data:`MAX_INT_DIGITS` digits, kept as text (never a usable value)."""
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | _LongInteger:
+    return int(text) if len(text) <= MAX_INT_DIGITS else _LongInteger(text)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json``'s object hook: an object naming a key twice is refused (json would keep the last one)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _not_utf8(text: str) -> bool:
+    """A string no UTF-8 encoder takes: a lone surrogate, which a JSON escape (``"\\ud800"``) can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -131,9 +171,11 @@ def _parse_jsonl_line(
     raw: str, number: int, default_id: str, base_seed: int
 ) -> tuple[PromptItem | None, str | None]:
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, parse_int=_parse_int, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
         return None, f"not valid JSON ({error.msg} at column {error.colno})"
+    except _DuplicateKey as error:
+        return None, f"key {str(error)!r} appears twice in one object; write each key once"
     except RecursionError:
         return None, "not valid JSON (nested too deeply)"
     if not isinstance(obj, dict):
@@ -147,6 +189,12 @@ def _parse_jsonl_line(
     negative = obj.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         return None, '"negative_prompt" must be a string or null'
+    for key, text in (("prompt", prompt), ("negative_prompt", negative)):
+        if text is not None and _not_utf8(text):
+            return None, (
+                f'"{key}" holds a lone surrogate escape (such as \\ud800), which is not text a tokenizer can '
+                "read; write the character itself or a complete surrogate pair"
+            )
     item_id = obj.get("id", default_id)
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)

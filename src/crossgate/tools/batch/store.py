@@ -9,8 +9,8 @@ Why it is built this way:
 * **Records are the source of truth, and they can be checked.** A prompt is done when
   ``records/<id>.json`` is a well-formed record whose image has the size and sha256 it names and
   decodes. Anything else (a truncated, emptied or overwritten image, a record that is not an
-  object or lacks fields) is a broken result: it is removed and generated again, never trusted and
-  never a traceback. Each record also names the settings that made it, so ``run.json`` can be
+  object, lacks fields or holds a field or setting of the wrong type) is a broken result: it is
+  removed and generated again, never trusted and never a traceback. Each record also names the settings that made it, so ``run.json`` can be
   rebuilt from intact records when it is damaged.
 * **No duplicate manifest entries.** ``manifest.jsonl`` is rebuilt from the records (one per id)
   and replaced atomically; it is never appended to.
@@ -51,6 +51,23 @@ RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     "size": (int,),
     "sha256": (str,),
     "config": (dict,),
+}
+# The JSON types each setting can have (GenerationSettings.as_config; None where a setting may be unset).
+# A setting of another type (`"steps": "2"`) was not written by a run: the record (or run.json) holding
+# it is damaged, and treated as such (regenerated, rebuilt), not as made with other settings.
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "steps": (int,),
+    "guidance": (int, float, type(None)),
+    "height": (int, type(None)),
+    "width": (int, type(None)),
+    "tgate": (bool,),
+    "gate_step": (int, float, type(None)),
+    "dtype": (str,),
+    "batch_size": (int,),
+    "exact": (bool,),
+    "device": (str,),
+    "threads": (int, type(None)),
 }
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 NOT_SETTINGS = ("resolved_gate",)  # in a record's config, but an outcome of the settings, not one of them
@@ -93,6 +110,18 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _typed(value: Any, types: tuple[type, ...]) -> bool:
+    """``value`` is one of ``types``; a bool counts as an int only where bool is listed."""
+    return isinstance(value, types) and (not isinstance(value, bool) or bool in types)
+
+
+def wrongly_typed_settings(config: dict[str, Any]) -> list[str]:
+    """The settings of ``config`` (run.json, or a record's ``config``) whose JSON type no run writes."""
+    return sorted(
+        key for key, types in SETTING_TYPES.items() if key in config and not _typed(config[key], types)
+    )
+
+
 def config_diffs(old: dict[str, Any], new: dict[str, Any], holder: str = "folder has") -> list[str]:
     """One line per setting that differs (a setting missing on one side counts as None)."""
     return [
@@ -114,11 +143,7 @@ def record_problem(record: Any, item_id: str, setting_keys: Collection[str]) -> 
     missing = [key for key in RECORD_FIELDS if key not in record]
     if missing:
         return f"its record lacks {missing}"
-    wrong = [
-        key
-        for key, types in RECORD_FIELDS.items()
-        if not isinstance(record[key], types) or (isinstance(record[key], bool) and bool not in types)
-    ]
+    wrong = [key for key, types in RECORD_FIELDS.items() if not _typed(record[key], types)]
     if wrong:
         return f"its record has fields of the wrong type: {wrong}"
     if record["id"] != item_id or record["file"] != f"{IMAGES}/{item_id}.png":
@@ -128,6 +153,9 @@ def record_problem(record: Any, item_id: str, setting_keys: Collection[str]) -> 
     lacking = sorted(set(setting_keys) - set(record["config"]))
     if lacking:
         return f"its record lacks the settings {lacking}"
+    wrong = wrongly_typed_settings(record["config"])
+    if wrong:
+        return f"its record has settings of the wrong type: {wrong}"
     return None
 
 
@@ -333,6 +361,9 @@ class OutputDir:
             return None, "damaged (not valid JSON)"
         if not isinstance(config, dict):
             return None, "damaged (not a JSON object)"
+        wrong = wrongly_typed_settings(config)
+        if wrong:
+            return None, f"damaged (settings of the wrong type: {wrong})"
         return config, ""
 
     def _record_settings_diffs(self, config: dict[str, Any]) -> list[str]:
