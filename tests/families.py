@@ -8,6 +8,7 @@ README is rendered from :data:`CASES` (see test_support_matrix.py), so it cannot
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -1324,6 +1325,158 @@ def sd_panorama_view_batches() -> Case:
 
 def sd_panorama_no_cfg() -> Case:
     return _panorama(guidance_scale=1.0)
+
+
+# What each attention module really attends to, measured in plain calls (no crossgate involved).
+
+
+class _EnoughSeen(Exception):
+    """Raised once every watched model has made one forward pass: the rest of the call is not needed."""
+
+
+def attention_key_projections(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Every attention module of ``model`` by name, found by its key projection ``to_k``.
+
+    Independent of crossgate's own finder on purpose: nothing here reads ``is_cross_attention`` or a
+    module's name; the key projection is what turns an attention's key/value input into keys.
+    """
+    return {
+        name.rpartition(".")[0]: module
+        for name, module in model.named_modules()
+        if name.rpartition(".")[2] == "to_k"
+    }
+
+
+def first_key_inputs(
+    models: dict[str, torch.nn.Module], run: Callable[[], Any]
+) -> dict[tuple[str, str], Any]:
+    """The input of each attention module's key projection at its first call during ``run()``.
+
+    Keyed ``(model path, module name)``. Plain torch pre-hooks; ``run`` is stopped (by an exception
+    it never sees) as soon as every model in ``models`` has made one forward pass.
+    """
+    seen: dict[tuple[str, str], Any] = {}
+    passes: set[str] = set()
+    handles = []
+
+    def key_hook(key: tuple[str, str]) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            seen.setdefault(key, args[0].detach().clone())
+
+        return hook
+
+    def model_done(path: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            passes.add(path)
+            if passes == set(models):
+                raise _EnoughSeen
+
+        return hook
+
+    for path, model in models.items():
+        handles += [
+            p.register_forward_pre_hook(key_hook((path, n)))
+            for n, p in attention_key_projections(model).items()
+        ]
+        handles.append(model.register_forward_hook(model_done(path)))
+    try:
+        run()
+    except _EnoughSeen:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+_WORDS = ("a", "the", "red", "blue", "green", "small", "round", "circle", "square", "dog", "tree", "sky")
+
+
+def random_prompt(rng: random.Random, avoid: str = "") -> str:
+    """A prompt of known words; with ``avoid``, one that differs from it in its first letter and length."""
+    while True:
+        prompt = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 6)))
+        if not avoid or (prompt[0] != avoid[0] and len(prompt.split()) != len(avoid.split())):
+            return prompt
+
+
+def random_conditioning(
+    kwargs: dict[str, Any], rng: random.Random, avoid: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Random values for what conditions a call: its prompt(s), or its image where it has no prompt (SVD)."""
+    if "prompt" in kwargs:
+        old = (avoid or {}).get("prompt")
+        if isinstance(kwargs["prompt"], list):
+            olds = old or [""] * len(kwargs["prompt"])
+            return {"prompt": [random_prompt(rng, o) for o in olds]}
+        return {"prompt": random_prompt(rng, old or "")}
+    image = kwargs["image"]
+    return {"image": _image(image.size[0], seed=rng.randrange(2**31))}
+
+
+def text_attention(
+    models: dict[str, torch.nn.Module],
+    run: Callable[[int, dict[str, Any]], Any],
+    kwargs: dict[str, Any],
+    rng: random.Random,
+) -> dict[str, set[str]]:
+    """Per model path, the attention modules whose key/value input is the text encoder's output.
+
+    Measured in three plain calls, ``run(seed, conditioning)``: a module attends to the text when the
+    input of its key projection is the same in two calls that differ only in the initial noise (it
+    does not depend on the latents: self-attention does, Kandinsky 3's included, whatever its
+    ``is_cross_attention`` flag says) and changes with another random prompt (it is the conditioning,
+    projected or concatenated as the model does, not a constant). Only the first denoiser pass of
+    each call runs.
+    """
+    seeds = rng.sample(range(2**31), 2)
+    prompt = random_conditioning(kwargs, rng)
+    other = random_conditioning(kwargs, rng, avoid=prompt)
+    base = first_key_inputs(models, lambda: run(seeds[0], prompt))
+    noise = first_key_inputs(models, lambda: run(seeds[1], prompt))
+    text = first_key_inputs(models, lambda: run(seeds[0], other))
+    found: dict[str, set[str]] = {path: set() for path in models}
+    for (path, name), key in base.items():
+        same_text = torch.equal(key, noise[path, name])
+        other_text = text[path, name]
+        if same_text and not (other_text.shape == key.shape and torch.equal(other_text, key)):
+            found[path].add(name)
+    return found
+
+
+def case_models(case: Case) -> dict[str, torch.nn.Module]:
+    """The denoiser (first) and the ControlNets the loop runs beside it, by attribute path."""
+    from diffusers import ControlNetModel, ControlNetUnionModel
+
+    models = {case.denoiser_attr: getattr(case.pipe, case.denoiser_attr)}
+    control = getattr(case.pipe, "controlnet", None)
+    nets = getattr(control, "nets", None)
+    found = (
+        {f"controlnet.nets.{i}": n for i, n in enumerate(nets)}
+        if nets is not None
+        else {"controlnet": control}
+    )
+    models.update({p: n for p, n in found.items() if isinstance(n, (ControlNetModel, ControlNetUnionModel))})
+    return models
+
+
+def plain_call(case: Case, seed: int = 0, global_seed: int | None = None, **overrides: Any) -> torch.Tensor:
+    """One call of ``case`` (latents); ``overrides`` replace its keyword arguments.
+
+    ``seed`` seeds the call's generator (the initial noise); ``global_seed`` (default: ``seed``) torch's
+    global generator, which some pipelines sample conditioning from (I2VGen-XL's image latents).
+    """
+    kwargs = dict(case.kwargs, num_inference_steps=case.steps, output_type="latent", **overrides)
+    torch.manual_seed(seed if global_seed is None else global_seed)
+    out = case.pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed))
+    return out.frames if hasattr(out, "frames") else out.images
+
+
+def case_text_attention(case: Case, rng: random.Random) -> dict[str, set[str]]:
+    """:func:`text_attention` for a family case: its denoiser and ControlNets."""
+    return text_attention(
+        case_models(case), lambda seed, cond: plain_call(case, seed, global_seed=0, **cond), case.kwargs, rng
+    )
 
 
 _UNCOND = "uncond: the negative prompt's side inputs, as the original release"

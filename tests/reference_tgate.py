@@ -1,15 +1,19 @@
 """An independent TGATE: an explicit sampling loop that caches and replays cross-attention by hand.
 
-It shares nothing with crossgate's engine (no hooks registry, no progress bar): plain torch forward
-hooks replace each cross-attention output after the gate, and the loop itself drops CFG. Tests
-compare ``crossgate.apply`` against it.
+It shares nothing with crossgate's engine (no hooks registry, no progress bar, not its module
+finder): plain torch forward hooks replace each cross-attention output after the gate, and the loop
+itself drops CFG. Tests compare ``crossgate.apply`` against it.
+
+Cross-attention is what the loop sees attending to the text: an attention module (found by its key
+projection ``to_k``) whose key input is the very text tensor this loop handed the UNet as
+``encoder_hidden_states``; every other attention module is self-attention.
 """
 
 from __future__ import annotations
 
 import torch
 
-from crossgate.adapters.base import cross_attention_modules, self_attention_modules
+from families import attention_key_projections
 
 
 @torch.no_grad()
@@ -61,9 +65,19 @@ def reference_latents(
     cache: dict[str, torch.Tensor] = {}
     mode = {"record": False, "replay": False}
     delta = None
+    current: dict = {"step": 0, "text": None}
+    key_is_text: dict[str, bool] = {}
+
+    def key_hook(name):
+        def hook(module, args):
+            key_is_text[name] = args[0] is current["text"]
+
+        return hook
 
     def make_hook(name):
         def hook(module, inputs, output):
+            if not key_is_text[name]:
+                return sa_hook(name, output) if sa_plan is not None else output
             if mode["replay"]:
                 return cache[name]
             if mode["record"]:
@@ -72,24 +86,21 @@ def reference_latents(
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in cross_attention_modules(pipe.unet)]
     sa_cache: dict[str, torch.Tensor] = {}
-    current = {"step": 0}
 
-    def make_sa_hook(name):
-        def hook(module, inputs, output):
-            action = sa_plan[current["step"]]
-            if action == "R":
-                return sa_cache[name]
-            if action == "S":
-                at_gate = current["step"] == gate - 1
-                sa_cache[name] = (output[:batch] + output[batch:]) / 2 if (cfg and at_gate) else output
-            return output
+    def sa_hook(name, output):
+        action = sa_plan[current["step"]]
+        if action == "R":
+            return sa_cache[name]
+        if action == "S":
+            at_gate = current["step"] == gate - 1
+            sa_cache[name] = (output[:batch] + output[batch:]) / 2 if (cfg and at_gate) else output
+        return output
 
-        return hook
-
-    if sa_plan is not None:
-        handles += [m.register_forward_hook(make_sa_hook(n)) for n, m in self_attention_modules(pipe.unet)]
+    handles = []
+    for name, to_k in attention_key_projections(pipe.unet).items():
+        handles.append(to_k.register_forward_pre_hook(key_hook(name)))
+        handles.append(pipe.unet.get_submodule(name).register_forward_hook(make_hook(name)))
     try:
         for i, t in enumerate(scheduler.timesteps):
             step = i // scheduler.order
@@ -107,6 +118,7 @@ def reference_latents(
                 )
                 ids = torch.cat([time_ids, time_ids]) if two_branches else time_ids
                 kwargs["added_cond_kwargs"] = {"text_embeds": pooled_in, "time_ids": ids}
+            current["text"] = text
             noise = pipe.unet(model_in, t, encoder_hidden_states=text, return_dict=False, **kwargs)[0]
             if two_branches:
                 uncond, cond = noise.chunk(2)
@@ -119,4 +131,5 @@ def reference_latents(
     finally:
         for handle in handles:
             handle.remove()
+    assert any(key_is_text.values()), "no attention module received the text: nothing was gated"
     return latents

@@ -20,6 +20,7 @@ import crossgate.pipeline
 from conftest import ProcessorCounter, live_call_records, run
 from crossgate.adapters import cross_attention_modules
 from crossgate.gate import current_call
+from crossgate.hooks import hooked
 from reference_tgate import reference_latents
 
 SCHEDULERS = {
@@ -191,7 +192,7 @@ def test_apply_twice_is_idempotent_or_reconfigures(sd_pipe):
     once = run(sd_pipe, steps=6)
     crossgate.apply(sd_pipe, gate_step=2)
     assert torch.equal(run(sd_pipe, steps=6), once)
-    assert all(len(m._diffusers_hook.hooks) == 1 for _, m in cross_attention_modules(sd_pipe.unet)), (
+    assert all(hooked(m) for _, m in cross_attention_modules(sd_pipe.unet)), (
         "a second apply must not stack hooks"
     )
     crossgate.apply(sd_pipe, gate_step=4)
@@ -235,9 +236,56 @@ def test_bad_option_names_and_values(sd_pipe):
         crossgate.apply(sd_pipe, gate=3)
     with pytest.raises(crossgate.ConfigError, match="post_gate_inputs"):
         crossgate.TGateConfig(post_gate_inputs="both")
-    with pytest.raises(TypeError, match="TGateConfig"):
+    with pytest.raises(crossgate.ConfigError, match="TGateConfig"):
         crossgate.apply(sd_pipe, {"gate_step": 3})
     assert not crossgate.is_applied(sd_pipe)
+
+
+def _untouched(pipe) -> bool:
+    """No crossgate session, no instance-level patch, no hook left on any module of the pipeline."""
+    any_hook = any(hooked(m) for m in pipe.unet.modules())
+    return (
+        not crossgate.is_applied(pipe)
+        and "progress_bar" not in pipe.__dict__
+        and "encode_prompt" not in pipe.__dict__
+        and not pipe.unet._forward_pre_hooks
+        and not pipe.unet._forward_hooks
+        and not any_hook
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "hint"),
+    [
+        ("0.4", r"got str '0\.4'; pass options as keywords \(crossgate\.apply\(pipe, gate_step=0\.4\)\)"),
+        (
+            {"gate_step": 3},
+            r"got dict \{'gate_step': 3\}; pass options as keywords \(crossgate\.apply\(pipe, \*\*\{",
+        ),
+        (0.4, "got float 0.4; pass options as keywords"),
+    ],
+)
+def test_config_that_is_not_a_tgateconfig_is_a_config_error(sd_pipe, config, hint):
+    """A string, a number or a dict in the config's place: a ConfigError that says how to pass options.
+
+    A dict is not taken as options (one way to pass them: keywords). Nothing is changed on the
+    pipeline, and a refused reconfiguration keeps the previous configuration.
+    """
+    plain = run(sd_pipe, steps=4)
+    for refuse in (crossgate.apply, crossgate.check):
+        with pytest.raises(crossgate.ConfigError, match=hint):
+            refuse(sd_pipe, config)
+    with pytest.raises(crossgate.ConfigError, match=hint), crossgate.enabled(sd_pipe, config):
+        pass
+    assert _untouched(sd_pipe)
+    assert torch.equal(run(sd_pipe, steps=4), plain)
+
+    crossgate.apply(sd_pipe, gate_step=3)
+    with pytest.raises(crossgate.ConfigError, match=hint):
+        crossgate.apply(sd_pipe, config)
+    assert crossgate.pipeline.configuration(sd_pipe).gate_step == 3
+    crossgate.remove(sd_pipe)
+    assert _untouched(sd_pipe)
 
 
 def test_pipeline_without_cross_attention_is_refused_cleanly():
@@ -252,9 +300,7 @@ def test_pipeline_without_cross_attention_is_refused_cleanly():
     with pytest.raises(crossgate.UnsupportedPipelineError, match="no cross-attention"):
         crossgate.apply(pipe, gate_step=2)
     assert not crossgate.is_applied(pipe) and "progress_bar" not in pipe.__dict__
-    assert not any(
-        getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in pipe.unet.modules()
-    )
+    assert not any(hooked(m) for m in pipe.unet.modules())
     assert torch.equal(run(pipe, steps=3), plain)
 
 

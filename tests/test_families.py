@@ -6,17 +6,20 @@ For each family (tiny random weights, built in tests/families.py):
    replayed in every pass after them (Panorama: one pass per batch of view windows per step), the
    denoiser batch (and each ControlNet's) halved when the call runs CFG, and the output equal to an
    independent hand-patched TGATE (tests/manual_tgate.py) within atol 1e-4 + rtol 1e-5 (float32
-   reassociation only);
+   reassociation only), which gates the attention modules measured to attend to the text in plain
+   calls (`families.text_attention`), not the ones crossgate finds;
 3. no state leaks between calls, and `remove()` restores the plain output exactly.
 """
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
 import crossgate
-from families import CASES, Case
+from families import CASES, Case, case_text_attention
 from manual_tgate import ManualControlGate, ManualTGate
 
 
@@ -45,6 +48,7 @@ def test_family(family):
     case = spec.build()
     pipe = case.pipe
     assert type(pipe).__name__ == spec.pipeline
+    text_modules = case_text_attention(case, random.Random(family))
     plain = call(case)
 
     # 1. inactive gate is exact
@@ -83,9 +87,15 @@ def test_family(family):
             cond_first=case.cond_first,
             passes=case.passes,
             interleaved=case.interleaved,
+            text_modules=text_modules[case.denoiser_attr],
         )
     ]
-    manuals += [ManualControlGate(n, case.gate, case.cfg, case.half, guess_mode=False) for n in nets.values()]
+    manuals += [
+        ManualControlGate(
+            n, case.gate, case.cfg, case.half, guess_mode=False, text_modules=text_modules[path]
+        )
+        for path, n in nets.items()
+    ]
     try:
         expected = call(case)
     finally:

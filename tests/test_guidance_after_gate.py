@@ -7,11 +7,14 @@ ManualSequentialTGate; w = 0 is TGATE exactly.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import crossgate
 from conftest import run
+from crossgate.config import MAX_GUIDANCE_AFTER_GATE
 from reference_tgate import reference_latents
 from sequential_cases import ManualSequentialTGate, wan_t2v
 
@@ -61,6 +64,27 @@ def test_sequential_cfg_matches_the_manual_reference():
 def test_bad_values_are_clear_errors(field, bad):
     with pytest.raises(crossgate.ConfigError, match=field):
         crossgate.TGateConfig(**{field: bad})
+
+
+@pytest.mark.parametrize("weight", [1e308, 10**30, math.inf, -math.inf, math.nan, 10**400, 10.000001])
+def test_weights_past_the_bound_are_refused(sd_pipe, weight):
+    """1e308 and 10**30 used to be accepted and made every output value NaN."""
+    with pytest.raises(crossgate.ConfigError, match="guidance_after_gate must be"):
+        crossgate.TGateConfig(guidance_after_gate=weight)
+    with pytest.raises(crossgate.ConfigError, match="guidance_after_gate must be"):
+        crossgate.apply(sd_pipe, gate_step=3, guidance_after_gate=weight)
+    assert not crossgate.is_applied(sd_pipe) and "progress_bar" not in sd_pipe.__dict__
+
+
+def test_the_largest_weight_keeps_the_output_finite(sd_pipe):
+    """At MAX_GUIDANCE_AFTER_GATE and a strong guidance scale every value stays finite."""
+    assert crossgate.TGateConfig(guidance_after_gate=MAX_GUIDANCE_AFTER_GATE).guidance_after_gate == 10
+    outs = {}
+    for weight in (0.0, MAX_GUIDANCE_AFTER_GATE):
+        with crossgate.enabled(sd_pipe, gate_step=2, guidance_after_gate=weight):
+            outs[weight] = run(sd_pipe, steps=8, guidance_scale=15.0, negative_prompt="x")
+    assert torch.isfinite(outs[MAX_GUIDANCE_AFTER_GATE]).all()
+    assert (outs[MAX_GUIDANCE_AFTER_GATE] - outs[0.0]).abs().max() > 1e-2  # the weight was applied
 
 
 def test_cond_first_pipeline_keeps_the_guidance_the_right_way_round():

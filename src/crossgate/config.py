@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 PostGateInputs = Literal["uncond", "cond"]
 AUTO_REFERENCE_STEPS = 25  # auto_tolerance is stated per 1/25 of the sampling trajectory
+# The largest guidance_after_gate: ten times the guidance the pipeline applied before the gate (see
+# TGateConfig). Unbounded, a finite weight such as 1e308 or 10**30 overflows and the output is NaN.
+MAX_GUIDANCE_AFTER_GATE = 10.0
 
 
 class ConfigError(ValueError):
@@ -54,7 +57,12 @@ class TGateConfig:
             before the gate is kept; each later single prediction ``p`` is handed to the pipeline as
             ``[p - w d / 2, p + w d / 2]`` (sequential CFG: uncond ``p - w d``), so its own guidance
             adds ``w`` times the last guidance direction back. ``0`` (default) is TGATE as
-            published. Measured in docs/quality-frontier.md.
+            published; ``1`` adds back as much guidance as the pipeline applied at the step before
+            the gate. Measured in docs/quality-frontier.md (``w <= 1``). At most
+            ``MAX_GUIDANCE_AFTER_GATE`` (10): the added term is then at most ten times the
+            guidance term the pipeline itself computed before the gate, so it stays finite wherever
+            that one was; a larger weight no longer keeps guidance but amplifies a stale difference,
+            and a huge one (``1e308``, ``10**30``) overflows into an all-NaN output.
         guidance_after_gate_decay: ``w`` is multiplied by this at every step after the first
             gated one (``1``: constant; ``< 1``: fading out).
 
@@ -90,12 +98,16 @@ class TGateConfig:
         _validate_int("self_attention_warm_up", self.self_attention_warm_up, 0)
         for name in ("guidance_after_gate", "guidance_after_gate_decay"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}.")
-        if self.guidance_after_gate < 0 or not 0 < self.guidance_after_gate_decay <= 1:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                raise ConfigError(f"{name} must be a finite number, got {_shown(value)}.")
+        if not 0 <= self.guidance_after_gate <= MAX_GUIDANCE_AFTER_GATE:
             raise ConfigError(
-                "guidance_after_gate must be >= 0 and guidance_after_gate_decay in (0, 1], got "
-                f"{self.guidance_after_gate!r} and {self.guidance_after_gate_decay!r}."
+                f"guidance_after_gate must be in [0, {MAX_GUIDANCE_AFTER_GATE:g}] (0: TGATE as published; "
+                f"1: as much guidance as before the gate), got {_shown(self.guidance_after_gate)}."
+            )
+        if not 0 < self.guidance_after_gate_decay <= 1:
+            raise ConfigError(
+                f"guidance_after_gate_decay must be in (0, 1], got {self.guidance_after_gate_decay!r}."
             )
 
     @property
@@ -167,15 +179,41 @@ class TGateConfig:
 
 
 def coerce_config(config: object, overrides: dict[str, Any]) -> TGateConfig:
-    """``config`` (None: the defaults) with ``overrides`` applied, validated; what ``apply`` runs with."""
+    """``config`` (None: the defaults) with ``overrides`` applied, validated; what ``apply`` runs with.
+
+    Anything else in ``config``'s place (a number, a string, a dict of options) is a
+    :class:`ConfigError`, never taken as options: a dict is not unpacked, so there is one way to pass
+    options (keywords) and a typo in a key cannot hide in a dict.
+    """
     if config is None:
         config = TGateConfig()
     if not isinstance(config, TGateConfig):
-        raise TypeError(
-            f"config must be a crossgate.TGateConfig, got {type(config).__name__}; pass options as "
-            "keywords (crossgate.apply(pipe, gate_step=0.4)) or build TGateConfig(...)."
+        example = (
+            f"crossgate.apply(pipe, **{_shown(config)})"
+            if isinstance(config, dict)
+            else "crossgate.apply(pipe, gate_step=0.4)"
+        )
+        raise ConfigError(
+            f"config must be a crossgate.TGateConfig, got {type(config).__name__} {_shown(config)}; pass "
+            f"options as keywords ({example}) or build TGateConfig(...)."
         )
     return config.with_overrides(**overrides) if overrides else config
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, shortened: a message never carries a huge number or structure in full."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's int-to-string digit limit
+        return f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _NUMERIC_FIELDS = (

@@ -18,13 +18,14 @@ def is_attention_module(module: torch.nn.Module) -> bool:
     return hasattr(module, "processor") and hasattr(module, "to_q")
 
 
-def is_cross_attention(name: str, module: torch.nn.Module) -> bool:
-    """Whether an attention module attends to the conditioning (text, image embedding).
+def declares_cross_attention(name: str, module: torch.nn.Module) -> bool:
+    """Whether an attention module says it attends to the conditioning (text, image embedding).
 
-    Classic ``Attention`` says so itself (``is_cross_attention``, set when ``cross_attention_dim``
-    is given; a UNet's ``attn2`` with ``double_self_attention`` is correctly excluded). Newer
-    per-model attention classes (LTX, Wan) do not, and follow the diffusers convention that the
-    conditioning attention of a transformer block is its ``attn2``.
+    Classic ``Attention`` says so itself (``is_cross_attention``, set when ``cross_attention_dim`` is
+    given; a UNet's ``attn2`` with ``double_self_attention`` is correctly excluded). Newer per-model
+    attention classes (LTX, Wan) carry no flag, and follow the diffusers convention that the
+    conditioning attention of a transformer block is its ``attn2``. The flag can be wrong: see
+    :func:`cross_attention_modules`, which is what decides.
     """
     flag = getattr(module, "is_cross_attention", None)
     if flag is not None:
@@ -32,21 +33,59 @@ def is_cross_attention(name: str, module: torch.nn.Module) -> bool:
     return name.rsplit(".", 1)[-1] == "attn2"
 
 
+def self_attending_modules(denoiser: torch.nn.Module) -> set[int]:
+    """``id``s of the attention modules of ``denoiser`` declared cross-attention that attend to themselves.
+
+    Kandinsky 3: ``Kandinsky3AttentionBlock`` builds ``Attention(channels, context_dim or channels)``,
+    so diffusers flags every one as cross-attention, and its forward uses the block's own
+    (normalised) input as key/value when it is called without ``context``. Its down and up blocks
+    call ``attentions[0]`` exactly so, and it exists exactly when the block is built with
+    ``self_attention=True`` (otherwise that slot is an ``nn.Identity``); ``attentions[1:]`` are
+    called with the text (``context``) and exist only when the block has a ``context_dim``. The
+    time-conditioning ``add_time_condition`` (``Kandinsky3AttentionPooling``) attends to the text.
+    The rule reads the structure, not shapes: a self-attention's key width can equal the text's.
+    """
+    try:
+        from diffusers.models.unets.unet_kandinsky3 import Kandinsky3DownSampleBlock, Kandinsky3UpSampleBlock
+    except ImportError:  # pragma: no cover - a diffusers without Kandinsky 3
+        return set()
+    found: set[int] = set()
+    for block in denoiser.modules():
+        if isinstance(block, (Kandinsky3DownSampleBlock, Kandinsky3UpSampleBlock)) and block.self_attention:
+            attention = getattr(block.attentions[0], "attention", None)
+            if attention is not None:
+                found.add(id(attention))
+    return found
+
+
 def cross_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Every cross-attention module of ``denoiser``: exactly the set TGATE caches."""
+    """Every cross-attention module of ``denoiser``: exactly the set TGATE caches.
+
+    Cross-attention is an attention module whose key/value input is the text encoder's states (as
+    the model projects them), not the latents: one that declares itself so
+    (:func:`declares_cross_attention`), less the self-attention a model builds with a
+    ``cross_attention_dim`` and calls with its own input as key/value (:func:`self_attending_modules`).
+    ``tests/test_cross_attention_detection.py`` measures this on every supported family: the modules
+    returned are exactly those whose key/value input does not change with the initial noise and does
+    change with the prompt.
+    """
+    themselves = self_attending_modules(denoiser)
     return [
         (name, module)
         for name, module in denoiser.named_modules()
-        if is_attention_module(module) and is_cross_attention(name, module)
+        if is_attention_module(module)
+        and id(module) not in themselves
+        and declares_cross_attention(name, module)
     ]
 
 
 def self_attention_modules(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Every attention module of ``denoiser`` that attends within the latent tokens."""
+    """Every other attention module of ``denoiser``: those that attend within the latent tokens."""
+    cross = {id(module) for _, module in cross_attention_modules(denoiser)}
     return [
         (name, module)
         for name, module in denoiser.named_modules()
-        if is_attention_module(module) and not is_cross_attention(name, module)
+        if is_attention_module(module) and id(module) not in cross
     ]
 
 
