@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "crossgate"
-ENGINE = {"config", "gate", "hooks", "pipeline", "schedule", "tensors", "adapters"}
+ENGINE = {"config", "gate", "layouts", "hooks", "pipeline", "schedule", "tensors", "adapters"}
 NOT_FOR_ENGINE = {"tools", "cli", "app", "integrations", "testing", "embedded"}
 
 

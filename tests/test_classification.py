@@ -20,6 +20,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 import crossgate
+from crossgate.hooks import hooked
 from crossgate.adapters import cross_attention_modules, support
 from crossgate.adapters.registry import batches_more_than_two_branches, calls_denoiser_per_cfg_branch
 from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
@@ -219,7 +220,7 @@ def test_pag_and_three_way_batches_are_refused_before_anything_changes():
             crossgate.apply(pipe, gate_step=2)
         assert not crossgate.is_applied(pipe) and "progress_bar" not in vars(pipe)
         assert not any(
-            getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in pipe.unet.modules()
+            hooked(m) for m in pipe.unet.modules()
         )
         generator = torch.Generator().manual_seed(0)
         again = pipe(

@@ -1,34 +1,206 @@
-"""`torch.compile` of the denoiser composed with crossgate: it runs, matches eager, and we count recompiles.
+"""crossgate under ``torch.compile``: every idiom, either order, no graph break, a bounded set of graphs.
 
-The backend is `aot_eager` (dynamo tracing + AOT autograd, no C++ codegen) so the test takes seconds on
-CPU; inductor goes through the same dynamo graphs and guards, which is where hooks could break.
+The backend is ``aot_eager`` (dynamo tracing + AOT autograd, no C++ codegen), so each test takes
+seconds on CPU; inductor goes through the same dynamo graphs and guards (one inductor test below).
+Every compile uses ``fullgraph=True``: a graph break would raise, and dynamo's own counters are read
+as well. The sequence checked is the one users run: a plain call, a gated call, a gated call with
+another prompt, another step count and another gate, and a plain call after ``remove()``.
+
+Graph bound, per model compiled whole: one graph per kind of pass the model really runs, plain's
+included. Batched CFG: plain (2B), before the gate (2B, keeping the cross-attention outputs), after
+it (B, replaying them) = 3. Sequential CFG (Wan): plain, before the gate, the cond pass after it and
+the skipped uncond pass after it = 4. Regional compilation: the same per distinct block shape.
 """
 
 from __future__ import annotations
 
+import copy
+import sys
+import threading
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
 import crossgate
 from conftest import run
+from families import _PIXART_CALL, sd_controlnet
+from test_sequential import call as sequential_call
+from sequential_cases import wan_t2v
+from test_families import call as family_call
+
+TOL = {"atol": 1e-4, "rtol": 1e-4}  # aot_eager's decompositions against eager, tiny fp32 models
 
 
-def test_compiled_unet_matches_eager_and_recompiles_a_bounded_number_of_times(sd_pipe):
-    import torch._dynamo
+def _compile(pipe, attr: str, idiom: str, backend: str = "aot_eager") -> None:
+    model = getattr(pipe, attr)
+    if idiom == "assign":
+        setattr(pipe, attr, torch.compile(model, backend=backend, fullgraph=True))
+    elif idiom == "inplace":
+        model.compile(backend=backend, fullgraph=True)
+    else:
+        model.compile_repeated_blocks(backend=backend, fullgraph=True)
 
-    crossgate.apply(sd_pipe, gate_step=3)
-    eager = run(sd_pipe, steps=6)
 
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def _breaks() -> int:
+    return sum(counters["graph_break"].values())
+
+
+def _fresh_dynamo() -> None:
     torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    sd_pipe.unet.compile(backend="aot_eager", dynamic=False)
-    compiled = run(sd_pipe, steps=6)
-    frames_first = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    again = run(sd_pipe, steps=6)
-    frames_second = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    counters.clear()
 
-    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
-    assert torch.equal(again, compiled)
-    # Graphs are compiled in the first call only (before-gate batch 2B and after-gate batch B shapes);
-    # a second call with the same settings reuses them all.
-    assert frames_first > 0
-    assert frames_second == frames_first
-    assert set(crossgate.last_call(sd_pipe).cross_attention_computed_steps.values()) == {3}
-    print(f"unique dynamo graphs compiled: {frames_first}")
+
+def _sequence(
+    pipe, attr: str, idiom: str, order: str, call, eager: dict[str, torch.Tensor]
+) -> dict[str, int]:
+    """Run the user sequence on ``pipe`` compiled by ``idiom`` in ``order``; check it against ``eager``."""
+    _fresh_dynamo()
+    graphs: dict[str, int] = {}
+    if order == "compile-first":
+        _compile(pipe, attr, idiom)
+        torch.testing.assert_close(call(pipe), eager["plain"], **TOL)
+        graphs["plain"] = _graphs()
+        crossgate.apply(pipe, gate_step=3)
+    else:
+        crossgate.apply(pipe, gate_step=3)
+        _compile(pipe, attr, idiom)
+    torch.testing.assert_close(call(pipe), eager["gated"], **TOL)
+    graphs["gated"] = _graphs()
+    crossgate.apply(pipe, gate_step=4)
+    torch.testing.assert_close(call(pipe, prompt="a blue square", steps=7), eager["other"], **TOL)
+    graphs["other"] = _graphs()
+    crossgate.remove(pipe)
+    torch.testing.assert_close(call(pipe), eager["plain"], **TOL)
+    graphs["removed"] = _graphs()
+    assert _breaks() == 0, dict(counters["graph_break"])
+    return graphs
+
+
+def _eager_reference(pipe, call) -> dict[str, torch.Tensor]:
+    plain = call(pipe)
+    with crossgate.enabled(pipe, gate_step=3):
+        gated = call(pipe)
+    with crossgate.enabled(pipe, gate_step=4):
+        other = call(pipe, prompt="a blue square", steps=7)
+    return {"plain": plain, "gated": gated, "other": other}
+
+
+def _sd_call(pipe, prompt: str = "a red circle", steps: int = 6):
+    return run(pipe, prompt=prompt, steps=steps)
+
+
+@pytest.mark.parametrize("order", ["compile-first", "apply-first"])
+@pytest.mark.parametrize("idiom", ["assign", "inplace", "regional"])
+def test_unet_every_idiom_either_order(sd_pipe, idiom, order):
+    eager = _eager_reference(sd_pipe, _sd_call)
+    graphs = _sequence(sd_pipe, "unet", idiom, order, _sd_call, eager)
+    shapes = 2 if idiom == "regional" else 1  # the tiny UNet's blocks run at two resolutions
+    assert graphs["other"] == graphs["gated"], graphs  # nothing new after the first gated call
+    if order == "compile-first":  # plain, before the gate (2B), after it (B); plain's reused after remove
+        assert graphs == {"plain": shapes, "gated": 3 * shapes, "other": 3 * shapes, "removed": 3 * shapes}
+    else:  # plain's graph is first made after remove()
+        assert graphs == {"gated": 2 * shapes, "other": 2 * shapes, "removed": 3 * shapes}
+    assert crossgate.last_call(sd_pipe) is None  # removed
+
+
+@pytest.mark.parametrize("idiom", ["assign", "regional"])
+def test_wan_sequential_cfg(idiom):
+    case = wan_t2v()
+
+    def call(pipe, prompt: str = "a red circle", steps: int = 6):
+        case.steps = steps
+        return sequential_call(case, prompt=prompt)
+
+    eager = _eager_reference(case.pipe, call)
+    graphs = _sequence(case.pipe, "transformer", idiom, "compile-first", call, eager)
+    assert graphs == {"plain": 1, "gated": 4, "other": 4, "removed": 4}, graphs
+
+
+def test_pixart_transformer():
+    from families import pixart_alpha
+
+    case = pixart_alpha()
+
+    def call(pipe, prompt: str = "a red circle", steps: int = 6):
+        case.steps = steps
+        return family_call(case, prompt=prompt)
+
+    assert case.kwargs["height"] == _PIXART_CALL["height"]
+    eager = _eager_reference(case.pipe, call)
+    graphs = _sequence(case.pipe, "transformer", "assign", "apply-first", call, eager)
+    assert graphs == {"gated": 2, "other": 2, "removed": 3}, graphs
+
+
+def test_controlnet_and_unet_both_compiled():
+    case = sd_controlnet()
+    pipe = case.pipe
+
+    def call(pipe, prompt: str = "a red circle", steps: int = 6):
+        case.steps = steps
+        return family_call(case, prompt=prompt)
+
+    eager = _eager_reference(pipe, call)
+    _fresh_dynamo()
+    pipe.controlnet = torch.compile(pipe.controlnet, backend="aot_eager", fullgraph=True)
+    graphs = _sequence(pipe, "unet", "inplace", "compile-first", call, eager)
+    # plain: UNet + ControlNet; gated adds each one's before-gate and after-gate graphs
+    assert graphs == {"plain": 2, "gated": 6, "other": 6, "removed": 6}, graphs
+    crossgate.apply(pipe, gate_step=3)
+    call(pipe)
+    assert crossgate.last_call(pipe).control_batches == {"controlnet": [2, 2, 2, 1, 1, 1]}
+
+
+def test_threads_on_one_compiled_unet_are_serialised_and_each_gets_its_own_output(sd_pipe):
+    """Two pipelines share one compiled UNet, each in its own thread, one gated and one plain: the
+    model's gate runs their passes one at a time (the hooks inside read one lane), so each output
+    equals its own eager result."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    # each thread its own scheduler and tokenizer (both keep per-call state); the UNet is shared
+    own = {"scheduler": DDIMScheduler.from_config(sd_pipe.scheduler.config)}
+    twin = StableDiffusionPipeline(
+        **{**sd_pipe.components, **own, "tokenizer": copy.deepcopy(sd_pipe.tokenizer)}
+    )
+    twin.set_progress_bar_config(disable=True)
+    expected_plain = _sd_call(twin)
+    with crossgate.enabled(sd_pipe, gate_step=3):
+        expected_gated = _sd_call(sd_pipe)
+    crossgate.apply(sd_pipe, gate_step=3)
+    _fresh_dynamo()
+    sd_pipe.unet.compile(backend="aot_eager", fullgraph=True)
+    _sd_call(sd_pipe), _sd_call(twin)  # compile outside the race
+    results: dict[str, torch.Tensor] = {}
+
+    def work(name, pipe):
+        for _ in range(2):
+            results[name] = _sd_call(pipe)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=a) for a in (("gated", sd_pipe), ("plain", twin))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    torch.testing.assert_close(results["gated"], expected_gated, **TOL)
+    torch.testing.assert_close(results["plain"], expected_plain, **TOL)
+    assert _breaks() == 0
+
+
+def test_inductor_compiled_unet_matches_eager(sd_pipe):
+    """One real codegen run (inductor, C++ on CPU): the same graphs, the same outputs."""
+    eager = _eager_reference(sd_pipe, _sd_call)
+    _fresh_dynamo()
+    crossgate.apply(sd_pipe, gate_step=3)
+    sd_pipe.unet.compile(backend="inductor", fullgraph=True)
+    torch.testing.assert_close(_sd_call(sd_pipe), eager["gated"], atol=1e-3, rtol=1e-3)
+    assert _graphs() == 2 and _breaks() == 0

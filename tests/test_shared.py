@@ -20,7 +20,7 @@ from diffusers import AutoPipelineForImage2Image, StableDiffusionImg2ImgPipeline
 import crossgate
 from conftest import live_call_records, run
 from crossgate.gate import current_call
-from crossgate.hooks import SelfAttentionRecord
+from crossgate.hooks import SelfAttentionRecord, hooked
 
 STEPS = 6
 
@@ -62,7 +62,7 @@ def test_removing_from_one_keeps_the_other(sd_pipe, _sd_template):
     assert torch.equal(run(other, steps=STEPS), _expected(_sd_template, 3))
     crossgate.remove(other)
     assert not any(
-        getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in sd_pipe.unet.modules()
+        hooked(m) for m in sd_pipe.unet.modules()
     )
     assert not sd_pipe.unet._forward_pre_hooks and not sd_pipe.unet._forward_hooks
 
@@ -151,7 +151,7 @@ def test_replaced_denoiser_is_rehooked_at_the_next_call(sd_pipe, _sd_template):
     assert torch.equal(run(sd_pipe, steps=STEPS), _expected(_sd_template, 2))
     stats = crossgate.last_call(sd_pipe)
     assert set(stats.cross_attention_computed_steps.values()) == {2}
-    assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in old.modules())
+    assert not any(hooked(m) for m in old.modules())
     crossgate.remove(sd_pipe)
     assert torch.equal(run(sd_pipe, steps=STEPS), _expected(_sd_template, None))
 

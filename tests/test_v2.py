@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import crossgate
+from crossgate.hooks import hooked
 from conftest import ProcessorCounter, live_call_records, run
 from crossgate.adapters.base import self_attention_modules
 from crossgate.schedule import Action, format_plan, self_attention_plan
@@ -100,7 +101,7 @@ def test_no_leakage_between_calls(sd_pipe):
     assert live_call_records() == 0, "no self-attention cache outlives its call"
     crossgate.remove(sd_pipe)
     assert not any(
-        getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in sd_pipe.unet.modules()
+        hooked(m) for m in sd_pipe.unet.modules()
     )
 
 

@@ -5,9 +5,11 @@
   convergence statistic is below the tolerance. Both answer one method, :meth:`GatePolicy.after_step`,
   so calibration replays a measured curve through the very rule the live call uses (:func:`replay`).
 * A :class:`CallState` owns the stepping of one running call: its step counter, its policy, whether
-  it runs CFG, and the per-layer records the hooks keep for it. It lives only while the call's
+  it runs CFG, its CFG layout, and the per-layer records kept for it. It lives only while the call's
   denoising loop runs and is reachable only through :func:`current_call` in the context (thread,
-  nesting level) of the pipeline running that loop, so no call can see another's state.
+  nesting level) of the pipeline running that loop, so no call can see another's state. Only eager
+  code reads it (the pipeline's loop and each model's gate around its pass), never a hook inside a
+  model that may be compiled.
 * :class:`CallStats` is what users read afterwards: ``crossgate.last_call(pipe)``.
 """
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossgate.config import TGateConfig, fraction_to_steps
+from crossgate.layouts import CfgLayout
 
 
 class GatePolicy(ABC):
@@ -90,99 +93,88 @@ def replay(policy: GatePolicy, curve: Sequence[float]) -> int:
 
 @dataclass
 class CallState:
-    """What the hooks need to know about one running call, and what they keep for it.
+    """What one running call decided and keeps: read and written only by eager code.
+
+    The hooks inside a (possibly compiled) model never read it: before each pass the model's gate
+    (:mod:`crossgate.hooks`) reads it and writes what that pass must do into the model's ``Lane``.
 
     Attributes:
         owner: the pipeline whose denoising loop this is.
-        denoisers: the denoiser modules that loop runs (hooks of other denoisers ignore this call);
+        adapter: the owner's family adapter (held, not copied).
+        layout: the CFG layout strategy (:mod:`crossgate.layouts`): how a batch is halved after the
+            gate and handed back, and where its CFG mean comes from.
+        denoisers: the denoiser modules that loop runs (gates of other denoisers ignore this call);
             more than one for pipelines with experts (Wan 2.2).
+        controls: the ControlNets the loop runs beside its denoiser, gated like it.
         config: the owner's TGATE configuration.
         policy: decides the gate; ``gate`` reads it.
         num_steps: denoising steps the loop will run.
         step: steps completed so far (the pipeline's own progress count, so a second-order
             scheduler's two denoiser calls belong to one step).
-        cfg: whether this call batches ``[uncond; cond]``; read at the first denoiser call.
+        cfg: whether this call runs CFG; read at the first pass (``cfg_probe``).
+        records: per-layer data kept for this call only (caches, counts), keyed by model and layer.
         denoiser_batches: the batch of every denoiser pass (for accounting and tests).
-        convergence: ``gate_step="auto"``: the layer-averaged change, one value per step from step 1.
-        records: per-module data the hooks keep for this call only (caches, counts).
-        halved: the batch of the current denoiser pass when the gate halved it, else None.
-        foreign_pass: the current denoiser pass belongs to another pipeline sharing the denoiser
-            (one called from this call's callback); every hook passes it through.
-        post_gate_inputs: which CFG half (``"uncond"`` or ``"cond"``) feeds the passes after the gate.
-        cfg_probe: answers whether the call runs CFG; asked once, at the first denoiser pass.
-        sequential: the pipeline runs CFG as two named denoiser calls per step, not one batch.
-        branch: sequential CFG: the branch the running pass belongs to (``cache_context`` name).
-        skip_pass: sequential CFG after the gate: the running (uncond) pass computes nothing.
-        cond_output: sequential CFG after the gate: the cond pass's output, handed to the uncond call.
-        ran_before_gate: ids of the denoisers that ran a pass before the gate (an expert that did
-            not has no cross-attention to replay).
-        controls: the ControlNets the loop runs beside its denoiser, gated like it: CFG batch
-            before the gate, one half (cross-attention replayed) after it.
         control_batches: per ControlNet (by id), the batch of every pass.
+        convergence: ``gate_step="auto"``: the layer-averaged change, one value per step from step 1.
+        ran_before_gate: ids of the models that ran a pass before the gate (an expert that did not
+            has no cross-attention to replay).
         cond_only: ids of the ControlNets that run on the cond branch alone (guess mode): their
-            passes hold one CFG branch, so their caches are not CFG means and the denoiser takes
-            their residuals from its cond half.
-        control_halved: per ControlNet (by id), the batch of its running pass when the gate halved it.
-        cond_first: the pipeline batches CFG as ``[cond; uncond]`` (Lumina-Next), not ``[uncond; cond]``.
-        interleaved: the pipeline batches CFG per sample, ``[u0, c0, u1, c1, ...]`` (Panorama).
-        per_pass: the loop runs several denoiser passes per step on different inputs (Panorama's view
-            windows); cross-attention keeps one record per pass slot (the j-th pass of a step).
-        slot: the running denoiser pass's index within its step.
-        passes: this call's own denoiser passes started in the current step.
+            caches are not CFG means and the denoiser takes their residuals from its cond half.
+        branch: sequential CFG: the branch of the running pass (its ``cache_context`` name).
+        cond_output: sequential CFG: the cond pass's output, handed to the skipped uncond call.
+        guidance_delta: cond - uncond of the last pass before the gate (``guidance_after_gate``).
+        slot / passes: the running pass's index within its step, and the passes started in it
+            (several passes per step: Panorama's view windows keep one cache per slot).
     """
 
     owner: Any
+    adapter: Any
+    layout: CfgLayout
     denoisers: tuple[Any, ...]
     config: TGateConfig
     policy: GatePolicy
     num_steps: int
+    controls: tuple[Any, ...] = ()
+    cfg_probe: Callable[[], bool] | None = None
     step: int = 0
     cfg: bool | None = None
-    denoiser_batches: list[int] = field(default_factory=list)
-    convergence: list[float] = field(default_factory=list)
     records: dict[str, Any] = field(default_factory=dict)
-    halved: int | None = None
-    foreign_pass: bool = False
-    post_gate_inputs: str = "uncond"
-    cfg_probe: Callable[[], bool] | None = None
-    sequential: bool = False
-    branch: str | None = None
-    skip_pass: bool = False
-    cond_output: Any = None
-    ran_before_gate: set[int] = field(default_factory=set)
-    guidance_delta: Any = None  # cond - uncond of the last pass before the gate (guidance_after_gate)
-    controls: tuple[Any, ...] = ()
+    denoiser_batches: list[int] = field(default_factory=list)
     control_batches: dict[int, list[int]] = field(default_factory=dict)
+    convergence: list[float] = field(default_factory=list)
+    ran_before_gate: set[int] = field(default_factory=set)
     cond_only: set[int] = field(default_factory=set)
-    control_halved: dict[int, int] = field(default_factory=dict)
-    cond_first: bool = False
-    interleaved: bool = False
-    per_pass: bool = False
+    branch: str | None = None
+    cond_output: Any = None
+    guidance_delta: Any = None
     slot: int = 0
     passes: int = 0
+
+    @property
+    def post_gate_inputs(self) -> str:
+        return "cond" if self.layout.feeds_cond else "uncond"
+
+    @property
+    def per_pass(self) -> bool:
+        return bool(self.adapter.per_pass_caches)
 
     def begin_pass(self) -> None:
         """One of this call's own denoiser passes starts: it takes the next slot of the step."""
         self.slot, self.passes = self.passes, self.passes + 1
 
-    @property
-    def feeds_second_half(self) -> bool:
-        """Whether the CFG half that feeds the passes after the gate is the batch's second one."""
-        return (self.post_gate_inputs == "cond") != self.cond_first
-
     def runs(self, model: Any) -> bool:
-        """Whether ``model`` (a denoiser or a ControlNet) belongs to this call's own running pass."""
-        return not self.foreign_pass and any(m is model for m in (*self.denoisers, *self.controls))
+        """Whether ``model`` (a denoiser or a ControlNet) is one this call's loop runs."""
+        return any(m is model for m in (*self.denoisers, *self.controls))
 
     def runs_cfg(self) -> bool:
-        """Whether the call batches ``[uncond; cond]``, asked of the pipeline at the first pass."""
+        """Whether the call runs CFG, asked of the pipeline at the first pass."""
         if self.cfg is None:
             self.cfg = bool(self.cfg_probe()) if self.cfg_probe is not None else False
         return self.cfg
 
     def cfg_batched(self, model: Any) -> bool:
         """Whether ``model``'s passes in this call hold both CFG halves (a guess-mode ControlNet's do not)."""
-        return bool(self.cfg) and id(model) not in self.cond_only
+        return bool(self.cfg) and not self.layout.sequential and id(model) not in self.cond_only
 
     @property
     def gate(self) -> int:

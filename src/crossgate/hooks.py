@@ -1,22 +1,40 @@
 """The hooks that implement TGATE on one denoiser, for every pipeline that shares it.
 
-The hooks are stateless: what a call keeps (caches, counts) lives in that call's
-:class:`~crossgate.gate.CallState`, found with :func:`~crossgate.gate.current_call`, so pipelines that
-share a denoiser (``from_pipe``, ``Pipeline(**pipe.components)``) and calls running in other threads
-or nested in a callback never see each other's state.
+Two sides, so that a compiled denoiser traces cleanly (no graph break, a bounded set of graphs):
+
+* **Eager side: each model's gate** (:class:`DenoiserGate`, :class:`ControlGate`) runs around every
+  pass of its model, outside any compiled region: as PyTorch forward pre/post hooks on the model, on
+  the ``OptimizedModule`` of ``torch.compile(model)``, or wrapped around the compiled call of
+  ``model.compile()``. It finds the running call (:func:`~crossgate.gate.current_call`, a context
+  variable, and a stack walk for passes of other pipelines sharing the model), decides what the pass
+  does, writes that into the model's :class:`Lane`, and after the pass moves what the hooks kept into
+  the call's records (caches, counts). It holds the lane's lock for the pass, so passes of one model
+  from several threads run one after another, each with its own call's lane contents.
+* **Inside the model: the module hooks** (:class:`CrossAttentionGateHook`,
+  :class:`SelfAttentionCacheHook`, :class:`BlockSkipHook`) read only their lane: a mode (a Python int
+  dynamo guards on cheaply) and dicts of tensors. They never read the step, the gate, the prompt or
+  a context variable, so the gate step, the prompt and the number of steps never cause a retrace.
+  Modes: ``PASS`` (compute, keep nothing: no gated call, or another pipeline's pass), ``KEEP``
+  (compute and keep the output: before the gate), ``REPLAY`` (return the cache: after the gate),
+  ``SKIP`` (sequential CFG's uncond call after the gate: blocks compute nothing).
+
+What a call keeps lives in its :class:`~crossgate.gate.CallState`, so pipelines that share a denoiser
+(``from_pipe``, ``Pipeline(**pipe.components)``) and calls running in other threads or nested in a
+callback never see each other's state; a lane holds tensors only for the duration of one pass.
 
 * :class:`CrossAttentionGateHook` (a diffusers ``ModelHook`` on every cross-attention module): before
   the gate the module's own attention processor runs (LoRA, IP-Adapter, fused or custom processors
   stay in charge) and its latest output is kept; from the gate on it returns the mean of that
-  output's CFG halves without computing anything.
+  output's CFG halves (the layout's mean, :mod:`crossgate.layouts`) without computing anything.
 * :class:`SelfAttentionCacheHook` (a ``ModelHook``, TGATE v2 only): compute, store or reuse
   self-attention on the steps :mod:`crossgate.schedule` says, dropping a cache once no later step
   reads it.
 * :class:`DenoiserGate` (PyTorch forward pre/post hooks on the denoiser, not a ``ModelHook``: it
   rewrites inputs and outputs rather than skipping the module, and PyTorch's hooks survive
   accelerate's offloading re-installing its ``forward`` wrapper after every call). From the gate on,
-  under CFG, it feeds one half of the ``[uncond; cond]`` batch through the denoiser and hands the
-  pipeline the result for both halves, so the pipeline's own guidance arithmetic returns it unchanged.
+  under CFG, it feeds one CFG half of the batch through the denoiser and hands the pipeline the
+  result for both halves (the call's layout slices and doubles), so the pipeline's own guidance
+  arithmetic returns it unchanged.
 * :class:`ControlGate` (PyTorch forward hooks on each ControlNet, batched CFG): gates a ControlNet
   like the denoiser it feeds, one CFG half after the gate, its cross-attention replayed too.
 * :class:`BlockSkipHook` (a ``ModelHook`` on every top-level transformer block, sequential CFG only).
@@ -55,6 +73,7 @@ interleaved per view, ``[u0, c0, u1, c1, ...]``; the adapter's ``per_pass_caches
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -65,16 +84,45 @@ from diffusers.hooks import ModelHook
 
 from crossgate.gate import CallState, current_call
 from crossgate.schedule import Action, self_attention_action
-from crossgate.tensors import (
-    cfg_double,
-    cfg_half,
-    cfg_join,
-    cfg_mean,
-    cfg_split,
-    latent_batch,
-    map_batch,
-    relative_change,
-)
+from crossgate.tensors import latent_batch, map_batch, relative_change
+
+# What the hooks inside a model do in the running pass (``Lane.mode``).
+PASS, KEEP, REPLAY, SKIP = 0, 1, 2, 3
+
+_BATCH = "batch"  # the key of a batched pass's output (both CFG halves in one tensor)
+# The UNet inputs that carry a ControlNet's residuals (diffusers' UNet2DConditionModel.forward).
+_CONTROL_RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
+# Denoiser inputs that are positional tables, never per sample, though a dimension may happen to
+# equal the batch (Allegro's rotary tables have a row per latent frame, patch row and column).
+_SHARED_INPUTS = frozenset({"image_rotary_emb"})
+
+
+@dataclass(eq=False)
+class Lane:
+    """What every hook inside one model reads during one pass; written only by the model's gate.
+
+    ``mode`` and ``self_action`` are the only values compiled code is specialised on (a handful of
+    graphs). Tensors go in and out through each hook's own slots (``cache``, ``kept``), never keyed by
+    the layer's name, so identical blocks trace to one graph (regional compilation).
+    """
+
+    mode: int = PASS
+    self_action: Action = Action.COMPUTE
+    # eager only: the call whose pass is running, the batch the gate halved it to, the pass lock
+    # and its holder, and whether the pass was entered around a compiled call (``outer``: the
+    # model's own hooks stand by)
+    call: CallState | None = None
+    halved: int | None = None
+    entered: bool = False
+    thread: int = 0
+    outer: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def __deepcopy__(self, memo: dict) -> Lane:
+        return Lane()  # a copied model gets an idle lane of its own (the contents live for one pass)
+
+    def clear(self) -> None:
+        self.mode, self.self_action, self.call, self.halved = PASS, Action.COMPUTE, None, None
 
 
 @dataclass
@@ -99,88 +147,377 @@ class SelfAttentionRecord:
     computed_steps: set[int] = field(default_factory=set)
 
 
-def _call_for(model: torch.nn.Module) -> CallState | None:
-    """The running call if it is running ``model`` in a pass of its own pipeline, else None."""
-    call = current_call()
-    return call if call is not None and call.runs(model) else None
+Compute = Callable[..., Any]  # the module's own forward, unbound: compute(module, *args, **kwargs)
 
 
-_BATCH = "batch"  # the key of a batched pass's output (both CFG halves in one tensor)
-# The UNet inputs that carry a ControlNet's residuals (diffusers' UNet2DConditionModel.forward).
-_CONTROL_RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
-# Denoiser inputs that are positional tables, never per sample, though a dimension may happen to
-# equal the batch (Allegro's rotary tables have a row per latent frame, patch row and column).
-_SHARED_INPUTS = frozenset({"image_rotary_emb"})
+class ModuleHook:
+    """A hook on one module inside a model: decides, from its lane's mode alone, whether it computes.
+
+    ``run`` stands in for the module's forward. Its slots hand tensors to and from the model's gate
+    for the running pass only (``reset`` clears them after it).
+    """
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+
+    def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Drop what the pass left in the slots."""
 
 
-class _SkippingHook(ModelHook):
-    """A ``ModelHook`` that replaces its module's forward and calls the original when it computes."""
+class CrossAttentionGateHook(ModuleHook):
+    """Compute (and keep the output) before the gate, replay the converged output after it."""
 
-    def _run_module(self, *args: Any, **kwargs: Any) -> Any:
+    def __init__(self, lane: Lane) -> None:
+        super().__init__(lane)
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache: torch.Tensor | None = None  # in: what REPLAY returns
+        self.kept: torch.Tensor | None = None  # out: what KEEP computed
+        self.replayed = False
+
+    def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.lane.mode == REPLAY and self.cache is not None:
+            self.replayed = True
+            return self.cache
+        output = compute(module, *args, **kwargs)
+        if self.lane.mode == KEEP:
+            self.kept = output
+        return output
+
+
+class SelfAttentionCacheHook(ModuleHook):
+    """TGATE v2: recompute self-attention only on the schedule's steps, reuse it in between."""
+
+    def __init__(self, lane: Lane) -> None:
+        super().__init__(lane)
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache: torch.Tensor | None = None  # in: what REUSE returns (when its batch fits)
+        self.kept: torch.Tensor | None = None  # out: what STORE computed
+        self.ran = False
+
+    def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.lane.self_action is Action.REUSE and self.cache is not None:
+            return self.cache
+        output = compute(module, *args, **kwargs)
+        self.ran = True
+        if self.lane.self_action is Action.STORE:
+            self.kept = output
+        return output
+
+
+class BlockSkipHook(ModuleHook):
+    """Sequential CFG after the gate: the uncond call's blocks compute nothing (identity).
+
+    Its output is discarded (the denoiser returns the cond call's output instead), so each block
+    hands its input hidden states straight through.
+    """
+
+    def __init__(self, lane: Lane, passthrough: Callable[[tuple, dict], Any]) -> None:
+        super().__init__(lane)
+        self._passthrough = passthrough
+
+    def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.lane.mode == SKIP:
+            return self._passthrough(args, kwargs)
+        return compute(module, *args, **kwargs)
+
+
+# --- putting a ModuleHook on a module, and taking it off ---------------------------------------
+#
+# The module's class is swapped for a subclass whose ``forward`` asks the hook (tomesd's way): one
+# subclass per class, shared by every instance, so compiled blocks stay identical to dynamo (one
+# graph for all of them, as for the plain model) and nothing per instance is guarded on. A module
+# whose instance ``forward`` another hook system already wraps (a diffusers ``HookRegistry`` cache
+# applied first) gets the hook through that registry instead, so it stays inside that chain.
+
+_HOOK_ATTR = "_crossgate_hook"
+_REGISTRY_NAME = "crossgate"
+_HOOKED_CLASSES: dict[type, type] = {}
+
+
+def _hooked_class(base: type[torch.nn.Module]) -> type:
+    cls = _HOOKED_CLASSES.get(base)
+    if cls is None:
+        compute = base.forward  # the function itself: dynamo inlines it (not a lookup on the class)
+
+        def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            hook = getattr(self, _HOOK_ATTR, None)
+            if hook is None:  # taken off while another wrapper still holds this bound forward
+                return compute(self, *args, **kwargs)
+            return hook.run(compute, self, *args, **kwargs)
+
+        namespace = {"forward": forward, "__module__": base.__module__, "__qualname__": base.__qualname__}
+        cls = _HOOKED_CLASSES[base] = type(base.__name__, (base,), namespace)
+    return cls
+
+
+class _RegistryHook(ModelHook):
+    """A :class:`ModuleHook` inside a diffusers ``HookRegistry`` chain that was there first."""
+
+    def __init__(self, hook: ModuleHook) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return self.hook.run(self._compute, module, *args, **kwargs)
+
+    def _compute(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         forward = cast(Callable[..., Any], self.fn_ref.original_forward)  # set by HookRegistry
         return forward(*args, **kwargs)
 
 
-class CrossAttentionGateHook(_SkippingHook):
-    """Compute before the gate, replay the converged output after it."""
+def attach(module: torch.nn.Module, hook: ModuleHook) -> None:
+    """Make ``hook`` decide ``module``'s forward (one crossgate hook per module)."""
+    if hooked(module):
+        raise ValueError(f"crossgate: {type(module).__name__} already carries a crossgate hook.")
+    if "forward" in module.__dict__:
+        from diffusers.hooks import HookRegistry
 
-    def __init__(self, model: torch.nn.Module, name: str) -> None:
-        super().__init__()
-        self.model = model  # the denoiser (or ControlNet) whose passes this layer belongs to
-        self.name = name
-        self._key = f"cross:{id(model)}:{name}"  # experts share module names
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(_RegistryHook(hook), _REGISTRY_NAME)
+        return
+    module.__class__ = _hooked_class(type(module))
+    module.__dict__[_HOOK_ATTR] = hook
 
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        call = _call_for(self.model)
-        if call is None:
-            return self._run_module(*args, **kwargs)
-        record = self.record(call)
-        if not call.gated:
-            output = self._run_module(*args, **kwargs)
-            self._keep(call, record, output)
-            return output
-        if record.cache is None:
-            if not record.latest and id(self.model) not in call.ran_before_gate:
-                # an expert that first runs after the gate: nothing was measured, so compute
-                output = self._run_module(*args, **kwargs)
-                record.computed_steps.add(call.step)
-                return output
-            record.cache = self._freeze(call, record)
-        record.replays += 1
-        return record.cache
 
-    def record(self, call: CallState) -> CrossAttentionRecord:
-        """The record of the running pass: one per layer, or one per pass slot (``call.per_pass``)."""
+def detach(module: torch.nn.Module) -> None:
+    """Take crossgate's hook off ``module`` (nothing happens if it has none)."""
+    if module.__dict__.pop(_HOOK_ATTR, None) is not None:
+        base = type(module).__bases__[0]
+        if _HOOKED_CLASSES.get(base) is type(module):
+            module.__class__ = base
+        return
+    registry = module.__dict__.get("_diffusers_hook")
+    if registry is not None and registry.get_hook(_REGISTRY_NAME) is not None:
+        registry.remove_hook(_REGISTRY_NAME, recurse=False)
+
+
+def hooked(module: torch.nn.Module) -> bool:
+    """Whether ``module`` carries a crossgate hook."""
+    registry = module.__dict__.get("_diffusers_hook")
+    in_registry = registry is not None and registry.get_hook(_REGISTRY_NAME) is not None
+    return _HOOK_ATTR in module.__dict__ or in_registry
+
+
+class _CompiledEntry:
+    """Stands in for ``model._compiled_call_impl`` (``model.compile()``): the gate runs around it, eagerly."""
+
+    def __init__(self, gate: _ModelGate, compiled: Callable[..., Any]) -> None:
+        self.gate = gate
+        self.compiled = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        entered = self.gate._outer_before(None, args, kwargs)
+        if entered is not None:
+            args, kwargs = entered
+        try:
+            output = self.compiled(*args, **kwargs)
+        except BaseException:
+            self.gate._outer_after(None, args, None)
+            raise
+        replaced = self.gate._outer_after(None, args, output)
+        return output if replaced is None else replaced
+
+
+class _ModelGate:
+    """The eager side of one model (a denoiser or a ControlNet): decides each pass, keeps its results.
+
+    Its entry runs where nothing is compiled: PyTorch hooks on the model (eager models, regional
+    compilation), on each ``OptimizedModule`` wrapping it, and a :class:`_CompiledEntry` for
+    ``model.compile()``. The model's own hooks stand by when an outer entry has the pass.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        lane: Lane,
+        cross: dict[str, CrossAttentionGateHook],
+        self_attention: dict[str, SelfAttentionCacheHook],
+    ) -> None:
+        self.model = model
+        self.lane = lane
+        self.cross = cross
+        self.self_attention = self_attention
+        self._key = f"{id(model)}"  # experts share module names
+        self._handles: list[torch.utils.hooks.RemovableHandle] = [
+            model.register_forward_pre_hook(self._inner_before, with_kwargs=True, prepend=True),
+            model.register_forward_hook(self._inner_after, always_call=True),
+        ]
+        self._wrappers: dict[int, list[torch.utils.hooks.RemovableHandle]] = {}
+
+    # --- where passes enter -------------------------------------------------------------------
+
+    def follow(self, wrapper: torch.nn.Module | None) -> None:
+        """Enter passes eagerly around any compiled form of the model (call before each call's loop)."""
+        if wrapper is not None and wrapper is not self.model and id(wrapper) not in self._wrappers:
+            self._wrappers[id(wrapper)] = [
+                wrapper.register_forward_pre_hook(self._outer_before, with_kwargs=True, prepend=True),
+                wrapper.register_forward_hook(self._outer_after, always_call=True),
+            ]
+        compiled = getattr(self.model, "_compiled_call_impl", None)
+        if compiled is not None and not isinstance(compiled, _CompiledEntry):
+            self.model._compiled_call_impl = _CompiledEntry(self, compiled)
+
+    def detach(self) -> None:
+        for handle in [*self._handles, *(h for hs in self._wrappers.values() for h in hs)]:
+            handle.remove()
+        self._handles, self._wrappers = [], {}
+        compiled = getattr(self.model, "_compiled_call_impl", None)
+        if isinstance(compiled, _CompiledEntry) and compiled.gate is self:
+            self.model._compiled_call_impl = compiled.compiled
+
+    def _inner_before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        # Traced (the model is compiled whole): the outer entry has the pass; without one the lane
+        # stays PASS and the model runs plain. Eager inside an outer entry of this thread: stand by.
+        if torch.compiler.is_compiling() or self._entered_outside():
+            return None
+        return self._enter(args, kwargs)
+
+    def _inner_after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        if torch.compiler.is_compiling() or self._entered_outside():
+            return None
+        return self._exit(output)
+
+    def _entered_outside(self) -> bool:
+        return self.lane.outer and self.lane.thread == threading.get_ident()
+
+    def _outer_before(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        entered = self._enter(args, kwargs)
+        self.lane.outer = True
+        return entered
+
+    def _outer_after(self, module: Any, args: tuple, output: Any) -> Any:
+        self.lane.outer = False
+        return self._exit(output)
+
+    def _enter(self, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        lane = self.lane
+        lane.lock.acquire()
+        lane.entered, lane.thread = True, threading.get_ident()
+        try:
+            call = current_call()
+            if call is None or not call.runs(self.model) or _calling_pipeline() is not call.owner:
+                return None  # no gated call, or another pipeline sharing the model: a plain pass
+            lane.call = call
+            return self._begin(call, args, kwargs)
+        except BaseException:
+            self._release()
+            raise
+
+    def _exit(self, output: Any) -> Any:
+        if not self.lane.entered:
+            return None
+        try:
+            call = self.lane.call
+            if call is None or output is None:
+                return None
+            self._collect(call)
+            return self._finish(call, output)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        lane = self.lane
+        for hook in (*self.cross.values(), *self.self_attention.values()):
+            hook.reset()
+        lane.clear()
+        lane.outer = lane.entered = False
+        lane.lock.release()
+
+    # --- what a pass does ---------------------------------------------------------------------
+
+    def _begin(self, call: CallState, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        raise NotImplementedError
+
+    def _finish(self, call: CallState, output: Any) -> Any:
+        raise NotImplementedError
+
+    def _arm(self, call: CallState, mode: int, batch: int) -> None:
+        """Set the lane for a pass of ``batch`` rows: ``KEEP`` before the gate, ``REPLAY`` after it."""
+        lane = self.lane
+        if mode == REPLAY and id(self.model) not in call.ran_before_gate:
+            mode = KEEP  # an expert first running after the gate: nothing was measured, so compute
+        if mode == REPLAY:
+            for name in self.cross:
+                record = self.record(call, name)
+                if record.cache is None:
+                    record.cache = self._freeze(call, name, record)
+                self.cross[name].cache = record.cache
+        lane.mode = mode
+        if self.self_attention and call.config.caches_self_attention:
+            self._arm_self(call, batch)
+
+    def _arm_self(self, call: CallState, batch: int) -> None:
+        action = self._self_action(call, call.step)
+        if action is Action.REUSE:
+            for name, hook in self.self_attention.items():
+                cache = self._self_record(call, name).cache
+                if cache is not None and cache.shape[0] == batch:
+                    hook.cache = cache
+        elif action is Action.STORE and not self._self_reused_at(call, call.step + 1):
+            action = Action.COMPUTE  # nobody would read the store
+        self.lane.self_action = action
+
+    def _collect(self, call: CallState) -> None:
+        """Move what the hooks kept in this pass into the call's records."""
+        step = call.step
+        for name, hook in self.cross.items():
+            if hook.kept is not None:
+                self._keep(call, name, self.record(call, name), hook.kept)
+            if hook.replayed:
+                self.record(call, name).replays += 1
+        at_gate = step == call.gate - 1
+        for name, sa_hook in self.self_attention.items():
+            if sa_hook.ran:
+                self._self_record(call, name).computed_steps.add(step)
+            if sa_hook.kept is not None:
+                mean = at_gate and call.cfg_batched(self.model)
+                self._self_record(call, name).cache = call.layout.mean(sa_hook.kept) if mean else sa_hook.kept
+
+    # --- cross-attention records (eager) --------------------------------------------------------
+
+    def record(self, call: CallState, name: str) -> CrossAttentionRecord:
+        """The record of ``name`` for the running pass: one per layer, or per pass slot (``per_pass``)."""
+        key = f"cross:{self._key}:{name}"
         if call.per_pass:
-            slots: dict[int, CrossAttentionRecord] = call.records.setdefault(self._key, {})
-            if call.slot not in slots:
-                slots[call.slot] = CrossAttentionRecord()
-            return slots[call.slot]
-        record = call.records.get(self._key)
+            slots: dict[int, CrossAttentionRecord] = call.records.setdefault(key, {})
+            return slots.setdefault(call.slot, CrossAttentionRecord())
+        record = call.records.get(key)
         if record is None:
-            record = call.records[self._key] = CrossAttentionRecord()
+            record = call.records[key] = CrossAttentionRecord()
         return record
 
-    def _records(self, call: CallState) -> list[CrossAttentionRecord]:
+    def _records(self, call: CallState, name: str) -> list[CrossAttentionRecord]:
+        key = f"cross:{self._key}:{name}"
         if call.per_pass:
-            return list(call.records.get(self._key, {}).values())
-        return [self.record(call)]
+            return list(call.records.get(key, {}).values())
+        record = call.records.get(key)
+        return [record] if record is not None else []
 
-    def change_at(self, call: CallState, step: int) -> float | None:
-        """This layer's relative change measured at ``step`` of ``call``, if it computed then."""
-        change = self.record(call).change
-        return change[1] if change is not None and change[0] == step else None
+    def changes(self, call: CallState) -> list[float]:
+        """The relative changes its cross-attention layers measured at ``call``'s current step."""
+        found = []
+        for name in self.cross:
+            for record in self._records(call, name):
+                if record.change is not None and record.change[0] == call.step:
+                    found.append(record.change[1])
+        return found
 
-    def stats(self, call: CallState) -> tuple[int, int]:
-        """(steps computed, passes replayed) in ``call``; with per-pass slots, over all of them."""
-        records = self._records(call)
-        computed = set().union(*(record.computed_steps for record in records))
+    def stats(self, call: CallState, name: str) -> tuple[int, int]:
+        """(steps computed, passes replayed) of layer ``name`` in ``call``, over all pass slots."""
+        records = self._records(call, name)
+        computed: set[int] = set().union(*(record.computed_steps for record in records))
         return len(computed), sum(record.replays for record in records)
 
-    def _keep(self, call: CallState, record: CrossAttentionRecord, output: torch.Tensor) -> None:
+    def _keep(self, call: CallState, name: str, record: CrossAttentionRecord, output: torch.Tensor) -> None:
         step = call.step
         record.computed_steps.add(step)
-        if call.sequential:
+        if call.layout.sequential:
             branch = call.branch or "cond"
             record.latest[branch], record.latest_step[branch] = output, step
             if call.policy.watches_convergence and self._complete(call, record, step):
@@ -191,14 +528,11 @@ class CrossAttentionGateHook(_SkippingHook):
             return
         previous, previous_step = record.latest.get(_BATCH), record.latest_step.get(_BATCH)
         if call.policy.watches_convergence and previous is not None and previous_step != step:
-            record.change = (
-                step,
-                relative_change(self._batched_view(call, output), self._batched_view(call, previous)),
-            )
+            record.change = (step, relative_change(self._view(call, output), self._view(call, previous)))
         record.latest[_BATCH], record.latest_step[_BATCH] = output, step
 
-    def _batched_view(self, call: CallState, output: torch.Tensor) -> torch.Tensor:
-        return cfg_mean(output, call.interleaved) if call.cfg_batched(self.model) else output
+    def _view(self, call: CallState, output: torch.Tensor) -> torch.Tensor:
+        return call.layout.mean(output) if call.cfg_batched(self.model) else output
 
     @staticmethod
     def _complete(call: CallState, record: CrossAttentionRecord, step: int) -> bool:
@@ -212,64 +546,50 @@ class CrossAttentionGateHook(_SkippingHook):
             return (record.latest["uncond"] + record.latest["cond"]) / 2
         return record.latest["cond"]
 
-    def _freeze(self, call: CallState, record: CrossAttentionRecord) -> torch.Tensor:
+    def _freeze(self, call: CallState, name: str, record: CrossAttentionRecord) -> torch.Tensor:
         if not record.latest:
             slot = f" in pass {call.slot} of a step" if call.per_pass else ""
             raise RuntimeError(
-                f"crossgate: cross-attention layer {self.name!r} was never computed{slot} before the gate, so "
+                f"crossgate: cross-attention layer {name!r} was never computed{slot} before the gate, so "
                 "there is no output to replay. Something skipped it in every step before the gate"
                 + (", or the pipeline runs more denoiser passes per step after the gate." if slot else ".")
             )
-        if call.sequential:
+        if call.layout.sequential:
             if call.cfg and not self._complete(call, record, max(record.latest_step.values())):
                 raise RuntimeError(
-                    f"crossgate: cross-attention layer {self.name!r} has no cond and uncond output from the "
+                    f"crossgate: cross-attention layer {name!r} has no cond and uncond output from the "
                     "same step before the gate; the pipeline did not run both named CFG branches."
                 )
             cache = self._sequential_mean(call, record)
         else:
-            cache = self._batched_view(call, record.latest[_BATCH])
+            cache = self._view(call, record.latest[_BATCH])
         record.latest.clear()
         return cache
 
+    # --- self-attention records (TGATE v2, eager) -----------------------------------------------
 
-class SelfAttentionCacheHook(_SkippingHook):
-    """TGATE v2: recompute self-attention only on the schedule's steps, reuse it in between."""
-
-    def __init__(self, denoiser: torch.nn.Module, name: str) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.name = name
-        self._key = f"self:{id(denoiser)}:{name}"
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        call = _call_for(self.denoiser)
-        if call is None or not call.config.caches_self_attention:
-            return self._run_module(*args, **kwargs)
-        record = self.record(call)
-        action = self._action(call, call.step)
-        batch = latent_batch(args, kwargs)
-        if action is Action.REUSE and record.cache is not None and record.cache.shape[0] == batch:
-            return record.cache
-        output = self._run_module(*args, **kwargs)
-        record.computed_steps.add(call.step)
-        if action is Action.STORE and self._reused_at(call, call.step + 1):  # else nobody reads it
-            at_gate = call.step == call.gate - 1
-            record.cache = cfg_mean(output) if at_gate and call.cfg else output
-        return output
-
-    def record(self, call: CallState) -> SelfAttentionRecord:
-        record = call.records.get(self._key)
+    def _self_record(self, call: CallState, name: str) -> SelfAttentionRecord:
+        key = f"self:{self._key}:{name}"
+        record = call.records.get(key)
         if record is None:
-            record = call.records[self._key] = SelfAttentionRecord()
+            record = call.records[key] = SelfAttentionRecord()
         return record
 
-    def stats(self, call: CallState) -> list[int]:
-        """The steps this layer computed in ``call``."""
-        return sorted(self.record(call).computed_steps)
+    def self_stats(self, call: CallState, name: str) -> list[int]:
+        """The steps self-attention layer ``name`` computed in ``call``."""
+        return sorted(self._self_record(call, name).computed_steps)
+
+    def drop_unread(self, call: CallState) -> None:
+        """At a step boundary: free the self-attention caches unless the step now starting reuses them."""
+        if self._self_reused_at(call, call.step):
+            return
+        for name in self.self_attention:
+            record = call.records.get(f"self:{self._key}:{name}")
+            if record is not None:
+                record.cache = None
 
     @staticmethod
-    def _action(call: CallState, step: int) -> Action:
+    def _self_action(call: CallState, step: int) -> Action:
         config = call.config
         return self_attention_action(
             step,
@@ -279,92 +599,57 @@ class SelfAttentionCacheHook(_SkippingHook):
             config.self_attention_warm_up,
         )
 
-    def drop_unread(self, call: CallState) -> None:
-        """At a step boundary: free the cache unless the step now starting reuses it."""
-        record = call.records.get(self._key)
-        if record is not None and not self._reused_at(call, call.step):
-            record.cache = None
-
-    def _reused_at(self, call: CallState, step: int) -> bool:
-        return step < call.num_steps and self._action(call, step) is Action.REUSE
+    def _self_reused_at(self, call: CallState, step: int) -> bool:
+        return step < call.num_steps and self._self_action(call, step) is Action.REUSE
 
 
-class _InputOutputHooks:
-    """PyTorch forward pre/post hooks on one model (``_before`` / ``_after``), removable together."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self._handles: list[torch.utils.hooks.RemovableHandle] = [
-            model.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
-            model.register_forward_hook(self._after),
-        ]
-
-    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        raise NotImplementedError
-
-    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        raise NotImplementedError
-
-    def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-
-class DenoiserGate(_InputOutputHooks):
+class DenoiserGate(_ModelGate):
     """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed."""
 
-    def __init__(self, denoiser: torch.nn.Module) -> None:
-        self.denoiser = denoiser
-        super().__init__(denoiser)
-
-    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        call = current_call()
-        if call is None or not any(d is self.denoiser for d in call.denoisers):
-            return None
-        call.halved = None
-        call.skip_pass = False
-        call.foreign_pass = _calling_pipeline() is not call.owner
-        if call.foreign_pass:
-            return None  # a pipeline sharing this denoiser, called from inside this call: plain
+    def _begin(self, call: CallState, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call.begin_pass()
         call.runs_cfg()
         full = latent_batch(args, kwargs)
-        if not (call.gated and call.cfg):
-            if not call.gated:
-                call.ran_before_gate.add(id(self.denoiser))
+        if not call.gated:
+            call.ran_before_gate.add(id(self.model))
             call.denoiser_batches.append(full)
+            self._arm(call, KEEP, full)
             return None
-        if call.sequential:
-            return self._before_sequential(call, full)
+        if not call.cfg:
+            call.denoiser_batches.append(full)
+            self._arm(call, REPLAY, full)
+            return None
+        if call.layout.sequential:
+            self._begin_sequential(call, full)
+            return None
         if full % 2:
             raise RuntimeError(
                 f"crossgate: expected a [uncond; cond] batch after the gate but the denoiser got batch "
                 f"{full}; this pipeline may call the denoiser separately per CFG branch (unsupported)."
             )
-        half, second = full // 2, call.feeds_second_half
+        half, layout = full // 2, call.layout
         call.denoiser_batches.append(half)
-        call.halved = half
+        self.lane.halved = half
         per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS}
-        sliced_args, sliced_kwargs = map_batch(
-            (args, per_sample), full, lambda t: cfg_half(t, second, call.interleaved)
-        )
+        sliced_args, sliced_kwargs = map_batch((args, per_sample), full, layout.half)
         sliced_kwargs.update({k: v for k, v in kwargs.items() if k in _SHARED_INPUTS})
-        if call.cond_only and not second:
+        if call.cond_only and not layout.feeds_cond:
             # a guess-mode ControlNet ran on the cond half alone and the pipeline padded its
             # residuals with zeros for the uncond half: take them from the cond half, or the
             # control would vanish after the gate
             for key in _CONTROL_RESIDUALS:
                 if key in kwargs:
-                    sliced_kwargs[key] = map_batch(kwargs[key], full, lambda t: cfg_half(t, True))
+                    sliced_kwargs[key] = map_batch(kwargs[key], full, layout.cond)
+        self._arm(call, REPLAY, half)
         return sliced_args, sliced_kwargs
 
-    @staticmethod
-    def _before_sequential(call: CallState, full: int) -> None:
+    def _begin_sequential(self, call: CallState, full: int) -> None:
         if call.branch == "cond":
             call.denoiser_batches.append(full)
+            self._arm(call, REPLAY, full)
             return None
         if call.branch == "uncond" and call.cond_output is not None:
-            call.skip_pass = True  # BlockSkipHook skips every block; _after returns the cond output
+            self.lane.mode = SKIP  # every block is skipped; _finish returns the cond output
             return None
         raise RuntimeError(
             f"crossgate: after the gate a {'cond' if call.branch is None else call.branch!r} denoiser call "
@@ -372,28 +657,23 @@ class DenoiserGate(_InputOutputHooks):
             "cache_context('cond') and then cache_context('uncond')."
         )
 
-    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        call = current_call()
-        if call is None or not call.runs(self.denoiser):
-            return None
+    def _finish(self, call: CallState, output: Any) -> Any:
         keep_guidance = bool(call.cfg) and call.config.guidance_after_gate > 0
-        if call.sequential:
-            return self._after_sequential(call, output, keep_guidance)
-        half, call.halved = call.halved, None
+        if call.layout.sequential:
+            return self._finish_sequential(call, output, keep_guidance)
+        half, layout = self.lane.halved, call.layout
         if half is None:
             if keep_guidance and not call.gated and call.step == call.gate - 1:
-                uncond, cond = cfg_split(_first_tensor(output), call.cond_first)
+                uncond, cond = layout.split(_first_tensor(output))
                 call.guidance_delta = cond - uncond
             return None
         if not keep_guidance or call.guidance_delta is None:
-            return map_batch(output, half, lambda t: cfg_double(t, call.interleaved))
+            return map_batch(output, half, layout.double)
         shift = call.guidance_delta * (call.config.guidance_weight(call.step - call.gate) / 2)
-        return _map_first(output, lambda t: cfg_join(t - shift, t + shift, call.cond_first), half)
+        return _map_first(output, lambda t: layout.join(t - shift, t + shift), half, layout.double)
 
-    @staticmethod
-    def _after_sequential(call: CallState, output: Any, keep_guidance: bool) -> Any:
-        if call.skip_pass:
-            call.skip_pass = False
+    def _finish_sequential(self, call: CallState, output: Any, keep_guidance: bool) -> Any:
+        if self.lane.mode == SKIP:
             if not keep_guidance or call.guidance_delta is None:
                 return call.cond_output
             shift = call.guidance_delta * call.config.guidance_weight(call.step - call.gate)
@@ -409,76 +689,46 @@ class DenoiserGate(_InputOutputHooks):
         return None
 
 
-class ControlGate(_InputOutputHooks):
+class ControlGate(_ModelGate):
     """Run a ControlNet at the denoiser's batch after the gate: one CFG half in, residuals out twice.
 
-    Before the gate the ControlNet runs as written and its cross-attention layers keep their outputs
-    (their own :class:`CrossAttentionGateHook`). From the gate on, under CFG, it gets the same half of
-    its inputs as the denoiser (``post_gate_inputs``), its cross-attention replays the cached mean,
-    and its residuals are handed back for both halves of the pipeline's batch; the denoiser's gate
-    slices them to that half again. A guess-mode ControlNet runs on the cond half alone (batch B) at
-    every step: it runs as written, its caches are its cond outputs, and the denoiser takes its
-    residuals from the cond half.
+    Before the gate the ControlNet runs as written and its cross-attention layers keep their outputs.
+    From the gate on, under CFG, it gets the same half of its inputs as the denoiser
+    (``post_gate_inputs``), its cross-attention replays the cached mean, and its residuals are handed
+    back for both halves of the pipeline's batch; the denoiser's gate slices them to that half again.
+    A guess-mode ControlNet runs on the cond half alone (batch B) at every step: it runs as written,
+    its caches are its cond outputs, and the denoiser takes its residuals from the cond half.
     """
 
-    def __init__(self, control: torch.nn.Module) -> None:
-        self.control = control
-        super().__init__(control)
-
-    def _before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        call = current_call()
-        if call is None or not any(c is self.control for c in call.controls):
-            return None
-        call.foreign_pass = _calling_pipeline() is not call.owner
-        if call.foreign_pass:
-            return None
-        key = id(self.control)
+    def _begin(self, call: CallState, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        key = id(self.model)
         if call.runs_cfg() and kwargs.get("guess_mode", False):
             call.cond_only.add(key)
-        if not call.gated:
-            call.ran_before_gate.add(key)
         full = latent_batch(args, kwargs)
         batches = call.control_batches.setdefault(key, [])
-        if not (call.gated and call.cfg_batched(self.control)):
+        if not call.gated:
+            call.ran_before_gate.add(key)
             batches.append(full)
+            self._arm(call, KEEP, full)
+            return None
+        if not call.cfg_batched(self.model):
+            batches.append(full)
+            self._arm(call, REPLAY, full)
             return None
         if full % 2:
             raise RuntimeError(
-                f"crossgate: expected a [uncond; cond] batch for {type(self.control).__name__} after the gate "
+                f"crossgate: expected a [uncond; cond] batch for {type(self.model).__name__} after the gate "
                 f"but it got batch {full}."
             )
-        half, second = full // 2, call.feeds_second_half
+        half = full // 2
         batches.append(half)
-        call.control_halved[key] = half
-        return map_batch((args, kwargs), full, lambda t: cfg_half(t, second, call.interleaved))
+        self.lane.halved = half
+        self._arm(call, REPLAY, half)
+        return map_batch((args, kwargs), full, call.layout.half)
 
-    def _after(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        call = current_call()
-        if call is None or not call.runs(self.control):
-            return None
-        half = call.control_halved.pop(id(self.control), None)
-        if half is None:
-            return None
-        return map_batch(output, half, lambda t: cfg_double(t, call.interleaved))
-
-
-class BlockSkipHook(_SkippingHook):
-    """Sequential CFG after the gate: the uncond call's blocks compute nothing (identity).
-
-    Its output is discarded (the denoiser returns the cond call's output instead), so each block
-    hands its input hidden states straight through.
-    """
-
-    def __init__(self, denoiser: torch.nn.Module, passthrough: Callable[[tuple, dict], Any]) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self._passthrough = passthrough
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        call = _call_for(self.denoiser)
-        if call is not None and call.skip_pass:
-            return self._passthrough(args, kwargs)
-        return self._run_module(*args, **kwargs)
+    def _finish(self, call: CallState, output: Any) -> Any:
+        half = self.lane.halved
+        return None if half is None else map_batch(output, half, call.layout.double)
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -490,11 +740,16 @@ def _first_tensor(output: Any) -> torch.Tensor:
     return output[0]
 
 
-def _map_first(output: Any, fn: Callable[[torch.Tensor], torch.Tensor], batch: int | None = None) -> Any:
-    """``output`` with its prediction replaced by ``fn(prediction)``, every other batch tensor doubled."""
+def _map_first(
+    output: Any,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    batch: int | None = None,
+    double: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Any:
+    """``output`` with its prediction replaced by ``fn(prediction)``, every other ``batch`` tensor doubled."""
     first = _first_tensor(output)
-    if batch is not None:
-        output = map_batch(output, batch, lambda t: t if t is first else torch.cat([t, t], dim=0))
+    if batch is not None and double is not None:
+        output = map_batch(output, batch, lambda t: t if t is first else double(t))
     if isinstance(output, torch.Tensor):
         return fn(output)
     if isinstance(output, dict):
@@ -505,12 +760,12 @@ def _map_first(output: Any, fn: Callable[[torch.Tensor], torch.Tensor], batch: i
     return type(output)([fn(first), *list(output)[1:]])
 
 
-@torch.compiler.disable  # stack inspection: run eagerly, outside any compiled graph
 def _calling_pipeline() -> Any:
-    """The innermost diffusers pipeline on the Python stack: the one whose code called the denoiser.
+    """The innermost diffusers pipeline on the Python stack: the one whose code called the model.
 
     A pipeline that shares the denoiser with a gated one and is called from the gated call's
-    callback runs in the same context; only the stack tells its passes apart.
+    callback runs in the same context; only the stack tells its passes apart. Runs eagerly, in the
+    model's gate, never inside a compiled region.
     """
     from diffusers import DiffusionPipeline
 

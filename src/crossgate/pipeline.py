@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
-from diffusers.hooks import HookRegistry
 
 from crossgate.adapters import (
     ModelAdapter,
@@ -40,30 +39,46 @@ from crossgate.hooks import (
     ControlGate,
     CrossAttentionGateHook,
     DenoiserGate,
+    Lane,
+    ModuleHook,
     SelfAttentionCacheHook,
+    attach,
+    detach,
 )
+from crossgate.layouts import layout_for
 
 _SESSION_ATTR = "_crossgate_session"
 _INSTALLATION_ATTR = "_crossgate_installation"
-_CROSS_HOOK = "crossgate_cross_attention"
-_SELF_HOOK = "crossgate_self_attention"
-_SKIP_HOOK = "crossgate_skip_uncond"
 # Methods crossgate shadows on the pipeline instance (never on its class); remove() deletes them.
 _INSTANCE_PATCHES = ("progress_bar", "encode_prompt")
 
 
 @dataclass(frozen=True)
 class _Part:
-    """A model the pipeline's loop runs that crossgate hooks: a denoiser (or expert), or a ControlNet."""
+    """A model the pipeline's loop runs that crossgate hooks: a denoiser (or expert), or a ControlNet.
+
+    ``module`` is the model itself; ``wrapper`` the ``OptimizedModule`` the pipeline holds instead when
+    the user assigned ``torch.compile(model)`` back (its passes are entered eagerly there).
+    """
 
     path: str  # its attribute path in the pipeline: "unet", "transformer_2", "controlnet.nets.0"
     module: torch.nn.Module
     control: bool = False
+    wrapper: torch.nn.Module | None = field(default=None, compare=False)
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside ``torch.compile(model)``'s ``OptimizedModule`` (the model itself otherwise)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 def _parts(adapter: ModelAdapter, pipe: Any) -> list[_Part]:
-    return [_Part(path, m) for path, m in adapter.denoisers(pipe)] + [
-        _Part(path, m, control=True) for path, m in adapter.controls(pipe)
+    found = [(path, m, False) for path, m in adapter.denoisers(pipe)]
+    found += [(path, m, True) for path, m in adapter.controls(pipe)]
+    return [
+        _Part(path, _unwrapped(m), control, wrapper=m if _unwrapped(m) is not m else None)
+        for path, m, control in found
     ]
 
 
@@ -75,9 +90,11 @@ class _Installation:
     control: bool = False
     cross_attention: dict[str, CrossAttentionGateHook] = field(default_factory=dict)
     self_attention: dict[str, SelfAttentionCacheHook] = field(default_factory=dict)
+    lane: Lane = field(default_factory=Lane)  # what the hooks inside the model read during a pass
     gate: DenoiserGate | ControlGate | None = None
     users: list[_Session] = field(default_factory=list)
-    _hooked: list[tuple[torch.nn.Module, str]] = field(default_factory=list)
+    _hooked: list[torch.nn.Module] = field(default_factory=list)
+    _self_modules: list[torch.nn.Module] = field(default_factory=list)
 
     @classmethod
     def acquire(cls, session: _Session, part: _Part) -> _Installation:
@@ -118,25 +135,27 @@ class _Installation:
         needed = not self.control and any(user.config.caches_self_attention for user in self.users)
         if needed and not self.self_attention:
             for name, module in self_attention_modules(self.model):
-                hook = SelfAttentionCacheHook(self.model, name)
-                self._register(module, hook, _SELF_HOOK)
+                hook = SelfAttentionCacheHook(self.lane)
+                self._register(module, hook)
                 self.self_attention[name] = hook
+                self._self_modules.append(module)
         elif not needed and self.self_attention:
-            for module, hook_name in [h for h in self._hooked if h[1] == _SELF_HOOK]:
-                HookRegistry.check_if_exists_or_initialize(module).remove_hook(hook_name, recurse=False)
-                self._hooked.remove((module, hook_name))
+            for module in self._self_modules:
+                detach(module)
+                self._hooked.remove(module)
+            self._self_modules.clear()
             self.self_attention.clear()
 
     def _hook(self, adapter: ModelAdapter) -> None:
-        denoiser = self.model
+        denoiser, lane = self.model, self.lane
         for name, module in cross_attention_modules(denoiser):
-            hook = CrossAttentionGateHook(denoiser, name)
-            self._register(module, hook, _CROSS_HOOK)
+            hook = CrossAttentionGateHook(lane)
+            self._register(module, hook)
             self.cross_attention[name] = hook
+        kind = ControlGate if self.control else DenoiserGate
+        self.gate = kind(denoiser, lane, self.cross_attention, self.self_attention)
         if self.control:
-            self.gate = ControlGate(denoiser)
             return
-        self.gate = DenoiserGate(denoiser)
         if adapter.cfg_layout == "sequential":
             blocks = adapter.blocks(denoiser)
             if not blocks:
@@ -145,25 +164,26 @@ class _Installation:
                     "the uncond call after the gate; sequential CFG needs them."
                 )
             for block, passthrough in blocks:
-                self._register(block, BlockSkipHook(denoiser, passthrough), _SKIP_HOOK)
+                self._register(block, BlockSkipHook(lane, passthrough))
             denoiser.__dict__["cache_context"] = _branch_context_for(denoiser)
 
     def changes(self, call: CallState) -> list[float]:
         """The relative changes its cross-attention layers measured at ``call``'s current step."""
-        return [c for h in self.cross_attention.values() if (c := h.change_at(call, call.step)) is not None]
+        return self.gate.changes(call) if self.gate is not None else []
 
-    def _register(self, module: torch.nn.Module, hook: Any, name: str) -> None:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
-        self._hooked.append((module, name))
+    def _register(self, module: torch.nn.Module, hook: ModuleHook) -> None:
+        attach(module, hook)
+        self._hooked.append(module)
 
     def _unhook(self) -> None:
         self.model.__dict__.pop("cache_context", None)
         if self.gate is not None:
             self.gate.detach()
             self.gate = None
-        for module, hook_name in reversed(self._hooked):
-            HookRegistry.check_if_exists_or_initialize(module).remove_hook(hook_name, recurse=False)
+        for module in reversed(self._hooked):
+            detach(module)
         self._hooked.clear()
+        self._self_modules.clear()
         self.cross_attention.clear()
         self.self_attention.clear()
 
@@ -205,19 +225,19 @@ class _Session:
         parts = _parts(self.adapter, pipe)
         if [(p.path, p.module) for p in parts] != [(p.path, p.module) for p in self.parts]:
             self._rehook(pipe, parts)
+        for part, installation in zip(parts, self.installations):
+            if installation.gate is not None:
+                installation.gate.follow(part.wrapper)  # compiled since apply(): enter eagerly around it
         return CallState(
             owner=pipe,
+            adapter=self.adapter,
+            layout=layout_for(self.adapter, self.post_gate_inputs),
             denoisers=tuple(p.module for p in self.parts if not p.control),
             controls=tuple(p.module for p in self.parts if p.control),
             config=self.config,
             policy=gate_policy(self.config, num_steps),
             num_steps=num_steps,
-            post_gate_inputs=self.post_gate_inputs,
             cfg_probe=lambda: self.adapter.cfg_active(pipe, self.prompt_cfg),
-            sequential=self.adapter.cfg_layout == "sequential",
-            cond_first=self.adapter.cond_first,
-            interleaved=self.adapter.cfg_interleaved,
-            per_pass=self.adapter.per_pass_caches,
         )
 
     def end_step(self, call: CallState, steps: int = 1) -> None:
@@ -229,8 +249,8 @@ class _Session:
                 change = sum(changes) / len(changes) if changes else None
             call.complete_step(change)
         for installation in self.installations:
-            for hook in installation.self_attention.values():
-                hook.drop_unread(call)
+            if installation.gate is not None and installation.self_attention:
+                installation.gate.drop_unread(call)
 
     def end_loop(self, call: CallState) -> None:
         """Keep what the call did (its caches go with ``call``)."""
@@ -239,11 +259,14 @@ class _Session:
         self_computed: dict[str, list[int]] = {}
         for index, (part, installation) in enumerate(zip(self.parts, self.installations)):
             prefix = "" if index == 0 else f"{part.path}."
-            for name, hook in installation.cross_attention.items():
-                computed[prefix + name], replays[prefix + name] = hook.stats(call)
+            gate = installation.gate
+            if gate is None:
+                continue
+            for name in installation.cross_attention:
+                computed[prefix + name], replays[prefix + name] = gate.stats(call, name)
             if call.config.caches_self_attention:
-                for name, sa_hook in installation.self_attention.items():
-                    self_computed[prefix + name] = sa_hook.stats(call)
+                for name in installation.self_attention:
+                    self_computed[prefix + name] = gate.self_stats(call, name)
         self.last_call = CallStats(
             num_steps=call.num_steps,
             gate=call.gate,

@@ -3,9 +3,7 @@
 * :func:`latent_batch`: the batch size of a denoiser call (its latent input's leading dimension);
 * :func:`map_batch`: apply a function to every batch-shaped tensor in nested inputs or outputs;
 * :func:`cfg_mean`: the mean of the ``[uncond; cond]`` halves, what TGATE caches at the gate;
-* :func:`cfg_half` / :func:`cfg_double`: one CFG half of a batch, and a half handed back for both
-  (contiguous ``[uncond; cond]`` or interleaved ``[u0, c0, u1, c1, ...]``);
-* :func:`cfg_split` / :func:`cfg_join`: a CFG batch's halves in the pipeline's order and back;
+* (how each CFG layout is sliced and handed back after the gate: :mod:`crossgate.layouts`);
 * :func:`relative_change`: the convergence statistic of ``gate_step="auto"`` and of the analysis tools.
 """
 
@@ -46,40 +44,13 @@ def map_batch(tree: Any, batch: int, fn: Callable[[torch.Tensor], Any]) -> Any:
     return tree
 
 
-def cfg_mean(output: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+def cfg_mean(output: torch.Tensor) -> torch.Tensor:
     """The mean of the ``[uncond; cond]`` halves: what one pass at batch B replays after the gate.
 
-    ``interleaved``: the batch pairs each sample's branches, ``[u0, c0, u1, c1, ...]`` (Panorama's
-    ``repeat_interleave(2)``), so the halves are ``output[0::2]`` and ``output[1::2]``.
+    Other CFG layouts (cond first, interleaved) have theirs in :mod:`crossgate.layouts`.
     """
-    if interleaved:
-        return (output[0::2] + output[1::2]) / 2
     uncond, cond = output.chunk(2, dim=0)
     return (uncond + cond) / 2
-
-
-def cfg_half(batch: torch.Tensor, second: bool, interleaved: bool = False) -> torch.Tensor:
-    """The first or the ``second`` CFG half of a batch of ``2 * half`` (interleaved: every other row)."""
-    if interleaved:
-        return batch[int(second) :: 2]
-    half = batch.shape[0] // 2
-    return batch[half:] if second else batch[:half]
-
-
-def cfg_double(half: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
-    """One half handed back for both: ``[h; h]``, or each row twice when ``interleaved``."""
-    return half.repeat_interleave(2, dim=0) if interleaved else torch.cat([half, half], dim=0)
-
-
-def cfg_split(batch: torch.Tensor, cond_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(uncond, cond)`` of a CFG batch laid out ``[uncond; cond]`` (or ``[cond; uncond]``)."""
-    first, second = batch.chunk(2, dim=0)
-    return (second, first) if cond_first else (first, second)
-
-
-def cfg_join(uncond: torch.Tensor, cond: torch.Tensor, cond_first: bool = False) -> torch.Tensor:
-    """The inverse of :func:`cfg_split`."""
-    return torch.cat([cond, uncond] if cond_first else [uncond, cond], dim=0)
 
 
 def relative_change(current: torch.Tensor, previous: torch.Tensor) -> float:

@@ -162,8 +162,10 @@ class ModelAdapter:
             else [(self.control_attr, model)]
         )
         return [
-            (path, net) for path, net in parts if isinstance(net, (ControlNetModel, ControlNetUnionModel))
-        ]
+            (path, net)
+            for path, net in parts
+            if isinstance(getattr(net, "_orig_mod", net), (ControlNetModel, ControlNetUnionModel))
+        ]  # a compiled ControlNet (``torch.compile(net)``'s OptimizedModule) is listed as the pipeline holds it
 
     def cross_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
         return cross_attention_modules(self.denoiser(pipe))

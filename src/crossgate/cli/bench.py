@@ -96,6 +96,18 @@ def register(subparsers: Any) -> None:
         help="per model: start no timed round that would end past this many seconds after the model's "
         "first warm-up (for capped GPU runs; the table says when rounds were cut)",
     )
+    p.add_argument(
+        "--compile",
+        default=None,
+        metavar="BACKEND",
+        help="also time plain and crossgate with the denoiser compiled by torch.compile with this backend "
+        "(inductor; aot_eager for a quick check); their first call (compile included) is reported apart",
+    )
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode for --compile (e.g. reduce-overhead: CUDA graphs, one per batch shape)",
+    )
     p.add_argument("--guidance", type=finite_float, default=7.5)
     p.add_argument("--decode", action="store_true", help="include the VAE decode (default: latents only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -112,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         BenchSize,
         build_variants,
         call_kwargs,
+        compiled_variants,
         default_size,
         random_pipeline,
         run_bench,
@@ -155,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 pipe = random_pipeline(model, args.device, DTYPES[args.dtype], num_layers=args.layers)
             variants = build_variants(pipe, args.gate_step, args.peers)
+            if args.compile:
+                variants += compiled_variants(pipe, args.gate_step, args.compile, args.compile_mode)
         except BenchError as error:
             raise CommandError(str(error)) from None
         log(f"  built in {time.perf_counter() - start:.1f} s")

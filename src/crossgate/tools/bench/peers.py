@@ -35,6 +35,10 @@ class Variant:
     disable: Callable[[], None] = lambda: None
     call: Callable[[dict[str, Any]], Any] | None = None
     unavailable: str | None = None
+    # Compiled rows: the row their speed-up is taken against ("plain compiled"), and the eager row
+    # whose counted MACs they share (counting hooks inside a compiled model would change its graphs).
+    versus: str | None = None
+    macs_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,36 @@ def _cfg_cutoff(request: PeerRequest) -> Variant:
 
 
 PEERS: tuple[str, ...] = tuple(PEER_REGISTRY)  # the built-in peers, in table order
+
+
+def compiled_variants(
+    pipe: Any, gates: Sequence[int], backend: str, mode: str | None = None
+) -> list[Variant]:
+    """Plain and crossgate at each gate with the denoiser compiled: ``torch.compile(denoiser)``
+    (``fullgraph=True``) assigned to the pipeline while the row runs, the eager denoiser put back
+    after it. One compiled module serves every row, so its graphs are made once (in the warm-ups,
+    whose first run is reported as the first-call time) and the timed rounds reuse them."""
+    attr = next(a for a in ("unet", "transformer") if isinstance(getattr(pipe, a, None), torch.nn.Module))
+    eager = getattr(pipe, attr)
+    compiled = torch.compile(eager, backend=backend, mode=mode, fullgraph=True)
+
+    def use(model: torch.nn.Module) -> None:
+        setattr(pipe, attr, model)
+
+    def gated(gate: int) -> Variant:
+        def enable() -> None:
+            use(compiled)
+            crossgate.apply(pipe, gate_step=gate)
+
+        def disable() -> None:
+            crossgate.remove(pipe)
+            use(eager)
+
+        name = f"crossgate m={gate} compiled"
+        return Variant(name, enable, disable, versus="plain compiled", macs_from=f"crossgate m={gate}")
+
+    plain = Variant("plain compiled", lambda: use(compiled), lambda: use(eager), macs_from="plain")
+    return [plain, *(gated(gate) for gate in gates)]
 
 
 def build_variants(

@@ -30,12 +30,19 @@ def markdown(reports: Sequence[BenchReport]) -> str:
         rows = report.rows()
         base_caveat = bool(rows and rows[0]["caveat"])
         memory = any(row.get("peak_mib") is not None for row in rows)  # CUDA runs only
+        compiled = any(row["versus"] != rows[0]["config"] for row in rows[1:])
         lines += [
             f"### {report.model} ({report.setting})",
             "",
             "| config | median s | min–max s | rounds | speed-up | GMACs per image (counted) "
-            "| MACs speed-up | efficiency |" + (" peak MiB |" if memory else "") + " note |",
-            "|---|---|---|---|---|---|---|---|" + ("---|" if memory else "") + "---|",
+            "| MACs speed-up | efficiency |"
+            + (" first call s |" if compiled else "")
+            + (" peak MiB |" if memory else "")
+            + " note |",
+            "|---|---|---|---|---|---|---|---|"
+            + ("---|" if compiled else "")
+            + ("---|" if memory else "")
+            + "---|",
         ]
         for row in rows:
             own = CAVEAT_MARK if row["caveat"] else ""
@@ -43,11 +50,21 @@ def markdown(reports: Sequence[BenchReport]) -> str:
             speedup = "-" if row["speedup"] is None else f"{row['speedup']:.3f}x{timed}"
             efficiency = "-" if row["efficiency"] is None else f"{row['efficiency']:.3f}{timed}"
             peak = f" {_fmt(row.get('peak_mib'), '.0f')} |" if memory else ""
+            first = f" {_fmt(row['first_s'], '.2f')} |" if compiled else ""
+            if row["versus"] != rows[0]["config"] and row["speedup"] is not None:
+                speedup += f" (vs {row['versus']})"
             lines.append(
                 f"| {row['config']} | {_fmt(row['median_s'], '.3f')} | {_spread(row)} | {row['runs']}{own} "
                 f"| {speedup} | {_fmt(row['gmacs'], '.5g')} | {_fmt(row['predicted_speedup'], '.3f')}x "
-                f"| {efficiency} |{peak} {row['note']} |"
+                f"| {efficiency} |{first}{peak} {row['note']} |"
             )
+        if compiled:
+            lines += [
+                "",
+                "Compiled rows: the denoiser is `torch.compile(..., fullgraph=True)`d; their speed-up is "
+                "against plain compiled, their MACs are their eager twin's, and the first call (the "
+                "first warm-up, compile included) is reported apart from the timed rounds.",
+            ]
         flagged = sorted({row["caveat"] for row in rows if row["caveat"]})
         if flagged:
             lines += [

@@ -37,6 +37,8 @@ class Result:
     error: str | None = None
     warmup: int = 0  # untimed runs before the timed rounds
     peak_bytes: int | None = None  # CUDA only: the most memory any of its runs allocated
+    first_s: float | None = None  # the first (warm-up) run: a compiled row's compile time is in it
+    versus: str | None = None  # the row its speed-up is taken against (None: the first row, plain)
 
     @property
     def median(self) -> float | None:
@@ -67,20 +69,23 @@ class BenchReport:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per configuration: times and their spread, speed-ups, MACs, efficiency (None
         where unknown) and ``caveat`` (why the timing is only indicative, "" when it is not)."""
-        base = self.baseline()
+        by_name = {r.name: r for r in self.results}
         rows = []
         for r in self.results:
+            base = by_name.get(r.versus or "", self.baseline())
             speedup = base.median / r.median if base.median and r.median else None
             predicted = base.macs / r.macs if base.macs and r.macs else None
             rows.append(
                 {
                     "model": self.model,
                     "config": r.name,
+                    "versus": base.name,
                     "median_s": r.median,
                     "min_s": min(r.times) if r.times else None,
                     "max_s": max(r.times) if r.times else None,
                     "runs": len(r.times),
                     "warmup": r.warmup,
+                    "first_s": r.first_s,
                     "speedup": speedup,
                     "gmacs": r.macs / 1e9 if r.macs else None,
                     "predicted_speedup": predicted,
@@ -133,7 +138,7 @@ def run_bench(
     report cut short says so in its setting.
     """
     begun = time.perf_counter()
-    results = {v.name: Result(v.name, error=v.unavailable, warmup=warmup) for v in variants}
+    results = {v.name: Result(v.name, error=v.unavailable, warmup=warmup, versus=v.versus) for v in variants}
     denoiser = denoiser_of(pipe)
 
     def once(variant: Variant, count: bool = False) -> float:
@@ -144,7 +149,7 @@ def run_bench(
             _sync(device)
             _reset_peak(device)
             start = time.perf_counter()
-            if count:
+            if count and variant.macs_from is None:
                 counter.__enter__()
             try:
                 (variant.call or (lambda kw: pipe(**kw)))(kwargs)
@@ -155,8 +160,10 @@ def run_bench(
         finally:
             variant.disable()
         result = results[variant.name]
-        if count:
+        if count and variant.macs_from is None:
             result.macs = counter.total
+        elif count and variant.macs_from in results:  # the same work as its eager twin
+            result.macs = results[variant.macs_from].macs
         peak = _peak(device)
         if peak is not None:
             result.peak_bytes = max(peak, result.peak_bytes or 0)
@@ -168,7 +175,9 @@ def run_bench(
         try:
             for i in range(warmup):
                 seconds = once(variant, count=i == 0)
-                pace += seconds if i == 0 else 0.0
+                if i == 0:
+                    pace += seconds
+                    results[variant.name].first_s = seconds
                 log(f"  warm-up {variant.name}: {seconds:.2f} s")
         except Exception as error:  # a peer that breaks on this pipeline/diffusers stays in the table
             results[variant.name].error = _failure(error)
