@@ -54,7 +54,8 @@ else
   GATES="${GATES:-10 5}" WAN_GATE="${WAN_GATE:-10}" REPEATS="${REPEATS:-5}" WARMUP="${WARMUP:-1}"
   SD15=sd15 SDXL=sdxl PIXART=pixart-alpha WAN=wan13b SD_RES=512 SDXL_RES=1024 PIXART_RES=1024
   WAN_ARGS="--resolution ${WAN_RES:-480x832} --frames ${WAN_FRAMES:-17}"
-  EXTRAS_ARGS="--device $DEVICE --dtype $DTYPE --backend ${COMPILE_BACKEND:-inductor}"
+  # reduce-overhead: inductor plus CUDA graphs, one recorded per batch shape (2B before the gate, B after)
+  EXTRAS_ARGS="--device $DEVICE --dtype $DTYPE --backend ${COMPILE_BACKEND:-inductor} --mode ${COMPILE_MODE:-reduce-overhead}"
   CAP_SCALE="${CAP_SCALE:-1}"
 fi
 PEERS="tgate tgate-v2 deepcache crossgate+deepcache cfg-cutoff pab"

@@ -20,10 +20,10 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 import crossgate
-from crossgate.hooks import hooked
 from crossgate.adapters import cross_attention_modules, support
 from crossgate.adapters.registry import batches_more_than_two_branches, calls_denoiser_per_cfg_branch
 from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
+from crossgate.hooks import hooked
 from crossgate.testing import tiny_sd_pipeline
 from families import CASES
 
@@ -219,9 +219,7 @@ def test_pag_and_three_way_batches_are_refused_before_anything_changes():
         with pytest.raises(crossgate.UnsupportedPipelineError, match=match):
             crossgate.apply(pipe, gate_step=2)
         assert not crossgate.is_applied(pipe) and "progress_bar" not in vars(pipe)
-        assert not any(
-            hooked(m) for m in pipe.unet.modules()
-        )
+        assert not any(hooked(m) for m in pipe.unet.modules())
         generator = torch.Generator().manual_seed(0)
         again = pipe(
             "a red circle", num_inference_steps=3, output_type="latent", generator=generator, **kwargs

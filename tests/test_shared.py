@@ -61,9 +61,7 @@ def test_removing_from_one_keeps_the_other(sd_pipe, _sd_template):
     assert torch.equal(run(sd_pipe, steps=STEPS), _expected(_sd_template, None))
     assert torch.equal(run(other, steps=STEPS), _expected(_sd_template, 3))
     crossgate.remove(other)
-    assert not any(
-        hooked(m) for m in sd_pipe.unet.modules()
-    )
+    assert not any(hooked(m) for m in sd_pipe.unet.modules())
     assert not sd_pipe.unet._forward_pre_hooks and not sd_pipe.unet._forward_hooks
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import crossgate
-from crossgate.hooks import hooked
 from conftest import ProcessorCounter, live_call_records, run
 from crossgate.adapters.base import self_attention_modules
+from crossgate.hooks import hooked
 from crossgate.schedule import Action, format_plan, self_attention_plan
 from reference_tgate import reference_latents
 
@@ -100,9 +100,7 @@ def test_no_leakage_between_calls(sd_pipe):
     assert torch.equal(run(sd_pipe, "a red circle", steps=8), first)
     assert live_call_records() == 0, "no self-attention cache outlives its call"
     crossgate.remove(sd_pipe)
-    assert not any(
-        hooked(m) for m in sd_pipe.unet.modules()
-    )
+    assert not any(hooked(m) for m in sd_pipe.unet.modules())
 
 
 @pytest.mark.parametrize(
