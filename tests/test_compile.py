@@ -225,3 +225,22 @@ def test_inductor_compiled_unet_matches_eager(sd_pipe):
     sd_pipe.unet.compile(backend="inductor", fullgraph=True)
     torch.testing.assert_close(_sd_call(sd_pipe), eager["gated"], atol=1e-3, rtol=1e-3)
     assert _graphs() == 2 and _breaks() == 0
+
+
+def test_bench_compiled_rows(sd_pipe):
+    """`crossgate bench --compile`: plain and crossgate compiled rows, each against plain compiled,
+    with their eager twin's MACs and the first call (compile included) kept apart from the rounds."""
+    from crossgate.tools.bench import build_variants, compiled_variants, run_bench
+
+    _fresh_dynamo()
+    variants = build_variants(sd_pipe, [2], []) + compiled_variants(sd_pipe, [2], "aot_eager")
+    kwargs = {"prompt": "a red circle", "num_inference_steps": 4, "output_type": "latent"}
+    report = run_bench(sd_pipe, variants, kwargs, repeats=1, warmup=1, log=lambda _: None)
+    rows = {row["config"]: row for row in report.rows()}
+    assert list(rows) == ["plain", "crossgate m=2", "plain compiled", "crossgate m=2 compiled"]
+    assert rows["crossgate m=2 compiled"]["versus"] == "plain compiled"
+    assert rows["plain compiled"]["versus"] == "plain"
+    assert rows["crossgate m=2 compiled"]["gmacs"] == rows["crossgate m=2"]["gmacs"] < rows["plain"]["gmacs"]
+    assert all(row["first_s"] is not None and row["note"] == "" for row in rows.values())
+    assert _breaks() == 0 and _graphs() == 3
+    assert not crossgate.is_applied(sd_pipe) and not isinstance(sd_pipe.unet, torch._dynamo.OptimizedModule)
