@@ -64,6 +64,7 @@ def test_extras_dry_run_compiles_and_offloads_with_crossgate(tmp_path) -> None:
     assert compile_["output_vs_eager"]["matches"] and compile_["output_vs_eager"]["rel_l2"] <= 1e-4
     assert compile_["crossgate_engaged"] == {"gate": 2, "denoiser_batches": [2, 2, 1, 1]}
     assert compile_["first_compiled_call"]["unique_graphs"] > 0
+    assert compile_["first_compiled_call"]["graph_breaks"] == 0  # fullgraph=True: a break would raise
     # the second call still compiles a few frames (crossgate paths first taken then), the third none
     frames = compile_["frames_compiled_after_each_call"]
     assert len(frames) == 3 and frames[1] == frames[2] and compile_["recompiles_after_second_call"] == 0
