@@ -12,7 +12,7 @@ What runs where, for a MODEL patched by the node (``apply_tgate``):
   Steps, not calls: every ComfyUI sampler reports step ``i`` (its callback) right after the step's
   first evaluation, and a second-order step evaluates again after that report (Heun's corrector at
   the next sigma, DPM-2's midpoint). How many times is known for ComfyUI's samplers
-  (``EXTRA_EVALUATIONS``, checked against ComfyUI by scripts/comfy_checks.py) and learned from the
+  (``EXTRA_EVALUATIONS``, checked against ComfyUI by tests/comfyui/checks.py) and learned from the
   previous step for any other sampler.
 * ``CALC_COND_BATCH`` wrapper: after the gate, under CFG, only the conditional batch is computed (the
   UNet really runs at batch B, not 2B), and its prediction is returned for both branches, so the

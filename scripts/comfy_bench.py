@@ -22,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The ComfyUI harness is test code and lives with the tests (tests/comfyui/harness.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))
 
-from comfy_harness import Comfy, Probe
+from harness import Comfy, Probe
 
 
 def main(argv: list[str] | None = None) -> int:

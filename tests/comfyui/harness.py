@@ -1,7 +1,7 @@
 """A real ComfyUI, the embedded model inside it, and an independent TGATE to check the node against.
 
-Runs in the ComfyUI test venv (`make comfy-env`), never in the main one. Shared by
-scripts/comfy_checks.py (what tests/test_comfyui.py runs) and scripts/comfy_bench.py.
+Test code: runs in the ComfyUI test venv (`make comfy-env`), never in the main one. Shared by
+tests/comfyui/checks.py (what tests/test_comfyui.py runs) and scripts/comfy_bench.py.
 
 * ``Comfy(...)``: imports ComfyUI on CPU (``args.cpu = True`` before ``comfy.model_management``), loads
   the node pack the way ComfyUI loads custom nodes (``nodes.load_custom_node`` on a copy of
@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # tests/comfyui/harness.py -> the repository
 PACK = ROOT / "comfyui"
 EMBEDDED = ROOT / "src" / "crossgate" / "embedded" / "crossgate-shapes-32"
 DEFAULT_COMFY = ROOT / ".venv-comfy" / "ComfyUI"

@@ -2,7 +2,7 @@
 
 Runs in the ComfyUI venv (`make comfy-env`), never in the main one:
 
-    .venv-comfy/bin/python scripts/comfy_checks.py [--json results.json] [--only NAME ...]
+    .venv-comfy/bin/python tests/comfyui/checks.py [--json results.json] [--only NAME ...]
 
 Each check returns plain facts (equalities, batch sizes per step, counts, max differences); the
 assertions live in tests/test_comfyui.py. Without --json the facts are printed.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfy_harness import Comfy, Probe, expected_steps, reference_sample, run_sigmas
+from harness import Comfy, Probe, expected_steps, reference_sample, run_sigmas
 
 SAMPLERS = ("euler", "dpmpp_2m", "heun")
 STEPS = 10
