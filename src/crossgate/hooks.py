@@ -254,7 +254,21 @@ def _hooked_class(base: type[torch.nn.Module]) -> type:
 
         namespace = {"forward": forward, "__module__": base.__module__, "__qualname__": base.__qualname__}
         cls = _HOOKED_CLASSES[base] = type(base.__name__, (base,), namespace)
+    _share_block_metadata(base, cls)
     return cls
+
+
+def _share_block_metadata(base: type, cls: type) -> None:
+    """diffusers' caches look a block's metadata up by its exact class (SeaCache, FirstBlockCache,
+    MagCache applied after crossgate): the swapped-in subclass answers as its base does."""
+    try:
+        from diffusers.hooks._helpers import TransformerBlockRegistry
+    except ImportError:  # an older diffusers without the registry: nothing to share
+        return
+    TransformerBlockRegistry._register()
+    registry = TransformerBlockRegistry._registry
+    if base in registry and cls not in registry:
+        registry[cls] = registry[base]
 
 
 class _RegistryHook(ModelHook):

@@ -222,6 +222,7 @@ class _Session:
             installation.sync()
 
     def begin_loop(self, pipe: Any, num_steps: int) -> CallState:
+        _check_diffusers_caches(pipe, self.adapter)  # a cache enabled after apply()
         parts = _parts(self.adapter, pipe)
         if [(p.path, p.module) for p in parts] != [(p.path, p.module) for p in self.parts]:
             self._rehook(pipe, parts)
@@ -386,7 +387,42 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
         )
     if adapter.per_pass_caches:
         _check_per_pass(type(pipe).__name__, config)
+    _check_diffusers_caches(pipe, adapter)
     return config
+
+
+# diffusers caches (their HookRegistry hook names) that keep tensors shaped by the denoiser's batch
+# from one step to the next: after the gate a batched-CFG pipeline's batch halves, and what they kept
+# no longer fits (PAB raises a shape error, MagCache silently drops its residual). Per-branch CFG
+# (Wan) keeps the batch, so they compose there; TextKVCache keeps nothing of the batch's shape
+# that the gated passes read (cross-attention is replayed) and composes everywhere.
+_BATCH_STATEFUL_CACHES = (
+    ("fbc_", "FirstBlockCache"),
+    ("mag_cache_", "MagCache"),
+    ("pyramid_attention_broadcast", "PyramidAttentionBroadcast"),
+    ("faster_cache_", "FasterCache"),
+    ("sea_cache_", "SeaCache"),
+    ("taylorseer_cache", "TaylorSeerCache"),
+)
+
+
+def _check_diffusers_caches(pipe: Any, adapter: ModelAdapter) -> None:
+    """Refuse a diffusers cache whose kept state cannot follow the batch halving at the gate."""
+    if adapter.cfg_layout == "sequential":
+        return
+    for part in _parts(adapter, pipe):
+        for module in part.module.modules():
+            registry = module.__dict__.get("_diffusers_hook")
+            for hook_name in getattr(registry, "hooks", {}):
+                for prefix, cache in _BATCH_STATEFUL_CACHES:
+                    if hook_name.startswith(prefix):
+                        raise UnsupportedPipelineError(
+                            f"crossgate cannot gate {type(pipe).__name__} with diffusers' {cache} on its "
+                            f"{part.path}: {type(pipe).__name__} runs CFG as one batch, which halves after "
+                            f"the gate, and {cache} keeps tensors of the full batch from step to step (they "
+                            "would no longer fit). Disable the cache, or use a per-branch CFG pipeline (Wan) "
+                            "where both compose."
+                        )
 
 
 def _check_per_pass(name: str, config: TGateConfig) -> None:
