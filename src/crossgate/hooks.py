@@ -72,6 +72,7 @@ interleaved per view, ``[u0, c0, u1, c1, ...]``; the adapter's ``per_pass_caches
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from collections.abc import Callable
@@ -252,6 +253,9 @@ def _hooked_class(base: type[torch.nn.Module]) -> type:
                 return compute(self, *args, **kwargs)
             return hook.run(compute, self, *args, **kwargs)
 
+        # inspect.signature(module.forward) answers with the base's parameters (cache-dit matches a
+        # block's forward signature to its patterns)
+        functools.update_wrapper(forward, compute)
         namespace = {"forward": forward, "__module__": base.__module__, "__qualname__": base.__qualname__}
         cls = _HOOKED_CLASSES[base] = type(base.__name__, (base,), namespace)
     _share_block_metadata(base, cls)
