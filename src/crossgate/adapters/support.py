@@ -601,11 +601,13 @@ NOT_APPLICABLE: dict[str, str] = {
     ),
 }
 
-# Modular pipelines (``ModularPipeline`` and its subclasses) are refused by rule: their loop runs as
-# blocks that call no ``self.progress_bar``, and their components are loaded lazily.
+# Modular pipelines (``ModularPipeline`` and its subclasses) are refused by rule, until crossgate follows
+# their loop (docs/modular-diffusers.md): the loop block, not the pipeline, ticks its own progress bar,
+# and the guider runs the CFG branches as unnamed denoiser calls.
 MODULAR_REFUSAL = (
-    "is a modular pipeline: its denoising loop runs as blocks without `self.progress_bar`, which "
-    "crossgate follows to learn a call's steps; use the classic pipeline class."
+    "is a modular pipeline, not supported yet: its denoise loop ticks the loop block's own "
+    "`progress_bar` (not the pipeline's, which crossgate follows to learn a call's steps) and its guider "
+    "runs the CFG branches as unnamed denoiser calls of B rows, cond first; use the classic pipeline class."
 )
 _MODULAR_BASE = "ModularPipeline"
 _BASES = ("DiffusionPipeline", _MODULAR_BASE)
