@@ -21,8 +21,8 @@ from crossgate.embedded.scenes import (
     SHAPES,
     Composition,
     SceneObject,
-    _draw,
     composition_caption,
+    draw_object,
 )
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
@@ -40,7 +40,7 @@ class Blob:
 def _coverage(shape: str, cx: float, cy: float, size: float, hw: int) -> np.ndarray:
     """Antialiased coverage (0..1) of one shape, drawn like scenes.render (4x, box-downsampled)."""
     big = Image.new("L", (hw * 4, hw * 4), 0)
-    _draw(ImageDraw.Draw(big), SceneObject(shape, "red", cx, cy, size), 4.0 * hw / 32, fill=255)
+    draw_object(ImageDraw.Draw(big), SceneObject(shape, "red", cx, cy, size), 4.0 * hw / 32, fill=255)
     return np.asarray(big.resize((hw, hw), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 

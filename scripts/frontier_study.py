@@ -387,7 +387,7 @@ def fd_noise(specs: list[str], reference: str, steps: int, out: Path, resamples:
     from crossgate.embedded import load_pipeline
     from crossgate.tools.quality.judge import Judge
     from crossgate.tools.quality.metrics import frechet_distance
-    from crossgate.tools.quality.runner import RunConfig, _run_config, default_captions, reference_images
+    from crossgate.tools.quality.runner import RunConfig, default_captions, reference_images, run_config
 
     torch.set_num_threads(1)
     pipe = load_pipeline()
@@ -399,7 +399,7 @@ def fd_noise(specs: list[str], reference: str, steps: int, out: Path, resamples:
     ref = np.stack([judge.features(im) for im in reference_images(captions, per_caption, 1_000_003)])
     features = {}
     for spec in dict.fromkeys([reference, *specs]):
-        generation = _run_config(pipe, RunConfig.parse(spec), prompts, seeds, steps, None, 48)
+        generation = run_config(pipe, RunConfig.parse(spec), prompts, seeds, steps, None, 48)
         features[spec] = np.stack([judge.features(im) for im in generation.images])
         print(f"[fd-noise] {spec}: FD {frechet_distance(features[spec], ref):.4f}", flush=True)
     rng = np.random.default_rng(0)

@@ -134,3 +134,17 @@ def test_analyze_cli(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     assert main(["analyze", "--model", str(model), "--steps", "3", "--null-gates", "5"]) == 2
     assert "--null-gates must be <=" in capsys.readouterr().err
+
+
+def test_analyze_says_plainly_when_the_change_never_settles(tmp_path, capsys, monkeypatch):
+    from crossgate.testing import tiny_sd_pipeline
+    from crossgate.tools.quality.convergence import ConvergenceResult
+
+    model = tmp_path / "tiny"
+    tiny_sd_pipeline(seed=0).save_pretrained(model)
+    monkeypatch.setattr(ConvergenceResult, "settle_step", lambda self, threshold=0.05, view="mean": None)
+    args = ["analyze", "--model", str(model), "--prompt", "a red circle", "--steps", "3", "--no-null-text"]
+    assert main([*args, "--out-dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "average change does not stay below 5% within the 3 steps" in printed
+    assert "from never" not in printed

@@ -196,13 +196,35 @@ def test_unknown_model_folder_is_refused_and_the_old_model_stays(runner, tmp_pat
     assert runner.load("") is False  # the embedded one is loaded already
 
 
-def test_progress_reports_both_calls(runner):
+def test_progress_is_one_display_over_every_round(runner):
     seen: list[tuple[float, str]] = []
-    runner.run(Settings(PROMPT, steps=3, gate=2), lambda fraction, text: seen.append((fraction, text)))
+    runner.run(
+        Settings(PROMPT, steps=3, gate=2, rounds=2), lambda fraction, text: seen.append((fraction, text))
+    )
     texts = [text for _, text in seen]
-    assert "plain: step 3/3" in texts and "crossgate: step 3/3" in texts
+    for call in ("round 1/2, plain", "round 1/2, crossgate", "round 2/2, plain", "round 2/2, crossgate"):
+        assert f"{call}: step 3/3" in texts, texts
     fractions = [fraction for fraction, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_timing_rounds_alternate_and_one_round_is_marked_indicative(runner, gated):
+    assert len(gated.plain_times) == len(gated.tgate_times) == 3  # the default: a median to quote
+    assert gated.plain_seconds == pytest.approx(sorted(gated.plain_times)[1])
+    assert not gated.timing.indicative and "median of 3" in views.numbers_markdown(gated)
+    single = runner.run(Settings(PROMPT, seed=3, steps=6, gate=3, rounds=1))
+    assert len(single.plain_times) == 1 and single.timing.indicative
+    text = views.numbers_markdown(single)
+    assert "indicative" in text and "one timed call of each pipeline" in text
+    assert "indicative (1 run)" in views.history_row(1, single)
+    assert "indicative (1 run)" in views.history_caption(1, single)
+    assert np.array_equal(np.asarray(single.tgate_image), np.asarray(gated.tgate_image))
+
+
+@pytest.mark.parametrize("rounds", [0, 21, True, 2.5])
+def test_bad_timing_rounds_are_refused(rounds):
+    with pytest.raises(InputError, match="timing rounds"):
+        validate(Settings(PROMPT, rounds=rounds))
 
 
 # -- what the page shows ----------------------------------------------------------------------------
@@ -240,6 +262,10 @@ def test_page_builds(runner):
     page = ui.build(runner)
     ids = {block.elem_id for block in page.blocks.values()}
     assert {"prompt", "gate", "run", "plain-image", "tgate-image", "slider", "numbers", "convergence"} <= ids
+    assert "rounds" in ids
+    # one progress display (on the before/after slider), not one per output panel
+    (compare,) = [fn for fn in page.fns.values() if fn.name == "compare"]
+    assert [block.elem_id for block in compare.show_progress_on] == ["slider"]
     settings = ui.settings_from_widgets(PROMPT, "", 1, 6.0, 7.5, "3", 0, False, 3)
     assert settings == Settings(PROMPT, "", 1, 6, 7.5, "3", None, None)
     with pytest.raises(InputError, match="steps"):
@@ -247,6 +273,7 @@ def test_page_builds(runner):
     with pytest.raises(InputError, match="guidance"):
         ui.settings_from_widgets(PROMPT, "", 1, 6, "much", "3", 0, False, 3)
     assert ui.settings_from_widgets(PROMPT, "", 1, 6, 7.5, "3", 2, True, 3).deepcache_interval == 3
+    assert ui.settings_from_widgets(PROMPT, "", 1, 6, 7.5, "3", 0, False, 3, 5).rounds == 5
 
 
 # -- the command ------------------------------------------------------------------------------------

@@ -160,9 +160,11 @@ def test_compare_in_the_browser_then_bad_input_then_again(app_url, browser, tmp_
     assert len(driver.find_elements(By.CSS_SELECTOR, "#slider img")) == 2
 
     numbers = _numbers(driver)
-    plain_s, tgate_s = (_number(cell) for cell in numbers["wall time"][:2])
+    (wall,) = [title for title in numbers if title.startswith("wall time")]
+    assert wall == "wall time (median of 3)"  # the default: 3 alternating rounds, a median to quote
+    plain_s, tgate_s = (_number(cell) for cell in numbers[wall][:2])
     assert plain_s > 0 and tgate_s > 0
-    assert "speed-up" in numbers["wall time"][2]
+    assert "speed-up" in numbers[wall][2] and "per round" in numbers[wall][2]
     macs_ratio = _number(numbers["executed MACs (denoiser, linear+conv)"][2])
     assert 0 < macs_ratio < 1
     assert "warm-up" in driver.find_element(By.CSS_SELECTOR, "#numbers").text
@@ -197,4 +199,16 @@ def test_compare_in_the_browser_then_bad_input_then_again(app_url, browser, tmp_
     shot = tmp_path / "app-again.png"
     driver.save_screenshot(str(shot))
     if os.environ.get("CROSSGATE_APP_SCREENSHOT"):
-        shutil.copy(shot, Path(os.environ["CROSSGATE_APP_SCREENSHOT"]))
+        # The documentation's picture: a fresh page (its history is per page) run at its defaults, 25
+        # steps and gate 0.4, where the embedded model draws the scene in both columns. (The 6-step runs
+        # above are too few steps for this model: its plain image can miss a colour there, which next
+        # to crossgate's would read as TGATE improving quality.)
+        driver.get(app_url)
+        _type(driver, "#prompt textarea", "a red circle left of a blue square")
+        _type(driver, "#steps input", "25")
+        _type(driver, "#gate textarea", "0.4")
+        driver.find_element(By.CSS_SELECTOR, "#run").click()
+        _wait_for_text(driver, "#numbers", "m=10 of 25")
+        time.sleep(2)  # the plot and the history redraw after the numbers
+        driver.save_screenshot(str(tmp_path / "app-docs.png"))
+        shutil.copy(tmp_path / "app-docs.png", Path(os.environ["CROSSGATE_APP_SCREENSHOT"]))

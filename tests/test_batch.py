@@ -511,3 +511,46 @@ def test_kill_one_worker_then_resume_on_two_processes(tmp_path, model_dir, promp
     assert proc.returncode == 0, text[-3000:]
     assert f"{done} already done" in text
     assert_complete_and_equal(out, reference, prompts_file)
+
+
+# ---------------------------------------------------------------- how many processes accelerate started
+
+
+def test_launched_alone_tells_a_fallen_back_launch_from_a_real_one():
+    from crossgate.cli.batch import launched_alone
+
+    simple = {"ACCELERATE_MIXED_PRECISION": "no", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert launched_alone(simple)  # accelerate's simple launcher with --num_processes 2: one process
+    assert not launched_alone({**simple, "WORLD_SIZE": "2", "RANK": "0"})  # torchrun: the real thing
+    assert not launched_alone({"ACCELERATE_MIXED_PRECISION": "no"})  # --num_processes 1
+    assert not launched_alone({})  # plain `crossgate batch`
+
+
+def test_help_says_how_to_get_several_processes_and_auto_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["batch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--multi_gpu --num_processes N" in text and "starts ONE process" in text
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["batch", "p.txt", "--out", "o", "--gate-step", "auto"])
+    assert exit_info.value.code == 2 and "not accepted here" in capsys.readouterr().err
+
+
+def test_accelerate_launch_without_multi_gpu_runs_one_process_and_crossgate_says_so(tmp_path, model_dir):
+    """On a machine without GPUs `accelerate launch --num_processes 2` (no --multi_gpu) starts one
+    process, silently; crossgate's batch warns and says how to get two."""
+    if torch.cuda.is_available():
+        pytest.skip("with GPUs accelerate may start several processes")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    argv = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "crossgate.cli", "batch", str(prompts), *common_args(model_dir, out),
+    ]  # fmt: skip
+    proc = start(argv, log)
+    text = finish(proc, log)
+    assert proc.returncode == 0, text[-3000:]
+    assert "on 1 process(es)" in text
+    assert "started only this one" in text and "--multi_gpu --num_processes N" in text

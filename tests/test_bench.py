@@ -267,3 +267,97 @@ def test_time_budget_stops_starting_rounds_and_says_so() -> None:
     assert "time budget:" in report.setting and "of 10 rounds" in report.setting
     full = run_bench(pipe, variants[:1], KWARGS, repeats=2, warmup=0, log=lambda _: None, time_budget=60)
     assert len(full.results[0].times) == 2 and "time budget" not in full.setting
+
+
+def test_rows_whose_spread_covers_the_difference_they_are_compared_on_are_marked() -> None:
+    """A row whose min-max overlaps its baseline's, or a row doing the same MACs, is marked: the run
+    did not resolve that difference (v1 m=2 and v2 m=2,k=5 once ran the same MACs at 1.51x vs 1.36x)."""
+    plain = Result("plain", times=[2.0, 2.1, 2.3], macs=200, warmup=1)
+    v1 = Result("crossgate m=2", times=[1.30, 1.40, 1.55], macs=100, warmup=1)
+    v2 = Result("crossgate v2 m=2,k=5", times=[1.45, 1.50, 1.60], macs=100, warmup=1)
+    slow = Result("peer", times=[1.9, 2.2, 2.4], macs=150, warmup=1)  # overlaps plain
+    apart = Result(
+        "fast", times=[0.5, 0.55, 0.6], macs=100, warmup=1
+    )  # same MACs as v1 and v2, clearly faster
+    report = BenchReport("tiny", "32px", [plain, v1, v2, slow, apart])
+    rows = {row["config"]: row for row in report.rows()}
+    assert rows["crossgate m=2"]["unresolved"] == "crossgate v2 m=2,k=5"
+    assert rows["crossgate v2 m=2,k=5"]["unresolved"] == "crossgate m=2"
+    assert rows["peer"]["unresolved"] == "plain"
+    assert rows["fast"]["unresolved"] == "" and rows["plain"]["unresolved"] == ""
+    table = markdown([report])
+    assert "| crossgate m=2 | 1.400 | 1.300–1.550 | 3 | 1.500x‡ |" in table
+    assert "within the spread of crossgate v2 m=2,k=5 |" in table
+    assert "| fast | 0.550 | 0.500–0.600 | 3 | 3.818x |" in table
+    assert table.count("‡ not resolved by this run") == 1
+    # the speed-up's spread: min-max of the per-round ratios (rounds are paired: they alternate)
+    assert rows["crossgate m=2"]["speedup_min"] == pytest.approx(min(2.0 / 1.3, 2.1 / 1.4, 2.3 / 1.55))
+    assert rows["crossgate m=2"]["speedup_max"] == pytest.approx(max(2.0 / 1.3, 2.1 / 1.4, 2.3 / 1.55))
+    assert rows["plain"]["speedup_min"] is None
+
+
+def test_table_and_chart_record_the_load_and_the_spread(tmp_path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    from crossgate.tools.bench import write_chart
+
+    report = _report([0.9, 1.0, 1.3])
+    report.load = (1.5, 0.75)
+    assert "### tiny (32px), load average 1.50 -> 0.75 on" in markdown([report])
+    bars = []
+    real_bar = matplotlib.axes.Axes.bar
+
+    def bar(self, *args, **kwargs):
+        bars.append(kwargs)
+        return real_bar(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    assert write_chart([report], tmp_path / "bench.png")
+    measured = next(b for b in bars if str(b.get("label", "")).startswith("measured"))
+    low, high = measured["yerr"]
+    assert low[1] == pytest.approx(2.0 - 2.0) and high[1] == pytest.approx(0.0)  # paired ratios all 2.0
+    report.results[1].times = [0.8, 1.0, 1.3]  # ratios 2.25, 2.0, 2.0
+    bars.clear()
+    write_chart([report], tmp_path / "bench.png")
+    low, high = next(b for b in bars if str(b.get("label", "")).startswith("measured"))["yerr"]
+    assert high[1] == pytest.approx(2.25 - 2.0) and low[1] == pytest.approx(0.0)
+
+
+def test_run_bench_records_the_machine_load() -> None:
+    pipe = random_pipeline("tiny")
+    report = run_bench(pipe, [Variant("plain")], KWARGS, repeats=1, warmup=0, log=lambda _: None)
+    assert report.load is not None and report.load[0] is not None and report.load[0] >= 0
+
+
+def test_cli_bench_header_has_the_load(tmp_path, capsys) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", "--model", "tiny", "--steps", "2", "--gate-step", "1", "--repeats", "1", "--quiet"]
+    assert main([*args, "--peers", "--out", str(out), "--threads", "1"]) == 0
+    text = (out / "bench.md").read_text()
+    assert "load average" in text.splitlines()[0] and "CPUs" in text.splitlines()[0]
+    assert "### tiny (32px, 2 steps, float32, cpu), load average" in text
+
+
+@pytest.mark.parametrize(
+    ("plain", "gated", "warmed", "short", "described"),
+    [
+        ([2.0], [1.0], True, "2.00x, indicative (1 run)", "2.00x, indicative (1 run)"),
+        (
+            [2.0, 2.2, 2.4],
+            [1.0, 1.0, 1.2],
+            True,
+            "2.20x, median of 3 (2.00-2.20x)",
+            "2.20x (median of 3 alternating rounds after a warm-up; per round 2.00-2.20x)",
+        ),
+        ([2.0, 2.2], [1.0, 1.0], True, "2.10x, indicative, median of 2 (2.00-2.20x)", None),
+        ([2.0, 2.2, 2.4], [1.0, 1.0, 1.2], False, "2.20x, indicative, median of 3 (2.00-2.20x)", None),
+    ],
+)
+def test_timing_never_reads_as_a_bare_single_run_ratio(plain, gated, warmed, short, described) -> None:
+    from crossgate.tools.bench import Timing
+
+    timing = Timing(tuple(plain), tuple(gated), warmed=warmed)
+    assert timing.short() == short
+    if described is not None:
+        assert timing.describe() == described
+    assert timing.indicative == (len(plain) < 3 or not warmed)

@@ -63,3 +63,21 @@ def test_calibrate_validates_with_check_and_leaves_the_pipeline_alone(tmp_path, 
     assert main(argv) == 0
     assert len(checked) == 1 and checked[0].is_auto and checked[0].auto_tolerance == pytest.approx(0.05)
     assert out.is_file()
+
+
+@pytest.mark.parametrize(("steps", "curve_value"), [(6, 1.0), (6, 0.0), (7, 1.0), (25, 1.0), (25, 0.0)])
+def test_profile_gate_fraction_stays_within_the_guard_rails(steps, curve_value):
+    """`auto` rounds its rails to whole steps (0.8 of 6 steps is step 5, 0.833): the profile's fraction
+    stays in [min_fraction, max_fraction] and still gives the calibrated step back at that step count."""
+    from crossgate.config import TGateConfig
+    from crossgate.tools.quality.calibration import profile_from_convergence
+    from crossgate.tools.quality.convergence import ConvergenceResult
+
+    layers = ["a.attn2", "b.attn2"]
+    curve = [curve_value] * (steps - 1)  # 1.0: never converges (latest gate); 0.0: at once (earliest)
+    result = ConvergenceResult(
+        layers, steps, True, ["p"], relative_change={"mean": dict.fromkeys(layers, curve)}
+    )
+    profile = profile_from_convergence(result, tolerance=0.05, min_fraction=0.2, max_fraction=0.8)
+    assert 0.2 <= profile["gate_fraction"] <= 0.8
+    assert TGateConfig(gate_step=profile["gate_fraction"]).resolve_gate(steps) == profile["gate_step"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -39,6 +41,7 @@ def test_generate_writes_an_image(model_dir, tmp_path):
 
 
 def test_compare_writes_side_by_side_with_timings(model_dir, tmp_path, capsys):
+    """--compare times as bench does: a warm-up each, 3 alternating rounds, median and spread."""
     out = tmp_path / "cmp.png"
     code = main(
         [
@@ -59,8 +62,24 @@ def test_compare_writes_side_by_side_with_timings(model_dir, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "plain" in printed and "TGATE m=2/4" in printed
+    assert "warm-up plain" in printed and "warm-up TGATE" in printed
+    assert printed.count("round 3/3") == 2  # both pipelines, alternating
+    assert "median of 3 alternating rounds after a warm-up; per round" in printed
+    assert "denoiser MACs ratio" in printed
     image = Image.open(out)
-    assert image.width >= 2 * image.height - 44  # two square panels plus a label strip
+    assert image.width >= 2 * image.height - 70  # two square panels plus a two-line label strip
+
+
+def test_compare_with_one_round_is_labelled_indicative(model_dir, tmp_path, capsys):
+    """A single run's ratio is never printed bare: console and label say it is indicative."""
+    out = tmp_path / "cmp.png"
+    args = ["generate", "a red circle", "--model", model_dir, "--steps", "3", "--gate-step", "1"]
+    assert main([*args, "--compare", "--rounds", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    speedup = next(line for line in printed.splitlines() if line.startswith("speed-up"))
+    assert "indicative (1 run)" in speedup
+    labels = [line for line in printed.splitlines() if line.startswith(("plain ", "TGATE "))]
+    assert len(labels) == 2 and all("indicative (1 run)" in line for line in labels), labels
 
 
 def test_unknown_model_folder_is_a_clear_error(tmp_path, capsys):
@@ -226,3 +245,65 @@ def test_save_image_writes_with_the_usual_permissions(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
     assert Image.open(out).size == (4, 4)
     assert [p.name for p in out.parent.iterdir()] == ["o.png"]
+
+
+def test_out_may_make_one_new_folder_inside_an_existing_one(model_dir, tmp_path):
+    out = tmp_path / "new" / "one.png"
+    assert main(["generate", "x", "--model", model_dir, "--steps", "2", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("kind", ["two new levels", "new folder at the root"])
+def test_out_never_makes_a_chain_of_folders_or_one_at_the_root(kind, tmp_path, monkeypatch, capsys):
+    """A typo in --out must not leave folders behind, least of all at the filesystem root."""
+    import uuid
+
+    root_folder = Path("/") / f"crossgate-test-{uuid.uuid4().hex}"
+    out = {
+        "two new levels": tmp_path / "a" / "b" / "x.png",
+        "new folder at the root": root_folder / "x.png",
+    }[kind]
+    _no_loading(monkeypatch)
+    assert main(["generate", "x", "--out", str(out)]) == 2
+    err = _one_line_error(capsys)
+    assert "does not exist" in err and ("mkdir -p" in err or "filesystem root" in err)
+    assert not (tmp_path / "a").exists() and not root_folder.exists()
+
+
+def test_threads_default_to_what_the_load_leaves_idle(monkeypatch):
+    import os
+
+    import torch
+
+    from crossgate.cli import common
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.1, 0.1))
+    assert common.auto_threads() == 8  # idle: torch's own default
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.6, 6.0, 5.0))
+    assert common.auto_threads() == 1  # 8 CPUs, 7 busy
+    monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 30.0, 30.0))
+    assert common.auto_threads() == 1  # never 0
+
+
+def test_generate_takes_threads(model_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from crossgate.cli import common
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(common, "auto_threads", lambda: 1)
+    try:
+        out = tmp_path / "t.png"
+        assert main(["generate", "x", "--model", model_dir, "--steps", "2", "--out", str(out)]) == 0
+        assert "torch CPU threads: 1" in capsys.readouterr().out and torch.get_num_threads() == 1
+        assert (
+            main(["generate", "x", "--model", model_dir, "--steps", "2", "--threads", "2", "--out", str(out)])
+            == 0
+        )
+        assert "torch CPU threads: 2" in capsys.readouterr().out and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--threads", "0"])

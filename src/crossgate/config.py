@@ -18,6 +18,9 @@ AUTO_REFERENCE_STEPS = 25  # auto_tolerance is stated per 1/25 of the sampling t
 # The largest guidance_after_gate: ten times the guidance the pipeline applied before the gate (see
 # TGateConfig). Unbounded, a finite weight such as 1e308 or 10**30 overflows and the output is NaN.
 MAX_GUIDANCE_AFTER_GATE = 10.0
+# The gate when none is given: 0.4 of the call's steps (TGateConfig, the CLI and the app all use this).
+DEFAULT_GATE_STEP = 0.4
+GATE_STEP_HINT = "a step (10), a fraction of the steps (0.4) or auto"
 
 
 class ConfigError(ValueError):
@@ -71,7 +74,7 @@ class TGateConfig:
     to run until the last layer freezes (docs/quality-gate-selection.md).
     """
 
-    gate_step: int | float | Literal["auto"] = 0.4
+    gate_step: int | float | Literal["auto"] = DEFAULT_GATE_STEP
     post_gate_inputs: PostGateInputs | None = None
     self_attention_interval: int | None = None
     self_attention_interval_after: int = 1
@@ -252,6 +255,35 @@ def _as_number(value: object) -> object:
         return int(value.numerator)
     if isinstance(value, numbers.Real):
         return float(value)
+    return value
+
+
+def parse_gate_step(text: object, allow_auto: bool = True) -> int | float | Literal["auto"]:
+    """A gate typed by a person (the CLI's ``--gate-step``, the app's text box) as ``gate_step``.
+
+    ``"10"`` is 10 steps, ``"0.4"`` a fraction of the steps, ``"auto"`` (any case, surrounding spaces
+    ignored) the convergence-decided gate; numbers pass through. Raises :class:`ConfigError` with
+    what to type instead; the value is validated as :class:`TGateConfig` validates ``gate_step``.
+    """
+    hint = GATE_STEP_HINT if allow_auto else GATE_STEP_HINT.replace(" or auto", "")
+    if isinstance(text, bool):
+        raise ConfigError(f"gate {text!r}: give {hint}.")
+    if isinstance(text, (int, float)):
+        value: int | float = text
+    else:
+        word = str(text).strip().lower()
+        if word == "auto":
+            if not allow_auto:
+                raise ConfigError(f"gate 'auto' is not accepted here; give {hint}.")
+            return "auto"
+        try:
+            value = int(word)
+        except ValueError:
+            try:
+                value = float(word)
+            except ValueError:
+                raise ConfigError(f"gate {_shown(text)} is not a number: give {hint}.") from None
+    _validate_gate_step(value)
     return value
 
 

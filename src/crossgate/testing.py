@@ -25,7 +25,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from crossgate.tools.accounting import bundled_config
+from crossgate.loading import bundled_config
 
 # Real denoiser architectures :func:`random_pipeline` builds with random weights (bundled configs).
 ARCHITECTURES: dict[str, str] = {
@@ -104,21 +104,52 @@ def tiny_vae() -> AutoencoderKL:
     )
 
 
+# The tiny SD UNet's layout: two levels of 16 and 32 channels, 4-channel heads, 32-wide text (the tiny
+# CLIP's width), 16x16 latents. The SD-derived families (video UNets, I2VGen-XL, motion adapters)
+# build on it with their own block types: :func:`tiny_unet_kwargs`.
+TINY_UNET: dict[str, Any] = dict(
+    block_out_channels=(16, 32),
+    layers_per_block=1,
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    norm_num_groups=8,
+)
+
+
+def tiny_unet_kwargs(**overrides: Any) -> dict[str, Any]:
+    """:data:`TINY_UNET` with ``overrides`` (block types, channels, ...), for any UNet class."""
+    return {**TINY_UNET, **overrides}
+
+
+def tiny_clip_vision_encoder(
+    hidden: int = 16, projection: int | None = None, image_size: int = 32, patch_size: int = 8
+) -> Any:
+    """A two-layer CLIP vision encoder with projection (image conditioning: SVD, I2VGen-XL, Wan I2V)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    return CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=hidden,
+            projection_dim=projection or hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            intermediate_size=max(16, hidden + hidden // 2),
+            patch_size=patch_size,
+        )
+    )
+
+
 def tiny_sd_pipeline(seed: int = 0, **unet_overrides: Any) -> StableDiffusionPipeline:
     """A Stable Diffusion pipeline with SD-1.x layout, tiny widths and random weights (32x32 images)."""
     torch.manual_seed(seed)
     tokenizer = char_tokenizer()
-    unet_kwargs: dict[str, Any] = dict(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
+    unet_kwargs = tiny_unet_kwargs(
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
     )
     unet_kwargs.update(unet_overrides)
     unet = UNet2DConditionModel(**unet_kwargs)

@@ -5,8 +5,11 @@ and tables, and tests drive :class:`ComparisonRunner` directly.
 
 How each number is made, and why:
 
-* Wall time: each timed call carries no counting hooks (only the progress callback, on both sides),
-  after one untimed warm-up per loaded pipeline, so neither side pays first-call set-up.
+* Wall time: timed by ``crossgate bench``'s runner (:func:`crossgate.tools.bench.run_bench`):
+  ``Settings.rounds`` rounds of one plain and one crossgate call in alternating order, after one
+  untimed warm-up per loaded pipeline; the page shows the medians, the speed-up of the medians and
+  the min-max of the per-round speed-ups, and marks fewer than 3 rounds as indicative. Timed calls
+  carry no counting hooks (only the progress callback, on both sides).
 * Executed MACs (denoiser, linear+conv, the TGATE paper's convention): :func:`executed_macs` of
   ``crossgate.tools.accounting`` applied to each call's denoiser passes (one image a call). The per-sample
   counts come from a :class:`CallMeter` on the warm-up call. With DeepCache composed, the crossgate
@@ -22,18 +25,20 @@ from __future__ import annotations
 import importlib.util
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import crossgate
-from crossgate.config import ConfigError, TGateConfig, fraction_to_steps
+from crossgate.config import DEFAULT_GATE_STEP, ConfigError, TGateConfig, fraction_to_steps, parse_gate_step
+from crossgate.tools.bench.runner import Timing
 
 Gate = int | float | Literal["auto"]
 Progress = Callable[[float, str], None]
 
 MAX_STEPS = 500  # a typo such as 2500 steps should be refused, not run for an hour
+MAX_ROUNDS = 20
+DEFAULT_ROUNDS = 3  # the fewest the bench quotes a median from
 MAX_SEED = 2**63 - 1
 
 
@@ -50,15 +55,17 @@ class Settings:
     seed: int = 0
     steps: int = 25
     guidance: float | None = None  # None: the pipeline's default
-    gate: Gate = 0.4
+    gate: Gate = DEFAULT_GATE_STEP
     self_attention_interval: int | None = None  # TGATE v2's k; None: off (v1)
     deepcache_interval: int | None = None  # DeepCache's cache interval; None: not composed
+    rounds: int = DEFAULT_ROUNDS  # timed rounds of each pipeline (alternating); 1: indicative only
 
 
 @dataclass(frozen=True)
 class Comparison:
     """Everything one click produced: both images, times, MACs, the gate, the curve, per-layer counts.
 
+    ``plain_times`` / ``tgate_times``: the wall time of each timed round (see :attr:`timing`).
     ``*_macs`` are per call (one image); None when the pipeline's denoiser cannot be counted.
     ``convergence[i]`` is the layer-averaged relative change at step ``i + 1`` (this call's steps
     before the gate). ``threshold`` is the value ``"auto"`` compares it with, for ``"auto"`` only.
@@ -68,8 +75,8 @@ class Comparison:
     model: str
     plain_image: Any
     tgate_image: Any
-    plain_seconds: float
-    tgate_seconds: float
+    plain_times: tuple[float, ...]
+    tgate_times: tuple[float, ...]
     plain_macs: int | None
     tgate_macs: int | None
     macs_method: str
@@ -90,7 +97,23 @@ class Comparison:
         return self.gate < self.num_steps
 
     @property
+    def timing(self) -> Timing:
+        """The rounds as the bench reads them: medians, speed-up, its per-round min-max, indicative."""
+        return Timing(self.plain_times, self.tgate_times)
+
+    @property
+    def plain_seconds(self) -> float:
+        """Median wall time of the plain calls."""
+        return self.timing.base_median
+
+    @property
+    def tgate_seconds(self) -> float:
+        """Median wall time of the crossgate calls."""
+        return self.timing.median
+
+    @property
     def speedup(self) -> float:
+        """Speed-up of the medians (read it with :attr:`timing`'s spread and ``indicative``)."""
         return self.plain_seconds / self.tgate_seconds if self.tgate_seconds > 0 else math.inf
 
     @property
@@ -101,29 +124,12 @@ class Comparison:
 
 
 def parse_gate(text: object) -> Gate:
-    """The gate from the page's text box: ``"10"`` (steps), ``"0.4"`` (fraction) or ``"auto"``."""
-    if isinstance(text, bool):
-        raise InputError(f"gate {text!r}: give a step (10), a fraction of the steps (0.4) or auto.")
-    if isinstance(text, (int, float)):
-        value: Gate = text
-    else:
-        word = str(text).strip().lower()
-        if word == "auto":
-            return "auto"
-        try:
-            value = int(word)
-        except ValueError:
-            try:
-                value = float(word)
-            except ValueError:
-                raise InputError(
-                    f"gate {text!r} is not a number: give a step (10), a fraction of the steps (0.4) or auto."
-                ) from None
+    """The gate from the page's text box: ``"10"`` (steps), ``"0.4"`` (fraction) or ``"auto"``
+    (:func:`crossgate.config.parse_gate_step`, the parser ``--gate-step`` uses too)."""
     try:
-        TGateConfig(gate_step=value)
+        return parse_gate_step(text)
     except ConfigError as error:
         raise InputError(str(error)) from None
-    return value
 
 
 def validate(settings: Settings) -> TGateConfig:
@@ -142,6 +148,9 @@ def validate(settings: Settings) -> TGateConfig:
         raise InputError(f"seed must be a whole number from 0 to 2^63-1, got {settings.seed!r}.")
     if settings.guidance is not None and not math.isfinite(settings.guidance):
         raise InputError(f"guidance must be a finite number, got {settings.guidance!r}.")
+    rounds = settings.rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= MAX_ROUNDS:
+        raise InputError(f"timing rounds must be a whole number from 1 to {MAX_ROUNDS}, got {rounds!r}.")
     interval = settings.deepcache_interval
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
         raise InputError(f"the DeepCache interval must be a whole number >= 1, got {interval!r}.")
@@ -198,10 +207,10 @@ def load_model(model: str | None, device: str = "auto") -> tuple[Any, str]:
     Raises :class:`InputError` with what to do for an unknown folder, a failed load, or a pipeline
     crossgate cannot gate.
     """
-    from crossgate.cli.common import CommandError, device_arg
-    from crossgate.cli.common import load_pipeline as load_any
+    from crossgate.loading import LoadError, resolve_device
+    from crossgate.loading import load_pipeline as load_any
 
-    device = device_arg(device)
+    device = resolve_device(device)
     model = (model or "").strip() or None
     try:
         if model is None:
@@ -215,7 +224,7 @@ def load_model(model: str | None, device: str = "auto") -> tuple[Any, str]:
         else:
             pipe = load_any(model, device)
             label = model
-    except CommandError as error:
+    except LoadError as error:
         raise InputError(str(error)) from None
     pipe.set_progress_bar_config(disable=True)
     try:
@@ -291,6 +300,16 @@ class ComparisonRunner:
 
     # -- the calls ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def _callback(callback: Callable[[int], None]) -> dict[str, Any]:
+        """``callback_on_step_end`` calling ``callback(step)`` after each step (1-based)."""
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+            callback(step + 1)
+            return tensors
+
+        return {"callback_on_step_end": on_step_end}
+
     def _kwargs(self, settings: Settings, steps: int, callback: Callable[[int], None] | None) -> dict:
         import torch
 
@@ -326,57 +345,93 @@ class ComparisonRunner:
             self.pipe(**self._kwargs(warm, 2, None))
         self._warm = True
 
-    def _timed(self, pipe: Any, kwargs: dict) -> tuple[Any, float]:
-        import torch
-
-        cuda = getattr(getattr(pipe, "device", None), "type", None) == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        image = pipe(**kwargs).images[0]
-        if cuda:
-            torch.cuda.synchronize()
-        return image, time.perf_counter() - start
-
     def _compare(self, pipe: Any, settings: Settings, config: TGateConfig, report: Progress) -> Comparison:
         from crossgate.adapters import denoiser_of
         from crossgate.gate import CallStats
         from crossgate.tools.accounting import AccountingError, CallMeter, executed_macs
+        from crossgate.tools.bench import Variant, run_bench
 
-        n = settings.steps
+        n, rounds = settings.steps, settings.rounds
+        calls = 2 * rounds
+        done = [0]  # timed calls finished, for the one progress display
 
-        def stepper(phase: int, label: str) -> Callable[[int], None]:
-            return lambda step: report((phase + step / n) / 2, f"{label}: step {step}/{n}")
+        def stepper(label: str) -> Callable[[int], None]:
+            def on_step(step: int) -> None:
+                round_ = done[0] // 2 + 1
+                report(
+                    min(1.0, (done[0] + step / n) / calls),
+                    f"round {round_}/{rounds}, {label}: step {step}/{n}",
+                )
 
+            return on_step
+
+        kept: dict[str, Any] = {}
         # Plain: the pipeline's own call; one pre-hook notes each denoiser pass's batch for the MACs.
         batches: list[int] = []
-        handle = denoiser_of(pipe).register_forward_pre_hook(
-            lambda module, args, kwargs: batches.append(_batch_of(args, kwargs)), with_kwargs=True
-        )
-        report(0.0, f"plain: step 0/{n}")
-        try:
-            plain_image, plain_seconds = self._timed(pipe, self._kwargs(settings, n, stepper(0, "plain")))
-        finally:
-            handle.remove()
 
-        report(0.5, f"crossgate: step 0/{n}")
-        meter = None
-        with crossgate.enabled(pipe, measuring_config(config, n)):
-            helper = self._deepcache(pipe, settings.deepcache_interval)
+        def plain_call(kwargs: dict) -> None:
+            batches.clear()
+            handle = denoiser_of(pipe).register_forward_pre_hook(
+                lambda module, args, kw: batches.append(_batch_of(args, kw)), with_kwargs=True
+            )
             try:
-                kwargs = self._kwargs(settings, n, stepper(1, "crossgate"))
-                if helper is not None:  # DeepCache skips blocks CallStats cannot see: count live
-                    with CallMeter(pipe) as meter:
-                        tgate_image, tgate_seconds = self._timed(pipe, kwargs)
-                else:
-                    tgate_image, tgate_seconds = self._timed(pipe, kwargs)
+                kept["plain"] = pipe(**kwargs, **self._callback(stepper("plain"))).images[0]
             finally:
-                if helper is not None:
-                    helper.disable()
-            stats = crossgate.last_call(pipe)
+                handle.remove()
+                done[0] += 1
+
+        helpers: list[Any] = []
+        metered: dict[str, Any] = {}
+
+        def enable() -> None:
+            session = crossgate.enabled(pipe, measuring_config(config, n))
+            session.__enter__()
+            helpers.append((session, self._deepcache(pipe, settings.deepcache_interval)))
+
+        def disable() -> None:
+            session, helper = helpers.pop()
+            if helper is not None:
+                helper.disable()
+            session.__exit__(None, None, None)
+
+        def tgate_call(kwargs: dict) -> None:
+            kwargs = dict(kwargs, **self._callback(stepper("crossgate")))
+            try:
+                # DeepCache skips blocks CallStats cannot see: its first call is counted live
+                if settings.deepcache_interval is not None and "meter" not in metered:
+                    with CallMeter(pipe) as meter:
+                        kept["tgate"] = pipe(**kwargs).images[0]
+                    metered["meter"] = meter
+                else:
+                    kept["tgate"] = pipe(**kwargs).images[0]
+                kept["stats"] = crossgate.last_call(pipe)
+            finally:
+                done[0] += 1
+
+        report(0.0, f"round 1/{rounds}, plain: step 0/{n}")
+        bench = run_bench(
+            pipe,
+            [
+                Variant("plain", call=plain_call),
+                Variant("crossgate", enable=enable, disable=disable, call=tgate_call),
+            ],
+            self._kwargs(settings, n, None),
+            repeats=rounds,
+            warmup=0,  # warmed up once per loaded model (run)
+            seed=settings.seed,
+            device=getattr(getattr(pipe, "device", None), "type", None) or "cpu",
+            log=lambda text: None,
+            count_macs=False,  # counted below from CallStats, with no hooks in a timed call
+        )
+        for result in bench.results:
+            if result.error:
+                raise RuntimeError(f"the {result.name} call {result.error}")
         report(1.0, "done")
+        stats = kept.get("stats")
+        meter = metered.get("meter")
         if stats is None:
             raise RuntimeError("crossgate recorded no call; the pipeline did not run its denoising loop.")
+        plain_result, tgate_result = bench.results
 
         plain_macs = tgate_macs = None
         method = f"not counted ({self._macs_problem or 'no per-sample counts'})"
@@ -409,10 +464,10 @@ class ComparisonRunner:
         return Comparison(
             settings=settings,
             model=self.model,
-            plain_image=plain_image,
-            tgate_image=tgate_image,
-            plain_seconds=plain_seconds,
-            tgate_seconds=tgate_seconds,
+            plain_image=kept["plain"],
+            tgate_image=kept["tgate"],
+            plain_times=tuple(plain_result.times),
+            tgate_times=tuple(tgate_result.times),
             plain_macs=plain_macs,
             tgate_macs=tgate_macs,
             macs_method=method,

@@ -16,6 +16,8 @@ import gradio as gr
 
 from crossgate.app import views
 from crossgate.app.runner import (
+    DEFAULT_ROUNDS,
+    MAX_ROUNDS,
     Comparison,
     ComparisonRunner,
     InputError,
@@ -23,6 +25,7 @@ from crossgate.app.runner import (
     deepcache_available,
     example_captions,
 )
+from crossgate.config import DEFAULT_GATE_STEP, GATE_STEP_HINT
 
 HISTORY_LENGTH = 8
 DEFAULT_PROMPT = "a red circle left of a blue square"
@@ -77,6 +80,7 @@ def settings_from_widgets(
     self_attention_interval: Any,
     deepcache: bool,
     deepcache_interval: Any,
+    rounds: Any = DEFAULT_ROUNDS,
 ) -> Settings:
     """The widgets' raw values as :class:`Settings` (0 or empty for v2's k means off)."""
     k = None if self_attention_interval in (None, "") else _int(self_attention_interval, "the v2 interval k")
@@ -91,6 +95,7 @@ def settings_from_widgets(
         gate=gate,
         self_attention_interval=k or None,
         deepcache_interval=_int(deepcache_interval, "the DeepCache interval") if deepcache else None,
+        rounds=_int(rounds, "timing rounds"),
     )
 
 
@@ -129,8 +134,8 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
                     guidance = gr.Number(label="Guidance", value=guidance_default, elem_id="guidance")
                 gate = gr.Textbox(
                     label="Gate",
-                    value="0.4",
-                    info="a step (10), a fraction of the steps (0.4), or auto",
+                    value=str(DEFAULT_GATE_STEP),
+                    info=GATE_STEP_HINT,
                     elem_id="gate",
                 )
                 self_attention = gr.Number(
@@ -146,6 +151,15 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
                     deepcache_interval = gr.Number(
                         label="DeepCache interval", value=3, precision=0, elem_id="deepcache-interval"
                     )
+                rounds = gr.Number(
+                    label="Timing rounds",
+                    value=DEFAULT_ROUNDS,
+                    precision=0,
+                    minimum=1,
+                    maximum=MAX_ROUNDS,
+                    info="each pipeline, alternating, after a warm-up; median and per-round spread (1: indicative)",
+                    elem_id="rounds",
+                )
                 run = gr.Button("Compare", variant="primary", elem_id="run")
             with gr.Column(scale=2):
                 with gr.Row():
@@ -191,6 +205,7 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
             self_attention,
             deepcache,
             deepcache_interval,
+            rounds,
         ]
 
         def check(*values: Any) -> None:
@@ -227,6 +242,7 @@ def build(runner: ComparisonRunner) -> gr.Blocks:
             [*inputs, history],
             [plain_image, tgate_image, slider, numbers, plot, layers, gallery, history_table, history],
             concurrency_limit=1,
+            show_progress_on=slider,  # one progress display, not one per output
         )
     return page
 
@@ -236,8 +252,11 @@ def _outputs(result: Comparison, past: list[tuple[int, Comparison]]) -> tuple:
     plain, tgate = views.enlarge(result.plain_image), views.enlarge(result.tgate_image)
     headers, rows = views.layer_table(result)
     return (
-        gr.Image(value=plain, label=f"plain: {result.plain_seconds:.3f} s"),
-        gr.Image(value=tgate, label=f"crossgate ({views.gate_text(result)}): {result.tgate_seconds:.3f} s"),
+        gr.Image(value=plain, label=f"plain: {result.plain_seconds:.3f} s ({result.timing.short_how})"),
+        gr.Image(
+            value=tgate,
+            label=f"crossgate ({views.gate_text(result)}): {result.tgate_seconds:.3f} s, {result.timing.short()}",
+        ),
         (plain, tgate),
         views.numbers_markdown(result),
         views.convergence_figure(result),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from crossgate.app.runner import Comparison, Settings
-from crossgate.cli.common import upscale_for_viewing
+from crossgate.images import upscale_for_viewing
 
 VIEW_SIDE = 256  # images smaller than this are enlarged by a whole factor to at least this side
 HISTORY_SIDE = 128
@@ -58,6 +58,7 @@ def settings_text(settings: Settings) -> str:
         parts.append(f"v2 k={settings.self_attention_interval}")
     if settings.deepcache_interval is not None:
         parts.append(f"DeepCache N={settings.deepcache_interval}")
+    parts.append(f"{settings.rounds} timing round{'s' if settings.rounds != 1 else ''}")
     if settings.negative_prompt.strip():
         parts.append(f"negative {settings.negative_prompt.strip()!r}")
     return ", ".join(parts)
@@ -67,18 +68,33 @@ def numbers_markdown(comparison: Comparison) -> str:
     """The comparison's numbers as a Markdown table, with how each was made underneath."""
     c = comparison
     ratio = c.macs_ratio
+    timing = c.timing
+    low, high = timing.speedup_range
+    spread = f" (per round {low:.2f}–{high:.2f}x)" if timing.rounds > 1 else ""
+    mark = ", **indicative**" if timing.indicative else ""
     rows = [
         "| | plain | crossgate | crossgate vs plain |",
         "|---|---:|---:|---:|",
-        f"| wall time | {c.plain_seconds:.3f} s | {c.tgate_seconds:.3f} s | {c.speedup:.2f}x speed-up |",
+        f"| wall time ({timing.short_how}) | {c.plain_seconds:.3f} s | {c.tgate_seconds:.3f} s "
+        f"| {c.speedup:.2f}x speed-up{spread}{mark} |",
         f"| executed MACs (denoiser, linear+conv) | {format_macs(c.plain_macs)} | {format_macs(c.tgate_macs)} "
         f"| {'n/a' if ratio is None else f'{ratio:.3f}'} MACs ratio |",
         f"| denoiser passes (batch) | {_passes(c.denoiser_batches[0])} | {_passes(c.denoiser_batches[1])} | |",
         f"| gate | | {gate_text(c)} | |",
     ]
+    if timing.rounds == 1:
+        how = (
+            "one timed call of each pipeline: indicative only (one call can be off by more than the "
+            "effect; use 3 or more timing rounds to measure)"
+        )
+    else:
+        how = (
+            f"median of {timing.rounds} rounds, each one plain and one crossgate call in alternating order"
+            + ("; indicative only, under 3 rounds" if timing.indicative else "")
+        )
     foot = (
-        f"Model: {c.model}. Wall time of each pipeline call after an untimed warm-up (done once per "
-        f"loaded model); MACs: {c.macs_method}, one image."
+        f"Model: {c.model}. Wall time: {how}, after an untimed warm-up (done once per loaded model); "
+        f"MACs: {c.macs_method}, one image."
     )
     notes = "".join(f"\n\n**Note:** {note}" for note in c.notes)
     return "\n".join(rows) + f"\n\n{foot}{notes}"
@@ -139,7 +155,17 @@ def convergence_figure(comparison: Comparison) -> Any:
     return fig
 
 
-HISTORY_HEADERS = ["#", "prompt", "settings", "gate", "plain s", "crossgate s", "speed-up", "MACs ratio"]
+HISTORY_HEADERS = [
+    "#",
+    "prompt",
+    "settings",
+    "gate",
+    "plain s",
+    "crossgate s",
+    "speed-up",
+    "timing",
+    "MACs ratio",
+]
 
 
 def history_row(index: int, comparison: Comparison) -> list[Any]:
@@ -153,6 +179,7 @@ def history_row(index: int, comparison: Comparison) -> list[Any]:
         round(c.plain_seconds, 3),
         round(c.tgate_seconds, 3),
         round(c.speedup, 2),
+        c.timing.short_how,
         None if ratio is None else round(ratio, 3),
     ]
 
@@ -162,5 +189,5 @@ def history_caption(index: int, comparison: Comparison) -> str:
     ratio = "n/a" if c.macs_ratio is None else f"{c.macs_ratio:.2f}"
     return (
         f"#{index} {c.settings.prompt!r} ({settings_text(c.settings)}; gate {gate_text(c)}): "
-        f"plain {c.plain_seconds:.2f} s | crossgate {c.tgate_seconds:.2f} s, {c.speedup:.2f}x, MACs {ratio}"
+        f"plain {c.plain_seconds:.2f} s | crossgate {c.tgate_seconds:.2f} s, {c.timing.short()}, MACs {ratio}"
     )

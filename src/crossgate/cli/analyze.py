@@ -104,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {t} | {value:.4f} |")
     for threshold in (0.10, 0.05):
         settle = result.settle_step(threshold)
-        where = f"step {settle}" if settle is not None else "never within the run"
-        print(f"average change stays below {threshold:.0%} from {where}")
+        if settle is not None:
+            print(f"average change stays below {threshold:.0%} from step {settle}")
+        else:
+            print(f"average change does not stay below {threshold:.0%} within the {args.steps} steps")
     if not args.no_null_text:
         if not result.cfg:
             raise CommandError(

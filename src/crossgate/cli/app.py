@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from crossgate.cli.common import CommandError, add_device_argument, positive_int, set_threads
+from crossgate.cli.common import CommandError, add_device_argument, add_threads_argument, set_threads
 
 HELP = "a local web page: plain vs crossgate on one seed (images, times, MACs, gate, convergence)"
 
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
         "--share", action="store_true", help="also open a public Gradio share link (off by default)"
     )
     add_device_argument(p)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    add_threads_argument(p, default="auto")
     p.set_defaults(func=run)
 
 

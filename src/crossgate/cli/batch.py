@@ -1,7 +1,7 @@
 """``crossgate batch``: many prompts to a folder of images + manifest, on one or many accelerate processes.
 
     crossgate batch prompts.txt --out runs/a
-    accelerate launch --num_processes 8 -m crossgate.cli batch prompts.jsonl --out runs/a
+    accelerate launch --multi_gpu --num_processes 8 -m crossgate.cli batch prompts.jsonl --out runs/a
 
 See docs/batch.md for the guarantees (determinism, resume after kill -9, manifest).
 """
@@ -9,33 +9,50 @@ See docs/batch.md for the guarantees (determinism, resume after kill -9, manifes
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from crossgate.cli.common import (
-    DTYPES,
     CommandError,
-    default_model,
+    DefaultsHelpFormatter,
     finite_float,
-    gate_step_arg,
+    fixed_gate_step_arg,
     load_pipeline,
     positive_int,
 )
+from crossgate.config import DEFAULT_GATE_STEP
+from crossgate.loading import DTYPES, default_model, looks_local
 
 WORKER_EXIT_DELAY_S = 5.0
+EPILOG = (
+    "Several processes: `accelerate launch --multi_gpu --num_processes N -m crossgate.cli batch ...`. "
+    "Without --multi_gpu (and without an `accelerate config` that says multi-GPU), `accelerate launch "
+    "--num_processes N` on a machine with no GPU starts ONE process, silently; crossgate then warns. "
+    "--multi_gpu works on CPU too: crossgate asks accelerate for CPU processes, which talk over gloo "
+    "(give each --threads so that N x threads fits the cores)."
+)
+SINGLE_PROCESS_WARNING = (
+    "crossgate batch: warning: `accelerate launch` asked for several processes but started only this one "
+    "(it does so without --multi_gpu on a machine with no GPU). To run N processes: accelerate launch "
+    "--multi_gpu --num_processes N -m crossgate.cli batch ... (on CPU too)."
+)
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "batch",
+        formatter_class=DefaultsHelpFormatter,
         help="generate images for a file of prompts (resumable; runs under `accelerate launch`)",
         description=(
             "Generate one image per prompt into OUT/images, with OUT/manifest.jsonl. Run it plainly or "
             "under `accelerate launch` (each process takes a share). Killed and started again with the "
             "same arguments, it generates only what is missing. See docs/batch.md."
         ),
+        epilog=EPILOG,
     )
     p.add_argument("prompts", metavar="PROMPTS", help="text file (one prompt per line) or JSONL file")
     p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
@@ -51,9 +68,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--steps", type=positive_int, default=25, help="num_inference_steps (default 25)")
     p.add_argument(
         "--gate-step",
-        type=gate_step_arg,
-        default=0.4,
-        help="TGATE gate m: int steps or fraction in (0,1] (default 0.4)",
+        type=fixed_gate_step_arg,
+        default=DEFAULT_GATE_STEP,
+        help="TGATE gate m: int steps or fraction in (0,1] (not auto: the run records a fixed gate)",
     )
     p.add_argument("--no-tgate", action="store_true", help="run the plain pipeline (no TGATE)")
     p.add_argument("--guidance", type=finite_float, default=None, help="guidance_scale (default: pipeline's)")
@@ -88,8 +105,7 @@ def resolve_model(model: str | None) -> str:
     if model is None:
         raise CommandError("--model is required (no embedded default model is installed).")
     path = Path(model).expanduser()
-    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
-    if not looks_local:
+    if not looks_local(model):
         return model
     if not (path / "model_index.json").is_file():
         raise CommandError(
@@ -97,6 +113,18 @@ def resolve_model(model: str | None) -> str:
             "pass a folder saved with save_pretrained."
         )
     return str(path.resolve())
+
+
+def launched_alone(environ: Mapping[str, str]) -> bool:
+    """Whether ``accelerate launch --num_processes N`` (N > 1) fell back to one plain process.
+
+    accelerate's simple launcher (what it uses without --multi_gpu on a machine with no GPU) runs one
+    process and still sets ``MASTER_ADDR`` when N > 1; a real multi-process launch (torchrun) sets
+    ``WORLD_SIZE`` too. Both mark the launch with ``ACCELERATE_MIXED_PRECISION``.
+    """
+    return (
+        "ACCELERATE_MIXED_PRECISION" in environ and "MASTER_ADDR" in environ and "WORLD_SIZE" not in environ
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         # Asking for CPU without CUDA is what makes `accelerate launch --multi_gpu` start gloo processes.
         state = PartialState(cpu=args.cpu or not torch.cuda.is_available())
         main = state.is_main_process
+        if state.num_processes == 1 and launched_alone(os.environ):
+            print(SINGLE_PROCESS_WARNING, file=sys.stderr, flush=True)
         return _run(args, state)
     except KeyboardInterrupt:
         # Writes remove their temporary file and an image whose record was not written, on the way out.

@@ -9,32 +9,57 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from crossgate.cli.common import (
-    DTYPES,
     CommandError,
-    default_model,
+    DefaultsHelpFormatter,
     finite_float,
     load_pipeline,
     non_negative_int,
     positive_int,
     resolution_arg,
 )
+from crossgate.loading import DTYPES, default_model
+
+# What --help lists, written out so that building the parser imports no torch (crossgate.tools.bench
+# does); tests/test_cli_main.py keeps these equal to crossgate.tools.bench's BENCH_MODELS, PEERS and
+# MIN_ROUNDS.
+BENCH_MODELS = (
+    "sd15",
+    "sd21",
+    "sdxl",
+    "pixart-alpha",
+    "wan13b",
+    "tiny",
+    "tiny-sdxl",
+    "tiny-pixart",
+    "tiny-wan",
+    "embedded",
+)
+PEERS = (
+    "tgate",
+    "tgate-v2",
+    "deepcache",
+    "tomesd",
+    "pab",
+    "crossgate+deepcache",
+    "cfg-cutoff",
+)
+MIN_ROUNDS = 3
 
 
 def register(subparsers: Any) -> None:
-    from crossgate.tools.bench import BENCH_MODELS, MIN_ROUNDS, PEERS
-
     p = subparsers.add_parser(
         "bench",
+        formatter_class=DefaultsHelpFormatter,
         help="time plain vs crossgate (several gates) vs peers (tgate, DeepCache, ToMe, PAB) side by side",
         description=(
             "Random-weight architectures (no download) or a model folder; configurations alternate "
             "in one process after a warm-up; the table gives median seconds and their min-max, "
             "speed-up over plain, the MACs each configuration's denoiser really executed (linear+conv, "
             "counted in the warm-up) and efficiency = measured speed-up / MACs-predicted speed-up. "
-            f"Rows timed in fewer than {MIN_ROUNDS} rounds or without a warm-up are marked indicative."
+            f"Rows timed in fewer than {MIN_ROUNDS} rounds or without a warm-up are marked indicative; rows "
+            "whose min-max overlaps a row they are compared with (their baseline, or a row doing the same "
+            "MACs) are marked unresolved. Each table records the machine's load average."
         ),
     )
     p.add_argument(
@@ -66,8 +91,15 @@ def register(subparsers: Any) -> None:
         help="smoke runs only: build pixart-alpha / wan13b with this many layers (real widths); the "
         "table is then not the real model's and says so",
     )
-    p.add_argument("--steps", type=positive_int, default=25)
-    p.add_argument("--gate-step", type=positive_int, nargs="+", default=[10, 5], metavar="M")
+    p.add_argument("--steps", type=positive_int, default=25, help="num_inference_steps")
+    p.add_argument(
+        "--gate-step",
+        type=positive_int,
+        nargs="+",
+        default=[10, 5],
+        metavar="M",
+        help="crossgate gates m, in steps",
+    )
     p.add_argument(
         "--peers",
         nargs="*",
@@ -108,16 +140,25 @@ def register(subparsers: Any) -> None:
         default=None,
         help="torch.compile mode for --compile (e.g. reduce-overhead: CUDA graphs, one per batch shape)",
     )
-    p.add_argument("--guidance", type=finite_float, default=7.5)
+    p.add_argument("--guidance", type=finite_float, default=7.5, help="guidance_scale")
     p.add_argument("--decode", action="store_true", help="include the VAE decode (default: latents only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's); on a CPU shared with other jobs fewer threads often time "
+        "steadier",
+    )
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="torch dtype")
     p.add_argument("--out", default="bench-out", help="folder for bench.md, bench.csv, bench.png")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from crossgate.tools.bench import (
         PROMPT,
         BenchError,
@@ -132,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError("--device cuda requested but torch sees no CUDA device; use --device cpu.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model_dir and args.model:
         raise CommandError("pass either --model or --model-dir, not both.")
     gpu = args.device.startswith("cuda")
@@ -236,8 +279,11 @@ def write_outputs(reports: list[Any], args: argparse.Namespace, out: Path) -> No
 
 
 def environment_header(args: argparse.Namespace) -> str:
-    """Machine, versions and the command, so a table can be reproduced."""
+    """Machine (with its load), versions and the command, so a table can be reproduced."""
+    import os
+
     import diffusers
+    import torch
     import transformers
 
     import crossgate
@@ -251,11 +297,17 @@ def environment_header(args: argparse.Namespace) -> str:
         f"transformers {transformers.__version__}, python {platform.python_version()}"
     )
     command = "crossgate " + " ".join(sys.argv[1:]) if sys.argv and "crossgate" in sys.argv[0] else ""
+    try:
+        load = "load average {:.2f} / {:.2f} / {:.2f} (1 / 5 / 15 min) when written".format(*os.getloadavg())
+    except (AttributeError, OSError):
+        load = "load average not available"
     lines = [
-        f"crossgate bench on {machine}, {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        f"crossgate bench on {machine}, {os.cpu_count() or '?'} CPUs, {load}; "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}",
         versions,
         "efficiency = measured speed-up / MACs-predicted speed-up (MACs: linear+conv the denoiser executed); "
-        "spread = min-max over the timed rounds.",
+        "spread = min-max over the timed rounds; each table's heading has the 1-minute load average as its "
+        "rows began and ended.",
     ]
     if command:
         lines.append(f"command: `{command}`")

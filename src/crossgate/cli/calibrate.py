@@ -7,6 +7,7 @@ from typing import Any
 
 from crossgate.cli.common import (
     CommandError,
+    DefaultsHelpFormatter,
     add_runtime_arguments,
     finite_float,
     load_pipeline,
@@ -26,7 +27,14 @@ DEFAULT_PROMPTS = (
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "calibrate",
+        formatter_class=DefaultsHelpFormatter,
         help="measure cross-attention convergence and write a profile for TGateConfig.from_profile",
+        description=(
+            "Run a few prompts through the plain pipeline, measure how cross-attention converges, and "
+            'write the gate `gate_step="auto"` would pick (with these tolerance and guard rails) as a '
+            "fixed-schedule profile: TGateConfig.from_profile(PATH). The profile's gate_fraction stays "
+            "within [--min-fraction, --max-fraction]."
+        ),
     )
     p.add_argument(
         "--model", default=None, help="diffusers pipeline folder or Hub id (default: embedded model)"
@@ -34,26 +42,34 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--prompt", action="append", default=[], help="a prompt (repeatable; default: 4 scene captions)"
     )
-    p.add_argument("--steps", type=positive_int, default=25)
+    p.add_argument("--steps", type=positive_int, default=25, help="num_inference_steps to calibrate at")
     p.add_argument(
-        "--scheduler", default=None, help="diffusers scheduler class name, e.g. EulerDiscreteScheduler"
+        "--scheduler",
+        default=None,
+        help="diffusers scheduler class name, e.g. EulerDiscreteScheduler (default: the pipeline's)",
     )
     p.add_argument(
-        "--tolerance", type=finite_float, default=0.05, help="relative-change tolerance (default 0.05)"
+        "--tolerance",
+        type=finite_float,
+        default=0.05,
+        help="relative-change tolerance per 1/25 of the trajectory (TGateConfig.auto_tolerance)",
     )
-    p.add_argument("--min-fraction", type=finite_float, default=0.2)
-    p.add_argument("--max-fraction", type=finite_float, default=0.8)
-    p.add_argument("--guidance", type=finite_float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--min-fraction", type=finite_float, default=0.2, help="earliest gate, as a fraction of --steps"
+    )
+    p.add_argument(
+        "--max-fraction", type=finite_float, default=0.8, help="latest gate, as a fraction of --steps"
+    )
+    p.add_argument("--guidance", type=finite_float, default=None, help="guidance_scale (default: pipeline's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt's generator")
     add_runtime_arguments(p)
-    p.add_argument("--out", default="crossgate-profile.json")
+    p.add_argument("--out", default="crossgate-profile.json", help="the profile (JSON) to write")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import crossgate
     from crossgate.config import ConfigError, TGateConfig
-    from crossgate.tools.quality.calibration import calibrate, write_profile
 
     try:  # the same validation a config made from the profile gets
         config = TGateConfig(
@@ -65,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         raise CommandError(str(error)) from None
     output_path(args.out)
+    from crossgate.tools.quality.calibration import calibrate, write_profile  # torch, from here on
+
     set_threads(args)
     pipe = load_pipeline(args.model, args.device, args.dtype)
     try:  # validation only: nothing is attached to the pipeline

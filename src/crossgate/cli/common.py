@@ -14,36 +14,57 @@ import os
 import secrets
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from crossgate import loading
+from crossgate.loading import DTYPES, LoadError
 
 
 class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, ``(default: X)``, unless its help already says it or
+    there is none to show (None, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "default" in help_text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return help_text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{help_text} (default: {shown})".strip()
+
+
 def gate_step_arg(text: str) -> int | float:
-    """Parse ``--gate-step``: an int (steps), a fraction in (0, 1], or ``auto``."""
-    from crossgate.config import ConfigError, TGateConfig
-
-    if text == "auto":
-        return "auto"
+    """Parse ``--gate-step``: an int (steps), a fraction in (0, 1], or ``auto``
+    (:func:`crossgate.config.parse_gate_step`, the parser the app uses too)."""
+    from crossgate.config import ConfigError, parse_gate_step
 
     try:
-        value: int | float = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number; use an int >= 1 or a fraction in (0, 1]"
-            ) from None
-    try:
-        TGateConfig(gate_step=value)
+        return parse_gate_step(text)
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    return value
+
+
+def fixed_gate_step_arg(text: str) -> int | float:
+    """``--gate-step`` where ``auto`` cannot apply (a fixed number of steps is needed up front)."""
+    from crossgate.config import ConfigError, parse_gate_step
+
+    try:
+        return parse_gate_step(text, allow_auto=False)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -94,101 +115,83 @@ def finite_float(text: str) -> float:
     return value
 
 
-class _TorchDtypes(Mapping[str, Any]):
-    """``{"float32": torch.float32, ...}``: the names without importing torch, the dtypes on lookup."""
-
-    _NAMES = ("float32", "float16", "bfloat16")
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._NAMES:
-            raise KeyError(name)
-        import torch
-
-        return getattr(torch, name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._NAMES)
-
-    def __len__(self) -> int:
-        return len(self._NAMES)
-
-
-DTYPES: Mapping[str, Any] = _TorchDtypes()
-
-
-def device_arg(text: str) -> str:
-    """Parse ``--device``: ``auto`` (the default) is ``cuda`` when torch sees a CUDA device, else ``cpu``.
-
-    argparse passes a string default through its ``type`` only after parsing, so ``--help`` never
-    imports torch.
-    """
-    if text != "auto":
-        return text
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``; ``auto`` is resolved (cuda if torch sees one, else cpu) only when the model is
+    loaded, so parsing the arguments and checking them never imports torch."""
     parser.add_argument(
         "--device",
-        type=device_arg,
         default="auto",
-        help="torch device (default: cuda if available, else cpu)",
+        help="torch device: cpu, cuda, cuda:1, ... or auto (default: auto = cuda if available, else cpu)",
     )
+
+
+def threads_arg(text: str) -> int | str:
+    """``--threads``: a count >= 1, or ``auto`` (:func:`auto_threads`, decided when the command runs)."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--threads``. ``default=None`` leaves torch's own count; ``"auto"`` picks :func:`auto_threads`."""
+    if default == "auto":
+        help_text = (
+            "torch CPU threads: a number, or auto (the default): the CPUs the machine's current load leaves "
+            "idle, at least 1 and at most torch's own default; on a busy CPU torch's default can be many "
+            "times slower than 1 thread"
+        )
+    else:
+        help_text = (
+            "torch CPU threads (default: torch's), or auto (the CPUs the current load leaves idle); on a "
+            "CPU shared with other jobs 1 is often much faster"
+        )
+    parser.add_argument("--threads", type=threads_arg, default=default, metavar="N|auto", help=help_text)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--threads`` and ``--dtype``, shared by the commands that run a pipeline."""
     add_device_argument(parser)
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch CPU threads (default: torch's); on a CPU shared with other jobs 1 is often much faster",
-    )
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    add_threads_argument(parser)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="torch dtype")
 
 
-def set_threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
-        import torch
+def auto_threads() -> int:
+    """torch CPU threads for a machine that may be busy: the CPUs this process may run on minus the
+    1-minute load average (rounded), at least 1 and at most torch's default (its physical cores).
 
-        torch.set_num_threads(args.threads)
+    An idle 8-core machine gets torch's default; a 2-core machine already running one job gets 1.
+    Oversubscribed, torch's OpenMP threads wait on each other and a call can be many times slower.
+    """
+    import torch
 
-
-def default_model() -> str | None:
-    """The embedded model's folder, when the package ships it."""
     try:
-        from crossgate.embedded import default_model_path
-    except ImportError:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(torch.get_num_threads(), cpus - round(load)))
+
+
+def set_threads(args: argparse.Namespace) -> int | None:
+    """Apply ``--threads`` (``auto``: :func:`auto_threads`); the count set, or None (torch's own)."""
+    threads = getattr(args, "threads", None)
+    if not threads:
         return None
-    path = default_model_path()
-    return str(path) if path is not None else None
+    import torch
+
+    if threads == "auto":
+        threads = auto_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32") -> Any:
-    """Load a diffusers pipeline from a local folder or a Hub id, with errors that say what to do."""
-    from diffusers import DiffusionPipeline
-
-    model = model or default_model()
-    if model is None:
-        raise CommandError("--model is required (no embedded default model is installed).")
-    path = Path(model).expanduser()
-    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
-    if looks_local and not (path / "model_index.json").is_file():
-        raise CommandError(
-            f"model folder {model!r} not found or not a diffusers pipeline (no model_index.json); "
-            "pass a folder saved with save_pretrained or a Hugging Face Hub id such as "
-            "stable-diffusion-v1-5/stable-diffusion-v1-5."
-        )
+    """:func:`crossgate.loading.load_pipeline`, its refusals as :class:`CommandError`."""
     try:
-        pipe = DiffusionPipeline.from_pretrained(
-            str(path) if looks_local else model, dtype=DTYPES[dtype], local_files_only=looks_local
-        )
-    except (OSError, ValueError) as error:
-        raise CommandError(f"could not load model {model!r}: {error}") from None
-    return pipe.to(device)
+        return loading.load_pipeline(model, device, dtype)
+    except LoadError as error:
+        raise CommandError(str(error)) from None
 
 
 def to_pil(image: Any):
@@ -200,46 +203,39 @@ def to_pil(image: Any):
     raise CommandError(f"unexpected image type {type(image).__name__}")
 
 
-def upscale_for_viewing(image: Any, min_side: int = 256):
-    """Tiny images (the embedded model makes 32x32) are enlarged with nearest-neighbour for people."""
-    from PIL import Image
-
-    factor = max(1, math.ceil(min_side / min(image.size)))
-    if factor == 1:
-        return image
-    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
-
-
-def labelled_row(images: list[Any], labels: list[str]):
-    """Images side by side, each with a caption strip underneath."""
-    from PIL import Image, ImageDraw
-
-    strip = 22
-    width = sum(im.width for im in images)
-    height = max(im.height for im in images) + strip
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    x = 0
-    for image, label in zip(images, labels):
-        canvas.paste(image.convert("RGB"), (x, 0))
-        draw.text((x + 4, image.height + 5), label, fill="black")
-        x += image.width
-    return canvas
-
-
 def output_path(out: str, example: str = "out.json") -> Path:
-    """Check an output file name before any work: not a folder, and under a folder that exists or
-    can be made. Raises :class:`CommandError` (one line) otherwise."""
+    """Check an output file name before any work; raises :class:`CommandError` (one line) otherwise.
+
+    The file goes into a folder that exists, or into a new folder made inside one that exists
+    (``--out results/x.png`` makes ``results``): one level, never a chain of folders from a typo, and
+    never a new folder at the filesystem root (``--out /nonexistent/x.png`` is refused).
+    """
     path = Path(out).expanduser()
     if out.endswith(("/", os.sep)) or path.is_dir():
         raise CommandError(f"--out {out!r} is a folder; give a file name such as {out.rstrip('/')}/{example}")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise CommandError(f"cannot write {out!r}: {str(ancestor)!r} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise CommandError(f"cannot write {out!r}: no write permission in {str(ancestor)!r}")
+    folder = Path(os.path.abspath(path)).parent
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists() and not ancestor.is_dir():
+            raise CommandError(f"cannot write {out!r}: {str(ancestor)!r} is a file, not a folder")
+        if ancestor.exists():
+            break
+    if not folder.is_dir():
+        inside = folder.parent
+        if not inside.is_dir():
+            raise CommandError(
+                f"cannot write {out!r}: folder {str(folder)!r} does not exist, nor {str(inside)!r}; --out makes "
+                f"at most one new folder, inside an existing one (create them first: mkdir -p {folder})"
+            )
+        if inside == Path(inside.anchor):
+            raise CommandError(
+                f"cannot write {out!r}: folder {str(folder)!r} does not exist, and --out never makes a folder at "
+                "the filesystem root; create it first or choose another path"
+            )
+        writable_in = inside
+    else:
+        writable_in = folder
+    if not os.access(writable_in, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write {out!r}: no write permission in {str(writable_in)!r}")
     return path
 
 
@@ -268,7 +264,7 @@ def save_image(image: Any, out: str) -> Path:
     image_format = Image.registered_extensions().get(path.suffix.lower())
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)  # output_path allowed at most this one new folder
         with open(temporary, "xb") as handle:  # "x": never clobber another writer's temporary file
             image.save(handle, format=image_format)
         os.replace(temporary, path)
@@ -286,11 +282,17 @@ _NOISY_MODULES = (
     r"|DeepCache|tomesd)(\.|$)"
 )
 _VERBOSITY_ENV = {"diffusers": "DIFFUSERS_VERBOSITY", "transformers": "TRANSFORMERS_VERBOSITY"}
+# Loggers that speak while our imports run and say nothing a user can act on: torchao (imported by
+# diffusers when installed) failing to load its optional CUDA kernels on a CPU machine, and torch's
+# pytree deprecation notice for the enums torchao registers. Only their warnings are held back
+# (level ERROR while a command runs); errors still show.
+_NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 @contextlib.contextmanager
 def quiet_third_party() -> Iterator[None]:
-    """While a command runs: diffusers' and transformers' logging at ERROR, their warnings filtered.
+    """While a command runs: diffusers' and transformers' logging at ERROR, their warnings filtered,
+    torchao's and torch's import-time notices held back (``_NOISY_LOGGERS``).
 
     Libraries already imported are set directly and restored afterwards; those imported later read
     ``DIFFUSERS_VERBOSITY`` / ``TRANSFORMERS_VERBOSITY``, set here unless the user set them. Warnings
@@ -298,6 +300,9 @@ def quiet_third_party() -> Iterator[None]:
     """
     saved_env = {name: os.environ.get(name) for name in _VERBOSITY_ENV.values()}
     saved_levels: dict[str, int] = {}
+    saved_loggers = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     for library, variable in _VERBOSITY_ENV.items():
         os.environ.setdefault(variable, "error")
         library_logging = sys.modules.get(f"{library}.utils.logging")
@@ -311,6 +316,8 @@ def quiet_third_party() -> Iterator[None]:
             warnings.filterwarnings("ignore", module=_NOISY_MODULES)
             yield
     finally:
+        for name, level in saved_loggers.items():
+            logging.getLogger(name).setLevel(level)
         for library, variable in _VERBOSITY_ENV.items():
             library_logging = sys.modules.get(f"{library}.utils.logging")
             if library_logging is not None:

@@ -8,7 +8,27 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crossgate.cli.common import CommandError, gate_step_arg, positive_int, resolution_arg
+from crossgate.cli.common import (
+    CommandError,
+    DefaultsHelpFormatter,
+    gate_step_arg,
+    positive_int,
+    resolution_arg,
+)
+
+# The bundled model keys, written out so that building the parser imports no torch
+# (crossgate.tools.accounting does); tests/test_cli_main.py keeps them equal to its MODELS.
+MODEL_KEYS = (
+    "sd15",
+    "sd21",
+    "sdxl",
+    "pixart-alpha",
+    "pixart-sigma",
+    "wan13b-480p",
+    "wan13b-720p",
+    "wan14b-480p",
+    "wan14b-720p",
+)
 
 
 def gate_arg(text: str) -> int | float:
@@ -19,15 +39,14 @@ def gate_arg(text: str) -> int | float:
 
 
 def register(subparsers: Any) -> None:
-    from crossgate.tools.accounting import MODELS
-
     p = subparsers.add_parser(
         "macs",
+        formatter_class=DefaultsHelpFormatter,
         help="count per-image denoiser MACs (plain vs TGATE) on bundled architectures, no weights",
         description=(
             "Builds each architecture on the meta device and counts one denoiser call in two "
             "conventions: linear+conv only (the TGATE paper's calflops convention) and all ops "
-            "including attention matmuls. Bundled models: " + ", ".join(MODELS) + ". Wan models run "
+            "including attention matmuls. Bundled models: " + ", ".join(MODEL_KEYS) + ". Wan models run "
             "CFG as two calls per step (cond, uncond); after the gate crossgate runs the cond call with "
             "cross-attention replayed and skips every block of the uncond call."
         ),
@@ -79,7 +98,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossgate.tools.accounting import MODELS, AccountingError, bundled_config, call_macs, controlnet_macs
+    from crossgate.loading import bundled_config
+    from crossgate.tools.accounting import MODELS, AccountingError, call_macs, controlnet_macs
 
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:

@@ -200,7 +200,8 @@ def sample_scene(rng: np.random.Generator, composition: Composition | None = Non
     )
 
 
-def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject, scale: float, fill: object = None) -> None:
+def draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, scale: float, fill: object = None) -> None:
+    """Draw ``obj`` on ``draw`` at ``scale`` pixels per scene unit, in its colour or ``fill``."""
     cx, cy, h = obj.cx * scale, obj.cy * scale, obj.size * scale / 2
     box = (cx - h, cy - h, cx + h, cy + h)
     fill = COLOURS[obj.colour] if fill is None else fill
@@ -220,6 +221,6 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     scale = big / IMAGE_SIZE
     img = Image.new("RGB", (big, big), scene.background)
     draw = ImageDraw.Draw(img)
-    _draw(draw, scene.first, scale)
-    _draw(draw, scene.second, scale)
+    draw_object(draw, scene.first, scale)
+    draw_object(draw, scene.second, scale)
     return np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)

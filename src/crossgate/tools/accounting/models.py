@@ -11,13 +11,13 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from crossgate.loading import bundled_config
 from crossgate.tools.accounting.counting import AccountingError, CallMacs, CfgLayout, count_call
 
 DEFAULT_TEXT_LEN = 77  # CLIP's context: what SD/SDXL pipelines pad every prompt to
@@ -81,11 +81,6 @@ def latent_frames(frames: int, temporal_scale: int = WAN_TEMPORAL_SCALE) -> int:
             f"{frames} frames do not encode: a clip needs 1 + {temporal_scale} k frames (e.g. 1, 17, 81)."
         )
     return (frames - 1) // temporal_scale + 1
-
-
-def bundled_config(name: str) -> dict[str, Any]:
-    """A config shipped in ``crossgate/configs`` (e.g. ``"sd15_unet.json"``)."""
-    return json.loads(resources.files("crossgate").joinpath("configs", name).read_text())
 
 
 def build_meta_denoiser(config: Mapping[str, Any], cls: type | None = None) -> nn.Module:

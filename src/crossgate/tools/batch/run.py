@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from crossgate.config import DEFAULT_GATE_STEP
 from crossgate.tools.batch.errors import BatchError, listed
 from crossgate.tools.batch.prompts import Batch, PromptItem, plan_batches
 from crossgate.tools.batch.store import IMAGES, Inspection, OutputDir
@@ -37,7 +38,7 @@ class GenerationSettings:
     height: int | None = None
     width: int | None = None
     tgate: bool = True
-    gate_step: int | float = 0.4
+    gate_step: int | float = DEFAULT_GATE_STEP
     dtype: str = "float32"
     batch_size: int = 4
     exact: bool = False  # one pipeline call per prompt: images independent of the batch size

@@ -36,7 +36,7 @@ from crossgate.tools.bench.pipelines import (
     random_pipeline,
 )
 from crossgate.tools.bench.report import markdown, write_chart, write_csv
-from crossgate.tools.bench.runner import MIN_ROUNDS, BenchReport, Result, run_bench
+from crossgate.tools.bench.runner import MIN_ROUNDS, BenchReport, Result, Timing, machine_load, run_bench
 
 __all__ = [
     "BENCH_MODELS",
@@ -50,6 +50,7 @@ __all__ = [
     "Peer",
     "PeerRequest",
     "Result",
+    "Timing",
     "Variant",
     "build_variants",
     "call_kwargs",
@@ -60,6 +61,7 @@ __all__ = [
     "crossgate_variant",
     "deepcache_variant",
     "default_size",
+    "machine_load",
     "markdown",
     "official_tgate_variant",
     "pab_variant",

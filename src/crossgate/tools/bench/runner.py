@@ -11,6 +11,7 @@ pipeline stays in the table with the reason. On CUDA every row also records its 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import traceback
@@ -23,6 +24,9 @@ import torch
 from crossgate.adapters import denoiser_of
 from crossgate.tools.accounting import LinearConvCounter
 from crossgate.tools.bench.peers import Variant
+
+# Two rows whose counted MACs differ by less than this share do the same work: their times compare.
+SAME_WORK = 0.005
 
 # Below this many timed rounds, or without an untimed warm-up run, a median is not worth quoting:
 # first-call allocations and a single noisy round can move it by more than the effect measured.
@@ -57,14 +61,118 @@ class Result:
         return ", ".join(reasons)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """One configuration against its baseline, as a person should read it: the medians, the speed-up
+    of the medians, the min-max of the per-round speed-ups, and whether the number is only
+    indicative (fewer than :data:`MIN_ROUNDS` rounds, or no warm-up). What ``crossgate generate
+    --compare`` and the app print; :meth:`describe` never gives a bare single-run ratio."""
+
+    base_times: tuple[float, ...]
+    times: tuple[float, ...]
+    warmed: bool = True
+
+    @property
+    def rounds(self) -> int:
+        return min(len(self.base_times), len(self.times))
+
+    @property
+    def base_median(self) -> float:
+        return statistics.median(self.base_times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def speedup(self) -> float:
+        return self.base_median / self.median if self.median > 0 else float("inf")
+
+    @property
+    def speedup_range(self) -> tuple[float, float]:
+        ratios = [b / t for b, t in zip(self.base_times, self.times) if t > 0] or [self.speedup]
+        return min(ratios), max(ratios)
+
+    @property
+    def indicative(self) -> bool:
+        return self.rounds < MIN_ROUNDS or not self.warmed
+
+    @property
+    def how(self) -> str:
+        """How the numbers were made, e.g. ``median of 3 rounds after a warm-up``."""
+        if self.rounds == 1:
+            return "indicative (1 run" + (", no warm-up)" if not self.warmed else ")")
+        how = f"median of {self.rounds} alternating rounds" + (" after a warm-up" if self.warmed else "")
+        return f"indicative ({how})" if self.indicative else how
+
+    @property
+    def short_how(self) -> str:
+        """:attr:`how` for an image label: ``median of 3``, ``indicative (1 run)``."""
+        if self.rounds == 1:
+            return "indicative (1 run)"
+        return ("indicative, " if self.indicative else "") + f"median of {self.rounds}"
+
+    def short(self) -> str:
+        """For an image label: ``1.54x, median of 3 (1.50-1.58x)``, ``1.54x, indicative (1 run)``."""
+        low, high = self.speedup_range
+        spread = f" ({low:.2f}-{high:.2f}x)" if self.rounds > 1 else ""
+        return f"{self.speedup:.2f}x, {self.short_how}{spread}"
+
+    def describe(self) -> str:
+        """``1.54x (median of 3 alternating rounds after a warm-up; per round 1.50-1.58x)``."""
+        if self.rounds == 1:
+            return f"{self.speedup:.2f}x, {self.how}"
+        low, high = self.speedup_range
+        return f"{self.speedup:.2f}x ({self.how}; per round {low:.2f}-{high:.2f}x)"
+
+
+def machine_load() -> float | None:
+    """The 1-minute load average (``os.getloadavg``), None where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def overlap(a: Result, b: Result) -> bool:
+    """Whether the two rows' timed min-max ranges overlap: the run did not resolve their difference."""
+    return bool(a.times and b.times) and min(a.times) <= max(b.times) and min(b.times) <= max(a.times)
+
+
 @dataclass
 class BenchReport:
     model: str
     setting: str
     results: list[Result]
+    # The 1-minute load average when the model's runs started and ended (None: not recorded).
+    load: tuple[float | None, float | None] | None = None
 
     def baseline(self) -> Result:
         return self.results[0]
+
+    def timing(self, name: str) -> Timing:
+        """Row ``name`` against the row it is compared with (:class:`Timing`)."""
+        by_name = {r.name: r for r in self.results}
+        result = by_name[name]
+        base = by_name.get(result.versus or "", self.baseline())
+        return Timing(tuple(base.times), tuple(result.times), warmed=result.warmup > 0 and base.warmup > 0)
+
+    def unresolved(self, result: Result) -> list[str]:
+        """The rows ``result`` is compared with whose min-max overlaps its own: its baseline, and
+        the rows doing the same work (counted MACs within :data:`SAME_WORK`) against the same baseline.
+        A difference between overlapping rows is smaller than the spread of the run: not measured."""
+        by_name = {r.name: r for r in self.results}
+        base = by_name.get(result.versus or "", self.baseline())
+        names = [base.name] if result is not base and overlap(result, base) else []
+        for other in self.results:
+            if other is result or other is base or other.versus != result.versus:
+                continue
+            same_work = bool(result.macs and other.macs) and abs(result.macs - other.macs) <= SAME_WORK * max(
+                result.macs, other.macs
+            )
+            if same_work and overlap(result, other):
+                names.append(other.name)
+        return names
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per configuration: times and their spread, speed-ups, MACs, efficiency (None
@@ -74,12 +182,14 @@ class BenchReport:
         for r in self.results:
             base = by_name.get(r.versus or "", self.baseline())
             speedup = base.median / r.median if base.median and r.median else None
+            # Rounds rotate, so round i of a row and of its baseline ran close together in time: the
+            # speed-up's spread is the min-max of the per-round ratios.
+            per_round = [b / t for b, t in zip(base.times, r.times) if t > 0] if r is not base else []
             predicted = base.macs / r.macs if base.macs and r.macs else None
             rows.append(
                 {
                     "model": self.model,
                     "config": r.name,
-                    "versus": base.name,
                     "median_s": r.median,
                     "min_s": min(r.times) if r.times else None,
                     "max_s": max(r.times) if r.times else None,
@@ -87,12 +197,16 @@ class BenchReport:
                     "warmup": r.warmup,
                     "first_s": r.first_s,
                     "speedup": speedup,
+                    "speedup_min": min(per_round) if per_round else None,
+                    "speedup_max": max(per_round) if per_round else None,
+                    "unresolved": ", ".join(self.unresolved(r)),
                     "gmacs": r.macs / 1e9 if r.macs else None,
                     "predicted_speedup": predicted,
                     "efficiency": speedup / predicted if speedup and predicted else None,
                     "caveat": r.caveat,
                     "peak_mib": r.peak_bytes / 2**20 if r.peak_bytes is not None else None,
                     "note": r.error or "",
+                    "versus": base.name,
                 }
             )
         return rows
@@ -128,6 +242,7 @@ def run_bench(
     model: str = "",
     setting: str = "",
     time_budget: float | None = None,
+    count_macs: bool = True,
 ) -> BenchReport:
     """Warm up and count MACs per configuration, then time ``repeats`` rotating rounds.
 
@@ -135,13 +250,16 @@ def run_bench(
     rows, and rows with fewer than :data:`MIN_ROUNDS` rounds, carry a caveat in the report.
     ``time_budget`` (seconds from the start): no round is started that would, at the pace of the
     last one (or of the warm-ups), end past it; every warm-up and the first round always run. A
-    report cut short says so in its setting.
+    report cut short says so in its setting. ``count_macs=False``: no counting hooks at all (for a
+    caller that counts MACs its own way; rows then have no MACs).
     """
     begun = time.perf_counter()
+    load_start = machine_load()
     results = {v.name: Result(v.name, error=v.unavailable, warmup=warmup, versus=v.versus) for v in variants}
     denoiser = denoiser_of(pipe)
 
     def once(variant: Variant, count: bool = False) -> float:
+        count = count and count_macs
         kwargs = dict(call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
         variant.enable()
         try:
@@ -206,4 +324,4 @@ def run_bench(
         pace = time.perf_counter() - round_start
     if rounds < repeats:
         setting = ", ".join(part for part in (setting, f"time budget: {rounds} of {repeats} rounds") if part)
-    return BenchReport(model, setting, [results[v.name] for v in variants])
+    return BenchReport(model, setting, [results[v.name] for v in variants], (load_start, machine_load()))

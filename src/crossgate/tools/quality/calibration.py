@@ -54,11 +54,21 @@ def profile_from_convergence(
         "min_fraction": min_fraction,
         "max_fraction": max_fraction,
         "gate_step": gate,
-        "gate_fraction": gate / n,
+        "gate_fraction": gate_fraction(gate, n, min_fraction, max_fraction),
         "layer_settle_steps": layer_settle,
         "convergence": result.average("mean"),
         "prompts": list(result.prompts),
     }
+
+
+def gate_fraction(gate: int, num_steps: int, min_fraction: float, max_fraction: float) -> float:
+    """The profile's ``gate_fraction``: ``gate / num_steps`` kept within the guard rails.
+
+    ``"auto"`` rounds its rails to whole steps (0.8 of 6 steps is step 5 = 0.833), so the step's own
+    fraction can lie just outside ``[min_fraction, max_fraction]``; the rail itself rounds back to the
+    same step at ``num_steps``, and keeps its meaning at other step counts.
+    """
+    return min(max(gate / num_steps, min_fraction), max_fraction)
 
 
 def calibrate(

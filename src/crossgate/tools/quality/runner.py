@@ -345,7 +345,7 @@ def evaluate(
         log(f"[eval] {config.name}: {len(prompts)} images, {steps} steps")
 
         def run(ps: Sequence[str], ss: Sequence[int], config: RunConfig = config):
-            return _run_config(pipe, config, ps, ss, steps, guidance_scale, batch_size)
+            return run_config(pipe, config, ps, ss, steps, guidance_scale, batch_size)
 
         if config.data_dependent:
             # The gate is chosen from the batch's own convergence, so a separate one-image call
@@ -406,7 +406,7 @@ def evaluate(
     )
 
 
-def _run_config(
+def run_config(
     pipe: Any,
     config: RunConfig,
     prompts: Sequence[str],
@@ -415,6 +415,7 @@ def _run_config(
     guidance_scale: float | None,
     batch_size: int,
 ) -> Generation:
+    """The images ``config`` generates for ``prompts`` (seed ``seeds[i]`` each), with its step counts."""
     if config.kind == "plain":
         return generate_images(pipe, prompts, seeds, steps, guidance_scale, batch_size)
     tracker = StepTracker()
