@@ -292,7 +292,7 @@ def svd() -> Case:
         StableVideoDiffusionPipeline,
         UNetSpatioTemporalConditionModel,
     )
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor
 
     torch.manual_seed(0)
     unet = UNetSpatioTemporalConditionModel(
@@ -328,17 +328,7 @@ def svd() -> Case:
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         latent_channels=4,
     )
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=16,
-            projection_dim=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=224,
-            intermediate_size=24,
-            patch_size=32,
-        )
-    )
+    image_encoder = rp.tiny_clip_vision_encoder(16, image_size=224, patch_size=32)
     feature_extractor = CLIPImageProcessor()  # SVD resizes to 224 itself before this runs
     pipe = StableVideoDiffusionPipeline(
         vae=vae,
@@ -440,7 +430,7 @@ def _motion_adapter():
 
     torch.manual_seed(5)
     return MotionAdapter(
-        block_out_channels=(16, 32),
+        block_out_channels=rp.TINY_UNET["block_out_channels"],  # one motion module per UNet level
         motion_layers_per_block=1,
         motion_num_attention_heads=2,
         motion_norm_num_groups=8,
@@ -471,24 +461,18 @@ def animatediff_v2v() -> Case:
     )
 
 
+# The tiny SD UNet's layout with 3D blocks (text-to-video UNets, I2VGen-XL).
+_VIDEO_BLOCKS = {
+    "down_block_types": ("CrossAttnDownBlock3D", "DownBlock3D"),
+    "up_block_types": ("UpBlock3D", "CrossAttnUpBlock3D"),
+}
+
+
 def _unet3d(**overrides: Any):
     from diffusers import UNet3DConditionModel
 
     torch.manual_seed(0)
-    kwargs: dict[str, Any] = dict(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
-    kwargs.update(overrides)
-    return UNet3DConditionModel(**kwargs)
+    return UNet3DConditionModel(**{**rp.tiny_unet_kwargs(**_VIDEO_BLOCKS), **overrides})
 
 
 def text_to_video() -> Case:
@@ -771,34 +755,12 @@ def kandinsky3() -> Case:
 
 def i2vgen_xl() -> Case:
     from diffusers import I2VGenXLPipeline, I2VGenXLUNet
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor
 
     parts = _sd_parts()
     torch.manual_seed(0)
-    unet = I2VGenXLUNet(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        num_attention_heads=None,
-        norm_num_groups=8,
-    )
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=16,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            intermediate_size=24,
-            patch_size=8,
-        )
-    )
+    unet = I2VGenXLUNet(**rp.tiny_unet_kwargs(**_VIDEO_BLOCKS, num_attention_heads=None))
+    image_encoder = rp.tiny_clip_vision_encoder(16, projection=32)
     feature_extractor = CLIPImageProcessor(crop_size=32, size=32)
     pipe = I2VGenXLPipeline(
         vae=parts["vae"],

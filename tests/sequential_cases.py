@@ -8,6 +8,7 @@ mean after the gate, and hands the uncond call the cond call's output by replaci
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,20 +58,10 @@ def wan22_two_experts(seed: int = 0, boundary_ratio: float = 0.87, steps: int = 
 def wan_i2v(seed: int = 0) -> SeqCase:
     """Image-to-video: the CLIP image embedding enters attn2 through its added key/value projections."""
     from diffusers import WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPImageProcessor
 
     torch.manual_seed(seed)
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=4,
-            projection_dim=4,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            intermediate_size=16,
-            patch_size=1,
-        )
-    )
+    image_encoder = rp.tiny_clip_vision_encoder(4, patch_size=1)
     image_processor = CLIPImageProcessor(crop_size=32, size=32)
     pipe = WanImageToVideoPipeline(
         **rp.tiny_wan_parts(seed),
@@ -108,6 +99,29 @@ def skyreels_v2(seed: int = 0) -> SeqCase:
     pipe = SkyReelsV2Pipeline(**parts, transformer=transformer)
     rp.ready(pipe)
     return SeqCase(pipe, {"prompt": "a red circle", "negative_prompt": "blurry", **_VIDEO})
+
+
+@dataclass(frozen=True)
+class SeqSpec:
+    """A per-branch CFG family in :data:`SEQUENTIAL`: its builder, the gates the text-attention check
+    runs (Wan 2.2 needs one per expert) and how many denoisers (experts) its pipeline has."""
+
+    build: Callable[[], SeqCase]
+    gates: tuple[int, ...] = (2,)
+    experts: int = 1
+
+
+# The one registry of per-branch CFG families (test_sequential.py, test_cross_attention_detection.py);
+# the batched-CFG families are tests/families.py's CASES.
+SEQUENTIAL: dict[str, SeqSpec] = {
+    "Wan 2.1 T2V": SeqSpec(wan_t2v),
+    "Wan 2.1 I2V": SeqSpec(wan_i2v),
+    "Wan VACE": SeqSpec(wan_vace),
+    "SkyReels-V2": SeqSpec(skyreels_v2),
+    # 6 steps, the experts switch at step 3: an expert replays only where it runs both before and
+    # after the gate (gate 2: the first; gate 4: the second)
+    "Wan 2.2 two experts": SeqSpec(wan22_two_experts, gates=(2, 4), experts=2),
+}
 
 
 class ManualSequentialTGate:

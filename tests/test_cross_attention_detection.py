@@ -23,25 +23,9 @@ import torch
 
 import crossgate
 from families import CASES, Case, case_text_attention, plain_call, text_attention
+from sequential_cases import SEQUENTIAL
 
 SEED = int(os.environ.get("CROSSGATE_TEST_SEED") or random.SystemRandom().randrange(2**32))
-
-
-def _sequential_cases() -> dict[str, tuple[Callable[[], Any], tuple[int, ...]]]:
-    """Builder and gates. Wan 2.2 (6 steps, experts switch at step 3) needs two: an expert replays only
-    where it runs both before and after the gate (gate 2: the first; gate 4: the second)."""
-    from sequential_cases import skyreels_v2, wan22_two_experts, wan_i2v, wan_t2v, wan_vace
-
-    return {
-        "Wan 2.1 T2V": (wan_t2v, (2,)),
-        "Wan 2.1 I2V": (wan_i2v, (2,)),
-        "Wan VACE": (wan_vace, (2,)),
-        "SkyReels-V2": (skyreels_v2, (2,)),
-        "Wan 2.2 two experts": (wan22_two_experts, (2, 4)),
-    }
-
-
-SEQUENTIAL = _sequential_cases()
 
 
 def _label(path: str, name: str, primary: str) -> str:
@@ -83,7 +67,8 @@ def test_family_gates_exactly_the_text_attention(family):
 @pytest.mark.parametrize("family", list(SEQUENTIAL))
 def test_sequential_family_gates_exactly_the_text_attention(family):
     rng = random.Random(f"{SEED}:{family}")
-    build, gates = SEQUENTIAL[family]
+    spec = SEQUENTIAL[family]
+    build, gates = spec.build, spec.gates
     case = build()
     pipe = case.pipe
     models = {
