@@ -1,9 +1,11 @@
 """Tiny random-weight pipelines that run CFG as two named denoiser calls (Wan's family), and a second,
 independent sequential-CFG TGATE to check the engine against.
 
-The reference uses none of crossgate: it counts denoiser calls (under CFG the pipeline calls cond, then
-uncond, every step), records each cross-attention output with plain torch forward hooks, replays the
-mean after the gate, and hands the uncond call the cond call's output by replacing ``forward``.
+The reference uses none of crossgate (not even its module finder): it counts denoiser calls (under CFG
+the pipeline calls cond, then uncond, every step), treats as cross-attention every attention module
+that is called with ``encoder_hidden_states`` (the conditioning as key/value input, seen at run time),
+records those outputs with plain torch forward hooks, replays the mean after the gate, and hands the
+uncond call the cond call's output by replacing ``forward``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import torch
 from PIL import Image
 
 from crossgate import testing as rp
-from crossgate.adapters import cross_attention_modules
 
 
 @dataclass
@@ -139,8 +140,10 @@ class ManualSequentialTGate:
         self._restore: list[Any] = []
         self._handles = []
         for index, transformer in enumerate(transformers):
-            for name, module in cross_attention_modules(transformer):
-                self._handles.append(module.register_forward_hook(self._attn_hook((index, name))))
+            for name, module in transformer.named_modules():
+                if hasattr(module, "to_q") and hasattr(module, "processor"):  # an attention module
+                    hook = self._attn_hook((index, name))
+                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
             original = transformer.forward
             self._restore.append((transformer, "forward" in transformer.__dict__, original))
             transformer.forward = self._forward_for(original)
@@ -152,7 +155,10 @@ class ManualSequentialTGate:
         return (self.calls - 1) // 2 if self.cfg else self.calls - 1
 
     def _attn_hook(self, key):
-        def hook(module, inputs, output):
+        def hook(module, inputs, kwargs, output):
+            context = inputs[1] if len(inputs) > 1 else kwargs.get("encoder_hidden_states")
+            if not isinstance(context, torch.Tensor):
+                return output  # self-attention: its key/value input is the latents
             if self._step() < self.gate:
                 self.latest.setdefault(key, {})[self._branch()] = output
                 return output
