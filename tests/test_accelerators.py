@@ -222,9 +222,21 @@ def wan_default():
         return _wan_call(case)
 
 
+@pytest.fixture
+def restore_active_backend():
+    """``set_attention_backend`` also sets diffusers' process-wide active backend, which
+    ``reset_attention_backend`` does not put back: without this, later tests (meta-device accounting
+    models) would run on the last backend set here."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry.get_active_backend()
+    yield
+    _AttentionBackendRegistry.set_active_backend(active[0] if isinstance(active, tuple) else active)
+
+
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_attention_backends(backend, wan_default):
+def test_attention_backends(backend, wan_default, restore_active_backend):
     case = wan_t2v()
     pipe = case.pipe
     pipe.transformer.set_attention_backend(backend)
