@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 PostGateInputs = Literal["uncond", "cond"]
+TextStream = Literal["frozen", "frozen_mean", "live"]
+TEXT_STREAMS: tuple[str, ...] = ("frozen", "frozen_mean", "live")
 AUTO_REFERENCE_STEPS = 25  # auto_tolerance is stated per 1/25 of the sampling trajectory
 # The largest guidance_after_gate: ten times the guidance the pipeline applied before the gate (see
 # TGateConfig). Unbounded, a finite weight such as 1e308 or 10**30 overflows and the output is NaN.
@@ -69,6 +71,14 @@ class TGateConfig:
         guidance_after_gate_decay: ``w`` is multiplied by this at every step after the first
             gated one (``1``: constant; ``< 1``: fading out).
 
+        text_stream: joint-attention families only (SD3, FLUX; :mod:`crossgate.joint`): what each
+            joint block's text stream does after the gate. ``"frozen"`` (default): its text keys,
+            values and output are those of step ``m-1`` of the branch that keeps running;
+            ``"frozen_mean"``: the CFG mean of both branches' step ``m-1`` values; ``"live"``: the
+            text stream keeps computing (only CFG is dropped). Which is the default is set by the
+            study in docs/joint-attention.md.
+        keep_cfg: joint-attention families only: keep both CFG branches after the gate, each with
+            its own frozen text stream (the text freeze without the CFG drop). Default ``False``.
     Per-layer gating (each layer freezing on its own convergence) was built, measured and removed:
     on our model it cost more compute for lower fidelity than one gate, because the CFG batch has
     to run until the last layer freezes (docs/quality-gate-selection.md).
@@ -84,6 +94,8 @@ class TGateConfig:
     auto_max_fraction: float = 0.8
     guidance_after_gate: float = 0.0
     guidance_after_gate_decay: float = 1.0
+    text_stream: TextStream = "frozen"
+    keep_cfg: bool = False
 
     def __post_init__(self) -> None:
         for name in _NUMERIC_FIELDS:  # numpy scalars, Fractions, 0-d tensors are numbers too
@@ -94,6 +106,17 @@ class TGateConfig:
             raise ConfigError(
                 f"post_gate_inputs must be 'uncond', 'cond' or None (the family's choice), "
                 f"got {self.post_gate_inputs!r}."
+            )
+        if self.text_stream not in TEXT_STREAMS:
+            raise ConfigError(
+                f"text_stream must be one of {', '.join(map(repr, TEXT_STREAMS))}, got {_shown(self.text_stream)}."
+            )
+        if not isinstance(self.keep_cfg, bool):
+            raise ConfigError(f"keep_cfg must be True or False, got {_shown(self.keep_cfg)}.")
+        if self.keep_cfg and self.text_stream == "live":
+            raise ConfigError(
+                "keep_cfg=True with text_stream='live' changes nothing after the gate; freeze the text "
+                "stream (text_stream='frozen') or drop keep_cfg."
             )
         if self.self_attention_interval is not None:
             _validate_int("self_attention_interval", self.self_attention_interval, 1, "or None (off)")
@@ -112,6 +135,11 @@ class TGateConfig:
             raise ConfigError(
                 f"guidance_after_gate_decay must be in (0, 1], got {self.guidance_after_gate_decay!r}."
             )
+
+    @property
+    def sets_joint_options(self) -> bool:
+        """Whether a joint-attention-only option differs from its default."""
+        return self.text_stream != "frozen" or self.keep_cfg
 
     @property
     def caches_self_attention(self) -> bool:

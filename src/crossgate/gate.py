@@ -228,6 +228,8 @@ class CallStats:
         cross_attention_replays: per cross-attention layer, the denoiser passes that replayed its
             cache (one per step after the gate; Panorama: one per view-window pass after the gate).
         self_attention_computed_steps: TGATE v2: per self-attention layer, the steps it computed.
+        text_stream_replays: joint-attention families: per joint block, the passes that ran its
+            image side against the frozen text stream (one per pass after the gate).
         convergence: ``"auto"`` only: the layer-averaged relative change, one value per step from 1.
         post_gate_inputs: the CFG half (``"uncond"``/``"cond"``) that fed the passes after the gate.
         control_batches: per ControlNet (its attribute path, e.g. ``controlnet.nets.0``), the batch of
@@ -244,6 +246,7 @@ class CallStats:
     convergence: list[float] = field(default_factory=list)
     post_gate_inputs: str = "uncond"
     control_batches: dict[str, list[int]] = field(default_factory=dict)
+    text_stream_replays: dict[str, int] = field(default_factory=dict)
 
     @property
     def engaged(self) -> bool:

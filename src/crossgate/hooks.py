@@ -78,7 +78,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from diffusers.hooks import ModelHook
@@ -86,6 +86,9 @@ from diffusers.hooks import ModelHook
 from crossgate.gate import CallState, current_call
 from crossgate.schedule import Action, self_attention_action
 from crossgate.tensors import latent_batch, map_batch, relative_change
+
+if TYPE_CHECKING:
+    from crossgate.joint import JointBlockHook, TextStream
 
 # What the hooks inside a model do in the running pass (``Lane.mode``).
 PASS, KEEP, REPLAY, SKIP = 0, 1, 2, 3
@@ -109,6 +112,7 @@ class Lane:
 
     mode: int = PASS
     self_action: Action = Action.COMPUTE
+    capture: bool = False  # joint blocks: keep the text stream in this KEEP pass (the step before the gate)
     # eager only: the call whose pass is running, the batch the gate halved it to, the pass lock
     # and its holder, and whether the pass was entered around a compiled call (``outer``: the
     # model's own hooks stand by)
@@ -124,6 +128,7 @@ class Lane:
 
     def clear(self) -> None:
         self.mode, self.self_action, self.call, self.halved = PASS, Action.COMPUTE, None, None
+        self.capture = False
 
 
 @dataclass
@@ -137,6 +142,15 @@ class CrossAttentionRecord:
     view: torch.Tensor | None = None  # sequential CFG, auto gate: the last step's CFG mean
     view_step: int | None = None
     computed_steps: set[int] = field(default_factory=set)
+    replays: int = 0
+
+
+@dataclass
+class JointRecord:
+    """What one joint-attention block keeps during one call: its text stream at the capture step."""
+
+    latest: dict[str, TextStream] = field(default_factory=dict)  # per branch ("batch" when batched)
+    frozen: dict[tuple[str, bool], TextStream] = field(default_factory=dict)  # (branch, halved)
     replays: int = 0
 
 
@@ -356,11 +370,13 @@ class _ModelGate:
         lane: Lane,
         cross: dict[str, CrossAttentionGateHook],
         self_attention: dict[str, SelfAttentionCacheHook],
+        joint: dict[str, JointBlockHook] | None = None,
     ) -> None:
         self.model = model
         self.lane = lane
         self.cross = cross
         self.self_attention = self_attention
+        self.joint = joint if joint is not None else {}
         self._key = f"{id(model)}"  # experts share module names
         self._handles: list[torch.utils.hooks.RemovableHandle] = [
             model.register_forward_pre_hook(self._inner_before, with_kwargs=True, prepend=True),
@@ -441,7 +457,7 @@ class _ModelGate:
 
     def _release(self) -> None:
         lane = self.lane
-        for hook in (*self.cross.values(), *self.self_attention.values()):
+        for hook in (*self.cross.values(), *self.self_attention.values(), *self.joint.values()):
             hook.reset()
         lane.clear()
         lane.outer = lane.entered = False
@@ -466,6 +482,11 @@ class _ModelGate:
                 if record.cache is None:
                     record.cache = self._freeze(call, name, record)
                 self.cross[name].cache = record.cache
+            if call.config.text_stream != "live":
+                for name, hook in self.joint.items():
+                    hook.cache = self._joint_frozen(call, name)
+        elif mode == KEEP and self.joint and call.config.text_stream != "live":
+            lane.capture = call.gate is not None and call.step == call.gate - 1
         lane.mode = mode
         if self.self_attention and call.config.caches_self_attention:
             self._arm_self(call, batch)
@@ -489,6 +510,12 @@ class _ModelGate:
                 self._keep(call, name, self.record(call, name), hook.kept)
             if hook.replayed:
                 self.record(call, name).replays += 1
+        for name, joint_hook in self.joint.items():
+            if joint_hook.kept is not None:
+                branch = (call.branch or "cond") if call.layout.sequential else _BATCH
+                self._joint_record(call, name).latest[branch] = joint_hook.kept
+            if joint_hook.replayed:
+                self._joint_record(call, name).replays += 1
         at_gate = step == call.gate - 1
         for name, sa_hook in self.self_attention.items():
             if sa_hook.ran:
@@ -584,6 +611,51 @@ class _ModelGate:
         record.latest.clear()
         return cache
 
+    # --- joint-attention records (eager) ----------------------------------------------------------
+
+    def _joint_record(self, call: CallState, name: str) -> JointRecord:
+        key = f"joint:{self._key}:{name}"
+        record = call.records.get(key)
+        if record is None:
+            record = call.records[key] = JointRecord()
+        return record
+
+    def joint_replays(self, call: CallState, name: str) -> int:
+        record = call.records.get(f"joint:{self._key}:{name}")
+        return 0 if record is None else record.replays
+
+    def _joint_frozen(self, call: CallState, name: str) -> TextStream:
+        """The text stream block ``name`` replays in this pass (see :mod:`crossgate.joint`)."""
+        from crossgate.joint import TextStream
+
+        record = self._joint_record(call, name)
+        halved = self.lane.halved is not None
+        branch = (call.branch or "cond") if call.layout.sequential else _BATCH
+        found = record.frozen.get((branch, halved))
+        if found is not None:
+            return found
+        mean = call.config.text_stream == "frozen_mean" and bool(call.cfg)
+        latest, layout = record.latest, call.layout
+        if call.layout.sequential:
+            if mean and "cond" in latest and "uncond" in latest:
+                frozen = TextStream.mean(latest["cond"], latest["uncond"])
+            else:
+                frozen = latest.get(branch) or latest.get("cond")
+        else:
+            frozen = latest.get(_BATCH)
+            if frozen is not None and call.cfg_batched(self.model):
+                if halved:
+                    frozen = frozen.map(layout.mean if mean else layout.half)
+                elif mean:
+                    frozen = frozen.map(lambda t: layout.double(layout.mean(t)))
+        if frozen is None:
+            raise RuntimeError(
+                f"crossgate: joint block {name!r} kept no text stream at the step before the gate, so there "
+                "is nothing to freeze; something skipped it at that step."
+            )
+        record.frozen[(branch, halved)] = frozen
+        return frozen
+
     # --- self-attention records (TGATE v2, eager) -----------------------------------------------
 
     def _self_record(self, call: CallState, name: str) -> SelfAttentionRecord:
@@ -625,8 +697,14 @@ class DenoiserGate(_ModelGate):
     """Run the denoiser once per pass (batch B instead of 2B) once the gate has closed."""
 
     def _begin(self, call: CallState, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if kwargs.get("skip_layers") is not None:
+            # SD3's skip-layer guidance: an extra pass on the cond batch with some blocks skipped. It
+            # runs plain (text stream computed) and is not a CFG branch the gate could halve.
+            self.lane.call = None
+            return None
         call.begin_pass()
-        call.runs_cfg()
+        if not call.runs_cfg() and call.layout.sequential and call.branch == "uncond":
+            call.cfg = True  # a pipeline that names an uncond call runs CFG (FLUX's true CFG has no flag)
         full = latent_batch(args, kwargs)
         if not call.gated:
             call.ran_before_gate.add(id(self.model))
@@ -634,6 +712,10 @@ class DenoiserGate(_ModelGate):
             self._arm(call, KEEP, full)
             return None
         if not call.cfg:
+            call.denoiser_batches.append(full)
+            self._arm(call, REPLAY, full)
+            return None
+        if call.config.keep_cfg:  # joint families: both branches run, each with its frozen text stream
             call.denoiser_batches.append(full)
             self._arm(call, REPLAY, full)
             return None

@@ -45,6 +45,7 @@ from crossgate.hooks import (
     attach,
     detach,
 )
+from crossgate.joint import JointBlockHook, joint_blocks
 from crossgate.layouts import layout_for
 
 _SESSION_ATTR = "_crossgate_session"
@@ -90,6 +91,7 @@ class _Installation:
     control: bool = False
     cross_attention: dict[str, CrossAttentionGateHook] = field(default_factory=dict)
     self_attention: dict[str, SelfAttentionCacheHook] = field(default_factory=dict)
+    joint: dict[str, JointBlockHook] = field(default_factory=dict)
     lane: Lane = field(default_factory=Lane)  # what the hooks inside the model read during a pass
     gate: DenoiserGate | ControlGate | None = None
     users: list[_Session] = field(default_factory=list)
@@ -152,11 +154,23 @@ class _Installation:
             hook = CrossAttentionGateHook(lane)
             self._register(module, hook)
             self.cross_attention[name] = hook
+        if adapter.joint and not self.control:
+            blocks = joint_blocks(denoiser)
+            for name, block, block_kind in blocks:
+                reason = block_kind.check(block)
+                if reason is not None:
+                    raise UnsupportedPipelineError(f"crossgate: {name}: {reason}")
+            for name, block, block_kind in blocks:
+                joint_hook = JointBlockHook(lane, block_kind)
+                self._register(block, joint_hook)
+                self.joint[name] = joint_hook
         kind = ControlGate if self.control else DenoiserGate
-        self.gate = kind(denoiser, lane, self.cross_attention, self.self_attention)
+        self.gate = kind(denoiser, lane, self.cross_attention, self.self_attention, self.joint)
         if self.control:
             return
-        if adapter.cfg_layout == "sequential":
+        if adapter.cfg_layout == "sequential" and adapter.joint:  # the joint hooks skip the uncond call
+            denoiser.__dict__["cache_context"] = _branch_context_for(denoiser)
+        elif adapter.cfg_layout == "sequential":
             blocks = adapter.blocks(denoiser)
             if not blocks:
                 raise UnsupportedPipelineError(
@@ -186,6 +200,7 @@ class _Installation:
         self._self_modules.clear()
         self.cross_attention.clear()
         self.self_attention.clear()
+        self.joint.clear()
 
 
 @dataclass(eq=False)
@@ -258,6 +273,7 @@ class _Session:
         computed: dict[str, int] = {}
         replays: dict[str, int] = {}
         self_computed: dict[str, list[int]] = {}
+        text_replays: dict[str, int] = {}
         for index, (part, installation) in enumerate(zip(self.parts, self.installations)):
             prefix = "" if index == 0 else f"{part.path}."
             gate = installation.gate
@@ -265,6 +281,8 @@ class _Session:
                 continue
             for name in installation.cross_attention:
                 computed[prefix + name], replays[prefix + name] = gate.stats(call, name)
+            for name in installation.joint:
+                text_replays[prefix + name] = gate.joint_replays(call, name)
             if call.config.caches_self_attention:
                 for name in installation.self_attention:
                     self_computed[prefix + name] = gate.self_stats(call, name)
@@ -275,6 +293,7 @@ class _Session:
             denoiser_batches=list(call.denoiser_batches),
             cross_attention_computed_steps=computed,
             cross_attention_replays=replays,
+            text_stream_replays=text_replays,
             self_attention_computed_steps=self_computed,
             convergence=list(call.convergence),
             post_gate_inputs=call.post_gate_inputs,
@@ -385,10 +404,32 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
             "CFG as two denoiser calls per step (its caches would mix the branches); leave "
             "self_attention_interval=None and self_attention_interval_after=1."
         )
+    _check_joint(type(pipe).__name__, adapter, config)
     if adapter.per_pass_caches:
         _check_per_pass(type(pipe).__name__, config)
     _check_diffusers_caches(pipe, adapter)
     return config
+
+
+def _check_joint(name: str, adapter: ModelAdapter, config: TGateConfig) -> None:
+    """Options that exist for joint-attention families only, and what those do not support yet."""
+    if not adapter.joint:
+        if config.sets_joint_options:
+            raise ConfigError(
+                f"text_stream and keep_cfg apply to joint-attention pipelines (SD3, FLUX); {name} gates "
+                "cross-attention. Leave text_stream='frozen' and keep_cfg=False."
+            )
+        return
+    if config.gate_step == "auto":
+        raise ConfigError(
+            f"gate_step='auto' is calibrated on cross-attention and not available for {name} (joint "
+            "attention); give a step or a fraction, e.g. gate_step=0.4."
+        )
+    if config.caches_self_attention:
+        raise ConfigError(
+            f"TGATE v2's self-attention caching is not available for {name} (joint attention: text and "
+            "image share one attention); leave self_attention_interval=None."
+        )
 
 
 # diffusers caches (their HookRegistry hook names) that keep tensors shaped by the denoiser's batch

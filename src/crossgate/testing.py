@@ -595,3 +595,84 @@ def pixart_architecture_pipeline(
         scheduler=DPMSolverMultistepScheduler(),
     )
     return ready(pipe).to(device, dtype)
+
+
+def tiny_sd3_pipeline(seed: int = 0, num_layers: int = 2, dual_attention_layers: tuple[int, ...] = ()):
+    """A Stable Diffusion 3 pipeline (MMDiT joint attention) with tiny widths and random weights.
+
+    Two joint blocks by default: a full one and the last, whose text side is ``context_pre_only``.
+    Three text encoders as SD3 has (two CLIP with projection, a T5), 32x32 images, 16x16 latents.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tokenizer = char_tokenizer()
+    t5_tokenizer = char_fast_tokenizer(max_length=77)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        num_layers=num_layers,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+        pos_embed_max_size=16,
+        dual_attention_layers=dual_attention_layers,
+        qk_norm="rms_norm" if dual_attention_layers else None,
+    )
+    vae = tiny_vae()
+    vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(clip_text_config(tokenizer, 32)),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(clip_text_config(tokenizer, 32)),
+        tokenizer_2=tokenizer,
+        text_encoder_3=tiny_t5_encoder(t5_tokenizer, width=32),
+        tokenizer_3=t5_tokenizer,
+    )
+    return ready(pipe)
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, cls: Any = None):
+    """A FLUX.1 pipeline (double- and single-stream joint blocks) with tiny widths and random weights.
+
+    Two double-stream and two single-stream blocks, rotary positions over (text, height, width),
+    ``guidance_embeds`` as FLUX.1-dev (distilled guidance; ``true_cfg_scale`` adds real CFG), 32x32
+    images from a one-level VAE with 4 latent channels (packed 2x2 into 16-channel tokens).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = char_tokenizer()
+    t5_tokenizer = char_fast_tokenizer(max_length=77)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(2, 2, 4),
+    )
+    vae = tiny_vae()
+    vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
+    return ready(
+        (cls or FluxPipeline)(
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=CLIPTextModel(clip_text_config(tokenizer, 32)),
+            tokenizer=tokenizer,
+            text_encoder_2=tiny_t5_encoder(t5_tokenizer, width=32),
+            tokenizer_2=t5_tokenizer,
+        )
+    )

@@ -131,6 +131,9 @@ class ModelAdapter:
     # Where the pipeline keeps the ControlNet(s) it runs beside the denoiser every step, at the
     # denoiser's batch, feeding it residuals: they are gated like the denoiser (see `controls`).
     control_attr: str | None = None
+    # Joint-attention transformers (SD3, FLUX): no cross-attention; after the gate each joint block's
+    # text stream is frozen (crossgate.joint).
+    joint: bool = False
 
     def denoiser(self, pipe: object) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attr)
@@ -201,6 +204,8 @@ class ModelAdapter:
         """
         if self.fixed_cfg is not None:
             return self.fixed_cfg
+        if self.cfg_layout == "sequential" and self.joint:
+            return False  # FLUX's true CFG has no flag: the first call named "uncond" turns it on
         try:
             flag = None if self.cfg_from_encode_prompt else getattr(pipe, "do_classifier_free_guidance", None)
         except AttributeError:  # the property reads a value set only inside __call__

@@ -19,6 +19,7 @@ from crossgate.adapters import support
 from crossgate.adapters.base import ModelAdapter, UnsupportedPipelineError
 from crossgate.adapters.sequential import names_cfg_branches, per_branch_refusal
 from crossgate.adapters.support import SVD, TRANSFORMER, UNET
+from crossgate.joint import has_joint_attention
 
 __all__ = [
     "SVD",
@@ -67,15 +68,24 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
         denoiser = getattr(pipe, adapter.denoiser_attr, None)
         if denoiser is None:
             continue
-        if not adapter.cross_attention(pipe):
+        family = verdict.adapter or adapter
+        if family.joint:
+            if not has_joint_attention(denoiser):
+                raise UnsupportedPipelineError(
+                    f"{type(pipe).__name__}.{adapter.denoiser_attr} ({type(denoiser).__name__}) has no "
+                    "joint-attention block crossgate knows (SD3's JointTransformerBlock, FLUX's "
+                    "FluxTransformerBlock / FluxSingleTransformerBlock), so there is no text stream to freeze."
+                )
+        elif not adapter.cross_attention(pipe):
             raise UnsupportedPipelineError(
                 f"{type(pipe).__name__}.{adapter.denoiser_attr} ({type(denoiser).__name__}) has no "
                 "cross-attention layers, so there is nothing for TGATE to cache. TGATE applies to "
                 "text-conditioned models whose attention attends to the prompt (SD, SDXL, PixArt, ...)."
             )
-        family = verdict.adapter or adapter
         per_branch = calls_denoiser_per_cfg_branch(type(pipe), adapter.denoiser_attr)
-        if per_branch and (family.cfg_layout == "batched" or not names_cfg_branches(type(pipe))):
+        # SD3's second denoiser call is skip-layer guidance (a plain extra pass, see crossgate.hooks)
+        batched_refusal = family.cfg_layout == "batched" and not family.joint
+        if per_branch and (batched_refusal or (family.cfg_layout == "sequential" and not names_cfg_branches(type(pipe)))):
             raise UnsupportedPipelineError(per_branch_refusal(type(pipe)))
         if support.overrides_call(type(pipe)) and not support.is_allowed(type(pipe)):
             raise UnsupportedPipelineError(

@@ -56,6 +56,16 @@ PANORAMA = ModelAdapter(
     cfg_from_encode_prompt=True,
 )
 
+# Joint-attention transformers (crossgate.joint): after the gate each joint block's text stream is
+# frozen and the cond branch runs alone. SD3 batches CFG as [uncond; cond]; FLUX.1 runs real CFG
+# (`true_cfg_scale > 1` with a negative prompt) as two calls named "cond" and "uncond", and none
+# otherwise (guidance-distilled). The cond half feeds the passes after the gate: the text stream
+# that is frozen is the prompt's.
+SD3 = ModelAdapter(family="sd3", denoiser_attr="transformer", post_gate_inputs="cond", joint=True)
+FLUX = ModelAdapter(
+    family="flux", denoiser_attr="transformer", post_gate_inputs="cond", cfg_layout="sequential", joint=True
+)
+
 # The diffusers release this table was made against: there the classified names and the exported
 # names must be equal; on other releases every exported name must still be classified.
 CLASSIFIED_FOR = "0.42.1"
@@ -136,6 +146,12 @@ SUPPORTED: dict[str, Supported] = {
     "AllegroPipeline": _dit("Allegro"),
     "SanaVideoPipeline": _dit("Sana Video"),
     "StableDiffusionPanoramaPipeline": Supported(PANORAMA, "SD Panorama"),
+    "StableDiffusion3Pipeline": Supported(SD3, "SD3"),
+    "StableDiffusion3Img2ImgPipeline": Supported(SD3, "SD3 img2img"),
+    "StableDiffusion3InpaintPipeline": Supported(SD3, "SD3 inpainting"),
+    "FluxPipeline": Supported(FLUX, "FLUX.1"),
+    "FluxImg2ImgPipeline": Supported(FLUX, "FLUX.1 img2img"),
+    "FluxInpaintPipeline": Supported(FLUX, "FLUX.1 inpainting"),
 }
 
 # Per-branch CFG with cross-attention (Wan's family). Status and reason: adapters/sequential.py.
@@ -435,7 +451,9 @@ UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if
 
 _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
-    "attention, so there is no converged cross-attention for TGATE to cache."
+    "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
+    "knows SD3's JointTransformerBlock and FLUX.1's FluxTransformerBlock / FluxSingleTransformerBlock "
+    "with their stock processors and pipelines tested end to end; this class is not one of those."
 )
 _UNCONDITIONAL = (
     "is not text-conditioned (its denoiser has no cross-attention: unconditional or class-conditional), "
@@ -469,9 +487,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "EasyAnimateControlPipeline",
             "EasyAnimateInpaintPipeline",
             "ErnieImagePipeline",
-            "FluxPipeline",
-            "FluxImg2ImgPipeline",
-            "FluxInpaintPipeline",
             "FluxControlPipeline",
             "FluxControlImg2ImgPipeline",
             "FluxControlInpaintPipeline",
@@ -518,9 +533,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "QwenImageLayeredPipeline",
             "QwenImage21Pipeline",
             "RFD4ProteinaPipeline",
-            "StableDiffusion3Pipeline",
-            "StableDiffusion3Img2ImgPipeline",
-            "StableDiffusion3InpaintPipeline",
             "StableDiffusion3ControlNetPipeline",
             "StableDiffusion3ControlNetInpaintingPipeline",
             "StableDiffusion3PAGPipeline",

@@ -1,0 +1,307 @@
+"""TGATE for joint-attention transformers: after the gate, freeze the text stream.
+
+In MMDiT models (SD3, FLUX) text and image tokens share one attention; there is no cross-attention
+output to cache. The counterpart of TGATE's cache is the **text stream**: what the text tokens
+contribute to every block (their keys and values) and what each block hands on for them. It converges
+in the first steps like cross-attention does, so after the gate crossgate stops computing it.
+
+Semantics, with ``TGateConfig(gate_step=m)`` on a joint-attention family (``text_stream="frozen"``,
+the default, and the family's ``post_gate_inputs="cond"``):
+
+* steps ``0 .. m-1`` run exactly as the plain pipeline (bit for bit);
+* from step ``m`` on, under CFG, only the fed branch runs (the same CFG drop as every family:
+  batched ``[uncond; cond]`` pipelines run the cond half and hand its prediction back for both
+  halves; sequential ones, FLUX with ``true_cfg_scale > 1``, skip the uncond call);
+* in every joint block the text stream is frozen at its values from step ``m-1`` of the fed branch:
+  the text keys and values the image queries attend to are the ones that block used at step ``m-1``
+  (after its norms, qk-norm and rotary embedding), and the text output the block hands on is the one
+  it handed on at step ``m-1``. No text-side module runs: in double-stream blocks no ``norm1_context``,
+  ``add_q/k/v_proj``, ``to_add_out``, ``ff_context`` and no text query rows; in single-stream blocks
+  (FLUX's ``single_transformer_blocks``, shared weights over ``[text; image]``) the projections run on
+  the image rows only. Image tokens attend over their fresh keys/values and the frozen text ones, in
+  the block's own token order (SD3 ``[image; text]``, FLUX ``[text; image]``);
+* without CFG (FLUX.1-dev's distilled guidance) only the text freeze applies after the gate.
+
+Named variants (``TGateConfig.text_stream``): ``"frozen_mean"`` freezes the CFG mean of the two
+branches' step ``m-1`` text keys, values and outputs (TGATE's mean, applied to the text stream);
+``"live"`` keeps computing the text stream (the CFG drop alone). ``keep_cfg=True`` keeps both CFG
+branches after the gate, each with its own frozen text stream (the text freeze alone).
+
+Memory: each joint block holds its frozen keys and values (and text output) from step ``m-1`` until
+the call ends: ``blocks x 3 x rows x text_tokens x hidden`` elements (single-stream blocks 2, no text
+output kept separately from the rows they hand on: 3 as well). See docs/joint-attention.md.
+
+One :class:`JointBlockHook` per block reads only its lane's mode (and ``lane.capture``, set at the
+last step before the gate); the model's gate (:mod:`crossgate.hooks`) moves what a block kept into the
+call's records and hands the frozen values back in. Per block class a :class:`JointKind` knows how to
+recompute the text keys/values exactly as the block's processor did and how to run the block's image
+side alone. Supported processors are the stock ones; anything else is refused at ``apply()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from crossgate.hooks import KEEP, REPLAY, SKIP, Compute, Lane, ModuleHook
+
+
+@dataclass
+class TextStream:
+    """One block's frozen text side: keys, values (as its attention uses them) and its text output."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    output: torch.Tensor | None  # None: the block hands no text on (SD3's last, ``context_pre_only``)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TextStream:
+        return TextStream(fn(self.key), fn(self.value), None if self.output is None else fn(self.output))
+
+    @staticmethod
+    def mean(a: TextStream, b: TextStream) -> TextStream:
+        out = None if a.output is None or b.output is None else (a.output + b.output) / 2
+        return TextStream((a.key + b.key) / 2, (a.value + b.value) / 2, out)
+
+    def difference(self, other: TextStream) -> float:
+        """Relative change of the keys, values and output from ``other`` (convergence curves)."""
+        parts = [(self.key, other.key), (self.value, other.value)]
+        if self.output is not None and other.output is not None:
+            parts.append((self.output, other.output))
+        num = sum(float((a.float() - b.float()).norm()) ** 2 for a, b in parts)
+        den = sum(float(b.float().norm()) ** 2 for _, b in parts)
+        return (num / den) ** 0.5 if den > 0 else 0.0
+
+
+class JointKind:
+    """How one joint block class exposes its text side (subclass per block class)."""
+
+    block_types: tuple[str, ...] = ()
+    processors: tuple[str, ...] = ()
+
+    def text_stream(self, block: torch.nn.Module, kwargs: dict, output: Any) -> TextStream:
+        raise NotImplementedError
+
+    def image_only(self, block: torch.nn.Module, frozen: TextStream, kwargs: dict) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def passthrough(kwargs: dict) -> Any:
+        """A skipped block (sequential CFG's uncond call): both streams handed through."""
+        return kwargs["encoder_hidden_states"], kwargs["hidden_states"]
+
+    def check(self, block: torch.nn.Module) -> str | None:
+        """Why this block cannot be gated (a processor crossgate does not know), or None."""
+        processor = type(block.attn.processor).__name__
+        if processor not in self.processors:
+            return (
+                f"{type(block).__name__}.attn uses {processor}; crossgate freezes the text stream only "
+                f"with the stock processor ({', '.join(self.processors)}). Remove the custom processor "
+                "(e.g. an IP-Adapter) or leave this pipeline ungated."
+            )
+        return None
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    return x.view(x.shape[0], -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+
+class SD3Joint(JointKind):
+    """``JointTransformerBlock`` (SD3, SD3.5, AuraFlow's MMDiT blocks): tokens ``[image; text]``."""
+
+    block_types = ("JointTransformerBlock",)
+    processors = ("JointAttnProcessor2_0",)
+
+    def text_stream(self, block: torch.nn.Module, kwargs: dict, output: Any) -> TextStream:
+        attn = block.attn
+        text, temb = kwargs["encoder_hidden_states"], kwargs["temb"]
+        if block.context_pre_only:
+            normed = block.norm1_context(text, temb)
+        else:
+            normed = block.norm1_context(text, emb=temb)[0]
+        key, value = _heads(attn.add_k_proj(normed), attn.heads), _heads(attn.add_v_proj(normed), attn.heads)
+        if attn.norm_added_k is not None:
+            key = attn.norm_added_k(key)
+        return TextStream(key, value, output[0])
+
+    def image_only(self, block: torch.nn.Module, frozen: TextStream, kwargs: dict) -> Any:
+        hidden, temb = kwargs["hidden_states"], kwargs["temb"]
+        extra = kwargs.get("joint_attention_kwargs") or {}
+        if block.use_dual_attention:
+            normed, gate_msa, shift_mlp, scale_mlp, gate_mlp, normed2, gate_msa2 = block.norm1(hidden, emb=temb)
+        else:
+            normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)
+        attn = block.attn
+        query, key, value = (_heads(p(normed), attn.heads) for p in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        key = torch.cat([key, frozen.key], dim=2)
+        value = torch.cat([value, frozen.value], dim=2)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(hidden.shape[0], -1, attn.heads * out.shape[-1]).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        hidden = hidden + gate_msa.unsqueeze(1) * out
+        if block.use_dual_attention:
+            hidden = hidden + gate_msa2.unsqueeze(1) * block.attn2(hidden_states=normed2, **extra)
+        normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
+        return frozen.output, hidden
+
+
+def _flux_qkv(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if attn.fused_projections:
+        parts = attn.to_qkv(x).chunk(3, dim=-1)
+    else:
+        parts = (attn.to_q(x), attn.to_k(x), attn.to_v(x))
+    return tuple(p.unflatten(-1, (-1, attn.head_dim)) for p in parts)
+
+
+def _rotary(kwargs: dict, start: int, stop: int | None) -> tuple[torch.Tensor, ...] | None:
+    table = kwargs.get("image_rotary_emb")
+    return None if table is None else tuple(t[start:stop] for t in table)
+
+
+def _flux_attend(attn: torch.nn.Module, query, key, value, frozen: TextStream) -> torch.Tensor:
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    key = torch.cat([frozen.key, key], dim=1)
+    value = torch.cat([frozen.value, value], dim=1)
+    out = dispatch_attention_fn(
+        query, key, value, backend=attn.processor._attention_backend, parallel_config=attn.processor._parallel_config
+    )
+    return out.flatten(2, 3).to(query.dtype)
+
+
+class FluxDouble(JointKind):
+    """``FluxTransformerBlock`` (FLUX.1 and its pipelines): tokens ``[text; image]``, rotary on both."""
+
+    block_types = ("FluxTransformerBlock",)
+    processors = ("FluxAttnProcessor",)
+
+    def text_stream(self, block: torch.nn.Module, kwargs: dict, output: Any) -> TextStream:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        attn, text = block.attn, kwargs["encoder_hidden_states"]
+        normed = block.norm1_context(text, emb=kwargs["temb"])[0]
+        if attn.fused_projections:
+            _, key, value = attn.to_added_qkv(normed).chunk(3, dim=-1)
+        else:
+            key, value = attn.add_k_proj(normed), attn.add_v_proj(normed)
+        key, value = key.unflatten(-1, (-1, attn.head_dim)), value.unflatten(-1, (-1, attn.head_dim))
+        key = attn.norm_added_k(key)
+        rotary = _rotary(kwargs, 0, text.shape[1])
+        if rotary is not None:
+            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+        return TextStream(key, value, output[0])
+
+    def image_only(self, block: torch.nn.Module, frozen: TextStream, kwargs: dict) -> Any:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        hidden, temb, attn = kwargs["hidden_states"], kwargs["temb"], block.attn
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)
+        query, key, value = _flux_qkv(attn, normed)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        rotary = _rotary(kwargs, frozen.key.shape[1], None)
+        if rotary is not None:
+            query = apply_rotary_emb(query, rotary, sequence_dim=1)
+            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+        out = _flux_attend(attn, query, key, value, frozen)
+        out = attn.to_out[1](attn.to_out[0](out.contiguous()))
+        hidden = hidden + gate_msa.unsqueeze(1) * out
+        normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
+        return frozen.output, hidden
+
+
+class FluxSingle(JointKind):
+    """``FluxSingleTransformerBlock``: shared weights over ``[text; image]``; only image rows run."""
+
+    block_types = ("FluxSingleTransformerBlock",)
+    processors = ("FluxAttnProcessor",)
+
+    def text_stream(self, block: torch.nn.Module, kwargs: dict, output: Any) -> TextStream:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        attn, text = block.attn, kwargs["encoder_hidden_states"]
+        normed, _ = block.norm(text, emb=kwargs["temb"])  # per token: the text rows of the joint norm
+        _, key, value = _flux_qkv(attn, normed)
+        key = attn.norm_k(key)
+        rotary = _rotary(kwargs, 0, text.shape[1])
+        if rotary is not None:
+            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+        return TextStream(key, value, output[0])
+
+    def image_only(self, block: torch.nn.Module, frozen: TextStream, kwargs: dict) -> Any:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        hidden, attn = kwargs["hidden_states"], block.attn
+        normed, gate = block.norm(hidden, emb=kwargs["temb"])
+        mlp = block.act_mlp(block.proj_mlp(normed))
+        query, key, value = _flux_qkv(attn, normed)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        rotary = _rotary(kwargs, frozen.key.shape[1], None)
+        if rotary is not None:
+            query = apply_rotary_emb(query, rotary, sequence_dim=1)
+            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+        out = _flux_attend(attn, query, key, value, frozen)
+        hidden = hidden + gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2))
+        if hidden.dtype == torch.float16:
+            hidden = hidden.clip(-65504, 65504)
+        return frozen.output, hidden
+
+
+KINDS: tuple[JointKind, ...] = (SD3Joint(), FluxDouble(), FluxSingle())
+
+
+def kind_of(block: torch.nn.Module) -> JointKind | None:
+    """The :class:`JointKind` of ``block`` (by its class or a base's name), or None."""
+    names = {cls.__name__ for cls in type(block).__mro__}
+    return next((kind for kind in KINDS if names.intersection(kind.block_types)), None)
+
+
+def joint_blocks(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module, JointKind]]:
+    """Every joint-attention block of ``denoiser`` crossgate knows, in order."""
+    found = []
+    for name, module in denoiser.named_modules():
+        kind = kind_of(module)
+        if kind is not None:
+            found.append((name, module, kind))
+    return found
+
+
+def has_joint_attention(denoiser: torch.nn.Module) -> bool:
+    return bool(joint_blocks(denoiser))
+
+
+class JointBlockHook(ModuleHook):
+    """On each joint block: compute before the gate (keeping its text stream on the capture step);
+    after it, the image side alone against the frozen text stream; skipped under sequential CFG."""
+
+    def __init__(self, lane: Lane, kind: JointKind) -> None:
+        super().__init__(lane)
+        self.kind = kind
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache: TextStream | None = None  # in: the frozen text stream REPLAY uses
+        self.kept: TextStream | None = None  # out: what the capture step computed
+        self.replayed = False
+
+    def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if args:  # the transformers call their blocks by keyword; a positional call is mapped once
+            kwargs = {**dict(zip(("hidden_states", "encoder_hidden_states", "temb"), args)), **kwargs}
+        mode = self.lane.mode
+        if mode == SKIP:
+            return self.kind.passthrough(kwargs)
+        if mode == REPLAY and self.cache is not None:
+            self.replayed = True
+            return self.kind.image_only(module, self.cache, kwargs)
+        output = compute(module, **kwargs)
+        if mode == KEEP and self.lane.capture:
+            self.kept = self.kind.text_stream(module, kwargs, output)
+        return output
