@@ -58,6 +58,7 @@ def render_support_matrix() -> str:
     if str(ROOT / "tests") not in sys.path:
         sys.path.insert(0, str(ROOT / "tests"))
     from families import CASES, OTHER_ROWS
+    from joint_cases import JOINT_CASES
 
     found = verdicts()
     counts = classification_counts(found)
@@ -79,6 +80,16 @@ def render_support_matrix() -> str:
         lines.append(
             f"| {name} | `{spec.pipeline}` | {spec.cfg} | {spec.after_gate} | `test_family[{name}]` |"
         )
+    lines += [
+        "",
+        f"Joint attention (`crossgate/joint.py`: after the gate each joint block's text stream is frozen "
+        f"and the cond branch runs alone; {len(JOINT_CASES)} cases):",
+        "",
+        "| family | pipeline class | CFG | tested in |",
+        "|---|---|---|---|",
+    ]
+    for name, case in JOINT_CASES.items():
+        lines.append(f"| {name} | `{case.pipeline}` | {case.cfg_text} | `test_joint.py[{name}]` |")
     supported_seq = sum(v.status == support.SUPPORTED_STATUS for v in sequential.values())
     lines += [
         "",

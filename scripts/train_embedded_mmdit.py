@@ -123,7 +123,9 @@ def check_multiplicity(transformer, encoders, ids: torch.Tensor, latents: torch.
     with torch.no_grad():
         t = torch.full((len(ids),), 700.0)
         embeds, pooled = encode_text(encoders, ids, T5_TOKENS)
-        full = transformer(hidden_states=latents, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled)
+        full = transformer(
+            hidden_states=latents, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled
+        )
         embeds, pooled = encode_text(encoders, ids, 1)
         with zero_token_multiplicity(T5_TOKENS):
             short = transformer(
@@ -146,7 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     data = make_data(args.scenes, args.seed, training_compositions())
     latents = (encode_means(vae, data.images.to(device)) * vae.config.scaling_factor).float()
-    log(f"rendered and encoded {len(latents)} scenes in {time.time() - t0:.0f}s; latent std {latents.std():.3f}")
+    log(
+        f"rendered and encoded {len(latents)} scenes in {time.time() - t0:.0f}s; latent std {latents.std():.3f}"
+    )
     held = held_out_compositions()
 
     tokenizer = write_tokenizer(args.work / "tokenizer")
@@ -233,7 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
         losses.append(loss.item())
         if step % 100 == 0:
             el, cpu = time.time() - t_start, time.process_time() - c_start
-            log(f"step {step}/{args.steps} loss {sum(losses[-100:]) / 100:.4f} lr {lr:.2e} ({el:.0f}s, cpu {cpu:.0f}s)")
+            log(
+                f"step {step}/{args.steps} loss {sum(losses[-100:]) / 100:.4f} lr {lr:.2e} ({el:.0f}s, cpu {cpu:.0f}s)"
+            )
         timed_out = bool(deadline) and time.time() > deadline
         if step % args.eval_every == 0 or step == args.steps or timed_out:
             evaluate_and_export()

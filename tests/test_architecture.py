@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "crossgate"
 SCRIPTS = ROOT / "scripts"
-ENGINE = {"config", "gate", "layouts", "hooks", "pipeline", "schedule", "tensors", "adapters"}
+ENGINE = {"config", "gate", "layouts", "hooks", "joint", "pipeline", "schedule", "tensors", "adapters"}
 NOT_FOR_ENGINE = {"tools", "cli", "app", "integrations", "testing", "embedded", "loading", "images"}
 # What the tools (tools/*, app, testing, integrations) may use of the engine: its public API, as
 # docs/architecture.md lists it (module -> names; None: any public name).

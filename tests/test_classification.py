@@ -22,10 +22,11 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 import crossgate
 from crossgate.adapters import cross_attention_modules, support
 from crossgate.adapters.registry import batches_more_than_two_branches, calls_denoiser_per_cfg_branch
-from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
+from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, names_cfg_branches, per_branch_refusal
 from crossgate.hooks import hooked
 from crossgate.testing import tiny_sd_pipeline
 from families import CASES
+from joint_cases import JOINT_CASES
 
 
 def _exported_pipeline_names() -> list[str]:
@@ -110,9 +111,10 @@ def test_buckets_are_disjoint_and_counts_add_up():
 
 def test_every_supported_class_has_a_family_case_that_builds_it():
     for name, entry in support.SUPPORTED.items():
-        assert entry.case in CASES, f"{name}: no tests/families.py case {entry.case!r}"
-        assert CASES[entry.case].pipeline == name
-    for case, spec in CASES.items():
+        cases = JOINT_CASES if entry.adapter.joint else CASES
+        assert entry.case in cases, f"{name}: no tests/families.py (joint_cases.py) case {entry.case!r}"
+        assert cases[entry.case].pipeline == name
+    for case, spec in [*CASES.items(), *JOINT_CASES.items()]:
         verdict = support.classify(_cls(spec.pipeline))
         assert verdict is not None and verdict.status == support.SUPPORTED_STATUS, (
             f"case {case!r} tests {spec.pipeline}, which the classification does not support"
@@ -133,7 +135,12 @@ def test_sequential_family_status_comes_from_the_sequential_module():
 
 def test_no_supported_batched_class_calls_its_denoiser_per_branch():
     for name, entry in support.SUPPORTED.items():
-        assert not calls_denoiser_per_cfg_branch(_cls(name), entry.adapter.denoiser_attr), name
+        if entry.adapter.cfg_layout == "sequential":
+            assert names_cfg_branches(_cls(name)), name
+            continue
+        if calls_denoiser_per_cfg_branch(_cls(name), entry.adapter.denoiser_attr):
+            # SD3's second call is skip-layer guidance, which crossgate runs as a plain pass
+            assert entry.adapter.joint and "skip_layers=" in inspect.getsource(_cls(name).__call__), name
 
 
 @pytest.mark.parametrize("name", [n for n in EXPORTED if support.classify(_cls(n)).status != "supported"])
@@ -176,7 +183,7 @@ def test_not_applicable_claims_hold():
             continue  # not installed here (ONNX, note-seq, opencv extras), or the base class
         types = _denoiser_types(cls)
         if (
-            reason == support.NOT_APPLICABLE["FluxPipeline"]
+            reason == support.NOT_APPLICABLE["FluxImg2ImgPipeline"]
             or reason == support.NOT_APPLICABLE["DDPMPipeline"]
         ):
             assert types, f"{name}: expected a unet/transformer to inspect"
@@ -257,7 +264,7 @@ def test_allow_untested_admits_untested_classes_only(monkeypatch):
     with pytest.raises(crossgate.UnsupportedPipelineError, match="perturbed-attention"):
         support.allow_untested(diffusers.StableDiffusionPAGPipeline)
     with pytest.raises(crossgate.UnsupportedPipelineError, match="joint"):
-        support.allow_untested(diffusers.FluxPipeline)
+        support.allow_untested(diffusers.FluxImg2ImgPipeline)
     untested = _cls(sorted(support.UNTESTED)[0])
     assert support.allow_untested(untested) is untested and support.is_allowed(untested)
 

@@ -78,17 +78,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 from diffusers.hooks import ModelHook
 
 from crossgate.gate import CallState, current_call
+from crossgate.joint import JointKind, TextStream
 from crossgate.schedule import Action, self_attention_action
 from crossgate.tensors import latent_batch, map_batch, relative_change
-
-if TYPE_CHECKING:
-    from crossgate.joint import JointBlockHook, TextStream
 
 # What the hooks inside a model do in the running pass (``Lane.mode``).
 PASS, KEEP, REPLAY, SKIP = 0, 1, 2, 3
@@ -241,6 +239,35 @@ class BlockSkipHook(ModuleHook):
         if self.lane.mode == SKIP:
             return self._passthrough(args, kwargs)
         return compute(module, *args, **kwargs)
+
+
+class JointBlockHook(ModuleHook):
+    """On each joint block: compute before the gate (keeping its text stream on the capture step);
+    after it, the image side alone against the frozen text stream; skipped under sequential CFG."""
+
+    def __init__(self, lane: Lane, kind: JointKind) -> None:
+        super().__init__(lane)
+        self.kind = kind
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache: TextStream | None = None  # in: the frozen text stream REPLAY uses
+        self.kept: TextStream | None = None  # out: what the capture step computed
+        self.replayed = False
+
+    def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if args:  # the transformers call their blocks by keyword; a positional call is mapped once
+            kwargs = {**dict(zip(("hidden_states", "encoder_hidden_states", "temb"), args)), **kwargs}
+        mode = self.lane.mode
+        if mode == SKIP:
+            return self.kind.passthrough(kwargs)
+        if mode == REPLAY and self.cache is not None:
+            self.replayed = True
+            return self.kind.image_only(module, self.cache, kwargs)
+        output = compute(module, **kwargs)
+        if mode == KEEP and self.lane.capture:
+            self.kept = self.kind.text_stream(module, kwargs, output)
+        return output
 
 
 # --- putting a ModuleHook on a module, and taking it off ---------------------------------------
@@ -626,8 +653,6 @@ class _ModelGate:
 
     def _joint_frozen(self, call: CallState, name: str) -> TextStream:
         """The text stream block ``name`` replays in this pass (see :mod:`crossgate.joint`)."""
-        from crossgate.joint import TextStream
-
         record = self._joint_record(call, name)
         halved = self.lane.halved is not None
         branch = (call.branch or "cond") if call.layout.sequential else _BATCH
@@ -638,7 +663,7 @@ class _ModelGate:
         latest, layout = record.latest, call.layout
         if call.layout.sequential:
             if mean and "cond" in latest and "uncond" in latest:
-                frozen = TextStream.mean(latest["cond"], latest["uncond"])
+                frozen = latest["cond"].mean_with(latest["uncond"])
             else:
                 frozen = latest.get(branch) or latest.get("cond")
         else:

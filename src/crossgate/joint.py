@@ -31,11 +31,12 @@ Memory: each joint block holds its frozen keys and values (and text output) from
 the call ends: ``blocks x 3 x rows x text_tokens x hidden`` elements (single-stream blocks 2, no text
 output kept separately from the rows they hand on: 3 as well). See docs/joint-attention.md.
 
-One :class:`JointBlockHook` per block reads only its lane's mode (and ``lane.capture``, set at the
-last step before the gate); the model's gate (:mod:`crossgate.hooks`) moves what a block kept into the
-call's records and hands the frozen values back in. Per block class a :class:`JointKind` knows how to
-recompute the text keys/values exactly as the block's processor did and how to run the block's image
-side alone. Supported processors are the stock ones; anything else is refused at ``apply()``.
+This module holds the model knowledge: per block class a :class:`JointKind` knows how to recompute
+the text keys/values exactly as the block's processor did and how to run the block's image side
+alone. Supported processors are the stock ones; anything else is refused at ``apply()``. The hook
+that uses it, ``crossgate.hooks.JointBlockHook`` (one per block), reads only its lane's mode and
+``lane.capture`` (set at the last step before the gate); the model's gate moves what a block kept
+into the call's records and hands the frozen values back in. Imports nothing of crossgate.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from crossgate.hooks import KEEP, REPLAY, SKIP, Compute, Lane, ModuleHook
 
 
 @dataclass
@@ -61,10 +60,9 @@ class TextStream:
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TextStream:
         return TextStream(fn(self.key), fn(self.value), None if self.output is None else fn(self.output))
 
-    @staticmethod
-    def mean(a: TextStream, b: TextStream) -> TextStream:
-        out = None if a.output is None or b.output is None else (a.output + b.output) / 2
-        return TextStream((a.key + b.key) / 2, (a.value + b.value) / 2, out)
+    def mean_with(self, other: TextStream) -> TextStream:
+        out = None if self.output is None or other.output is None else (self.output + other.output) / 2
+        return TextStream((self.key + other.key) / 2, (self.value + other.value) / 2, out)
 
     def difference(self, other: TextStream) -> float:
         """Relative change of the keys, values and output from ``other`` (convergence curves)."""
@@ -131,7 +129,9 @@ class SD3Joint(JointKind):
         hidden, temb = kwargs["hidden_states"], kwargs["temb"]
         extra = kwargs.get("joint_attention_kwargs") or {}
         if block.use_dual_attention:
-            normed, gate_msa, shift_mlp, scale_mlp, gate_mlp, normed2, gate_msa2 = block.norm1(hidden, emb=temb)
+            normed, gate_msa, shift_mlp, scale_mlp, gate_mlp, normed2, gate_msa2 = block.norm1(
+                hidden, emb=temb
+            )
         else:
             normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)
         attn = block.attn
@@ -172,7 +172,11 @@ def _flux_attend(attn: torch.nn.Module, query, key, value, frozen: TextStream) -
     key = torch.cat([frozen.key, key], dim=1)
     value = torch.cat([frozen.value, value], dim=1)
     out = dispatch_attention_fn(
-        query, key, value, backend=attn.processor._attention_backend, parallel_config=attn.processor._parallel_config
+        query,
+        key,
+        value,
+        backend=attn.processor._attention_backend,
+        parallel_config=attn.processor._parallel_config,
     )
     return out.flatten(2, 3).to(query.dtype)
 
@@ -276,32 +280,3 @@ def joint_blocks(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module, 
 
 def has_joint_attention(denoiser: torch.nn.Module) -> bool:
     return bool(joint_blocks(denoiser))
-
-
-class JointBlockHook(ModuleHook):
-    """On each joint block: compute before the gate (keeping its text stream on the capture step);
-    after it, the image side alone against the frozen text stream; skipped under sequential CFG."""
-
-    def __init__(self, lane: Lane, kind: JointKind) -> None:
-        super().__init__(lane)
-        self.kind = kind
-        self.reset()
-
-    def reset(self) -> None:
-        self.cache: TextStream | None = None  # in: the frozen text stream REPLAY uses
-        self.kept: TextStream | None = None  # out: what the capture step computed
-        self.replayed = False
-
-    def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if args:  # the transformers call their blocks by keyword; a positional call is mapped once
-            kwargs = {**dict(zip(("hidden_states", "encoder_hidden_states", "temb"), args)), **kwargs}
-        mode = self.lane.mode
-        if mode == SKIP:
-            return self.kind.passthrough(kwargs)
-        if mode == REPLAY and self.cache is not None:
-            self.replayed = True
-            return self.kind.image_only(module, self.cache, kwargs)
-        output = compute(module, **kwargs)
-        if mode == KEEP and self.lane.capture:
-            self.kept = self.kind.text_stream(module, kwargs, output)
-        return output

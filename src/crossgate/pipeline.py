@@ -39,13 +39,14 @@ from crossgate.hooks import (
     ControlGate,
     CrossAttentionGateHook,
     DenoiserGate,
+    JointBlockHook,
     Lane,
     ModuleHook,
     SelfAttentionCacheHook,
     attach,
     detach,
 )
-from crossgate.joint import JointBlockHook, joint_blocks
+from crossgate.joint import joint_blocks
 from crossgate.layouts import layout_for
 
 _SESSION_ATTR = "_crossgate_session"

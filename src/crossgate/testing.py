@@ -91,14 +91,14 @@ def ddim_scheduler() -> DDIMScheduler:
     )
 
 
-def tiny_vae() -> AutoencoderKL:
+def tiny_vae(latent_channels: int = 4) -> AutoencoderKL:
     return AutoencoderKL(
         block_out_channels=(8, 16),
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=32,
     )
@@ -601,7 +601,8 @@ def tiny_sd3_pipeline(seed: int = 0, num_layers: int = 2, dual_attention_layers:
     """A Stable Diffusion 3 pipeline (MMDiT joint attention) with tiny widths and random weights.
 
     Two joint blocks by default: a full one and the last, whose text side is ``context_pre_only``.
-    Three text encoders as SD3 has (two CLIP with projection, a T5), 32x32 images, 16x16 latents.
+    Three text encoders as SD3 has (two CLIP with projection, a T5), 32x32 images, 16x16 latents of
+    16 channels (SD3's VAE width; its inpainting pipeline requires it).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
@@ -611,19 +612,19 @@ def tiny_sd3_pipeline(seed: int = 0, num_layers: int = 2, dual_attention_layers:
     transformer = SD3Transformer2DModel(
         sample_size=16,
         patch_size=2,
-        in_channels=4,
+        in_channels=16,
         num_layers=num_layers,
         attention_head_dim=8,
         num_attention_heads=4,
         caption_projection_dim=32,
         joint_attention_dim=32,
         pooled_projection_dim=64,
-        out_channels=4,
+        out_channels=16,
         pos_embed_max_size=16,
         dual_attention_layers=dual_attention_layers,
         qk_norm="rms_norm" if dual_attention_layers else None,
     )
-    vae = tiny_vae()
+    vae = tiny_vae(latent_channels=16)
     vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,

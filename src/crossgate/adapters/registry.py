@@ -85,7 +85,9 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
         per_branch = calls_denoiser_per_cfg_branch(type(pipe), adapter.denoiser_attr)
         # SD3's second denoiser call is skip-layer guidance (a plain extra pass, see crossgate.hooks)
         batched_refusal = family.cfg_layout == "batched" and not family.joint
-        if per_branch and (batched_refusal or (family.cfg_layout == "sequential" and not names_cfg_branches(type(pipe)))):
+        if per_branch and (
+            batched_refusal or (family.cfg_layout == "sequential" and not names_cfg_branches(type(pipe)))
+        ):
             raise UnsupportedPipelineError(per_branch_refusal(type(pipe)))
         if support.overrides_call(type(pipe)) and not support.is_allowed(type(pipe)):
             raise UnsupportedPipelineError(

@@ -150,8 +150,6 @@ SUPPORTED: dict[str, Supported] = {
     "StableDiffusion3Img2ImgPipeline": Supported(SD3, "SD3 img2img"),
     "StableDiffusion3InpaintPipeline": Supported(SD3, "SD3 inpainting"),
     "FluxPipeline": Supported(FLUX, "FLUX.1"),
-    "FluxImg2ImgPipeline": Supported(FLUX, "FLUX.1 img2img"),
-    "FluxInpaintPipeline": Supported(FLUX, "FLUX.1 inpainting"),
 }
 
 # Per-branch CFG with cross-attention (Wan's family). Status and reason: adapters/sequential.py.
@@ -487,6 +485,8 @@ NOT_APPLICABLE: dict[str, str] = {
             "EasyAnimateControlPipeline",
             "EasyAnimateInpaintPipeline",
             "ErnieImagePipeline",
+            "FluxImg2ImgPipeline",
+            "FluxInpaintPipeline",
             "FluxControlPipeline",
             "FluxControlImg2ImgPipeline",
             "FluxControlInpaintPipeline",

@@ -36,9 +36,9 @@ from transformers import (
     CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    PreTrainedTokenizerFast,
     T5Config,
     T5EncoderModel,
-    PreTrainedTokenizerFast,
 )
 
 MODEL_NAME = "crossgate-mmdit-32"
@@ -106,8 +106,15 @@ def build_t5_stand_in() -> tuple[T5EncoderModel, PreTrainedTokenizerFast]:
     tokenizer.model_max_length = T5_TOKENS
     d_model = TEXT_CONFIG["hidden_size"] + TEXT_2_CONFIG["hidden_size"]
     config = T5Config(
-        vocab_size=len(vocab), d_model=d_model, d_kv=4, d_ff=8, num_layers=1, num_heads=1,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=len(vocab),
+        d_model=d_model,
+        d_kv=4,
+        d_ff=8,
+        num_layers=1,
+        num_heads=1,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
     encoder = T5EncoderModel(config)
     with torch.no_grad():

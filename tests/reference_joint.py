@@ -1,0 +1,182 @@
+"""An independent reference of joint-attention TGATE, written against the stock diffusers code paths.
+
+It shares nothing with crossgate's implementation (crossgate re-runs each block's image side alone).
+Here every block runs its own stock forward, and the text stream is frozen where attention happens:
+
+* at the step before the gate, every ``scaled_dot_product_attention`` call inside a transformer pass
+  (the joint attention of block ``i``, in call order) records the text slice of its keys and values,
+  and a forward hook on each block records the text output it hands on;
+* after the gate, each attention call gets its text key/value slice replaced by the recorded one (of
+  the fed CFG half, or the mean of both halves), and each block's text output is replaced by the
+  recorded one. Text query rows are still computed and thrown away: the reference checks values,
+  not compute;
+* the CFG drop is a wrapper on the transformer: batched CFG feeds the cond half and hands the output
+  back twice; sequential CFG (named ``cache_context`` calls) returns the cond output for the uncond
+  call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class JointReference:
+    """Run ``pipe`` with the reference semantics: ``with JointReference(pipe, gate, ...): pipe(...)``."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        gate: int,
+        text_first: bool,
+        sequential: bool,
+        mean: bool = False,
+        live: bool = False,
+        keep_cfg: bool = False,
+    ) -> None:
+        self.pipe, self.gate = pipe, gate
+        self.text_first, self.sequential = text_first, sequential
+        self.mean, self.live, self.keep_cfg = mean, live, keep_cfg
+        self.step = 0
+        self.branch = "cond"
+        self.kv: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.outputs: dict[str, list[torch.Tensor | None]] = {}
+        self.cond_output: Any = None
+        self.text_len = 0
+        self.call_index = 0
+        self.block_index = 0
+        self.cfg = False
+
+    # --- pieces ----------------------------------------------------------------------------------
+
+    def _text_slice(self, t: torch.Tensor) -> torch.Tensor:
+        return t[:, :, : self.text_len] if self.text_first else t[:, :, t.shape[2] - self.text_len :]
+
+    def _with_text(self, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        if self.text_first:
+            return torch.cat([text, t[:, :, self.text_len :]], dim=2)
+        return torch.cat([t[:, :, : t.shape[2] - self.text_len], text], dim=2)
+
+    def _fed(self, t: torch.Tensor, halved: bool) -> torch.Tensor:
+        """The frozen tensor for the rows of this pass (batched: [uncond; cond] rows at capture)."""
+        if self.sequential or not self.cfg:
+            return t
+        uncond, cond = t.chunk(2)
+        if self.mean:
+            mean = (uncond + cond) / 2
+            return mean if halved else torch.cat([mean, mean])
+        return cond if halved else t
+
+    def _frozen(self, store: str, index: int) -> Any:
+        if self.sequential:
+            if self.mean and self.cfg:
+                a, b = store["cond"][index], store["uncond"][index]
+                if isinstance(a, tuple):
+                    return tuple((x + y) / 2 for x, y in zip(a, b))
+                return None if a is None else (a + b) / 2
+            return store[self.branch if self.keep_cfg else "cond"][index]
+        return store["batch"][index]
+
+    # --- the patches -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _attention(self) -> Iterator[None]:
+        original = F.scaled_dot_product_attention
+        ref = self
+
+        def sdpa(query, key, value, *args, **kwargs):
+            i = ref.call_index
+            ref.call_index += 1
+            if ref.step == ref.gate - 1 and ref.capturing:
+                ref.kv.setdefault(ref.store_key, []).append((ref._text_slice(key), ref._text_slice(value)))
+            elif ref.step >= ref.gate and not ref.live:
+                k, v = ref._frozen(ref.kv, i)
+                k, v = ref._fed(k, ref.halved), ref._fed(v, ref.halved)
+                key, value = ref._with_text(key, k), ref._with_text(value, v)
+            return original(query, key, value, *args, **kwargs)
+
+        F.scaled_dot_product_attention = sdpa
+        try:
+            yield
+        finally:
+            F.scaled_dot_product_attention = original
+
+    def _block_hook(self, index: int):
+        def hook(module, args, kwargs, output):
+            if self.step == self.gate - 1 and self.capturing:
+                self.outputs.setdefault(self.store_key, []).append(output[0])
+            elif self.step >= self.gate and not self.live:
+                text = self._frozen(self.outputs, index)
+                return (None if text is None else self._fed(text, self.halved)), output[1]
+            return None
+
+        return hook
+
+    def __enter__(self) -> JointReference:
+        pipe = self.pipe
+        transformer = pipe.transformer
+        blocks = [*transformer.transformer_blocks, *getattr(transformer, "single_transformer_blocks", [])]
+        self.handles = [
+            b.register_forward_hook(self._block_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
+        ]
+        original_forward = transformer.forward
+        ref = self
+
+        def forward(*args, **kwargs):
+            text = kwargs["encoder_hidden_states"]
+            ref.text_len = text.shape[1]
+            ref.call_index = 0
+            ref.capturing = True
+            ref.halved = False
+            ref.store_key = ref.branch if ref.sequential else "batch"
+            if ref.sequential and ref.branch == "uncond":
+                ref.cfg = True
+            if not ref.sequential:
+                ref.cfg = bool(ref.pipe.do_classifier_free_guidance)
+            with ref._attention():
+                if ref.step < ref.gate or ref.keep_cfg:
+                    return original_forward(*args, **kwargs)
+                if ref.sequential:
+                    if ref.branch == "uncond" and ref.cfg:
+                        return ref.cond_output
+                    out = original_forward(*args, **kwargs)
+                    ref.cond_output = out
+                    return out
+                if not ref.cfg:
+                    return original_forward(*args, **kwargs)
+                ref.halved = True
+                half = {
+                    k: (v.chunk(2)[1] if isinstance(v, torch.Tensor) and v.shape[:1] == text.shape[:1] else v)
+                    for k, v in kwargs.items()
+                }
+                out = original_forward(*args, **half)
+                return tuple(torch.cat([o, o]) if isinstance(o, torch.Tensor) else o for o in out)
+
+        transformer.forward = forward
+        if self.sequential:
+            original_context = transformer.cache_context
+
+            @contextlib.contextmanager
+            def cache_context(name: str):
+                ref.branch = name
+                with original_context(name):
+                    yield
+
+            transformer.cache_context = cache_context
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        transformer = self.pipe.transformer
+        for h in self.handles:
+            h.remove()
+        del transformer.forward
+        if self.sequential:
+            del transformer.cache_context
+
+    def on_step_end(self, pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
+        self.step = i + 1
+        return {}

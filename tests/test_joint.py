@@ -1,0 +1,220 @@
+"""Joint-attention TGATE (crossgate.joint): SD3 and FLUX.1 pipelines built tiny from configs.
+
+Each case is checked like the cross-attention families: ``gate >= steps`` is bit-identical to plain;
+after the gate the denoiser runs one branch and no text-side module runs (forward hooks on the real
+modules); the output equals an independent reference (tests/reference_joint.py) within 1e-4; calls do
+not leak into each other; ``remove()`` gives plain back bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import crossgate
+from crossgate import ConfigError
+from crossgate.joint import joint_blocks
+from joint_cases import JOINT_CASES, JointCase
+from reference_joint import JointReference
+
+STEPS, GATE = 5, 2
+TOLERANCE = (
+    1e-4  # float32 on CPU: the reference concatenates and slices where crossgate runs image rows alone
+)
+
+
+def _run(pipe: Any, case: JointCase, **extra: Any) -> torch.Tensor:
+    kwargs = {
+        "prompt": "a red circle",
+        "num_inference_steps": STEPS,
+        "height": 32,
+        "width": 32,
+        "max_sequence_length": 16,
+        "output_type": "latent",
+        "generator": torch.Generator().manual_seed(0),
+        **case.call,
+        **extra,
+    }
+    return pipe(**kwargs).images
+
+
+_TEXT_SIDE = ("norm1_context", "norm2_context", "ff_context")
+_TEXT_ATTN = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_added_qkv")
+
+
+def _text_side_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    found = []
+    for _, block, _kind in joint_blocks(transformer):
+        found += [getattr(block, n) for n in _TEXT_SIDE if getattr(block, n, None) is not None]
+        found += [getattr(block.attn, n) for n in _TEXT_ATTN if getattr(block.attn, n, None) is not None]
+    return found
+
+
+@pytest.fixture(scope="module", params=list(JOINT_CASES))
+def case_and_plain(request):
+    case = JOINT_CASES[request.param]
+    pipe = case.build()
+    return request.param, case, pipe, _run(pipe, case)
+
+
+def test_gate_at_or_after_the_last_step_is_bit_identical_to_plain(case_and_plain):
+    _, case, pipe, plain = case_and_plain
+    with crossgate.enabled(pipe, gate_step=STEPS):
+        assert torch.equal(_run(pipe, case), plain)
+        assert not crossgate.last_call(pipe).text_stream_replays or not any(
+            crossgate.last_call(pipe).text_stream_replays.values()
+        )
+
+
+def test_after_the_gate_one_branch_runs_and_no_text_side_module_runs(case_and_plain):
+    _name, case, pipe, plain = case_and_plain
+    calls = {"after": 0, "before": 0}
+    state = {"after": False}
+
+    def count(module, args, output):
+        calls["after" if state["after"] else "before"] += 1
+
+    def on_step_end(p, i, t, kwargs):
+        state["after"] = i + 1 >= GATE
+        return {}
+
+    handles = [m.register_forward_hook(count) for m in _text_side_modules(pipe.transformer)]
+    single_rows: list[int] = []
+    for _, block, _kind in joint_blocks(pipe.transformer):
+        if hasattr(block, "proj_mlp"):  # single-stream: the projections must see image rows only
+            handles.append(
+                block.attn.to_k.register_forward_hook(
+                    lambda m, a, o: single_rows.append(a[0].shape[1]) if state["after"] else None
+                )
+            )
+    try:
+        with crossgate.enabled(pipe, gate_step=GATE):
+            gated = _run(pipe, case, callback_on_step_end=on_step_end)
+            stats = crossgate.last_call(pipe)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls["before"] > 0 and calls["after"] == 0, calls
+    assert stats.cfg is case.cfg
+    batch = 1
+    if case.sequential:
+        per_step = 2 if case.cfg else 1
+        assert stats.denoiser_batches == [batch] * (GATE * per_step + (STEPS - GATE))
+    else:
+        assert stats.denoiser_batches == [2 * batch] * GATE + [batch] * (STEPS - GATE)
+    assert set(stats.text_stream_replays.values()) == {STEPS - GATE}
+    image_tokens = plain.shape[1] if plain.ndim == 3 else (plain.shape[-1] // 2) * (plain.shape[-2] // 2)
+    assert (single_rows and set(single_rows) == {image_tokens}) or not single_rows
+    assert not torch.equal(gated, plain)
+
+
+@pytest.mark.parametrize("variant", ["frozen", "frozen_mean", "live", "keep_cfg"])
+def test_equals_the_independent_reference(case_and_plain, variant):
+    _name, case, pipe, plain = case_and_plain
+    if variant in ("frozen_mean", "keep_cfg", "live") and not case.cfg:
+        pytest.skip("one branch: frozen_mean and keep_cfg are the default, live is plain")
+    config = {
+        "text_stream": "frozen" if variant == "keep_cfg" else variant,
+        "keep_cfg": variant == "keep_cfg",
+    }
+    with crossgate.enabled(pipe, gate_step=GATE, **config):
+        gated = _run(pipe, case)
+    text_first = hasattr(pipe.transformer, "single_transformer_blocks")
+    reference = JointReference(
+        pipe,
+        GATE,
+        text_first=text_first,
+        sequential=case.sequential,
+        mean=variant == "frozen_mean",
+        live=variant == "live",
+        keep_cfg=variant == "keep_cfg",
+    )
+    with reference:
+        expected = _run(pipe, case, callback_on_step_end=reference.on_step_end)
+    assert not torch.equal(expected, plain)
+    torch.testing.assert_close(gated, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_calls_do_not_leak_and_remove_is_exact(case_and_plain):
+    _, case, pipe, plain = case_and_plain
+    crossgate.apply(pipe, gate_step=GATE)
+    try:
+        first = _run(pipe, case)
+        other = _run(pipe, case, prompt="a green triangle")
+        again = _run(pipe, case)
+    finally:
+        crossgate.remove(pipe)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(_run(pipe, case), plain)
+
+
+def test_pipelines_sharing_a_transformer_stay_isolated():
+    case = JOINT_CASES["SD3"]
+    pipe = case.build()
+    plain = _run(pipe, case)
+    other = type(pipe)(**pipe.components)
+    crossgate.apply(pipe, gate_step=GATE)
+    try:
+        gated = _run(pipe, case)
+        assert torch.equal(_run(other, case), plain)  # the sibling is not gated
+        assert torch.equal(_run(pipe, case), gated)
+    finally:
+        crossgate.remove(pipe)
+
+
+def test_skip_layer_guidance_pass_runs_plain_beside_the_gate():
+    case = JOINT_CASES["SD3"]
+    pipe = case.build()
+    slg = {"skip_guidance_layers": [0], "skip_layer_guidance_start": 0.0, "skip_layer_guidance_stop": 1.0}
+    plain = _run(pipe, case, **slg)
+    with crossgate.enabled(pipe, gate_step=STEPS):
+        assert torch.equal(_run(pipe, case, **slg), plain)
+    with crossgate.enabled(pipe, gate_step=GATE):
+        gated = _run(pipe, case, **slg)
+    assert torch.isfinite(gated).all() and not torch.equal(gated, plain)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"gate_step": "auto"}, "auto"),
+        ({"self_attention_interval": 2}, "self-attention"),
+    ],
+)
+def test_options_joint_families_do_not_support_are_refused_before_anything_changes(overrides, message):
+    pipe = JOINT_CASES["SD3"].build()
+    with pytest.raises(ConfigError, match=message):
+        crossgate.apply(pipe, **overrides)
+    assert not crossgate.is_applied(pipe)
+
+
+def test_joint_options_are_refused_on_cross_attention_families():
+    from crossgate.testing import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline()
+    for overrides in ({"text_stream": "live"}, {"keep_cfg": True}):
+        with pytest.raises(ConfigError, match="joint-attention"):
+            crossgate.apply(pipe, **overrides)
+    assert not crossgate.is_applied(pipe)
+
+
+def test_bad_joint_options_name_the_choices():
+    with pytest.raises(ConfigError, match="frozen_mean"):
+        crossgate.TGateConfig(text_stream="mean")
+    with pytest.raises(ConfigError, match="keep_cfg"):
+        crossgate.TGateConfig(keep_cfg="yes")
+
+
+def test_a_custom_attention_processor_is_refused_at_apply():
+    pipe = JOINT_CASES["SD3"].build()
+
+    class Custom:
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kwargs):
+            raise AssertionError("never called")
+
+    pipe.transformer.transformer_blocks[0].attn.set_processor(Custom())
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="stock processor"):
+        crossgate.apply(pipe)
+    assert not crossgate.is_applied(pipe)
