@@ -244,3 +244,23 @@ def test_bench_compiled_rows(sd_pipe):
     assert all(row["first_s"] is not None and row["note"] == "" for row in rows.values())
     assert _breaks() == 0 and _graphs() == 3
     assert not crossgate.is_applied(sd_pipe) and not isinstance(sd_pipe.unet, torch._dynamo.OptimizedModule)
+
+
+@pytest.mark.parametrize("family", ["SD3", "FLUX.1"])
+def test_joint_attention_transformers(family):
+    """Joint attention: the text-stream freeze traces cleanly too (0 breaks, a bounded set of graphs)."""
+    from joint_cases import JOINT_CASES
+    from test_joint import _run
+
+    case = JOINT_CASES[family]
+    pipe = case.build()
+
+    def call(pipe, prompt: str = "a red circle", steps: int = 6):
+        return _run(pipe, case, prompt=prompt, num_inference_steps=steps)
+
+    eager = _eager_reference(pipe, call)
+    graphs = _sequence(pipe, "transformer", "assign", "compile-first", call, eager)
+    # plain; before the gate (2B, or each named branch at B); the step that keeps the text stream;
+    # after the gate (image rows against the frozen text stream); FLUX adds the skipped uncond call
+    expected = {"SD3": 4, "FLUX.1": 5}[family]
+    assert graphs == {"plain": 1, "gated": expected, "other": expected, "removed": expected}, graphs
