@@ -66,6 +66,16 @@ def default_model() -> str | None:
     return str(path) if path is not None else None
 
 
+def embedded_model(name: str) -> str | None:
+    """The folder of the embedded model called ``name`` (``shapes``, ``mmdit`` or a full name), or None."""
+    try:
+        from crossgate.embedded import model_path
+    except ImportError:
+        return None
+    path = model_path(name)
+    return str(path) if path is not None else None
+
+
 def looks_local(model: str) -> bool:
     """Whether ``model`` names a folder (it exists, starts with ``.``, ``/`` or ``~``, or has more
     than one ``/``) rather than a Hub id such as ``org/name``."""
@@ -75,13 +85,15 @@ def looks_local(model: str) -> bool:
 def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32") -> Any:
     """Load a diffusers pipeline from a local folder or a Hub id, with errors that say what to do.
 
-    ``model`` None: the embedded model. Raises :class:`LoadError` (one message, no traceback needed).
+    ``model`` None: the embedded model; ``"shapes"`` / ``"mmdit"``: an embedded model by its short
+    name. Raises :class:`LoadError` (one message, no traceback needed).
     """
     from diffusers import DiffusionPipeline
 
     model = model or default_model()
     if model is None:
         raise LoadError("--model is required (no embedded default model is installed).")
+    model = embedded_model(model) or model  # a short name: shapes, mmdit
     path = Path(model).expanduser()
     local = looks_local(model)
     if local and not (path / "model_index.json").is_file():

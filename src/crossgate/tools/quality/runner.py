@@ -44,12 +44,14 @@ KINDS = (
     "deepcache",
 )
 SPEC_HELP = (
-    "plain, tgate:M[:k=K][:late=K][:w=W][:d=D][:ws=eps][:dc=N][:dca=N], null-before:M, null-after:M, "
+    "plain, tgate:M[:k=K][:late=K][:w=W][:d=D][:ws=eps][:dc=N][:dca=N][:ts=live|frozen_mean][:kc=1], "
+    "null-before:M, null-after:M, "
     "cfg-cutoff:M[:w=W][:d=D][:ws=eps], cache-only:M, deepcache:N, auto:TOL or profile:PATH "
     "(M, K, N ints >= 1; W >= 0, D in (0, 1] and TOL > 0 floats)"
 )
 GATED_KINDS = ("tgate", "null-before", "null-after", "cfg-cutoff", "cache-only")
-_INT_OPTIONS = {"k": "interval", "late": "late", "dc": "deepcache", "dca": "deepcache_after"}
+_INT_OPTIONS = {"k": "interval", "late": "late", "dc": "deepcache", "dca": "deepcache_after", "kc": "keep_cfg"}
+_TEXT_OPTIONS = {"ws": "schedule", "ts": "text_stream"}
 _FLOAT_OPTIONS = {"w": "guidance", "d": "decay"}
 
 
@@ -81,6 +83,8 @@ class RunConfig:
     schedule: str = "const"
     deepcache: int | None = None
     deepcache_after: int | None = None
+    text_stream: str = "frozen"  # joint-attention models (crossgate.joint): ts=live|frozen_mean
+    keep_cfg: int = 0  # joint-attention models: kc=1 keeps both CFG branches (text freeze alone)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -119,6 +123,10 @@ class RunConfig:
             raise ValueError("deepcache:N needs a cache interval N >= 1 (dc=N on tgate:M)")
         if self.deepcache_after is not None and (self.kind != "tgate" or self.deepcache_after < 1):
             raise ValueError("dca=N (DeepCache interval after the gate) applies to tgate:M only, N >= 1")
+        if (self.text_stream != "frozen" or self.keep_cfg) and self.kind != "tgate":
+            raise ValueError("ts=/kc= (joint-attention text stream options) apply to tgate:M only")
+        if self.keep_cfg not in (0, 1):
+            raise ValueError(f"kc= must be 0 or 1, got {self.keep_cfg}")
         if self.deepcache_after is not None and self.deepcache is None:
             object.__setattr__(self, "deepcache", 1)  # no caching before the gate
 
@@ -157,6 +165,10 @@ class RunConfig:
             extra += f" dc={self.deepcache}"
         if self.deepcache_after is not None:
             extra += f" dca={self.deepcache_after}"
+        if self.text_stream != "frozen":
+            extra += f" ts={self.text_stream}"
+        if self.keep_cfg:
+            extra += " kc=1"
         return f"{self.kind} m={self.gate}{extra}"
 
     def tgate_config(self) -> crossgate.TGateConfig:
@@ -174,6 +186,8 @@ class RunConfig:
             self_attention_interval_after=self.late,
             guidance_after_gate=engine_guidance,
             guidance_after_gate_decay=self.decay if engine_guidance else 1.0,
+            text_stream=self.text_stream,  # type: ignore[arg-type]  # validated by TGateConfig
+            keep_cfg=bool(self.keep_cfg),
         )
 
     def guidance_schedule(self) -> GuidanceSchedule | None:
@@ -208,9 +222,7 @@ class RunConfig:
             fields: dict[str, Any] = {}
             for option in options:
                 key, sep, number = option.partition("=")
-                name = (
-                    _INT_OPTIONS.get(key) or _FLOAT_OPTIONS.get(key) or ("schedule" if key == "ws" else None)
-                )
+                name = _INT_OPTIONS.get(key) or _FLOAT_OPTIONS.get(key) or _TEXT_OPTIONS.get(key)
                 if not sep or name is None or name in fields:
                     raise ValueError(bad)
                 if key in _INT_OPTIONS:
