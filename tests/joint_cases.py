@@ -38,11 +38,11 @@ class JointCase:
         return "batched `[uncond; cond]`: cond half runs"
 
 
-def _sd3(cls_name: str, **call: Any) -> JointCase:
+def _sd3(cls_name: str, dual: tuple[int, ...] = (), **call: Any) -> JointCase:
     def build() -> Any:
         import diffusers
 
-        pipe = tiny_sd3_pipeline()
+        pipe = tiny_sd3_pipeline(dual_attention_layers=dual)
         return (
             getattr(diffusers, cls_name)(**pipe.components)
             if cls_name != "StableDiffusion3Pipeline"
@@ -65,6 +65,7 @@ def _flux(cls_name: str, cfg: bool, **call: Any) -> JointCase:
 _INPAINT = {"image": _image(1), "mask_image": Image.new("L", (32, 32), 255), "strength": 1.0}
 JOINT_CASES: dict[str, JointCase] = {
     "SD3": _sd3("StableDiffusion3Pipeline"),
+    "SD3.5 (dual attention, qk-norm)": _sd3("StableDiffusion3Pipeline", dual=(0,)),
     "SD3 img2img": _sd3("StableDiffusion3Img2ImgPipeline", image=_image(), strength=1.0),
     "SD3 inpainting": _sd3("StableDiffusion3InpaintPipeline", **_INPAINT),
     "FLUX.1": _flux("FluxPipeline", cfg=True),

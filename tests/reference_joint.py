@@ -3,8 +3,8 @@
 It shares nothing with crossgate's implementation (crossgate re-runs each block's image side alone).
 Here every block runs its own stock forward, and the text stream is frozen where attention happens:
 
-* at the step before the gate, every ``scaled_dot_product_attention`` call inside a transformer pass
-  (the joint attention of block ``i``, in call order) records the text slice of its keys and values,
+* at the step before the gate, the ``scaled_dot_product_attention`` call made inside block ``i``'s
+  joint attention module records the text slice of its keys and values,
   and a forward hook on each block records the text output it hands on;
 * after the gate, each attention call gets its text key/value slice replaced by the recorded one (of
   the fed CFG half, or the mean of both halves), and each block's text output is replaced by the
@@ -47,7 +47,6 @@ class JointReference:
         self.outputs: dict[str, list[torch.Tensor | None]] = {}
         self.cond_output: Any = None
         self.text_len = 0
-        self.call_index = 0
         self.block_index = 0
         self.cfg = False
 
@@ -89,8 +88,9 @@ class JointReference:
         ref = self
 
         def sdpa(query, key, value, *args, **kwargs):
-            i = ref.call_index
-            ref.call_index += 1
+            i = ref.current
+            if i is None:  # not a joint attention (SD3.5's image-only attn2, a text encoder)
+                return original(query, key, value, *args, **kwargs)
             if ref.step == ref.gate - 1 and ref.capturing:
                 ref.kv.setdefault(ref.store_key, []).append((ref._text_slice(key), ref._text_slice(value)))
             elif ref.step >= ref.gate and not ref.live:
@@ -123,13 +123,20 @@ class JointReference:
         self.handles = [
             b.register_forward_hook(self._block_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
         ]
+        self.current: int | None = None
+        for i, block in enumerate(blocks):  # which joint attention an SDPA call belongs to
+            self.handles.append(
+                block.attn.register_forward_pre_hook(lambda m, a, i=i: setattr(self, "current", i))
+            )
+            self.handles.append(
+                block.attn.register_forward_hook(lambda m, a, o: setattr(self, "current", None))
+            )
         original_forward = transformer.forward
         ref = self
 
         def forward(*args, **kwargs):
             text = kwargs["encoder_hidden_states"]
             ref.text_len = text.shape[1]
-            ref.call_index = 0
             ref.capturing = True
             ref.halved = False
             ref.store_key = ref.branch if ref.sequential else "batch"

@@ -218,3 +218,15 @@ def test_a_custom_attention_processor_is_refused_at_apply():
     with pytest.raises(crossgate.UnsupportedPipelineError, match="stock processor"):
         crossgate.apply(pipe)
     assert not crossgate.is_applied(pipe)
+
+
+def test_flux_fused_qkv_projections_are_gated_like_the_separate_ones():
+    case = JOINT_CASES["FLUX.1"]
+    pipe = case.build()
+    with crossgate.enabled(pipe, gate_step=GATE):
+        separate = _run(pipe, case)
+    pipe.transformer.fuse_qkv_projections()
+    assert all(block.attn.fused_projections for _, block, _ in joint_blocks(pipe.transformer))
+    with crossgate.enabled(pipe, gate_step=GATE):
+        fused = _run(pipe, case)
+    torch.testing.assert_close(fused, separate, rtol=0, atol=TOLERANCE)
