@@ -50,7 +50,13 @@ SPEC_HELP = (
     "(M, K, N ints >= 1; W >= 0, D in (0, 1] and TOL > 0 floats)"
 )
 GATED_KINDS = ("tgate", "null-before", "null-after", "cfg-cutoff", "cache-only")
-_INT_OPTIONS = {"k": "interval", "late": "late", "dc": "deepcache", "dca": "deepcache_after", "kc": "keep_cfg"}
+_INT_OPTIONS = {
+    "k": "interval",
+    "late": "late",
+    "dc": "deepcache",
+    "dca": "deepcache_after",
+    "kc": "keep_cfg",
+}
 _TEXT_OPTIONS = {"ws": "schedule", "ts": "text_stream"}
 _FLOAT_OPTIONS = {"w": "guidance", "d": "decay"}
 
