@@ -230,3 +230,35 @@ def test_flux_fused_qkv_projections_are_gated_like_the_separate_ones():
     with crossgate.enabled(pipe, gate_step=GATE):
         fused = _run(pipe, case)
     torch.testing.assert_close(fused, separate, rtol=0, atol=TOLERANCE)
+
+
+def test_analyze_records_the_text_stream_convergence_of_each_joint_block():
+    """The curve of block 0 equals the change of its text keys, values and output, captured directly."""
+    from crossgate.tensors import cfg_mean, relative_change
+    from crossgate.tools.quality.convergence import record_convergence
+
+    case = JOINT_CASES["SD3"]
+    pipe = case.build()
+    result = record_convergence(pipe, ["a red circle", "a blue square"], 4, 5.0, batch_size=2)
+    assert result.layers == [name for name, _, _ in joint_blocks(pipe.transformer)] and result.cfg
+    block = pipe.transformer.transformer_blocks[0]
+    seen: dict[str, list[torch.Tensor]] = {"k": [], "v": [], "out": []}
+    handles = [
+        block.attn.add_k_proj.register_forward_hook(lambda m, a, o: seen["k"].append(o)),
+        block.attn.add_v_proj.register_forward_hook(lambda m, a, o: seen["v"].append(o)),
+        block.register_forward_hook(lambda m, a, o: seen["out"].append(o[0])),
+    ]
+    try:
+        pipe(
+            ["a red circle", "a blue square"],
+            num_inference_steps=4,
+            guidance_scale=5.0,
+            output_type="latent",
+            generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    rows = [torch.cat([seen[p][t].reshape(4, -1) for p in ("k", "v", "out")], dim=1) for t in range(4)]
+    expected = [relative_change(cfg_mean(rows[t]), cfg_mean(rows[t - 1])) for t in range(1, 4)]
+    assert result.relative_change["mean"]["transformer_blocks.0"] == pytest.approx(expected, rel=1e-5)

@@ -71,6 +71,7 @@ def default_prompts(count: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossgate.adapters import resolve_adapter
     from crossgate.tools.quality.convergence import record_convergence, write_convergence
     from crossgate.tools.quality.null_text import null_text_ablation, write_null_text
 
@@ -94,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{type(pipe).__name__} has no cross-attention layers to analyse")
     written = write_convergence(result, out_dir)
     average = result.average("mean")
+    what = "joint blocks' text streams" if resolve_adapter(pipe).joint else "cross-attention layers"
     print(
-        f"{len(result.layers)} cross-attention layers, {len(prompts)} prompts, {args.steps} steps, "
+        f"{len(result.layers)} {what}, {len(prompts)} prompts, {args.steps} steps, "
         f"CFG {'on (curves: mean of the two halves)' if result.cfg else 'off'}"
     )
     print("| step t | mean relative change (all layers) |")

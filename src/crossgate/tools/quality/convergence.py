@@ -1,4 +1,4 @@
-"""Where does cross-attention converge? The paper's Figure 2 analysis.
+"""Where does cross-attention converge? The paper's Figure 2 analysis (and its joint-attention twin).
 
 TGATE rests on two observations: a cross-attention layer's output changes less and less from one
 denoising step to the next, and the text only matters in the first steps (the second is tested by
@@ -6,6 +6,11 @@ denoising step to the next, and the text only matters in the first steps (the se
 any diffusers pipeline with cross-attention so users can see where their model converges and pick
 a gate step. The statistic is the engine's own (:func:`crossgate.tensors.relative_change` of the
 CFG mean), so a curve recorded here equals what ``gate_step="auto"`` measures live.
+
+Joint-attention pipelines (SD3, FLUX.1: :mod:`crossgate.joint`) have no cross-attention; there each
+"layer" is a joint block and its output is the block's **text stream**: the text keys and values its
+attention uses and the text output it hands on, concatenated per image (what TGATE freezes there).
+Sequential CFG (FLUX's true CFG) records the last call of each step, the uncond one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 import crossgate
 from crossgate.adapters import cross_attention_modules, resolve_adapter
+from crossgate.joint import joint_blocks
 from crossgate.tensors import cfg_mean, relative_change
 from crossgate.tools.quality.outputs import pyplot
 from crossgate.tools.quality.sampling import StepTracker, cfg_active, check_step_callback, generate_images
@@ -94,7 +100,10 @@ def record_convergence(
         )
     check_step_callback(pipe)
     adapter = resolve_adapter(pipe)
-    layers = cross_attention_modules(adapter.denoiser(pipe))
+    denoiser = adapter.denoiser(pipe)
+    blocks = joint_blocks(denoiser) if adapter.joint else []
+    layers = [(name, block) for name, block, _ in blocks] or cross_attention_modules(denoiser)
+    kinds = {name: kind for name, _, kind in blocks}
     names = [name for name, _ in layers]
     latest: dict[str, torch.Tensor] = {}
     previous: dict[str, dict[str, torch.Tensor]] = {}
@@ -108,6 +117,16 @@ def record_convergence(
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
             tensor = output[0] if isinstance(output, tuple) else output
             latest[name] = tensor.detach().float().clone()
+
+        return hook
+
+    def make_text_hook(name: str):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            with torch.no_grad():
+                text = kinds[name].text_stream(module, kwargs, output)
+            parts = [text.key, text.value] + ([] if text.output is None else [text.output])
+            rows = text.key.shape[0]
+            latest[name] = torch.cat([p.detach().float().reshape(rows, -1) for p in parts], dim=1)
 
         return hook
 
@@ -150,7 +169,12 @@ def record_convergence(
         if timestep is not None and tracker.step == len(timesteps):
             timesteps.append(float(torch.as_tensor(timestep).flatten()[0]))
 
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in layers]
+    handles = [
+        module.register_forward_hook(make_text_hook(name), with_kwargs=True)
+        if name in kinds
+        else module.register_forward_hook(make_hook(name))
+        for name, module in layers
+    ]
     handles.append(adapter.denoiser(pipe).register_forward_pre_hook(timestep_recorder, with_kwargs=True))
     try:
         generate_images(
