@@ -361,3 +361,15 @@ def test_timing_never_reads_as_a_bare_single_run_ratio(plain, gated, warmed, sho
     if described is not None:
         assert timing.describe() == described
     assert timing.indicative == (len(plain) < 3 or not warmed)
+
+
+def test_joint_attention_models_get_crossgate_rows_with_counted_savings(tmp_path, capsys) -> None:
+    common = ["--steps", "4", "--gate-step", "2", "--repeats", "1", "--warmup", "0", "--quiet"]
+    argv = ["bench", "--model", "tiny-sd3", "tiny-flux", *common, "--out", str(tmp_path / "b")]
+    assert main([*argv, "--peers", "tgate"]) == 0
+    text = capsys.readouterr().out
+    assert "### tiny-sd3 (32px," in text and "### tiny-flux (32px," in text
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| crossgate m=2 | ")]
+    assert len(rows) == 2
+    for row in rows:  # the counted MACs speed-up: CFG drop (SD3) and the text freeze (both)
+        assert float(row[6].rstrip("x")) > 1.2

@@ -399,13 +399,13 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
     """
     config = coerce_config(config, overrides)
     adapter = resolve_adapter(pipe)
+    _check_joint(type(pipe).__name__, adapter, config)
     if adapter.cfg_layout == "sequential" and config.caches_self_attention:
         raise ConfigError(
             f"TGATE v2's self-attention caching is not supported for {type(pipe).__name__}, which runs "
             "CFG as two denoiser calls per step (its caches would mix the branches); leave "
             "self_attention_interval=None and self_attention_interval_after=1."
         )
-    _check_joint(type(pipe).__name__, adapter, config)
     if adapter.per_pass_caches:
         _check_per_pass(type(pipe).__name__, config)
     _check_diffusers_caches(pipe, adapter)

@@ -37,7 +37,7 @@ TRANSFORMER_ARCHITECTURES: dict[str, str] = {
     "pixart-alpha": "pixart_alpha_1024.json",
     "wan13b": "wan21_t2v_1.3b.json",
 }
-TINY_MODELS: tuple[str, ...] = ("tiny", "tiny-sdxl", "tiny-pixart", "tiny-wan")
+TINY_MODELS: tuple[str, ...] = ("tiny", "tiny-sdxl", "tiny-pixart", "tiny-wan", "tiny-sd3", "tiny-flux")
 RANDOM_MODELS: tuple[str, ...] = (*TINY_MODELS, *ARCHITECTURES, *TRANSFORMER_ARCHITECTURES)
 
 
@@ -376,7 +376,8 @@ def random_pipeline(
     """A pipeline named in :data:`RANDOM_MODELS`, random weights, on ``device`` in ``dtype``.
 
     ``tiny*`` are the tiny test pipelines (:func:`tiny_sd_pipeline`, :func:`tiny_sdxl_pipeline`,
-    :func:`tiny_pixart_pipeline`, :func:`tiny_wan_pipeline`); ``sd15``/``sd21``/``sdxl`` are
+    :func:`tiny_pixart_pipeline`, :func:`tiny_wan_pipeline`, :func:`tiny_sd3_pipeline`,
+    :func:`tiny_flux_pipeline`); ``sd15``/``sd21``/``sdxl`` are
     :func:`architecture_pipeline` of the bundled UNet config, ``pixart-alpha`` is
     :func:`pixart_architecture_pipeline` and ``wan13b`` :func:`wan_architecture_pipeline`.
     ``num_layers`` (transformer architectures only) keeps the real widths with fewer layers: for
@@ -387,6 +388,8 @@ def random_pipeline(
         "tiny-sdxl": tiny_sdxl_pipeline,
         "tiny-pixart": tiny_pixart_pipeline,
         "tiny-wan": tiny_wan_pipeline,
+        "tiny-sd3": tiny_sd3_pipeline,
+        "tiny-flux": tiny_flux_pipeline,
     }
     if model in tiny:
         return tiny[model](seed).to(device, dtype)

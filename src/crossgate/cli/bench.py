@@ -18,7 +18,7 @@ from crossgate.cli.common import (
     positive_int,
     resolution_arg,
 )
-from crossgate.loading import DTYPES, default_model
+from crossgate.loading import DTYPES, default_model, embedded_model
 
 # What --help lists, written out so that building the parser imports no torch (crossgate.tools.bench
 # does); tests/test_cli_main.py keeps these equal to crossgate.tools.bench's BENCH_MODELS, PEERS and
@@ -33,7 +33,10 @@ BENCH_MODELS = (
     "tiny-sdxl",
     "tiny-pixart",
     "tiny-wan",
+    "tiny-sd3",
+    "tiny-flux",
     "embedded",
+    "embedded-mmdit",
 )
 PEERS = (
     "tgate",
@@ -200,12 +203,14 @@ def run(args: argparse.Namespace) -> int:
         log(f"== {model} @ {where}, {args.steps} steps, {args.dtype} on {args.device}{depth}")
         start = time.perf_counter()
         try:
-            if args.model_dir or model == "embedded":
+            if args.model_dir or model.startswith("embedded"):
                 if args.layers:
                     raise CommandError("--layers applies to the random-weight pixart-alpha / wan13b only.")
-                folder = args.model_dir or default_model()
+                folder = args.model_dir or (
+                    default_model() if model == "embedded" else embedded_model("mmdit")
+                )
                 if folder is None:
-                    raise CommandError("the embedded model is not installed; pass --model-dir or a --model.")
+                    raise CommandError(f"{model} is not installed; pass --model-dir or another --model.")
                 pipe = load_pipeline(folder, args.device, args.dtype)
                 pipe.set_progress_bar_config(disable=True)
             else:

@@ -28,9 +28,12 @@ BENCH_MODELS: dict[str, int] = {
     "tiny-sdxl": 32,
     "tiny-pixart": 64,
     "tiny-wan": 16,
+    "tiny-sd3": 32,
+    "tiny-flux": 32,
     "embedded": 32,
+    "embedded-mmdit": 32,
 }
-LOADED = ("embedded",)  # not built here
+LOADED = ("embedded", "embedded-mmdit")  # not built here: crossgate-shapes-32, crossgate-mmdit-32
 # Defaults on CUDA where they differ from the CPU ones: (height, width).
 GPU_SIZES: dict[str, tuple[int, int]] = {
     "sd15": (512, 512),
