@@ -661,6 +661,7 @@ class _ModelGate:
             return found
         mean = call.config.text_stream == "frozen_mean" and bool(call.cfg)
         latest, layout = record.latest, call.layout
+        frozen: TextStream | None
         if call.layout.sequential:
             if mean and "cond" in latest and "uncond" in latest:
                 frozen = latest["cond"].mean_with(latest["uncond"])

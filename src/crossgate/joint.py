@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,10 +80,10 @@ class JointKind:
     block_types: tuple[str, ...] = ()
     processors: tuple[str, ...] = ()
 
-    def text_stream(self, block: torch.nn.Module, kwargs: dict, output: Any) -> TextStream:
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
         raise NotImplementedError
 
-    def image_only(self, block: torch.nn.Module, frozen: TextStream, kwargs: dict) -> Any:
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
         raise NotImplementedError
 
     @staticmethod
@@ -91,7 +91,7 @@ class JointKind:
         """A skipped block (sequential CFG's uncond call): both streams handed through."""
         return kwargs["encoder_hidden_states"], kwargs["hidden_states"]
 
-    def check(self, block: torch.nn.Module) -> str | None:
+    def check(self, block: Any) -> str | None:
         """Why this block cannot be gated (a processor crossgate does not know), or None."""
         processor = type(block.attn.processor).__name__
         if processor not in self.processors:
@@ -113,7 +113,7 @@ class SD3Joint(JointKind):
     block_types = ("JointTransformerBlock",)
     processors = ("JointAttnProcessor2_0",)
 
-    def text_stream(self, block: torch.nn.Module, kwargs: dict, output: Any) -> TextStream:
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
         attn = block.attn
         text, temb = kwargs["encoder_hidden_states"], kwargs["temb"]
         if block.context_pre_only:
@@ -125,7 +125,7 @@ class SD3Joint(JointKind):
             key = attn.norm_added_k(key)
         return TextStream(key, value, output[0])
 
-    def image_only(self, block: torch.nn.Module, frozen: TextStream, kwargs: dict) -> Any:
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
         hidden, temb = kwargs["hidden_states"], kwargs["temb"]
         extra = kwargs.get("joint_attention_kwargs") or {}
         if block.use_dual_attention:
@@ -153,7 +153,7 @@ class SD3Joint(JointKind):
         return frozen.output, hidden
 
 
-def _flux_qkv(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _flux_qkv(attn: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if attn.fused_projections:
         parts = attn.to_qkv(x).chunk(3, dim=-1)
     else:
@@ -161,12 +161,19 @@ def _flux_qkv(attn: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...
     return tuple(p.unflatten(-1, (-1, attn.head_dim)) for p in parts)
 
 
-def _rotary(kwargs: dict, start: int, stop: int | None) -> tuple[torch.Tensor, ...] | None:
+def _rope(x: torch.Tensor, rotary: Any) -> torch.Tensor:
+    """FLUX's rotary embedding on ``(batch, tokens, heads, dim)`` (positions along dim 1)."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    return cast(torch.Tensor, apply_rotary_emb(x, rotary, sequence_dim=1))
+
+
+def _rotary(kwargs: dict, start: int, stop: int | None) -> Any:
     table = kwargs.get("image_rotary_emb")
     return None if table is None else tuple(t[start:stop] for t in table)
 
 
-def _flux_attend(attn: torch.nn.Module, query, key, value, frozen: TextStream) -> torch.Tensor:
+def _flux_attend(attn: Any, query, key, value, frozen: TextStream) -> torch.Tensor:
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     key = torch.cat([frozen.key, key], dim=1)
@@ -187,9 +194,7 @@ class FluxDouble(JointKind):
     block_types = ("FluxTransformerBlock",)
     processors = ("FluxAttnProcessor",)
 
-    def text_stream(self, block: torch.nn.Module, kwargs: dict, output: Any) -> TextStream:
-        from diffusers.models.embeddings import apply_rotary_emb
-
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
         attn, text = block.attn, kwargs["encoder_hidden_states"]
         normed = block.norm1_context(text, emb=kwargs["temb"])[0]
         if attn.fused_projections:
@@ -200,20 +205,18 @@ class FluxDouble(JointKind):
         key = attn.norm_added_k(key)
         rotary = _rotary(kwargs, 0, text.shape[1])
         if rotary is not None:
-            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+            key = _rope(key, rotary)
         return TextStream(key, value, output[0])
 
-    def image_only(self, block: torch.nn.Module, frozen: TextStream, kwargs: dict) -> Any:
-        from diffusers.models.embeddings import apply_rotary_emb
-
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
         hidden, temb, attn = kwargs["hidden_states"], kwargs["temb"], block.attn
         normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)
         query, key, value = _flux_qkv(attn, normed)
         query, key = attn.norm_q(query), attn.norm_k(key)
         rotary = _rotary(kwargs, frozen.key.shape[1], None)
         if rotary is not None:
-            query = apply_rotary_emb(query, rotary, sequence_dim=1)
-            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+            query = _rope(query, rotary)
+            key = _rope(key, rotary)
         out = _flux_attend(attn, query, key, value, frozen)
         out = attn.to_out[1](attn.to_out[0](out.contiguous()))
         hidden = hidden + gate_msa.unsqueeze(1) * out
@@ -228,21 +231,17 @@ class FluxSingle(JointKind):
     block_types = ("FluxSingleTransformerBlock",)
     processors = ("FluxAttnProcessor",)
 
-    def text_stream(self, block: torch.nn.Module, kwargs: dict, output: Any) -> TextStream:
-        from diffusers.models.embeddings import apply_rotary_emb
-
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
         attn, text = block.attn, kwargs["encoder_hidden_states"]
         normed, _ = block.norm(text, emb=kwargs["temb"])  # per token: the text rows of the joint norm
         _, key, value = _flux_qkv(attn, normed)
         key = attn.norm_k(key)
         rotary = _rotary(kwargs, 0, text.shape[1])
         if rotary is not None:
-            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+            key = _rope(key, rotary)
         return TextStream(key, value, output[0])
 
-    def image_only(self, block: torch.nn.Module, frozen: TextStream, kwargs: dict) -> Any:
-        from diffusers.models.embeddings import apply_rotary_emb
-
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
         hidden, attn = kwargs["hidden_states"], block.attn
         normed, gate = block.norm(hidden, emb=kwargs["temb"])
         mlp = block.act_mlp(block.proj_mlp(normed))
@@ -250,8 +249,8 @@ class FluxSingle(JointKind):
         query, key = attn.norm_q(query), attn.norm_k(key)
         rotary = _rotary(kwargs, frozen.key.shape[1], None)
         if rotary is not None:
-            query = apply_rotary_emb(query, rotary, sequence_dim=1)
-            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+            query = _rope(query, rotary)
+            key = _rope(key, rotary)
         out = _flux_attend(attn, query, key, value, frozen)
         hidden = hidden + gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2))
         if hidden.dtype == torch.float16:
@@ -262,7 +261,7 @@ class FluxSingle(JointKind):
 KINDS: tuple[JointKind, ...] = (SD3Joint(), FluxDouble(), FluxSingle())
 
 
-def kind_of(block: torch.nn.Module) -> JointKind | None:
+def kind_of(block: Any) -> JointKind | None:
     """The :class:`JointKind` of ``block`` (by its class or a base's name), or None."""
     names = {cls.__name__ for cls in type(block).__mro__}
     return next((kind for kind in KINDS if names.intersection(kind.block_types)), None)

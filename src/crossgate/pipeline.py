@@ -156,12 +156,12 @@ class _Installation:
             self._register(module, hook)
             self.cross_attention[name] = hook
         if adapter.joint and not self.control:
-            blocks = joint_blocks(denoiser)
-            for name, block, block_kind in blocks:
+            joint = joint_blocks(denoiser)
+            for name, block, block_kind in joint:
                 reason = block_kind.check(block)
                 if reason is not None:
                     raise UnsupportedPipelineError(f"crossgate: {name}: {reason}")
-            for name, block, block_kind in blocks:
+            for name, block, block_kind in joint:
                 joint_hook = JointBlockHook(lane, block_kind)
                 self._register(block, joint_hook)
                 self.joint[name] = joint_hook
