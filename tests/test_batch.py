@@ -471,6 +471,7 @@ def test_two_processes_equal_one_process(tmp_path, model_dir, prompts_file, refe
     assert all(r["process"]["count"] == 2 for r in records)
 
 
+@pytest.mark.slow
 def test_kill_all_processes_then_resume(
     tmp_path, model_dir, prompts_file, reference, capsys, restore_threads
 ):
@@ -488,6 +489,7 @@ def test_kill_all_processes_then_resume(
     assert_complete_and_equal(out, reference, prompts_file)
 
 
+@pytest.mark.slow
 def test_kill_one_worker_then_resume_on_two_processes(tmp_path, model_dir, prompts_file, reference):
     """kill -9 of one worker: the launcher stops the other; a 2-process restart completes the run."""
     out = tmp_path / "out"

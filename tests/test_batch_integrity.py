@@ -375,6 +375,7 @@ def test_jsonl_string_with_a_raw_line_separator_is_valid(tmp_path):
 # ---------------------------------------------------------------- accelerate launch, 2 CPU processes
 
 
+@pytest.mark.slow
 def test_two_processes_share_verification_and_refuse_together(
     tmp_path, model_dir, small_prompts, small_reference
 ):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [*globals().get("pytestmark", []), pytest.mark.slow]  # minutes of set-up: make test-slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PACK = ROOT / "comfyui"
 COMFY_VENV = Path(os.environ.get("CROSSGATE_COMFY_VENV", ROOT / ".venv-comfy"))

@@ -113,8 +113,18 @@ def _sd_call(pipe, prompt: str = "a red circle", steps: int = 6):
     return run(pipe, prompt=prompt, steps=steps)
 
 
-@pytest.mark.parametrize("order", ["compile-first", "apply-first"])
-@pytest.mark.parametrize("idiom", ["assign", "inplace", "regional"])
+@pytest.mark.parametrize(
+    "idiom, order",
+    [
+        ("assign", "compile-first"),
+        ("regional", "apply-first"),
+        # the rest run with the slow tests (make test-slow): each is ~20 s of dynamo tracing
+        pytest.param("assign", "apply-first", marks=pytest.mark.slow),
+        pytest.param("inplace", "compile-first", marks=pytest.mark.slow),
+        pytest.param("inplace", "apply-first", marks=pytest.mark.slow),
+        pytest.param("regional", "compile-first", marks=pytest.mark.slow),
+    ],
+)
 def test_unet_every_idiom_either_order(sd_pipe, idiom, order):
     eager = _eager_reference(sd_pipe, _sd_call)
     graphs = _sequence(sd_pipe, "unet", idiom, order, _sd_call, eager)
@@ -155,6 +165,7 @@ def test_pixart_transformer():
     assert graphs == {"gated": 2, "other": 2, "removed": 3}, graphs
 
 
+@pytest.mark.slow
 def test_controlnet_and_unet_both_compiled(sd_pipe):
     from diffusers import StableDiffusionControlNetPipeline
 
@@ -177,6 +188,7 @@ def test_controlnet_and_unet_both_compiled(sd_pipe):
     assert crossgate.last_call(pipe).control_batches == {"controlnet": [2, 2, 2, 1, 1, 1]}
 
 
+@pytest.mark.slow
 def test_threads_on_one_compiled_unet_are_serialised_and_each_gets_its_own_output(sd_pipe):
     """Two pipelines share one compiled UNet, each in its own thread, one gated and one plain: the
     model's gate runs their passes one at a time (the hooks inside read one lane), so each output
@@ -217,6 +229,7 @@ def test_threads_on_one_compiled_unet_are_serialised_and_each_gets_its_own_outpu
     assert _breaks() == 0
 
 
+@pytest.mark.slow
 def test_inductor_compiled_unet_matches_eager(sd_pipe):
     """One real codegen run (inductor, C++ on CPU): the same graphs, the same outputs."""
     eager = _eager_reference(sd_pipe, _sd_call)

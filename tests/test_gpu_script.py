@@ -49,6 +49,7 @@ def _extras():
     return module
 
 
+@pytest.mark.slow
 def test_extras_dry_run_compiles_and_offloads_with_crossgate(tmp_path) -> None:
     """Tiny SD on CPU, dynamo with the eager backend (inductor's C++ build is what the GPU run adds): the compiled
     denoiser matches eager under crossgate, no recompiles after the second call, every row timed;
