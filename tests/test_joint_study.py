@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-import joint_study  # noqa: E402
+import joint_study
 
 
 def test_smoke_stage_runs_every_variant_and_the_report_applies_the_rule(tmp_path, capsys):
