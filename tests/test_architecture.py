@@ -22,6 +22,7 @@ ENGINE_API_FOR_TOOLS: dict[str, set[str] | None] = {
     "crossgate.tensors": None,
     "crossgate.schedule": None,
     "crossgate.gate": {"CallStats", "current_call", "gate_policy", "replay"},
+    "crossgate.joint": {"joint_blocks"},
 }
 
 

@@ -1,6 +1,8 @@
 """``crossgate macs``: per-image denoiser MACs, plain vs TGATE, counted on meta-device architectures.
 
 With ``--controlnet`` (UNet models) each image also pays a ControlNet call per denoiser pass.
+Joint-attention models (SD3, FLUX.1) get tables of their own: the CFG drop and the text freeze
+(crossgate.tools.accounting.joint).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ MODEL_KEYS = (
     "wan13b-720p",
     "wan14b-480p",
     "wan14b-720p",
+    "sd3-medium",
+    "sd3.5-large",
+    "flux1-dev",
 )
 
 
@@ -48,7 +53,10 @@ def register(subparsers: Any) -> None:
             "conventions: linear+conv only (the TGATE paper's calflops convention) and all ops "
             "including attention matmuls. Bundled models: " + ", ".join(MODEL_KEYS) + ". Wan models run "
             "CFG as two calls per step (cond, uncond); after the gate crossgate runs the cond call with "
-            "cross-attention replayed and skips every block of the uncond call."
+            "cross-attention replayed and skips every block of the uncond call. Joint-attention models "
+            "(SD3, FLUX.1) are listed apart: after the gate the cond branch runs (the CFG drop) and every "
+            "joint block's text stream is frozen (the text freeze); FLUX.1-dev runs no CFG by default and "
+            "is listed without and with true CFG."
         ),
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="bundled model keys (default: all)")
@@ -99,7 +107,14 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from crossgate.loading import bundled_config
-    from crossgate.tools.accounting import MODELS, AccountingError, call_macs, controlnet_macs
+    from crossgate.tools.accounting import (
+        MODELS,
+        AccountingError,
+        call_macs,
+        controlnet_macs,
+        is_joint_model,
+        joint_macs,
+    )
 
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
@@ -121,16 +136,23 @@ def run(args: argparse.Namespace) -> int:
         if images:
             raise CommandError(f"--frames applies to video models only, not {', '.join(images)}.")
     try:
+        joint = [t for t in targets if not args.controlnet and is_joint_model(t)]
+        targets = [t for t in targets if t not in joint]
         calls = [call_macs(t, args.resolution, args.text_len, args.frames) for t in targets]
         controls = (
             [controlnet_macs(t, args.resolution, args.text_len) for t in targets] if args.controlnet else []
         )
+        joints = [joint_macs(t, args.resolution, args.text_len) for t in joint]
     except AccountingError as error:
         raise CommandError(str(error)) from None
-    print(render_table(calls, args, controls))
-    if args.per_call:
-        print()
-        print(render_per_call(calls + controls))
+    blocks = []
+    if calls:
+        blocks.append(render_table(calls, args, controls))
+        if args.per_call:
+            blocks.append(render_per_call(calls + controls))
+    if joints:
+        blocks.append(render_joint(joints, args))
+    print("\n\n".join(blocks))
     return 0
 
 
@@ -248,4 +270,103 @@ def render_per_call(calls: list[Any]) -> str:
                 f"| {c.model} | {tera(c.outside_blocks(), 5)} | {c.outside_blocks() / c.full():.2%} "
                 f"| {tera(c.outside_blocks('all'), 5)} | {c.outside_blocks('all') / c.full('all'):.2%} |"
             )
+    return "\n".join(lines)
+
+
+def joint_settings(counted: Any, args: argparse.Namespace) -> list[tuple[bool, str]]:
+    """``(cfg, label)`` for each CFG setting a joint model is listed in: its pipeline's default, and
+    true CFG for a model without it (FLUX.1-dev); ``--no-cfg``: none."""
+    sequential = counted.cfg_layout == "sequential"
+    on = "true CFG, 2 calls/step" if sequential else "CFG, batched"
+    if args.no_cfg:
+        return [(False, "none (--no-cfg)")]
+    if counted.cfg:
+        return [(True, on)]
+    return [(False, "none (default)"), (True, on)]
+
+
+def render_joint(joints: list[Any], args: argparse.Namespace) -> str:
+    """Joint-attention models: per-image MACs by variant, where the saving comes from, the text side."""
+    from crossgate.tools.accounting import tera
+
+    conventions = (("linear_conv", "linear+conv"), ("all", "all ops"))
+    gates = [(gate_steps(g, args.steps), g) for g in args.gate_step]
+
+    def gate_label(m: int, gate: int | float) -> str:
+        return f"TGATE m={m}" if isinstance(gate, int) else f"TGATE m={m} ({gate:g} of {args.steps})"
+
+    lines = [
+        f"Joint-attention models: per-image transformer MACs, n={args.steps} steps. After the gate the "
+        "cond branch runs (CFG drop) and each joint block's text stream is frozen (text freeze).",
+        "",
+        "| model | CFG | setting | MACs (linear+conv) | vs baseline | MACs (all ops) | vs baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for j in joints:
+        for cfg, cfg_label in joint_settings(j, args):
+            base = {c: j.image_macs(args.steps, None, c, cfg) for c, _ in conventions}
+            rows = [("baseline", {})]
+            for m, gate in gates:
+                rows.append((gate_label(m, gate), {"gate_step": m}))
+                if cfg:
+                    rows.append(
+                        (
+                            f"{gate_label(m, gate)}, CFG drop only (text live)",
+                            {"gate_step": m, "text_stream": "live"},
+                        )
+                    )
+                    rows.append(
+                        (
+                            f"{gate_label(m, gate)}, text freeze only (keep_cfg)",
+                            {"gate_step": m, "keep_cfg": True},
+                        )
+                    )
+            for label, how in rows:
+                gate_step = how.get("gate_step")
+                rest = {k: v for k, v in how.items() if k != "gate_step"}
+                lc, al = (j.image_macs(args.steps, gate_step, c, cfg, **rest) for c, _ in conventions)
+                lines.append(
+                    f"| {j.model} | {cfg_label} | {label} | {tera(lc)} | {lc / base['linear_conv']:.3f} "
+                    f"| {tera(al)} | {al / base['all']:.3f} |"
+                )
+    lines += [
+        "",
+        "Where TGATE's saving comes from: TGATE = baseline - CFG drop - text freeze + capture (the text "
+        "keys/values recomputed once more at step m-1).",
+        "",
+        "| model | CFG | gate | convention | baseline | TGATE | CFG drop saves | text freeze saves | capture costs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for j in joints:
+        for cfg, cfg_label in joint_settings(j, args):
+            for m, gate in gates:
+                for convention, name in conventions:
+                    s = j.split(args.steps, m, convention, cfg)
+
+                    def part(macs: int, digits: int = 1, base: int = s.baseline) -> str:
+                        return f"{tera(macs)} ({macs / base:.{digits}%})" if macs else "0"
+
+                    lines.append(
+                        f"| {j.model} | {cfg_label} | {gate_label(m, gate)} | {name} | {tera(s.baseline)} "
+                        f"| {tera(s.tgate)} | {part(s.cfg_drop)} | {part(s.text_freeze)} | {part(s.capture, 2)} |"
+                    )
+    lines += [
+        "",
+        "One pass, one sample: the text side (what the text freeze leaves out of each pass after the "
+        "gate) and the frozen text stream's memory (keys, values and text output of every joint block, "
+        "bf16, per CFG branch kept at step m-1).",
+        "",
+        "| model | joint blocks | image tokens | text tokens | pass (linear+conv) | text side | pass (all ops) "
+        "| text side | frozen text stream |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for j in joints:
+        lc, al = j.plain[1]["linear_conv"], j.plain[1]["all"]
+        lines.append(
+            f"| {j.model} | {j.blocks} | {j.image_tokens} | {j.text_tokens} | {tera(lc, 5)} "
+            f"| {tera(j.text_side('linear_conv'), 5)} ({j.text_share('linear_conv'):.1%}) | {tera(al, 5)} "
+            f"| {tera(j.text_side('all'), 5)} ({j.text_share('all'):.1%}) | {j.kept_bytes() / 2**20:.0f} MiB |"
+        )
+    if args.sa_interval:
+        lines += ["", "TGATE v2 rows (--sa-interval) are listed for cross-attention models only."]
     return "\n".join(lines)

@@ -11,7 +11,9 @@ One denoiser call (one sample) is counted in two conventions:
 Rooms: :mod:`.counting` (the counters, :class:`CallMacs`), :mod:`.models` (bundled configs and
 model folders built on the meta device, and a UNet's ControlNet: :func:`controlnet_macs`),
 :mod:`.schedules` (per-step plans and per-image totals, executed MACs from ``CallStats``),
-:mod:`.meter` (:class:`CallMeter`, a real call measured live, ControlNets included).
+:mod:`.meter` (:class:`CallMeter`, a real call measured live, ControlNets included), :mod:`.joint`
+(joint-attention transformers, SD3 and FLUX.1: the CFG drop, the text freeze and its capture,
+:class:`JointMacs`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from crossgate.tools.accounting.counting import (
     count_call,
     tera,
 )
+from crossgate.tools.accounting.joint import JointMacs, JointSplit, count_joint, is_joint_model, joint_macs
 from crossgate.tools.accounting.meter import CallMeter
 from crossgate.tools.accounting.models import (
     MODELS,
@@ -46,6 +49,8 @@ __all__ = [
     "CallMacs",
     "CallMeter",
     "Convention",
+    "JointMacs",
+    "JointSplit",
     "LinearConvCounter",
     "ModelSpec",
     "Schedule",
@@ -55,10 +60,13 @@ __all__ = [
     "check_convention",
     "controlnet_macs",
     "count_call",
+    "count_joint",
     "example_inputs",
     "executed_macs",
     "folder_text_len",
     "image_macs",
+    "is_joint_model",
+    "joint_macs",
     "tera",
     "v2_self_attention_steps",
 ]

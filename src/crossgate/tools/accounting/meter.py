@@ -18,6 +18,7 @@ from crossgate.tools.accounting.counting import (
     check_cfg_layout,
     count_call,
 )
+from crossgate.tools.accounting.joint import JointMacs, count_joint
 from crossgate.tools.accounting.models import build_meta_denoiser
 
 
@@ -129,6 +130,28 @@ class CallMeter:
         args, kwargs = self._first
         return _count_one_sample(self.denoiser, args, kwargs, self.cfg_layout)
 
+    def joint_macs(self, cfg: bool = True) -> JointMacs:
+        """A joint-attention denoiser (SD3, FLUX.1) counted on meta at the shapes of its calls, in every
+        form TGATE runs it (:class:`~.joint.JointMacs`); ``cfg``: whether the counted calls ran CFG."""
+        args, kwargs = self._sample_inputs()
+        meta = build_meta_denoiser(dict(self.denoiser.config), type(self.denoiser))
+        return count_joint(meta, args, kwargs, type(self.denoiser).__name__, self.cfg_layout, cfg)
+
+    def _sample_inputs(self) -> tuple[tuple, dict]:
+        """The first call's inputs, one sample on meta (every tensor: shared ones such as position ids too)."""
+        if self._first is None:
+            raise AccountingError("the denoiser was never called inside the CallMeter block.")
+        if len(self._signatures) > 1:
+            raise AccountingError(
+                f"the denoiser's {self.calls} calls had {len(self._signatures)} different per-sample input "
+                "shapes (e.g. prompts of different lengths per CFG branch); one count cannot describe them."
+            )
+        args, kwargs = self._first
+        from torch.utils._pytree import tree_map_only
+
+        one = map_batch((args, kwargs), latent_batch(args, kwargs), _one_sample_on_meta)
+        return tree_map_only(torch.Tensor, _on_meta, one)
+
     def control_call_macs(self) -> dict[str, CallMacs]:
         """Per-sample counts of each ControlNet crossgate gates, by path, at its first call's shapes.
 
@@ -153,6 +176,14 @@ def _count_one_sample(model: nn.Module, args: tuple, kwargs: dict, cfg_layout: C
 
 def _one_sample_on_meta(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty((1, *tensor.shape[1:]), dtype=tensor.dtype, device="meta")
+
+
+def _on_meta(tensor: torch.Tensor) -> torch.Tensor:
+    return (
+        tensor
+        if tensor.device.type == "meta"
+        else torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+    )
 
 
 def _per_sample_signature(args: tuple, kwargs: dict) -> tuple:

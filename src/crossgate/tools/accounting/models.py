@@ -29,6 +29,13 @@ WAN_SIZE = (480, 832)
 WAN_FRAMES = 81
 WAN_TEMPORAL_SCALE = 4
 VIDEO_DENOISERS = ("WanTransformer3DModel",)
+# Joint-attention (MMDiT) transformers. StableDiffusion3Pipeline joins 77 CLIP tokens and its T5
+# prompt padded to max_sequence_length (256): 333 text tokens; FluxPipeline feeds its T5 prompt alone,
+# padded to 512. FLUX packs 2x2 latent patches into one token, so its pixels come in steps of 16.
+JOINT_DENOISERS = ("SD3Transformer2DModel", "FluxTransformer2DModel")
+SD3_TEXT_LEN = 77 + 256
+FLUX_TEXT_LEN = 512
+FLUX_SIZE = 1024  # FluxPipeline's default_sample_size (128) times its VAE's scale (8)
 
 Resolution = int | tuple[int, int]  # a square side, or (height, width)
 
@@ -39,7 +46,9 @@ class ModelSpec:
 
     Image models: ``resolution`` is the square side. Video models also give ``width`` (``resolution``
     is then the height) and ``frames`` (pixel frames; the VAE compresses them ``temporal_scale``x,
-    keeping the first frame alone). ``cfg_layout`` is how its pipeline runs classifier-free guidance.
+    keeping the first frame alone). ``cfg_layout`` is how its pipeline runs classifier-free guidance
+    and ``cfg`` whether it does by default (FLUX.1-dev is guidance-distilled: no CFG unless a call
+    asks for ``true_cfg_scale``, which runs it as two named calls per step).
     """
 
     key: str
@@ -51,6 +60,7 @@ class ModelSpec:
     frames: int | None = None
     cfg_layout: CfgLayout = "batched"
     temporal_scale: int = WAN_TEMPORAL_SCALE
+    cfg: bool = True
 
     @property
     def size(self) -> tuple[int, int]:
@@ -70,6 +80,19 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("wan13b-720p", "Wan2.1-T2V-1.3B", "wan21_t2v_1.3b.json", 720, 512, 1280, 81, "sequential"),
         ModelSpec("wan14b-480p", "Wan2.1-T2V-14B", "wan21_t2v_14b.json", 480, 512, 832, 81, "sequential"),
         ModelSpec("wan14b-720p", "Wan2.1-T2V-14B", "wan21_t2v_14b.json", 720, 512, 1280, 81, "sequential"),
+        # joint attention (published transformer configs): SD3 batches CFG; FLUX.1-dev runs none by
+        # default, and true CFG as two named calls per step
+        ModelSpec("sd3-medium", "SD3-medium", "sd3_medium_transformer.json", 1024, SD3_TEXT_LEN),
+        ModelSpec("sd3.5-large", "SD3.5-large", "sd35_large_transformer.json", 1024, SD3_TEXT_LEN),
+        ModelSpec(
+            "flux1-dev",
+            "FLUX.1-dev",
+            "flux1_dev_transformer.json",
+            FLUX_SIZE,
+            FLUX_TEXT_LEN,
+            cfg_layout="sequential",
+            cfg=False,
+        ),
     )
 }
 
@@ -92,8 +115,8 @@ def build_meta_denoiser(config: Mapping[str, Any], cls: type | None = None) -> n
     if cls is None or not hasattr(cls, "from_config"):
         raise AccountingError(
             f"config names class {class_name!r}, which is not a diffusers model; point at the "
-            "denoiser's config.json (a UNet2DConditionModel, PixArtTransformer2DModel or "
-            "WanTransformer3DModel)."
+            "denoiser's config.json (a UNet2DConditionModel, PixArtTransformer2DModel, "
+            "WanTransformer3DModel, SD3Transformer2DModel or FluxTransformer2DModel)."
         )
     with torch.device("meta"):
         return cls.from_config(dict(config))
@@ -130,6 +153,8 @@ def example_inputs(
             "timestep": timestep,
             "encoder_hidden_states": torch.empty(batch, text_len, cfg.text_dim, device=meta),
         }
+    if name == "FluxTransformer2DModel":
+        return (), _flux_inputs(cfg, height // vae_scale, width // vae_scale, text_len, batch)
     latents = torch.empty(batch, cfg.in_channels, height // vae_scale, width // vae_scale, device=meta)
     if name == "UNet2DConditionModel":
         kwargs: dict[str, Any] = {
@@ -145,6 +170,18 @@ def example_inputs(
         elif cfg.addition_embed_type is not None:
             raise AccountingError(f"UNet addition_embed_type {cfg.addition_embed_type!r} is not supported.")
         return (latents, timestep), kwargs
+    if name == "SD3Transformer2DModel":
+        if (height // vae_scale) % cfg.patch_size or (width // vae_scale) % cfg.patch_size:
+            raise AccountingError(
+                f"resolution {height}x{width} must be a multiple of {vae_scale * cfg.patch_size} "
+                "(VAE scale times patch size)."
+            )
+        return (), {
+            "hidden_states": latents,
+            "encoder_hidden_states": torch.empty(batch, text_len, cfg.joint_attention_dim, device=meta),
+            "pooled_projections": torch.empty(batch, cfg.pooled_projection_dim, device=meta),
+            "timestep": timestep,
+        }
     if name == "PixArtTransformer2DModel":
         return (latents,), {
             "encoder_hidden_states": torch.empty(batch, text_len, cfg.caption_channels, device=meta),
@@ -156,8 +193,30 @@ def example_inputs(
         }
     raise AccountingError(
         f"no input recipe for {name}; supported: UNet2DConditionModel, PixArtTransformer2DModel, "
-        "WanTransformer3DModel."
+        "WanTransformer3DModel, SD3Transformer2DModel, FluxTransformer2DModel."
     )
+
+
+def _flux_inputs(cfg: Any, latent_h: int, latent_w: int, text_len: int, batch: int) -> dict[str, Any]:
+    """FluxPipeline's transformer inputs: latents packed 2x2 into tokens, with their position ids."""
+    if latent_h % 2 or latent_w % 2:
+        raise AccountingError(
+            f"FLUX packs 2x2 latent patches: the latent size {latent_h}x{latent_w} must be even "
+            "(pixels a multiple of twice the VAE's scale)."
+        )
+    meta = torch.device("meta")
+    tokens = (latent_h // 2) * (latent_w // 2)
+    kwargs: dict[str, Any] = {
+        "hidden_states": torch.empty(batch, tokens, cfg.in_channels, device=meta),
+        "encoder_hidden_states": torch.empty(batch, text_len, cfg.joint_attention_dim, device=meta),
+        "pooled_projections": torch.empty(batch, cfg.pooled_projection_dim, device=meta),
+        "timestep": torch.empty(batch, device=meta),
+        "img_ids": torch.empty(tokens, 3, device=meta),
+        "txt_ids": torch.empty(text_len, 3, device=meta),
+    }
+    if cfg.guidance_embeds:
+        kwargs["guidance"] = torch.empty(batch, device=meta)
+    return kwargs
 
 
 @functools.lru_cache(maxsize=32)
@@ -173,10 +232,8 @@ def call_macs(
     prompt length its tokenizer pads to (Wan: 480x832, 81 frames, 512 tokens). Cached: counting
     SDXL takes a few seconds.
     """
-    target = _target(model, resolution, text_len, frames)
-    args, kwargs = example_inputs(
-        target.denoiser, *target.size, target.text_len, target.vae_scale, frames=target.frames or 1
-    )
+    target = resolve_target(model, resolution, text_len, frames)
+    args, kwargs = target.inputs()
     return count_call(target.denoiser, args, kwargs, model=target.label, cfg_layout=target.cfg_layout)
 
 
@@ -193,7 +250,7 @@ def controlnet_macs(
     """
     from diffusers import ControlNetModel
 
-    target = _target(model, resolution, text_len, None)
+    target = resolve_target(model, resolution, text_len, None)
     unet = target.denoiser
     if type(unet).__name__ != "UNet2DConditionModel":
         raise AccountingError(
@@ -215,7 +272,7 @@ def controlnet_macs(
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """A model to count, resolved: its meta denoiser and the inputs its pipeline feeds it."""
 
     denoiser: nn.Module
@@ -225,13 +282,24 @@ class _Target:
     vae_scale: int
     frames: int | None
     cfg_layout: CfgLayout
+    cfg: bool = True  # whether its pipeline runs CFG by default
+
+    def inputs(self, batch: int = 1) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Meta inputs of one call at ``batch`` samples, as its pipeline feeds them."""
+        return example_inputs(
+            self.denoiser, *self.size, self.text_len, self.vae_scale, batch=batch, frames=self.frames or 1
+        )
 
 
-def _target(model: str, resolution: Resolution | None, text_len: int | None, frames: int | None) -> _Target:
+def resolve_target(
+    model: str, resolution: Resolution | None = None, text_len: int | None = None, frames: int | None = None
+) -> Target:
+    """A bundled model (``MODELS`` key) or a model folder, built on meta with its pipeline's defaults."""
+    cfg = True
     if model in MODELS:
         spec = MODELS[model]
         config = bundled_config(spec.config)
-        label, vae_scale, layout = spec.label, 8, spec.cfg_layout
+        label, vae_scale, layout, cfg = spec.label, 8, spec.cfg_layout, spec.cfg
         size = _size(resolution) if resolution is not None else spec.size
         text_len = text_len or spec.text_len
         frames = frames or spec.frames
@@ -240,9 +308,16 @@ def _target(model: str, resolution: Resolution | None, text_len: int | None, fra
         config, vae_scale = _folder_config(folder)
         label = folder.name
         video = config.get("_class_name") in VIDEO_DENOISERS
-        layout = "sequential" if video else "batched"
+        flux = config.get("_class_name") == "FluxTransformer2DModel"
+        layout = "sequential" if video or flux else "batched"
+        cfg = not flux  # FLUX.1 pipelines run CFG only when a call asks for true_cfg_scale
         if resolution is None:
-            size = WAN_SIZE if video else _size(int(config.get("sample_size", 64)) * vae_scale)
+            if video:
+                size = WAN_SIZE
+            elif flux:
+                size = _size(FLUX_SIZE)
+            else:
+                size = _size(int(config.get("sample_size", 64)) * vae_scale)
         else:
             size = _size(resolution)
         if text_len is None:
@@ -257,7 +332,7 @@ def _target(model: str, resolution: Resolution | None, text_len: int | None, fra
     where = f"{height}" if height == width and not video else f"{height}x{width}"
     if video:
         where += f", {frames} frame{'s' if frames != 1 else ''}"
-    return _Target(denoiser, f"{label} @{where}", size, text_len, vae_scale, frames, layout)
+    return Target(denoiser, f"{label} @{where}", size, text_len, vae_scale, frames, layout, cfg)
 
 
 def _size(resolution: Resolution) -> tuple[int, int]:
@@ -272,21 +347,24 @@ def folder_text_len(folder: Path, denoiser_config: Mapping[str, Any]) -> int:
 
     SD/SDXL pipelines pad every prompt to ``tokenizer.model_max_length`` (read from
     ``tokenizer/tokenizer_config.json``; 77, CLIP's context, when the folder has none). PixArt pads to
-    its call's ``max_sequence_length`` instead, whose default is 120.
+    its call's ``max_sequence_length`` instead, whose default is 120. SD3 joins its CLIP prompt (the
+    tokenizer's length) and its T5 prompt (``max_sequence_length``, 256); FLUX feeds T5 alone (512).
     """
-    if denoiser_config.get("_class_name") == "PixArtTransformer2DModel":
+    name = denoiser_config.get("_class_name")
+    if name == "PixArtTransformer2DModel":
         return PIXART_TEXT_LEN
-    if denoiser_config.get("_class_name") in VIDEO_DENOISERS:
+    if name in VIDEO_DENOISERS:
         return WAN_TEXT_LEN  # WanPipeline pads to its call's max_sequence_length (512)
+    if name == "FluxTransformer2DModel":
+        return FLUX_TEXT_LEN
     path = folder / "tokenizer" / "tokenizer_config.json"
     try:
         length = json.loads(path.read_text()).get("model_max_length")
     except (OSError, ValueError, AttributeError):
-        return DEFAULT_TEXT_LEN
+        length = None
     # transformers writes a huge sentinel (int(1e30)) when a tokenizer has no length of its own
-    if isinstance(length, int) and 0 < length <= 100_000:
-        return length
-    return DEFAULT_TEXT_LEN
+    clip = length if isinstance(length, int) and 0 < length <= 100_000 else DEFAULT_TEXT_LEN
+    return clip + SD3_TEXT_LEN - DEFAULT_TEXT_LEN if name == "SD3Transformer2DModel" else clip
 
 
 def _folder_config(folder: Path) -> tuple[dict[str, Any], int]:
