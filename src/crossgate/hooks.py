@@ -680,6 +680,8 @@ class _ModelGate:
                 "is nothing to freeze; something skipped it at that step."
             )
         record.frozen[(branch, halved)] = frozen
+        if not call.config.keep_cfg:  # one frozen stream serves every later pass: free the capture
+            record.latest.clear()
         return frozen
 
     # --- self-attention records (TGATE v2, eager) -----------------------------------------------

@@ -234,7 +234,10 @@ class FluxSingle(JointKind):
     def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
         attn, text = block.attn, kwargs["encoder_hidden_states"]
         normed, _ = block.norm(text, emb=kwargs["temb"])  # per token: the text rows of the joint norm
-        _, key, value = _flux_qkv(attn, normed)
+        if attn.fused_projections:  # one fused projection: the query columns come with it
+            _, key, value = _flux_qkv(attn, normed)
+        else:  # keys and values only: no text query rows
+            key, value = (p(normed).unflatten(-1, (-1, attn.head_dim)) for p in (attn.to_k, attn.to_v))
         key = attn.norm_k(key)
         rotary = _rotary(kwargs, 0, text.shape[1])
         if rotary is not None:
