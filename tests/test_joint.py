@@ -262,3 +262,34 @@ def test_analyze_records_the_text_stream_convergence_of_each_joint_block():
     rows = [torch.cat([seen[p][t].reshape(4, -1) for p in ("k", "v", "out")], dim=1) for t in range(4)]
     expected = [relative_change(cfg_mean(rows[t]), cfg_mean(rows[t - 1])) for t in range(1, 4)]
     assert result.relative_change["mean"]["transformer_blocks.0"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_after_the_gate_each_block_holds_one_frozen_row_per_image_and_the_capture_is_freed():
+    """Memory: blocks x (3, or 2 for SD3's last block) x rows x text_tokens x hidden elements."""
+    from crossgate.gate import current_call
+    from crossgate.hooks import JointRecord
+
+    case = JOINT_CASES["SD3"]
+    pipe = case.build()
+    held: list[tuple[int, int]] = []
+
+    def on_step_end(p, i, t, kwargs):
+        records = [r for r in current_call().records.values() if isinstance(r, JointRecord)]
+        if i + 1 > GATE:  # after the first gated pass
+            captured = sum(s.key.numel() + s.value.numel() for r in records for s in r.latest.values())
+            frozen = sum(
+                s.key.numel() + s.value.numel() + (0 if s.output is None else s.output.numel())
+                for r in records
+                for s in r.frozen.values()
+            )
+            held.append((captured, frozen))
+        return {}
+
+    with crossgate.enabled(pipe, gate_step=GATE):
+        _run(pipe, case, callback_on_step_end=on_step_end)
+    config = pipe.transformer.config
+    hidden = config.num_attention_heads * config.attention_head_dim
+    text_tokens = 77 + 16  # CLIP + T5 at max_sequence_length=16
+    blocks = config.num_layers
+    expected = (3 * (blocks - 1) + 2) * 1 * text_tokens * hidden  # the last block hands no text on
+    assert held and set(held) == {(0, expected)}
