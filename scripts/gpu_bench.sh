@@ -4,19 +4,23 @@
 # each section under its own `timeout`, and each section's cap shrinks to what is left of BUDGET.
 #
 #   1 env       (cap  40 s) environment, versions, wheels from .whl/ (diffusers, tgate, DeepCache, tomesd)
-#   2 sd15      (cap  60 s) SD-1.5 UNet @512  } fp16, 25 steps, batch 1, 1 warm-up + 5 rotating rounds,
-#   3 sdxl      (cap 125 s) SDXL UNet @1024   } medians with min-max, speed-up, efficiency, peak memory:
-#   4 pixart    (cap  80 s) PixArt-Alpha @1024} plain; crossgate m=10, m=5; crossgate v2 (k=5); the official
+#   2 sd15      (cap  45 s) SD-1.5 UNet @512  } fp16, 25 steps, batch 1, 1 warm-up + 5 rotating rounds,
+#   3 sdxl      (cap  90 s) SDXL UNet @1024   } medians with min-max, speed-up, efficiency, peak memory:
+#   4 pixart    (cap  60 s) PixArt-Alpha @1024} plain; crossgate m=10, m=5; crossgate v2 (k=5); the official
 #                           tgate package at m=10, m=5 and v2; DeepCache; crossgate + DeepCache; diffusers'
 #                           CFG-cutoff callback at m=10, m=5 (CFG dropped, cross-attention still computed);
 #                           PAB. Rows that do not apply (DeepCache/cutoff on PixArt) say why.
-#   5 wan       (cap  60 s) Wan 2.1 T2V 1.3B, 480x832, 17 frames, bf16, 25 steps: plain vs crossgate m=10
-#   6 compile   (cap 150 s) torch.compile (inductor) of the SD-1.5 UNet with crossgate: eager vs compiled,
+#   5 wan       (cap  50 s) Wan 2.1 T2V 1.3B, 480x832, 17 frames, bf16, 25 steps: plain vs crossgate m=10
+#   6 compile   (cap 120 s) torch.compile (inductor) of the SD-1.5 UNet with crossgate: eager vs compiled,
 #                           output tolerance, graphs/recompiles/graph breaks, latency, peak memory (a cold
 #                           inductor build of ~100 graphs is most of it; progress is recorded every 5 s)
-#   7 offload   (cap  45 s) enable_sequential_cpu_offload() with crossgate in both orders vs on-device
+#   7 sd3       (cap  60 s) SD3-medium transformer @512, fp16: plain vs crossgate m=10, m=5 (joint
+#                           attention: text stream frozen, CFG dropped)
+#   8 flux      (cap  60 s) FLUX.1-dev transformer @512, bf16, no CFG (its default): plain vs crossgate
+#                           m=10, m=5 (the text freeze alone)
+#   9 offload   (cap  35 s) enable_sequential_cpu_offload() with crossgate in both orders vs on-device
 #                           (SD-1.5 @512, 6 steps, m=2)
-#   (sum of caps 560 s; expected about 450 s on one H200, of which compiling is the least certain)
+#   (sum of caps 560 s; expected about 500 s on one H200, of which compiling is the least certain)
 #
 # Random weights throughout (nothing is downloaded). The GPU machine has torch/transformers/accelerate
 # but no diffusers and no network: diffusers and the optional peers come from wheels in .whl/
@@ -47,12 +51,15 @@ if [ -n "${DRY_RUN:-}" ]; then
   # Same sections, tiny models, CPU, seconds: checks every code path but measures nothing.
   DEVICE=cpu DTYPE=float32 WAN_DTYPE=float32 STEPS=4 GATES="2 1" WAN_GATE=2 REPEATS="${REPEATS:-1}" WARMUP="${WARMUP:-0}"
   SD15=tiny SDXL=tiny-sdxl PIXART=tiny-pixart WAN=tiny-wan SD_RES=32 SDXL_RES=32 PIXART_RES=64 WAN_ARGS=""
+  SD3=tiny-sd3 FLUX=tiny-flux JOINT_RES=32
   EXTRAS_ARGS="--dry-run --device cpu --backend ${COMPILE_BACKEND:-inductor}"
   CAP_SCALE="${CAP_SCALE:-4}" BUDGET="${DRY_BUDGET:-2400}"  # a shared CPU is far slower than the caps assume
 else
   DEVICE="${DEVICE:-cuda}" DTYPE="${DTYPE:-float16}" WAN_DTYPE="${WAN_DTYPE:-bfloat16}" STEPS="${STEPS:-25}"
   GATES="${GATES:-10 5}" WAN_GATE="${WAN_GATE:-10}" REPEATS="${REPEATS:-5}" WARMUP="${WARMUP:-1}"
   SD15=sd15 SDXL=sdxl PIXART=pixart-alpha WAN=wan13b SD_RES=512 SDXL_RES=1024 PIXART_RES=1024
+  # joint attention (random weights at the real widths, small resolution): SD3-medium, FLUX.1-dev
+  SD3=sd3-medium FLUX=flux1-dev JOINT_RES="${JOINT_RES:-512}"
   WAN_ARGS="--resolution ${WAN_RES:-480x832} --frames ${WAN_FRAMES:-17}"
   # reduce-overhead: inductor plus CUDA graphs, one recorded per batch shape (2B before the gate, B after)
   EXTRAS_ARGS="--device $DEVICE --dtype $DTYPE --backend ${COMPILE_BACKEND:-inductor} --mode ${COMPILE_MODE:-reduce-overhead}"
@@ -92,12 +99,12 @@ collect() {
   {
     echo "# crossgate GPU benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
     echo
-    for name in sd15 sdxl pixart wan; do [ -f "$WORK/$name/bench.md" ] && cat "$WORK/$name/bench.md" && echo; done
+    for name in sd15 sdxl pixart wan sd3 flux; do [ -f "$WORK/$name/bench.md" ] && cat "$WORK/$name/bench.md" && echo; done
     [ -f "$WORK/extras/extras.md" ] && cat "$WORK/extras/extras.md"
   } >"$OUT_DIR/results.md"
   local first=1
   : >"$OUT_DIR/results.csv"
-  for name in sd15 sdxl pixart wan; do
+  for name in sd15 sdxl pixart wan sd3 flux; do
     csv="$WORK/$name/bench.csv"
     [ -f "$csv" ] || continue
     if [ $first -eq 1 ]; then cat "$csv"; first=0; else tail -n +2 "$csv"; fi
@@ -144,17 +151,20 @@ EOF
 } 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || log "WARNING: environment check failed (see above)"
 
-bench sd15 "$SD15" "$SD_RES" "$DTYPE" "$GATES" "$PEERS" 60
-bench sdxl "$SDXL" "$SDXL_RES" "$DTYPE" "$GATES" "$PEERS" 125
-bench pixart "$PIXART" "$PIXART_RES" "$DTYPE" "$GATES" "$PEERS" 80
+bench sd15 "$SD15" "$SD_RES" "$DTYPE" "$GATES" "$PEERS" 45
+bench sdxl "$SDXL" "$SDXL_RES" "$DTYPE" "$GATES" "$PEERS" 90
+bench pixart "$PIXART" "$PIXART_RES" "$DTYPE" "$GATES" "$PEERS" 60
 # shellcheck disable=SC2086
-section wan 60 "$PY" -m crossgate.cli bench --device "$DEVICE" --dtype "$WAN_DTYPE" --model "$WAN" $WAN_ARGS \
+section wan 50 "$PY" -m crossgate.cli bench --device "$DEVICE" --dtype "$WAN_DTYPE" --model "$WAN" $WAN_ARGS \
   --steps "$STEPS" --gate-step "$WAN_GATE" --peers --repeats "$REPEATS" --warmup "$WARMUP" --time-budget @BUDGET@ \
   --out "$WORK/wan"
 # shellcheck disable=SC2086
-section compile 150 "$PY" scripts/gpu_extras.py --section compile $EXTRAS_ARGS --time-budget @BUDGET@ --out "$WORK/extras"
+section compile 120 "$PY" scripts/gpu_extras.py --section compile $EXTRAS_ARGS --time-budget @BUDGET@ --out "$WORK/extras"
+# joint attention: the text-stream freeze and the CFG drop (FLUX.1-dev: no CFG by default, bf16)
+bench sd3 "$SD3" "$JOINT_RES" "$DTYPE" "$GATES" "cfg-cutoff" 60
+bench flux "$FLUX" "$JOINT_RES" "$WAN_DTYPE" "$GATES" "cfg-cutoff" 60
 # shellcheck disable=SC2086
-section offload 45 "$PY" scripts/gpu_extras.py --section offload $EXTRAS_ARGS --time-budget @BUDGET@ --out "$WORK/extras"
+section offload 35 "$PY" scripts/gpu_extras.py --section offload $EXTRAS_ARGS --time-budget @BUDGET@ --out "$WORK/extras"
 
 log "done in $((SECONDS - START))s; files in $OUT_DIR:"
 collect

@@ -36,6 +36,8 @@ ARCHITECTURES: dict[str, str] = {
 TRANSFORMER_ARCHITECTURES: dict[str, str] = {
     "pixart-alpha": "pixart_alpha_1024.json",
     "wan13b": "wan21_t2v_1.3b.json",
+    "sd3-medium": "sd3_medium_transformer.json",
+    "flux1-dev": "flux1_dev_transformer.json",
 }
 TINY_MODELS: tuple[str, ...] = ("tiny", "tiny-sdxl", "tiny-pixart", "tiny-wan", "tiny-sd3", "tiny-flux")
 RANDOM_MODELS: tuple[str, ...] = (*TINY_MODELS, *ARCHITECTURES, *TRANSFORMER_ARCHITECTURES)
@@ -399,8 +401,15 @@ def random_pipeline(
         config = bundled_config(TRANSFORMER_ARCHITECTURES[model])
         if num_layers is not None:
             config["num_layers"] = num_layers
-        build = pixart_architecture_pipeline if model == "pixart-alpha" else wan_architecture_pipeline
-        return build(config, device, dtype, seed)
+        if num_layers is not None and model == "flux1-dev":
+            config["num_single_layers"] = num_layers  # and as many double-stream blocks
+        builders = {
+            "pixart-alpha": pixart_architecture_pipeline,
+            "wan13b": wan_architecture_pipeline,
+            "sd3-medium": joint_architecture_pipeline,
+            "flux1-dev": joint_architecture_pipeline,
+        }
+        return builders[model](config, device, dtype, seed)
     if model not in ARCHITECTURES:
         raise ValueError(f"unknown random-weight model {model!r}; use one of {', '.join(RANDOM_MODELS)}.")
     return architecture_pipeline(bundled_config(ARCHITECTURES[model]), device, dtype, seed)
@@ -680,3 +689,59 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, cls: Any = N
             tokenizer_2=t5_tokenizer,
         )
     )
+
+
+def joint_architecture_pipeline(
+    transformer_config: dict[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+):
+    """An SD3 or FLUX.1 pipeline around the real transformer ``transformer_config`` describes (the
+    bundled ``sd3_medium_transformer.json`` / ``flux1_dev_transformer.json``), random weights.
+
+    The text encoders are two-layer random ones at the real widths the transformer reads (SD3: CLIP
+    768 + 1280 wide, pooled 2048, T5 4096; FLUX: CLIP 768 pooled, T5 4096) under character
+    tokenizers; the VAE is the SD VAE architecture with 16 latent channels. Built directly on a CUDA
+    device when one is asked for.
+    """
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    torch.manual_seed(seed)
+    flux = transformer_config["_class_name"] == "FluxTransformer2DModel"
+    tokenizer, t5_tokenizer = char_tokenizer(), char_fast_tokenizer(max_length=512 if flux else 256)
+    init_device = device if device.startswith("cuda") else "cpu"
+    config = dict(transformer_config)
+    with torch.device(init_device):
+        vae = AutoencoderKL.from_config({**bundled_config("sd_vae.json"), "latent_channels": 16})
+        vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
+        t5 = t5_encoder(t5_tokenizer, config["joint_attention_dim"])
+        if flux:
+            transformer = FluxTransformer2DModel.from_config(config)
+            clip = CLIPTextModel(clip_text_config(tokenizer, config["pooled_projection_dim"], heads=12))
+            pipe: Any = FluxPipeline(
+                transformer=transformer,
+                scheduler=FlowMatchEulerDiscreteScheduler(),
+                vae=vae,
+                text_encoder=clip,
+                tokenizer=tokenizer,
+                text_encoder_2=t5,
+                tokenizer_2=t5_tokenizer,
+            )
+        else:
+            transformer = SD3Transformer2DModel.from_config(config)
+            pipe = StableDiffusion3Pipeline(
+                transformer=transformer,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                vae=vae,
+                text_encoder=CLIPTextModelWithProjection(clip_text_config(tokenizer, 768, heads=12)),
+                tokenizer=tokenizer,
+                text_encoder_2=CLIPTextModelWithProjection(clip_text_config(tokenizer, 1280, heads=20)),
+                tokenizer_2=tokenizer,
+                text_encoder_3=t5,
+                tokenizer_3=t5_tokenizer,
+            )
+    return ready(pipe).to(device, dtype)

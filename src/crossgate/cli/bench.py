@@ -29,6 +29,8 @@ BENCH_MODELS = (
     "sdxl",
     "pixart-alpha",
     "wan13b",
+    "sd3-medium",
+    "flux1-dev",
     "tiny",
     "tiny-sdxl",
     "tiny-pixart",
@@ -91,7 +93,8 @@ def register(subparsers: Any) -> None:
         "--layers",
         type=positive_int,
         default=None,
-        help="smoke runs only: build pixart-alpha / wan13b with this many layers (real widths); the "
+        help="smoke runs only: build pixart-alpha / wan13b / sd3-medium / flux1-dev with this many layers "
+        "(real widths; FLUX: as many double- and single-stream blocks); the "
         "table is then not the real model's and says so",
     )
     p.add_argument("--steps", type=positive_int, default=25, help="num_inference_steps")
@@ -205,7 +208,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.model_dir or model.startswith("embedded"):
                 if args.layers:
-                    raise CommandError("--layers applies to the random-weight pixart-alpha / wan13b only.")
+                    raise CommandError(
+                        "--layers applies to the random-weight transformer architectures only."
+                    )
                 folder = args.model_dir or (
                     default_model() if model == "embedded" else embedded_model("mmdit")
                 )

@@ -28,6 +28,8 @@ BENCH_MODELS: dict[str, int] = {
     "tiny-sdxl": 32,
     "tiny-pixart": 64,
     "tiny-wan": 16,
+    "sd3-medium": 256,
+    "flux1-dev": 256,
     "tiny-sd3": 32,
     "tiny-flux": 32,
     "embedded": 32,
@@ -40,10 +42,17 @@ GPU_SIZES: dict[str, tuple[int, int]] = {
     "sdxl": (1024, 1024),
     "pixart-alpha": (1024, 1024),
     "wan13b": (480, 832),
+    "sd3-medium": (1024, 1024),
+    "flux1-dev": (1024, 1024),
 }
 # Video models: (frames on CPU, frames on CUDA); a Wan clip has 1 + 4k frames.
 VIDEO_FRAMES: dict[str, tuple[int, int]] = {"wan13b": (5, 17), "tiny-wan": (5, 5)}
-LAYERED = ("pixart-alpha", "wan13b")  # transformer architectures whose depth --layers may cut
+LAYERED = (
+    "pixart-alpha",
+    "wan13b",
+    "sd3-medium",
+    "flux1-dev",
+)  # transformer architectures whose depth --layers may cut
 
 
 @dataclass(frozen=True)
