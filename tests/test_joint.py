@@ -293,3 +293,22 @@ def test_after_the_gate_each_block_holds_one_frozen_row_per_image_and_the_captur
     blocks = config.num_layers
     expected = (3 * (blocks - 1) + 2) * 1 * text_tokens * hidden  # the last block hands no text on
     assert held and set(held) == {(0, expected)}
+
+
+def test_a_processor_swapped_after_apply_is_refused_when_the_call_starts():
+    case = JOINT_CASES["SD3"]
+    pipe = case.build()
+    plain = _run(pipe, case)
+    crossgate.apply(pipe, gate_step=GATE)
+    original = pipe.transformer.transformer_blocks[0].attn.processor
+
+    class Custom:
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kwargs):
+            return original(attn, hidden_states, encoder_hidden_states, **kwargs)
+
+    pipe.transformer.transformer_blocks[0].attn.set_processor(Custom())
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="stock processor"):
+        _run(pipe, case)
+    pipe.transformer.transformer_blocks[0].attn.set_processor(original)
+    crossgate.remove(pipe)
+    assert torch.equal(_run(pipe, case), plain)  # the pipeline stays usable

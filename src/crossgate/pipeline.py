@@ -156,12 +156,8 @@ class _Installation:
             self._register(module, hook)
             self.cross_attention[name] = hook
         if adapter.joint and not self.control:
-            joint = joint_blocks(denoiser)
-            for name, block, block_kind in joint:
-                reason = block_kind.check(block)
-                if reason is not None:
-                    raise UnsupportedPipelineError(f"crossgate: {name}: {reason}")
-            for name, block, block_kind in joint:
+            _check_joint_processors(denoiser)
+            for name, block, block_kind in joint_blocks(denoiser):
                 joint_hook = JointBlockHook(lane, block_kind)
                 self._register(block, joint_hook)
                 self.joint[name] = joint_hook
@@ -239,6 +235,8 @@ class _Session:
 
     def begin_loop(self, pipe: Any, num_steps: int) -> CallState:
         _check_diffusers_caches(pipe, self.adapter)  # a cache enabled after apply()
+        if self.adapter.joint:  # a processor swapped after apply() (an IP-Adapter loaded)
+            _check_joint_processors(self.adapter.denoiser(pipe))
         parts = _parts(self.adapter, pipe)
         if [(p.path, p.module) for p in parts] != [(p.path, p.module) for p in self.parts]:
             self._rehook(pipe, parts)
@@ -410,6 +408,14 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
         _check_per_pass(type(pipe).__name__, config)
     _check_diffusers_caches(pipe, adapter)
     return config
+
+
+def _check_joint_processors(denoiser: torch.nn.Module) -> None:
+    """Refuse joint blocks whose attention processor crossgate does not know (before anything runs)."""
+    for name, block, kind in joint_blocks(denoiser):
+        reason = kind.check(block)
+        if reason is not None:
+            raise UnsupportedPipelineError(f"crossgate: {name}: {reason}")
 
 
 def _check_joint(name: str, adapter: ModelAdapter, config: TGateConfig) -> None:
