@@ -127,3 +127,28 @@ def test_short_names_resolve_in_the_loader():
 
     assert embedded_model("shapes") == str(default_model_path())
     assert embedded_model("nope") is None
+
+
+def test_the_short_name_works_in_the_app_and_the_cli(shipped, tmp_path, capsys):
+    from crossgate.app.runner import load_model
+    from crossgate.cli import main
+
+    pipe, label = load_model("mmdit", device="cpu")
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and label == "mmdit"
+    out = tmp_path / "g.png"
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle left of a blue square",
+                "--model",
+                "mmdit",
+                "--steps",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.is_file()
