@@ -20,9 +20,14 @@ What runs where, for a MODEL patched by the node (``apply_tgate``):
 * attn2 (cross-attention) of every transformer block: ``attn2_patch`` + a per-block
   ``set_model_attn2_replace`` + ``attn2_output_patch``. Before the gate the replace runs ComfyUI's own
   ``optimized_attention`` (or the replace another node had installed for that block), and at the
-  step before the gate the output patch keeps each block's output. After the gate the patch hands
-  the block zero query/key/value tokens, the replace computes nothing, and the output patch returns
-  the cache: the mean of the conditional and unconditional outputs. No projection, no attention.
+  step before the gate the output patch keeps each block's output. After the gate the output patch
+  returns the cache: the mean of the conditional and unconditional outputs. Where TGATE's hooks are
+  the block's last attn2 patch, its attn2 replace and its first attn2 output patch (TGATE placed
+  after the other patch nodes), the patch hands the block zero query/key/value tokens and the
+  replace computes nothing: no projection, no attention. Where another node's attn2 patch, replace
+  or output patch would see those tensors (it was applied after TGATE, or an output patch before
+  it), nothing is shrunk: that node runs on the real inputs (it computes, and TGATE's cache is still
+  what the block returns), so foreign code never gets 0-token tensors (IPAdapter divides by them).
 * TGATE v2 (``self_attention_interval``): the same three hooks on attn1 (self-attention) follow the
   published schedule (``tgate_schedule.self_attention_action``).
 
@@ -304,6 +309,7 @@ class _Run:
         self.first_call = True
         self.cross = _Store()
         self.self_attn = _Store()
+        self.shrinkable: frozenset = frozenset()  # blocks whose attn2 may get 0-token tensors
         self.report: dict[str, Any] = {
             "steps": self.num_steps,
             "gate": self.gate,
@@ -372,6 +378,7 @@ class TGateController:
         run = _Run(self.settings, sigma_list, sampler_name(getattr(executor, "class_obj", None)))
         model_options = dict(extra_args.get("model_options", {}))
         transformer_options = dict(model_options.get("transformer_options", {}))
+        run.shrinkable = self._shrinkable(transformer_options)
         transformer_options[KEY] = run
         model_options["transformer_options"] = transformer_options
         extra_args = {**extra_args, "model_options": model_options}
@@ -395,6 +402,21 @@ class TGateController:
                 run.report["cross_attention"]["computed"],
                 run.report["cross_attention"]["replayed"],
             )
+
+    def _shrinkable(self, transformer_options: dict) -> frozenset:
+        """Blocks whose attn2 can be handed 0-token tensors after the gate without another node
+        seeing them: TGATE's patch is the last attn2 patch, its replace the block's, and its output
+        patch the first."""
+        patches = transformer_options.get("patches", {})
+        before, after = patches.get("attn2_patch", []), patches.get("attn2_output_patch", [])
+        if not before or getattr(before[-1], "__self__", None) is not self:
+            return frozenset()
+        if not after or getattr(after[0], "__self__", None) is not self:
+            return frozenset()
+        replace = transformer_options.get("patches_replace", {}).get("attn2", {})
+        return frozenset(
+            k for k in self.keys if hasattr(replace.get(k) or replace.get(k[:2]), "_crossgate_previous")
+        )
 
     def predict_noise(self, executor, x, timestep, model_options, seed):
         run = _run_of(model_options.get("transformer_options"))
@@ -437,17 +459,20 @@ class TGateController:
         return ("store" if run.step == run.gate - 1 else "compute"), None
 
     def attn2_patch(self, n, context, value, extra):
-        if self._cross_decision(extra)[0] == "replay":
+        if self._cross_decision(extra)[0] == "replay" and _layer_key(extra) in _run_of(extra).shrinkable:
             return n[:, :0], context[:, :0], (value if value is None else value[:, :0])
         return n, context, value
 
     def attn2_replace(self, key: tuple, previous):
         def replace(q, k, v, extra):
             if self._cross_decision(extra)[0] == "replay":
-                return q[:, :0]
+                # shrunk: nothing to compute; otherwise zeros of q's shape (the output patch
+                # returns the cache) for any output patch another node put before TGATE's
+                return q[:, :0] if q.shape[1] == 0 else q.new_zeros(q.shape)
             return _attention(previous, q, k, v, extra)
 
         replace._crossgate_previous = previous  # type: ignore[attr-defined]
+        replace._crossgate_owner = self  # type: ignore[attr-defined]
         return replace
 
     def attn2_output_patch(self, n, extra):
@@ -604,7 +629,8 @@ class TGate:
         "TGATE: after the gate, cross-attention is replayed from a cache (the mean of the conditional "
         "and unconditional outputs at the step before the gate) and the unconditional CFG branch is "
         "dropped, so the UNet runs at half the batch. No retraining. A gate at or after the last step "
-        "changes nothing."
+        "changes nothing. Place it after other attention-patch nodes (IPAdapter, ...) to skip all "
+        "cross-attention work; placed before them it still works, but their attention keeps running."
     )
     CATEGORY = "model_patches"
     RETURN_TYPES = ("MODEL",)

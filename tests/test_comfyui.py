@@ -234,6 +234,19 @@ def test_other_patches_keep_working(facts):
     assert f["other patches tgate vs reference"]["max_rel"] <= REL_TOL
 
 
+def test_other_nodes_attention_code_never_gets_empty_tensors_in_either_order(facts):
+    f = _check(facts, "patches_after_tgate")
+    blocks = f["blocks"]
+    assert f["tgate alone vs reference"]["equal"] and f["plain differs"] > 1e-2
+    for order in ("after", "before"):  # an IPAdapter-like replace / patch / output patch: no 0-token input
+        assert f[order]["replace_empty"] == f[order]["patch_empty"] == f[order]["output_empty"] == 0
+        assert f[order]["vs tgate alone"]["equal"], order  # TGATE's cache is still what the block returns
+    assert f["after"]["replace"] == STEPS * blocks  # placed after TGATE: it keeps running (on real inputs)
+    assert f["before"]["replace"] == GATE * blocks  # placed before: TGATE wraps it, skipped after the gate
+    # TGATE last: the 0-token path, no cross-attention computed after the gate
+    assert f["tgate last replays"] == {"computed": GATE * blocks, "replayed": (STEPS - GATE) * blocks}
+
+
 def test_no_state_between_prompts(facts):
     f = _check(facts, "no_state")
     for sampler in SAMPLERS:

@@ -284,6 +284,66 @@ class Checks:
         out["blocks"] = len(self.env.transformer_blocks(self.model))
         return out
 
+    def check_patches_after_tgate(self) -> dict:
+        """Other nodes' attn2 code that cannot take 0-token tensors (IPAdapter divides by the query
+        length), in either order around TGATE: sampling completes and equals the reference."""
+        import comfy.ldm.modules.attention as attention
+
+        out = {}
+        seen = {"replace_empty": 0, "patch_empty": 0, "output_empty": 0, "replace": 0}
+
+        def strict_replace(q, k, v, extra):
+            seen["replace"] += 1
+            seen["replace_empty"] += int(q.shape[1] == 0)
+            _ = q.shape[-1] // q.shape[1]  # IPAdapter's per-token arithmetic: fails on 0 tokens
+            return attention.optimized_attention(
+                q, k, v, extra["n_heads"], attn_precision=extra["attn_precision"]
+            )
+
+        def strict_patch(n, context, value, extra):
+            seen["patch_empty"] += int(n.shape[1] == 0)
+            _ = n.shape[-1] // n.shape[1]
+            return n, context, value
+
+        def strict_output(n, extra):
+            seen["output_empty"] += int(n.shape[1] == 0)
+            _ = n.shape[-1] // n.shape[1]
+            return n
+
+        blocks = self.env.transformer_blocks(self.model)
+        plain_ref = self.sample(self.model)
+        reference, _ = reference_sample(self.env, self.model, self.pos, self.neg, steps=STEPS, gate=GATE)
+        tgate_alone = self.sample(self.env.tgate(self.model, gate_mode="step", gate_step=GATE))
+        out["tgate alone vs reference"] = self.diff(tgate_alone, reference)
+        # after TGATE: a replace on every block and an attn2 patch
+        after = self.env.tgate(self.model, gate_mode="step", gate_step=GATE)
+        for key, _ in blocks:
+            after.set_model_attn2_replace(strict_replace, key[0], key[1], key[2])
+        after.set_model_attn2_patch(strict_patch)
+        seen.update(replace_empty=0, patch_empty=0, output_empty=0, replace=0)
+        result = self.sample(after)
+        out["after"] = {**seen, "vs tgate alone": self.diff(result, tgate_alone)}
+        # before TGATE: an output patch (it runs before TGATE's) and a replace (TGATE wraps it)
+        before = self.model.clone()
+        before.set_model_attn2_output_patch(strict_output)
+        for key, _ in blocks:
+            before.set_model_attn2_replace(strict_replace, key[0], key[1], key[2])
+        gated = self.env.tgate(before, gate_mode="step", gate_step=GATE)
+        seen.update(replace_empty=0, patch_empty=0, output_empty=0, replace=0)
+        result = self.sample(gated)
+        out["before"] = {**seen, "vs tgate alone": self.diff(result, tgate_alone)}
+        # TGATE last, nothing after it: the 0-token path (no attention computed after the gate)
+        last = self.env.tgate(self.model, gate_mode="step", gate_step=GATE)
+        out["tgate last replays"] = self.env_report(last)
+        out["blocks"] = len(blocks)
+        out["plain differs"] = float((plain_ref - tgate_alone).abs().max())
+        return out
+
+    def env_report(self, model) -> dict:
+        """Sample ``model`` and return its TGATE report's cross-attention counts."""
+        self.sample(model)
+        return dict(self.env.controller(model).last_report["cross_attention"])
+
     def check_no_state(self) -> dict:
         """Nothing is kept between prompts: a second prompt on the same patched model equals a fresh one."""
         torch = self.torch
