@@ -11,6 +11,10 @@ Variants at gates 0.2 / 0.4 / 0.6 of 25 steps (m = 5, 10, 15), each against plai
 * ``tgate:M``: both (joint-attention TGATE, ``text_stream="frozen"``, the cond branch fed);
 * ``tgate:M:ts=frozen_mean``: both, the text stream frozen at the CFG mean of the two branches.
 
+Stages: ``screen`` (m = 5, 10, 15), ``screen-late`` (m = 20, 23), ``screen-guidance`` (the engine's
+``guidance_after_gate=1`` on top) at 24 held-out captions x 2 seeds; ``final`` at 96 x 4 for the
+finalists. Guidance 3.0 throughout (plain's best of 2 / 3 / 4.5 / 7 on the held-out captions).
+
 ``report`` applies the rule that picks the shipped default: among the variants whose object and
 strict-relation accuracy are both within 1 point of plain (in the final stage), the one with the
 lowest executed MACs.
@@ -26,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TOLERANCE = 0.01  # accuracy within 1 point of plain
+GUIDANCE = (
+    3.0  # plain sampling's best of 2 / 3 / 4.5 on the held-out captions (docs/joint-attention-study.md)
+)
 VARIANTS = ("ts=live", "kc=1", "", "ts=frozen_mean")
 LABELS = {
     "ts=live": "CFG cut alone",
@@ -42,6 +49,7 @@ class Stage:
     gates: tuple[int, ...]
     variants: tuple[str, ...] = VARIANTS
     steps: int = 25
+    guidance: float | None = GUIDANCE
 
     def configs(self) -> list[str]:
         """The non-default variants (eval runs plain and ``tgate:M`` for each ``--gate-steps`` M)."""
@@ -52,6 +60,8 @@ class Stage:
         args = ["eval", "--model", model, "--threads", "1", "--steps", str(self.steps)]
         args += ["--max-captions", str(self.captions), "--per-caption", str(self.per_caption)]
         args += ["--batch-size", "48", "--seed", "0", "--out-dir", str(out_dir), "--gate-steps", gates]
+        if self.guidance is not None:
+            args += ["--guidance", str(self.guidance)]
         for spec in self.configs():
             args += ["--config", spec]
         return args
@@ -59,7 +69,13 @@ class Stage:
 
 STAGES = {
     "screen": Stage(captions=24, per_caption=2, gates=(5, 10, 15)),
-    "final": Stage(captions=96, per_caption=4, gates=(5, 10), variants=("ts=live", "")),
+    "screen-late": Stage(captions=24, per_caption=2, gates=(20, 23)),
+    # the engine's guidance_after_gate (the last guidance difference kept at no extra pass)
+    "screen-guidance": Stage(
+        captions=24, per_caption=2, gates=(10, 15), variants=("w=1", "ts=live:w=1", "ts=frozen_mean:w=1")
+    ),
+    # the screen's variants within 1 point of plain (all at m=23), at full scale on the shipped model
+    "final": Stage(captions=96, per_caption=4, gates=(23,), variants=("ts=live", "ts=frozen_mean")),
     "smoke": Stage(captions=2, per_caption=1, gates=(2,), steps=4),  # the code path, in seconds (tests)
 }
 
