@@ -168,20 +168,28 @@ def _rope(x: torch.Tensor, rotary: Any) -> torch.Tensor:
     return cast(torch.Tensor, apply_rotary_emb(x, rotary, sequence_dim=1))
 
 
-def _rotary(kwargs: dict, start: int, stop: int | None) -> Any:
+def _with_rotary(x: torch.Tensor, kwargs: dict, start: int, stop: int | None) -> torch.Tensor:
+    """``x`` with FLUX's rotary embedding of token rows ``start:stop`` (the block's table), if it has one."""
     table = kwargs.get("image_rotary_emb")
-    return None if table is None else tuple(t[start:stop] for t in table)
+    return x if table is None else _rope(x, tuple(t[start:stop] for t in table))
 
 
-def _flux_attend(attn: Any, query, key, value, frozen: TextStream) -> torch.Tensor:
+def _flux_image_attention(attn: Any, normed: torch.Tensor, frozen: TextStream, kwargs: dict) -> torch.Tensor:
+    """The image rows' attention output (before any output projection) against the frozen text.
+
+    Image queries/keys/values from ``normed`` (qk-norm, rotary of the image rows), keys and values in
+    FLUX's ``[text; image]`` order, dispatched with the processor's attention backend.
+    """
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-    key = torch.cat([frozen.key, key], dim=1)
-    value = torch.cat([frozen.value, value], dim=1)
+    query, key, value = _flux_qkv(attn, normed)
+    text_len = frozen.key.shape[1]
+    query = _with_rotary(attn.norm_q(query), kwargs, text_len, None)
+    key = _with_rotary(attn.norm_k(key), kwargs, text_len, None)
     out = dispatch_attention_fn(
         query,
-        key,
-        value,
+        torch.cat([frozen.key, key], dim=1),
+        torch.cat([frozen.value, value], dim=1),
         backend=attn.processor._attention_backend,
         parallel_config=attn.processor._parallel_config,
     )
@@ -202,22 +210,13 @@ class FluxDouble(JointKind):
         else:
             key, value = attn.add_k_proj(normed), attn.add_v_proj(normed)
         key, value = key.unflatten(-1, (-1, attn.head_dim)), value.unflatten(-1, (-1, attn.head_dim))
-        key = attn.norm_added_k(key)
-        rotary = _rotary(kwargs, 0, text.shape[1])
-        if rotary is not None:
-            key = _rope(key, rotary)
+        key = _with_rotary(attn.norm_added_k(key), kwargs, 0, text.shape[1])
         return TextStream(key, value, output[0])
 
     def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
         hidden, temb, attn = kwargs["hidden_states"], kwargs["temb"], block.attn
         normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)
-        query, key, value = _flux_qkv(attn, normed)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        rotary = _rotary(kwargs, frozen.key.shape[1], None)
-        if rotary is not None:
-            query = _rope(query, rotary)
-            key = _rope(key, rotary)
-        out = _flux_attend(attn, query, key, value, frozen)
+        out = _flux_image_attention(attn, normed, frozen, kwargs)
         out = attn.to_out[1](attn.to_out[0](out.contiguous()))
         hidden = hidden + gate_msa.unsqueeze(1) * out
         normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
@@ -238,23 +237,14 @@ class FluxSingle(JointKind):
             _, key, value = _flux_qkv(attn, normed)
         else:  # keys and values only: no text query rows
             key, value = (p(normed).unflatten(-1, (-1, attn.head_dim)) for p in (attn.to_k, attn.to_v))
-        key = attn.norm_k(key)
-        rotary = _rotary(kwargs, 0, text.shape[1])
-        if rotary is not None:
-            key = _rope(key, rotary)
+        key = _with_rotary(attn.norm_k(key), kwargs, 0, text.shape[1])
         return TextStream(key, value, output[0])
 
     def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
         hidden, attn = kwargs["hidden_states"], block.attn
         normed, gate = block.norm(hidden, emb=kwargs["temb"])
         mlp = block.act_mlp(block.proj_mlp(normed))
-        query, key, value = _flux_qkv(attn, normed)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        rotary = _rotary(kwargs, frozen.key.shape[1], None)
-        if rotary is not None:
-            query = _rope(query, rotary)
-            key = _rope(key, rotary)
-        out = _flux_attend(attn, query, key, value, frozen)
+        out = _flux_image_attention(attn, normed, frozen, kwargs)
         hidden = hidden + gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2))
         if hidden.dtype == torch.float16:
             hidden = hidden.clip(-65504, 65504)
