@@ -44,13 +44,10 @@ from crossgate.embedded.model import write_tokenizer
 from crossgate.embedded.scenes import held_out_compositions, training_compositions
 from crossgate.embedded.training import EMA, drop_captions, encode_means, make_data, tokenize
 from embedded_detect import evaluate
+from train_embedded import log, save_atomic  # the UNet model's script: same logging, same checkpoints
 
 SHIP_DIR = Path(__file__).resolve().parents[1] / "src" / "crossgate" / "embedded" / MODEL_NAME
 TINY = {"num_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2, "caption_projection_dim": 16}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,12 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, default=0.0, help="minutes; checkpoint, export and stop")
     p.add_argument("--tiny", action="store_true", help="tiny transformer (tests)")
     return p.parse_args(argv)
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def assemble(vae, encoders, tokenizer, transformer) -> StableDiffusion3Pipeline:
