@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crossgate.testing import tiny_flux_pipeline, tiny_sd3_pipeline
+from crossgate.testing import (
+    tiny_flux_pipeline,
+    tiny_hunyuan_video_pipeline,
+    tiny_qwen_image_pipeline,
+    tiny_sd3_pipeline,
+)
 
 
 def _image(seed: int = 0) -> Image.Image:
@@ -28,6 +33,9 @@ class JointCase:
     call: dict[str, Any] = field(default_factory=dict)
     cfg: bool = True
     sequential: bool = False
+    text_first: bool = True  # joint attention's token order: [text; image] (FLUX) or [image; text]
+    text_output: int = 0  # where a block's output tuple has the text stream
+    mean: bool = True  # the two branches' text streams have one length (text_stream="frozen_mean")
 
     @property
     def cfg_text(self) -> str:
@@ -49,7 +57,7 @@ def _sd3(cls_name: str, dual: tuple[int, ...] = (), **call: Any) -> JointCase:
             else pipe
         )
 
-    return JointCase(build, cls_name, {"guidance_scale": 5.0, **call})
+    return JointCase(build, cls_name, {"guidance_scale": 5.0, **call}, text_first=False)
 
 
 def _flux(cls_name: str, cfg: bool, **call: Any) -> JointCase:
@@ -62,6 +70,37 @@ def _flux(cls_name: str, cfg: bool, **call: Any) -> JointCase:
     return JointCase(build, cls_name, {"guidance_scale": 3.5, **extra, **call}, cfg=cfg, sequential=True)
 
 
+def _qwen(cls_name: str, cfg: bool, **call: Any) -> JointCase:
+    def build() -> Any:
+        import diffusers
+
+        return tiny_qwen_image_pipeline(cls=getattr(diffusers, cls_name))
+
+    extra = {"true_cfg_scale": 4.0, "negative_prompt": "a blue square"} if cfg else {}
+    # the character tokenizer spells out Qwen's prompt template: keep every token, prompt included
+    call = {"max_sequence_length": 512, **extra, **call}
+    return JointCase(build, cls_name, call, cfg=cfg, sequential=True, mean=False)
+
+
+def _hunyuan_video(cfg: bool) -> JointCase:
+    extra = {"true_cfg_scale": 4.0, "negative_prompt": "a blue square"} if cfg else {}
+    call = {
+        "height": 16,
+        "width": 16,
+        "num_frames": 9,
+        "prompt_template": {"template": "{}", "crop_start": 0},
+    }
+    return JointCase(
+        tiny_hunyuan_video_pipeline,
+        "HunyuanVideoPipeline",
+        {"guidance_scale": 6.0, **call, **extra},
+        cfg=cfg,
+        sequential=True,
+        text_first=False,
+        text_output=1,
+    )
+
+
 _INPAINT = {"image": _image(1), "mask_image": Image.new("L", (32, 32), 255), "strength": 1.0}
 JOINT_CASES: dict[str, JointCase] = {
     "SD3": _sd3("StableDiffusion3Pipeline"),
@@ -70,4 +109,10 @@ JOINT_CASES: dict[str, JointCase] = {
     "SD3 inpainting": _sd3("StableDiffusion3InpaintPipeline", **_INPAINT),
     "FLUX.1": _flux("FluxPipeline", cfg=True),
     "FLUX.1, distilled guidance (no CFG)": _flux("FluxPipeline", cfg=False),
+    "Qwen-Image": _qwen("QwenImagePipeline", cfg=True),
+    "Qwen-Image, no CFG": _qwen("QwenImagePipeline", cfg=False),
+    "Qwen-Image img2img": _qwen("QwenImageImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),
+    "Qwen-Image inpainting": _qwen("QwenImageInpaintPipeline", cfg=True, **_INPAINT),
+    "HunyuanVideo": _hunyuan_video(cfg=False),
+    "HunyuanVideo, true CFG": _hunyuan_video(cfg=True),
 }

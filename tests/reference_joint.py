@@ -37,10 +37,12 @@ class JointReference:
         mean: bool = False,
         live: bool = False,
         keep_cfg: bool = False,
+        text_output: int = 0,
     ) -> None:
         self.pipe, self.gate = pipe, gate
         self.text_first, self.sequential = text_first, sequential
         self.mean, self.live, self.keep_cfg = mean, live, keep_cfg
+        self.text_output = text_output  # where a block's output tuple has the text stream
         self.step = 0
         self.branch = "cond"
         self.kv: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -107,11 +109,13 @@ class JointReference:
 
     def _block_hook(self, index: int):
         def hook(module, args, kwargs, output):
+            t = self.text_output
             if self.step == self.gate - 1 and self.capturing:
-                self.outputs.setdefault(self.store_key, []).append(output[0])
+                self.outputs.setdefault(self.store_key, []).append(output[t])
             elif self.step >= self.gate and not self.live:
                 text = self._frozen(self.outputs, index)
-                return (None if text is None else self._fed(text, self.halved)), output[1]
+                text = None if text is None else self._fed(text, self.halved)
+                return (text, output[1]) if t == 0 else (output[0], text)
             return None
 
         return hook

@@ -37,10 +37,10 @@ def _run(pipe: Any, case: JointCase, **extra: Any) -> torch.Tensor:
         **case.call,
         **extra,
     }
-    return pipe(**kwargs).images
+    return pipe(**kwargs)[0]  # images, or a video pipeline's frames
 
 
-_TEXT_SIDE = ("norm1_context", "norm2_context", "ff_context")
+_TEXT_SIDE = ("norm1_context", "norm2_context", "ff_context", "txt_mod", "txt_norm1", "txt_norm2", "txt_mlp")
 _TEXT_ATTN = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_added_qkv")
 
 
@@ -105,7 +105,10 @@ def test_after_the_gate_one_branch_runs_and_no_text_side_module_runs(case_and_pl
     else:
         assert stats.denoiser_batches == [2 * batch] * GATE + [batch] * (STEPS - GATE)
     assert set(stats.text_stream_replays.values()) == {STEPS - GATE}
-    image_tokens = plain.shape[1] if plain.ndim == 3 else (plain.shape[-1] // 2) * (plain.shape[-2] // 2)
+    if plain.ndim == 5:  # video latents (batch, channels, frames, height, width), patch size 1
+        image_tokens = plain.shape[2] * plain.shape[3] * plain.shape[4]
+    else:
+        image_tokens = plain.shape[1] if plain.ndim == 3 else (plain.shape[-1] // 2) * (plain.shape[-2] // 2)
     assert (single_rows and set(single_rows) == {image_tokens}) or not single_rows
     assert not torch.equal(gated, plain)
 
@@ -119,17 +122,22 @@ def test_equals_the_independent_reference(case_and_plain, variant):
         "text_stream": "frozen" if variant == "keep_cfg" else variant,
         "keep_cfg": variant == "keep_cfg",
     }
+    if variant == "frozen_mean" and not case.mean:  # the branches' texts differ in length
+        with pytest.raises(ConfigError, match="frozen_mean"):
+            crossgate.apply(pipe, gate_step=GATE, **config)
+        assert not crossgate.is_applied(pipe) and torch.equal(_run(pipe, case), plain)
+        return
     with crossgate.enabled(pipe, gate_step=GATE, **config):
         gated = _run(pipe, case)
-    text_first = hasattr(pipe.transformer, "single_transformer_blocks")
     reference = JointReference(
         pipe,
         GATE,
-        text_first=text_first,
+        text_first=case.text_first,
         sequential=case.sequential,
         mean=variant == "frozen_mean",
         live=variant == "live",
         keep_cfg=variant == "keep_cfg",
+        text_output=case.text_output,
     )
     with reference:
         expected = _run(pipe, case, callback_on_step_end=reference.on_step_end)

@@ -256,17 +256,16 @@ class JointBlockHook(ModuleHook):
         self.replayed = False
 
     def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if args:  # the transformers call their blocks by keyword; a positional call is mapped once
-            kwargs = {**dict(zip(("hidden_states", "encoder_hidden_states", "temb"), args)), **kwargs}
+        named = self.kind.bind(args, kwargs)  # by name for crossgate; the block gets its own call
         mode = self.lane.mode
         if mode == SKIP:
-            return self.kind.passthrough(kwargs)
+            return self.kind.passthrough(named)
         if mode == REPLAY and self.cache is not None:
             self.replayed = True
-            return self.kind.image_only(module, self.cache, kwargs)
-        output = compute(module, **kwargs)
+            return self.kind.image_only(module, self.cache, named)
+        output = compute(module, *args, **kwargs)
         if mode == KEEP and self.lane.capture:
-            self.kept = self.kind.text_stream(module, kwargs, output)
+            self.kept = self.kind.text_stream(module, named, output)
         return output
 
 

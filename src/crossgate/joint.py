@@ -79,6 +79,18 @@ class JointKind:
 
     block_types: tuple[str, ...] = ()
     processors: tuple[str, ...] = ()
+    # the block's forward parameters in order: a positional call (HunyuanVideo's, checkpointing) is
+    # read by name; positional arguments past these are ones the block ignores (``*args``)
+    arg_names: tuple[str, ...] = ("hidden_states", "encoder_hidden_states", "temb")
+    text_output: int = 0  # where the block's output tuple has the text stream (the image one: the other)
+
+    def bind(self, args: tuple, kwargs: dict) -> dict:
+        """The block's arguments by name."""
+        return {**dict(zip(self.arg_names, args)), **kwargs} if args else kwargs
+
+    def pair(self, text: Any, image: Any) -> tuple[Any, Any]:
+        """The block's output tuple of a text and an image stream, in the block's order."""
+        return (text, image) if self.text_output == 0 else (image, text)
 
     def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
         raise NotImplementedError
@@ -86,10 +98,9 @@ class JointKind:
     def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
         raise NotImplementedError
 
-    @staticmethod
-    def passthrough(kwargs: dict) -> Any:
+    def passthrough(self, kwargs: dict) -> Any:
         """A skipped block (sequential CFG's uncond call): both streams handed through."""
-        return kwargs["encoder_hidden_states"], kwargs["hidden_states"]
+        return self.pair(kwargs["encoder_hidden_states"], kwargs["hidden_states"])
 
     def check(self, block: Any) -> str | None:
         """Why this block cannot be gated (a processor crossgate does not know), or None."""
@@ -251,7 +262,168 @@ class FluxSingle(JointKind):
         return frozen.output, hidden
 
 
-KINDS: tuple[JointKind, ...] = (SD3Joint(), FluxDouble(), FluxSingle())
+def _attend(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any = None) -> Any:
+    """Attention over ``(batch, tokens, heads, dim)`` with the processor's backend, heads merged."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    out = dispatch_attention_fn(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=0.0,
+        is_causal=False,
+        backend=attn.processor._attention_backend,
+        parallel_config=attn.processor._parallel_config,
+    )
+    return out.flatten(2, 3).to(query.dtype)
+
+
+class QwenDouble(JointKind):
+    """``QwenImageTransformerBlock`` (Qwen-Image and its Edit pipelines): tokens ``[text; image]``.
+
+    The text side is ``txt_mod``/``txt_norm1``/``txt_norm2``/``txt_mlp`` and the attention's ``add_*``
+    projections; rotary positions come as ``(image table, text table)``; the text mask rides along.
+    """
+
+    block_types = ("QwenImageTransformerBlock",)
+    processors = ("QwenDoubleStreamAttnProcessor2_0",)
+    arg_names = (
+        "hidden_states",
+        "encoder_hidden_states",
+        "encoder_hidden_states_mask",
+        "temb",
+        "image_rotary_emb",
+        "joint_attention_kwargs",
+        "modulate_index",
+    )
+
+    @staticmethod
+    def _rope(x: torch.Tensor, kwargs: dict, index: int) -> torch.Tensor:
+        from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+        table = kwargs.get("image_rotary_emb")
+        return x if table is None else cast(torch.Tensor, apply_rotary_emb_qwen(x, table[index], use_real=False))
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        attn, text, temb = block.attn, kwargs["encoder_hidden_states"], kwargs["temb"]
+        if block.zero_cond_t:
+            temb = torch.chunk(temb, 2, dim=0)[0]
+        txt_mod1 = block.txt_mod(temb).chunk(2, dim=-1)[0]
+        normed, _ = block._modulate(block.txt_norm1(text), txt_mod1)
+        head_dim = attn.inner_dim // attn.heads
+        key = attn.add_k_proj(normed).unflatten(-1, (-1, head_dim))
+        value = attn.add_v_proj(normed).unflatten(-1, (-1, head_dim))
+        if attn.norm_added_k is not None:
+            key = attn.norm_added_k(key)
+        return TextStream(self._rope(key, kwargs, 1), value, output[0])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        attn, hidden, index = block.attn, kwargs["hidden_states"], kwargs.get("modulate_index")
+        img_mod1, img_mod2 = block.img_mod(kwargs["temb"]).chunk(2, dim=-1)
+        normed, gate1 = block._modulate(block.img_norm1(hidden), img_mod1, index)
+        head_dim = attn.inner_dim // attn.heads
+        query, key, value = (
+            p(normed).unflatten(-1, (-1, head_dim)) for p in (attn.to_q, attn.to_k, attn.to_v)
+        )
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        query, key = self._rope(query, kwargs, 0), self._rope(key, kwargs, 0)
+        text_mask, mask = kwargs.get("encoder_hidden_states_mask"), None
+        if text_mask is not None:  # the processor's joint mask: text mask, then every image token
+            image_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            mask = torch.cat([text_mask, image_mask], dim=1)[:, None, None, :]
+        out = _attend(attn, query, torch.cat([frozen.key, key], 1), torch.cat([frozen.value, value], 1), mask)
+        out = attn.to_out[0](out.contiguous())
+        if len(attn.to_out) > 1:
+            out = attn.to_out[1](out)
+        hidden = hidden + gate1 * out
+        normed, gate2 = block._modulate(block.img_norm2(hidden), img_mod2, index)
+        hidden = hidden + gate2 * block.img_mlp(normed)
+        if hidden.dtype == torch.float16:
+            hidden = hidden.clip(-65504, 65504)
+        return frozen.output, hidden
+
+
+def _hunyuan_qkv(attn: Any, x: torch.Tensor, rotary: Any) -> tuple[torch.Tensor, ...]:
+    """HunyuanVideo's image queries/keys/values: heads split, qk-norm, rotary (image rows only)."""
+    query, key, value = (p(x).unflatten(2, (attn.heads, -1)) for p in (attn.to_q, attn.to_k, attn.to_v))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    if rotary is not None:
+        query, key = _rope(query, rotary), _rope(key, rotary)
+    return query, key, value
+
+
+def _hunyuan_text_kv(attn: Any, normed: torch.Tensor, added: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """HunyuanVideo's text keys/values (no rotary on text): the ``add_*`` projections or the shared ones."""
+    to_k, to_v = (attn.add_k_proj, attn.add_v_proj) if added else (attn.to_k, attn.to_v)
+    key, value = to_k(normed).unflatten(2, (attn.heads, -1)), to_v(normed).unflatten(2, (attn.heads, -1))
+    norm = attn.norm_added_k if added else attn.norm_k
+    return (key if norm is None else norm(key)), value
+
+
+class HunyuanDouble(JointKind):
+    """``HunyuanVideoTransformerBlock``: tokens ``[image; text]``, rotary on image only, output (image, text)."""
+
+    block_types = ("HunyuanVideoTransformerBlock",)
+    processors = ("HunyuanVideoAttnProcessor2_0",)
+    arg_names = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask", "freqs_cis")
+    text_output = 1
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        normed = block.norm1_context(kwargs["encoder_hidden_states"], emb=kwargs["temb"])[0]
+        key, value = _hunyuan_text_kv(block.attn, normed, added=True)
+        return TextStream(key, value, output[1])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        attn, hidden = block.attn, kwargs["hidden_states"]
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=kwargs["temb"])
+        query, key, value = _hunyuan_qkv(attn, normed, kwargs.get("freqs_cis"))
+        key, value = torch.cat([key, frozen.key], 1), torch.cat([value, frozen.value], 1)
+        out = attn.to_out[1](attn.to_out[0](_attend(attn, query, key, value, kwargs.get("attention_mask"))))
+        hidden = hidden + out * gate_msa.unsqueeze(1)
+        normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
+        return hidden, frozen.output
+
+
+class HunyuanSingle(JointKind):
+    """``HunyuanVideoSingleTransformerBlock``: shared weights over ``[image; text]``; only image rows run."""
+
+    block_types = ("HunyuanVideoSingleTransformerBlock",)
+    processors = ("HunyuanVideoAttnProcessor2_0",)
+    arg_names = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask", "image_rotary_emb")
+    text_output = 1
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        normed, _ = block.norm(kwargs["encoder_hidden_states"], emb=kwargs["temb"])  # per token
+        key, value = _hunyuan_text_kv(block.attn, normed, added=False)
+        return TextStream(key, value, output[1])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        attn, hidden = block.attn, kwargs["hidden_states"]
+        normed, gate = block.norm(hidden, emb=kwargs["temb"])
+        mlp = block.act_mlp(block.proj_mlp(normed))
+        query, key, value = _hunyuan_qkv(attn, normed, kwargs.get("image_rotary_emb"))
+        key, value = torch.cat([key, frozen.key], 1), torch.cat([value, frozen.value], 1)
+        out = _attend(attn, query, key, value, kwargs.get("attention_mask"))
+        hidden = gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2)) + hidden
+        return hidden, frozen.output
+
+
+KINDS: tuple[JointKind, ...] = (
+    SD3Joint(),
+    FluxDouble(),
+    FluxSingle(),
+    QwenDouble(),
+    HunyuanDouble(),
+    HunyuanSingle(),
+)
 
 
 def kind_of(block: Any) -> JointKind | None:

@@ -423,7 +423,7 @@ def _check_joint(name: str, adapter: ModelAdapter, config: TGateConfig) -> None:
     if not adapter.joint:
         if config.sets_joint_options:
             raise ConfigError(
-                f"text_stream and keep_cfg apply to joint-attention pipelines (SD3, FLUX); {name} gates "
+                f"text_stream and keep_cfg apply to joint-attention pipelines (SD3, FLUX, Qwen-Image, HunyuanVideo); {name} gates "
                 "cross-attention. Leave text_stream='frozen' and keep_cfg=False."
             )
         return
@@ -436,6 +436,12 @@ def _check_joint(name: str, adapter: ModelAdapter, config: TGateConfig) -> None:
         raise ConfigError(
             f"TGATE v2's self-attention caching is not available for {name} (joint attention: text and "
             "image share one attention); leave self_attention_interval=None."
+        )
+    if config.text_stream == "frozen_mean" and not adapter.branch_texts_aligned:
+        raise ConfigError(
+            f"text_stream='frozen_mean' averages the two CFG branches' text streams token by token, but "
+            f"{name} encodes the prompt and the negative prompt separately, to lengths of their own; "
+            "use text_stream='frozen' (the prompt's) or keep_cfg=True (each branch its own)."
         )
 
 

@@ -691,6 +691,152 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, cls: Any = N
     )
 
 
+def tiny_qwen_image_pipeline(seed: int = 0, cls: Any = None):
+    """A Qwen-Image pipeline (double-stream joint blocks, text first) with tiny widths and random weights.
+
+    Two ``QwenImageTransformerBlock``s, a two-layer random Qwen2.5-VL text encoder under a character
+    tokenizer (the prompt template's characters it lacks map to ``<unk>``), the Qwen-Image VAE at 4
+    latent channels; 32x32 images. ``true_cfg_scale > 1`` with a negative prompt runs real CFG.
+    """
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=1024)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=24,
+        z_dim=4,
+        dim_mult=[1, 2, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    rope = {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_scaling": rope,
+            "rope_theta": 1000000.0,
+            "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": 16,
+        },
+        hidden_size=16,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    return ready(
+        (cls or QwenImagePipeline)(
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+        )
+    )
+
+
+def tiny_hunyuan_video_pipeline(seed: int = 0):
+    """A HunyuanVideo pipeline (double- and single-stream blocks, text last) with tiny widths, random weights.
+
+    One double- and one single-stream block and one token-refiner layer; a two-layer random Llama
+    and a CLIP text encoder under character tokenizers; the HunyuanVideo VAE at 8 channels. Guidance
+    is distilled (an embedding); ``true_cfg_scale > 1`` with a negative prompt runs real CFG.
+    """
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=10,
+        num_layers=1,
+        num_single_layers=1,
+        num_refiner_layers=1,
+        patch_size=1,
+        patch_size_t=1,
+        guidance_embeds=True,
+        text_embed_dim=16,
+        pooled_projection_dim=8,
+        rope_axes_dim=(2, 4, 4),
+    )
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        act_fn="silu",
+        norm_num_groups=4,
+        scaling_factor=0.476986,
+        spatial_compression_ratio=8,
+        temporal_compression_ratio=4,
+        mid_block_add_attention=True,
+    )
+    tokenizer = char_fast_tokenizer(max_length=256)
+    llama = LlamaConfig(
+        hidden_size=16,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        pad_token_id=0,
+        bos_token_id=3,
+        eos_token_id=1,
+    )
+    clip_tokenizer = char_tokenizer()
+    return ready(
+        HunyuanVideoPipeline(
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+            vae=vae,
+            text_encoder=LlamaModel(llama),
+            tokenizer=tokenizer,
+            text_encoder_2=CLIPTextModel(clip_text_config(clip_tokenizer, 8)),
+            tokenizer_2=clip_tokenizer,
+        )
+    )
+
+
 def joint_architecture_pipeline(
     transformer_config: dict[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
 ):

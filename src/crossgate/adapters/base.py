@@ -134,6 +134,9 @@ class ModelAdapter:
     # Joint-attention transformers (SD3, FLUX): no cross-attention; after the gate each joint block's
     # text stream is frozen (crossgate.joint).
     joint: bool = False
+    # Joint families whose CFG branches' text streams always have one length (padded to a fixed
+    # length): only those can average them (``text_stream="frozen_mean"``). Qwen-Image's do not.
+    branch_texts_aligned: bool = True
 
     def denoiser(self, pipe: object) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attr)
@@ -205,7 +208,7 @@ class ModelAdapter:
         if self.fixed_cfg is not None:
             return self.fixed_cfg
         if self.cfg_layout == "sequential" and self.joint:
-            return False  # FLUX's true CFG has no flag: the first call named "uncond" turns it on
+            return False  # true CFG (FLUX, Qwen-Image, HunyuanVideo) has no flag: the first "uncond" call turns it on
         try:
             flag = None if self.cfg_from_encode_prompt else getattr(pipe, "do_classifier_free_guidance", None)
         except AttributeError:  # the property reads a value set only inside __call__

@@ -73,8 +73,8 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
             if not has_joint_attention(denoiser):
                 raise UnsupportedPipelineError(
                     f"{type(pipe).__name__}.{adapter.denoiser_attr} ({type(denoiser).__name__}) has no "
-                    "joint-attention block crossgate knows (SD3's JointTransformerBlock, FLUX's "
-                    "FluxTransformerBlock / FluxSingleTransformerBlock), so there is no text stream to freeze."
+                    "joint-attention block crossgate knows (crossgate.joint.KINDS: SD3, FLUX.1, Qwen-Image, "
+                    "HunyuanVideo), so there is no text stream to freeze."
                 )
         elif not adapter.cross_attention(pipe):
             raise UnsupportedPipelineError(

@@ -65,6 +65,24 @@ SD3 = ModelAdapter(family="sd3", denoiser_attr="transformer", post_gate_inputs="
 FLUX = ModelAdapter(
     family="flux", denoiser_attr="transformer", post_gate_inputs="cond", cfg_layout="sequential", joint=True
 )
+# Qwen-Image and HunyuanVideo run real CFG like FLUX (`true_cfg_scale > 1`, named calls). Qwen-Image
+# encodes the prompt and the negative prompt each to its own length, so their text streams cannot be
+# averaged; HunyuanVideo pads both to max_sequence_length.
+QWEN_IMAGE = ModelAdapter(
+    family="qwen-image",
+    denoiser_attr="transformer",
+    post_gate_inputs="cond",
+    cfg_layout="sequential",
+    joint=True,
+    branch_texts_aligned=False,
+)
+HUNYUAN_VIDEO = ModelAdapter(
+    family="hunyuan-video",
+    denoiser_attr="transformer",
+    post_gate_inputs="cond",
+    cfg_layout="sequential",
+    joint=True,
+)
 
 # The diffusers release this table was made against: there the classified names and the exported
 # names must be equal; on other releases every exported name must still be classified.
@@ -150,6 +168,10 @@ SUPPORTED: dict[str, Supported] = {
     "StableDiffusion3Img2ImgPipeline": Supported(SD3, "SD3 img2img"),
     "StableDiffusion3InpaintPipeline": Supported(SD3, "SD3 inpainting"),
     "FluxPipeline": Supported(FLUX, "FLUX.1"),
+    "QwenImagePipeline": Supported(QWEN_IMAGE, "Qwen-Image"),
+    "QwenImageImg2ImgPipeline": Supported(QWEN_IMAGE, "Qwen-Image img2img"),
+    "QwenImageInpaintPipeline": Supported(QWEN_IMAGE, "Qwen-Image inpainting"),
+    "HunyuanVideoPipeline": Supported(HUNYUAN_VIDEO, "HunyuanVideo"),
 }
 
 # Per-branch CFG with cross-attention (Wan's family). Status and reason: adapters/sequential.py.
@@ -450,8 +472,8 @@ UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if
 _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
     "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
-    "knows SD3's JointTransformerBlock and FLUX.1's FluxTransformerBlock / FluxSingleTransformerBlock "
-    "with their stock processors and pipelines tested end to end; this class is not one of those."
+    "knows the joint blocks of SD3, FLUX.1, Qwen-Image and HunyuanVideo with their stock processors, "
+    "and the pipelines tested end to end with them; this class is not one of those."
 )
 _UNCONDITIONAL = (
     "is not text-conditioned (its denoiser has no cross-attention: unconditional or class-conditional), "
@@ -504,7 +526,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "HiDreamImagePipeline",
             "HunyuanImagePipeline",
             "HunyuanImageRefinerPipeline",
-            "HunyuanVideoPipeline",
             "HunyuanVideoImageToVideoPipeline",
             "HunyuanSkyreelsImageToVideoPipeline",
             "HunyuanVideoFramepackPipeline",
@@ -522,9 +543,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "NucleusMoEImagePipeline",
             "OmniGenPipeline",
             "OvisImagePipeline",
-            "QwenImagePipeline",
-            "QwenImageImg2ImgPipeline",
-            "QwenImageInpaintPipeline",
             "QwenImageEditPipeline",
             "QwenImageEditInpaintPipeline",
             "QwenImageEditPlusPipeline",
