@@ -1,8 +1,8 @@
 """``crossgate macs``: per-image denoiser MACs, plain vs TGATE, counted on meta-device architectures.
 
 With ``--controlnet`` (UNet models) each image also pays a ControlNet call per denoiser pass.
-Joint-attention models (SD3, FLUX.1) get tables of their own: the CFG drop and the text freeze
-(crossgate.tools.accounting.joint).
+Joint-attention models (SD3, FLUX.1, Qwen-Image, HunyuanVideo) get tables of their own: the CFG drop
+and the text freeze (crossgate.tools.accounting.joint).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ MODEL_KEYS = (
     "sd3-medium",
     "sd3.5-large",
     "flux1-dev",
+    "qwen-image",
+    "hunyuan-video",
 )
 
 
@@ -54,9 +56,9 @@ def register(subparsers: Any) -> None:
             "including attention matmuls. Bundled models: " + ", ".join(MODEL_KEYS) + ". Wan models run "
             "CFG as two calls per step (cond, uncond); after the gate crossgate runs the cond call with "
             "cross-attention replayed and skips every block of the uncond call. Joint-attention models "
-            "(SD3, FLUX.1) are listed apart: after the gate the cond branch runs (the CFG drop) and every "
-            "joint block's text stream is frozen (the text freeze); FLUX.1-dev runs no CFG by default and "
-            "is listed without and with true CFG."
+            "(SD3, FLUX.1, Qwen-Image, HunyuanVideo) are listed apart: after the gate the cond branch runs "
+            "(the CFG drop) and every joint block's text stream is frozen (the text freeze); FLUX.1-dev and "
+            "HunyuanVideo run no CFG by default and are listed without and with true CFG."
         ),
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="bundled model keys (default: all)")
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         controls = (
             [controlnet_macs(t, args.resolution, args.text_len) for t in targets] if args.controlnet else []
         )
-        joints = [joint_macs(t, args.resolution, args.text_len) for t in joint]
+        joints = [joint_macs(t, args.resolution, args.text_len, args.frames) for t in joint]
     except AccountingError as error:
         raise CommandError(str(error)) from None
     blocks = []
@@ -275,7 +277,7 @@ def render_per_call(calls: list[Any]) -> str:
 
 def joint_settings(counted: Any, args: argparse.Namespace) -> list[tuple[bool, str]]:
     """``(cfg, label)`` for each CFG setting a joint model is listed in: its pipeline's default, and
-    true CFG for a model without it (FLUX.1-dev); ``--no-cfg``: none."""
+    true CFG for a model without it (FLUX.1-dev, HunyuanVideo); ``--no-cfg``: none."""
     sequential = counted.cfg_layout == "sequential"
     on = "true CFG, 2 calls/step" if sequential else "CFG, batched"
     if args.no_cfg:

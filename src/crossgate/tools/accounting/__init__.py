@@ -12,8 +12,8 @@ Rooms: :mod:`.counting` (the counters, :class:`CallMacs`), :mod:`.models` (bundl
 model folders built on the meta device, and a UNet's ControlNet: :func:`controlnet_macs`),
 :mod:`.schedules` (per-step plans and per-image totals, executed MACs from ``CallStats``),
 :mod:`.meter` (:class:`CallMeter`, a real call measured live, ControlNets included), :mod:`.joint`
-(joint-attention transformers, SD3 and FLUX.1: the CFG drop, the text freeze and its capture,
-:class:`JointMacs`).
+(joint-attention transformers, SD3, FLUX.1, Qwen-Image and HunyuanVideo: the CFG drop, the text
+freeze and its capture, :class:`JointMacs`).
 """
 
 from __future__ import annotations

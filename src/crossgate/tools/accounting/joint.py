@@ -1,11 +1,13 @@
-"""Joint-attention TGATE (SD3, FLUX.1): what a call spends, and what the CFG drop and the text freeze save.
+"""Joint-attention TGATE (SD3, FLUX.1, Qwen-Image, HunyuanVideo): what a call spends, and what the CFG
+drop and the text freeze save.
 
 The semantics are :mod:`crossgate.joint`'s: steps ``0 .. m-1`` run plain; at step ``m-1`` every joint
 block recomputes its text keys and values once more to keep them (the capture); from step ``m`` on,
 under CFG, only the cond branch runs (the CFG drop) and every joint block runs its image side alone
 against the frozen text stream (the text freeze). Outside the blocks the transformer runs as written
 (patch and text embeddings, timestep and pooled conditioning, the output head): the text freeze saves
-only inside the blocks.
+only inside the blocks (HunyuanVideo's token refiner, which refines the prompt before the first
+block, runs in every pass too).
 
 One transformer pass is counted on the meta device in four forms, each by running the modules the
 engine runs (:class:`crossgate.joint.JointKind`, the code its hooks call):
@@ -16,7 +18,10 @@ engine runs (:class:`crossgate.joint.JointKind`, the code its hooks call):
 * **capture**: each block's ``text_stream`` (the extra text key/value projections and norm at step
   ``m-1``), at 1 and at 2 rows;
 * **idle**: a pass with every joint block handed through (sequential CFG's uncond call after the
-  gate, FLUX with ``true_cfg_scale``): what is left outside the blocks.
+  gate: FLUX, Qwen-Image, HunyuanVideo with ``true_cfg_scale``): what is left outside the blocks.
+
+A block's inputs are read by name with its kind's :meth:`~crossgate.joint.JointKind.bind` (HunyuanVideo
+calls its blocks positionally) and its text output with the kind's own ``text_stream``.
 
 Both conventions of :mod:`.counting` (``linear_conv``, ``all``). :meth:`JointMacs.image_macs` turns
 them into a call's total for each CFG layout and variant; :meth:`JointMacs.split` says which part of
@@ -53,7 +58,6 @@ from crossgate.tools.accounting.models import (
 
 ROWS = (1, 2)
 TEXT_STREAMS = ("frozen", "frozen_mean", "live")  # frozen_mean averages (no MACs): counted as frozen
-_POSITIONAL = ("hidden_states", "encoder_hidden_states", "temb")  # as crossgate's JointBlockHook maps them
 
 Macs = Mapping[str, int]  # convention -> MACs
 
@@ -76,8 +80,9 @@ class JointMacs:
     ``plain``, ``frozen`` and ``capture`` map rows -> convention -> MACs; ``idle`` is one row with
     every joint block handed through. ``kept`` maps rows -> the elements every block keeps of its text
     stream (keys, values and the text output it hands on) from step ``m-1`` to the call's end.
-    ``cfg_layout`` is how the pipeline runs CFG (SD3 batched, FLUX sequential with true CFG) and
-    ``cfg`` whether it does by default (FLUX.1-dev: no, guidance-distilled).
+    ``cfg_layout`` is how the pipeline runs CFG (SD3 batched; FLUX, Qwen-Image and HunyuanVideo
+    sequential, true CFG) and ``cfg`` whether it does by default (FLUX.1-dev and HunyuanVideo: no,
+    guidance-distilled).
     """
 
     model: str
@@ -188,7 +193,9 @@ def count_joint(
     if not joint_blocks(denoiser):
         raise AccountingError(
             f"{type(denoiser).__name__} has no joint-attention block crossgate knows (SD3's "
-            "JointTransformerBlock, FLUX.1's FluxTransformerBlock/FluxSingleTransformerBlock)."
+            "JointTransformerBlock, FLUX.1's FluxTransformerBlock/FluxSingleTransformerBlock, Qwen-Image's "
+            "QwenImageTransformerBlock, HunyuanVideo's HunyuanVideoTransformerBlock/"
+            "HunyuanVideoSingleTransformerBlock)."
         )
     if latent_batch(tuple(args), dict(kwargs)) != 1:
         raise AccountingError("count_joint takes one sample's inputs (batch 1).")
@@ -243,10 +250,10 @@ def _count_pass(denoiser: nn.Module, args: tuple, kwargs: dict) -> _Pass:
     blocks = joint_blocks(denoiser)
     seen: dict[str, list[Any]] = {}
     handles = []
-    for name, block, _ in blocks:
+    for name, block, kind in blocks:
 
-        def before(module: nn.Module, a: tuple, kw: dict, name: str = name) -> None:
-            seen[name] = [{**dict(zip(_POSITIONAL, a)), **kw}, None]
+        def before(module: nn.Module, a: tuple, kw: dict, name: str = name, kind: Any = kind) -> None:
+            seen[name] = [kind.bind(a, kw), None]
 
         def after(module: nn.Module, a: tuple, kw: dict, output: Any, name: str = name) -> None:
             seen[name][1] = output
@@ -303,16 +310,21 @@ def is_joint_model(model: str) -> bool:
     return type(resolve_target(model).denoiser).__name__ in JOINT_DENOISERS
 
 
-def joint_macs(model: str, resolution: Resolution | None = None, text_len: int | None = None) -> JointMacs:
+def joint_macs(
+    model: str, resolution: Resolution | None = None, text_len: int | None = None, frames: int | None = None
+) -> JointMacs:
     """:class:`JointMacs` of a bundled joint-attention model (``MODELS`` key) or a model folder, at its
-    pipeline's resolution and prompt length (SD3: 77 CLIP + 256 T5 tokens; FLUX: 512 T5 tokens).
-    Cached: counting a full-size model takes a few seconds."""
-    return _joint_macs(model, resolution, text_len)
+    pipeline's resolution and prompt length (SD3: 77 CLIP + 256 T5 tokens; FLUX: 512 T5 tokens;
+    Qwen-Image: 512, its cap; HunyuanVideo: 256 Llama tokens) and, for HunyuanVideo, its ``frames``
+    (default 129). Cached: counting a full-size model takes a few seconds."""
+    return _joint_macs(model, resolution, text_len, frames)
 
 
 @functools.lru_cache(maxsize=16)
-def _joint_macs(model: str, resolution: Resolution | None, text_len: int | None) -> JointMacs:
-    target = resolve_target(model, resolution, text_len, None)
+def _joint_macs(
+    model: str, resolution: Resolution | None, text_len: int | None, frames: int | None
+) -> JointMacs:
+    target = resolve_target(model, resolution, text_len, frames)
     if type(target.denoiser).__name__ not in JOINT_DENOISERS:
         raise AccountingError(
             f"{target.label} is a {type(target.denoiser).__name__}, not a joint-attention transformer "

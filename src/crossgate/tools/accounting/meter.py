@@ -131,8 +131,9 @@ class CallMeter:
         return _count_one_sample(self.denoiser, args, kwargs, self.cfg_layout)
 
     def joint_macs(self, cfg: bool = True) -> JointMacs:
-        """A joint-attention denoiser (SD3, FLUX.1) counted on meta at the shapes of its calls, in every
-        form TGATE runs it (:class:`~.joint.JointMacs`); ``cfg``: whether the counted calls ran CFG."""
+        """A joint-attention denoiser (SD3, FLUX.1, Qwen-Image, HunyuanVideo) counted on meta at the
+        shapes of its calls, in every form TGATE runs it (:class:`~.joint.JointMacs`); ``cfg``: whether
+        the counted calls ran CFG."""
         args, kwargs = self._sample_inputs()
         meta = build_meta_denoiser(dict(self.denoiser.config), type(self.denoiser))
         return count_joint(meta, args, kwargs, type(self.denoiser).__name__, self.cfg_layout, cfg)

@@ -28,16 +28,58 @@ WAN_TEXT_LEN = 512
 WAN_SIZE = (480, 832)
 WAN_FRAMES = 81
 WAN_TEMPORAL_SCALE = 4
-VIDEO_DENOISERS = ("WanTransformer3DModel",)
+VIDEO_DENOISERS = ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel")
 # Joint-attention (MMDiT) transformers. StableDiffusion3Pipeline joins 77 CLIP tokens and its T5
 # prompt padded to max_sequence_length (256): 333 text tokens; FluxPipeline feeds its T5 prompt alone,
 # padded to 512. FLUX packs 2x2 latent patches into one token, so its pixels come in steps of 16.
-JOINT_DENOISERS = ("SD3Transformer2DModel", "FluxTransformer2DModel")
+JOINT_DENOISERS = (
+    "SD3Transformer2DModel",
+    "FluxTransformer2DModel",
+    "QwenImageTransformer2DModel",
+    "HunyuanVideoTransformer3DModel",
+)
 SD3_TEXT_LEN = 77 + 256
 FLUX_TEXT_LEN = 512
 FLUX_SIZE = 1024  # FluxPipeline's default_sample_size (128) times its VAE's scale (8)
+# QwenImagePipeline wraps the prompt in its chat template, drops the template's first 34 tokens and
+# pads no single prompt: the text is as long as the prompt (plus the template's tail), cut at the call's
+# max_sequence_length, whose default (512) it is counted at: the longest text it feeds by default. Its
+# latents (16 channels, VAE 8x) are packed 2x2 into 64-channel tokens; default 1024x1024.
+QWEN_TEXT_LEN = 512
+QWEN_SIZE = 1024  # QwenImagePipeline's default_sample_size (128) times its VAE's scale (8)
+# HunyuanVideoPipeline: its Llama prompt padded to max_sequence_length (256) once the template's 95
+# tokens are cropped, refined by the transformer's token refiner; 720x1280, 129 frames by default (VAE
+# 8x in space, 4x in time with the first frame alone: 33 x 90 x 160 latents, patched 1x2x2).
+HUNYUAN_TEXT_LEN = 256
+HUNYUAN_SIZE = (720, 1280)
+HUNYUAN_FRAMES = 129
 
 Resolution = int | tuple[int, int]  # a square side, or (height, width)
+
+
+@dataclass(frozen=True)
+class PipelineDefaults:
+    """What a pipeline folder's own pipeline runs its transformer at when a call gives nothing."""
+
+    size: tuple[int, int]
+    text_len: int
+    cfg_layout: CfgLayout
+    cfg: bool = True  # whether it runs CFG by default
+    frames: int | None = None  # video: pixel frames
+
+
+# Denoisers whose pipelines fix their size and prompt length (the others read theirs from the folder).
+PIPELINE_DEFAULTS: dict[str, PipelineDefaults] = {
+    "WanTransformer3DModel": PipelineDefaults(WAN_SIZE, WAN_TEXT_LEN, "sequential", frames=WAN_FRAMES),
+    # FLUX.1 and HunyuanVideo pipelines run CFG only when a call asks for true_cfg_scale
+    "FluxTransformer2DModel": PipelineDefaults(
+        (FLUX_SIZE, FLUX_SIZE), FLUX_TEXT_LEN, "sequential", cfg=False
+    ),
+    "QwenImageTransformer2DModel": PipelineDefaults((QWEN_SIZE, QWEN_SIZE), QWEN_TEXT_LEN, "sequential"),
+    "HunyuanVideoTransformer3DModel": PipelineDefaults(
+        HUNYUAN_SIZE, HUNYUAN_TEXT_LEN, "sequential", cfg=False, frames=HUNYUAN_FRAMES
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -93,6 +135,32 @@ MODELS: dict[str, ModelSpec] = {
             cfg_layout="sequential",
             cfg=False,
         ),
+        # Qwen-Image (QwenImageTransformer2DModel: 60 double-stream blocks, 24 heads x 128, Qwen2.5-VL
+        # text 3584 wide, 64 channels in, 16 out, rotary axes 16/56/56) runs true CFG as two named calls
+        # per step; HunyuanVideo (HunyuanVideoTransformer3DModel: 20 double- and 40 single-stream
+        # blocks, 24 heads x 128, 2 token-refiner layers, Llama text 4096 wide, CLIP pooled 768) is
+        # guidance-distilled: no CFG unless a call asks for true_cfg_scale. Both configs are the
+        # published transformer/config.json values (Qwen/Qwen-Image; the diffusers-format
+        # hunyuanvideo-community/HunyuanVideo), equal to the diffusers classes' defaults.
+        ModelSpec(
+            "qwen-image",
+            "Qwen-Image",
+            "qwen_image_transformer.json",
+            QWEN_SIZE,
+            QWEN_TEXT_LEN,
+            cfg_layout="sequential",
+        ),
+        ModelSpec(
+            "hunyuan-video",
+            "HunyuanVideo",
+            "hunyuan_video_transformer.json",
+            HUNYUAN_SIZE[0],
+            HUNYUAN_TEXT_LEN,
+            HUNYUAN_SIZE[1],
+            HUNYUAN_FRAMES,
+            "sequential",
+            cfg=False,
+        ),
     )
 }
 
@@ -116,7 +184,8 @@ def build_meta_denoiser(config: Mapping[str, Any], cls: type | None = None) -> n
         raise AccountingError(
             f"config names class {class_name!r}, which is not a diffusers model; point at the "
             "denoiser's config.json (a UNet2DConditionModel, PixArtTransformer2DModel, "
-            "WanTransformer3DModel, SD3Transformer2DModel or FluxTransformer2DModel)."
+            "WanTransformer3DModel, SD3Transformer2DModel, FluxTransformer2DModel, "
+            "QwenImageTransformer2DModel or HunyuanVideoTransformer3DModel)."
         )
     with torch.device("meta"):
         return cls.from_config(dict(config))
@@ -155,6 +224,11 @@ def example_inputs(
         }
     if name == "FluxTransformer2DModel":
         return (), _flux_inputs(cfg, height // vae_scale, width // vae_scale, text_len, batch)
+    if name == "QwenImageTransformer2DModel":
+        return (), _qwen_inputs(cfg, height // vae_scale, width // vae_scale, text_len, batch)
+    if name == "HunyuanVideoTransformer3DModel":
+        latent = (latent_frames(frames, temporal_scale), height // vae_scale, width // vae_scale)
+        return (), _hunyuan_inputs(cfg, latent, text_len, batch)
     latents = torch.empty(batch, cfg.in_channels, height // vae_scale, width // vae_scale, device=meta)
     if name == "UNet2DConditionModel":
         kwargs: dict[str, Any] = {
@@ -213,6 +287,48 @@ def _flux_inputs(cfg: Any, latent_h: int, latent_w: int, text_len: int, batch: i
         "timestep": torch.empty(batch, device=meta),
         "img_ids": torch.empty(tokens, 3, device=meta),
         "txt_ids": torch.empty(text_len, 3, device=meta),
+    }
+    if cfg.guidance_embeds:
+        kwargs["guidance"] = torch.empty(batch, device=meta)
+    return kwargs
+
+
+def _qwen_inputs(cfg: Any, latent_h: int, latent_w: int, text_len: int, batch: int) -> dict[str, Any]:
+    """QwenImagePipeline's transformer inputs: latents packed into tokens, the image shape for its rotary
+    positions; no text mask (a single prompt is not padded: the pipeline passes ``None``)."""
+    p = cfg.patch_size
+    if latent_h % p or latent_w % p:
+        raise AccountingError(
+            f"Qwen-Image packs {p}x{p} latent patches: the latent size {latent_h}x{latent_w} must be a "
+            f"multiple of {p} (pixels a multiple of {p} times the VAE's scale)."
+        )
+    meta = torch.device("meta")
+    rows, cols = latent_h // p, latent_w // p
+    return {
+        "hidden_states": torch.empty(batch, rows * cols, cfg.in_channels, device=meta),
+        "encoder_hidden_states": torch.empty(batch, text_len, cfg.joint_attention_dim, device=meta),
+        "timestep": torch.empty(batch, device=meta),
+        "img_shapes": [[(1, rows, cols)]] * batch,
+    }
+
+
+def _hunyuan_inputs(cfg: Any, latent: tuple[int, int, int], text_len: int, batch: int) -> dict[str, Any]:
+    """HunyuanVideoPipeline's transformer inputs: the latent video, the Llama prompt with its mask, the
+    CLIP pooled prompt and the distilled guidance."""
+    frames, latent_h, latent_w = latent
+    p, p_t = cfg.patch_size, cfg.patch_size_t
+    if latent_h % p or latent_w % p or frames % p_t:
+        raise AccountingError(
+            f"HunyuanVideo patches {p_t}x{p}x{p}: the latent video {frames}x{latent_h}x{latent_w} must "
+            "divide into it."
+        )
+    meta = torch.device("meta")
+    kwargs: dict[str, Any] = {
+        "hidden_states": torch.empty(batch, cfg.in_channels, frames, latent_h, latent_w, device=meta),
+        "timestep": torch.empty(batch, device=meta),
+        "encoder_hidden_states": torch.empty(batch, text_len, cfg.text_embed_dim, device=meta),
+        "encoder_attention_mask": torch.empty(batch, text_len, dtype=torch.long, device=meta),
+        "pooled_projections": torch.empty(batch, cfg.pooled_projection_dim, device=meta),
     }
     if cfg.guidance_embeds:
         kwargs["guidance"] = torch.empty(batch, device=meta)
@@ -307,23 +423,17 @@ def resolve_target(
         folder = Path(model).expanduser()
         config, vae_scale = _folder_config(folder)
         label = folder.name
-        video = config.get("_class_name") in VIDEO_DENOISERS
-        flux = config.get("_class_name") == "FluxTransformer2DModel"
-        layout = "sequential" if video or flux else "batched"
-        cfg = not flux  # FLUX.1 pipelines run CFG only when a call asks for true_cfg_scale
+        known = PIPELINE_DEFAULTS.get(str(config.get("_class_name")))
+        layout = known.cfg_layout if known else "batched"
+        cfg = known.cfg if known else True
         if resolution is None:
-            if video:
-                size = WAN_SIZE
-            elif flux:
-                size = _size(FLUX_SIZE)
-            else:
-                size = _size(int(config.get("sample_size", 64)) * vae_scale)
+            size = known.size if known else _size(int(config.get("sample_size", 64)) * vae_scale)
         else:
             size = _size(resolution)
         if text_len is None:
             text_len = folder_text_len(folder, config)
-        if video:
-            frames = frames or WAN_FRAMES
+        if known and known.frames:
+            frames = frames or known.frames
     denoiser = build_meta_denoiser(config)
     video = type(denoiser).__name__ in VIDEO_DENOISERS
     if frames is not None and not video:
@@ -348,15 +458,15 @@ def folder_text_len(folder: Path, denoiser_config: Mapping[str, Any]) -> int:
     SD/SDXL pipelines pad every prompt to ``tokenizer.model_max_length`` (read from
     ``tokenizer/tokenizer_config.json``; 77, CLIP's context, when the folder has none). PixArt pads to
     its call's ``max_sequence_length`` instead, whose default is 120. SD3 joins its CLIP prompt (the
-    tokenizer's length) and its T5 prompt (``max_sequence_length``, 256); FLUX feeds T5 alone (512).
+    tokenizer's length) and its T5 prompt (``max_sequence_length``, 256); FLUX feeds T5 alone (512),
+    Wan its umT5 prompt (512), HunyuanVideo its Llama prompt (256) and Qwen-Image its templated prompt
+    unpadded, counted at its cap (512): see :data:`PIPELINE_DEFAULTS`.
     """
     name = denoiser_config.get("_class_name")
     if name == "PixArtTransformer2DModel":
         return PIXART_TEXT_LEN
-    if name in VIDEO_DENOISERS:
-        return WAN_TEXT_LEN  # WanPipeline pads to its call's max_sequence_length (512)
-    if name == "FluxTransformer2DModel":
-        return FLUX_TEXT_LEN
+    if name in PIPELINE_DEFAULTS:  # Wan, FLUX, Qwen-Image, HunyuanVideo: their call's max_sequence_length
+        return PIPELINE_DEFAULTS[str(name)].text_len
     path = folder / "tokenizer" / "tokenizer_config.json"
     try:
         length = json.loads(path.read_text()).get("model_max_length")
