@@ -36,11 +36,15 @@ class JointCase:
     text_first: bool = True  # joint attention's token order: [text; image] (FLUX) or [image; text]
     text_output: int = 0  # where a block's output tuple has the text stream
     mean: bool = True  # the two branches' text streams have one length (text_stream="frozen_mean")
+    named: bool = True  # sequential CFG: calls named cond/uncond (False: cond call first, then uncond)
+    token_multiple: int = 1  # image tokens per latent token (Kontext: the reference image's ride along)
 
     @property
     def cfg_text(self) -> str:
         if not self.cfg:
             return "none (guidance-distilled): text stream frozen, nothing dropped"
+        if self.sequential and not self.named:
+            return "sequential (`true_cfg_scale`, cond call then uncond call): uncond call skipped"
         if self.sequential:
             return "sequential (`true_cfg_scale`, calls named cond/uncond): uncond call skipped"
         return "batched `[uncond; cond]`: cond half runs"
@@ -60,14 +64,22 @@ def _sd3(cls_name: str, dual: tuple[int, ...] = (), **call: Any) -> JointCase:
     return JointCase(build, cls_name, {"guidance_scale": 5.0, **call}, text_first=False)
 
 
-def _flux(cls_name: str, cfg: bool, **call: Any) -> JointCase:
+def _flux(cls_name: str, cfg: bool, in_channels: int = 16, **call: Any) -> JointCase:
     def build() -> Any:
         import diffusers
 
-        return tiny_flux_pipeline(cls=getattr(diffusers, cls_name))
+        return tiny_flux_pipeline(cls=getattr(diffusers, cls_name), in_channels=in_channels)
 
     extra = {"true_cfg_scale": 4.0, "negative_prompt": "a blue square"} if cfg else {}
-    return JointCase(build, cls_name, {"guidance_scale": 3.5, **extra, **call}, cfg=cfg, sequential=True)
+    return JointCase(
+        build,
+        cls_name,
+        {"guidance_scale": 3.5, **extra, **call},
+        cfg=cfg,
+        sequential=True,
+        named=cls_name == "FluxPipeline",
+        token_multiple=2 if "Kontext" in cls_name else 1,
+    )
 
 
 def _qwen(cls_name: str, cfg: bool, **call: Any) -> JointCase:
@@ -109,6 +121,29 @@ JOINT_CASES: dict[str, JointCase] = {
     "SD3 inpainting": _sd3("StableDiffusion3InpaintPipeline", **_INPAINT),
     "FLUX.1": _flux("FluxPipeline", cfg=True),
     "FLUX.1, distilled guidance (no CFG)": _flux("FluxPipeline", cfg=False),
+    "FLUX.1 img2img": _flux("FluxImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),
+    "FLUX.1 inpainting": _flux("FluxInpaintPipeline", cfg=True, **_INPAINT),
+    "FLUX.1 Kontext": _flux(
+        "FluxKontextPipeline", cfg=True, image=_image(), _auto_resize=False, max_area=32 * 32
+    ),
+    "FLUX.1 Kontext inpainting": _flux(
+        "FluxKontextInpaintPipeline", cfg=True, _auto_resize=False, max_area=32 * 32, **_INPAINT
+    ),
+    "FLUX.1 Fill": _flux(
+        "FluxFillPipeline", cfg=False, in_channels=48, image=_image(), mask_image=_INPAINT["mask_image"]
+    ),
+    "FLUX.1 Control": _flux("FluxControlPipeline", cfg=False, in_channels=32, control_image=_image(2)),
+    "FLUX.1 Control img2img": _flux(
+        "FluxControlImg2ImgPipeline",
+        cfg=False,
+        in_channels=32,
+        image=_image(),
+        control_image=_image(2),
+        strength=1.0,
+    ),
+    "FLUX.1 Control inpainting": _flux(
+        "FluxControlInpaintPipeline", cfg=False, in_channels=32, control_image=_image(2), **_INPAINT
+    ),
     "Qwen-Image": _qwen("QwenImagePipeline", cfg=True),
     "Qwen-Image, no CFG": _qwen("QwenImagePipeline", cfg=False),
     "Qwen-Image img2img": _qwen("QwenImageImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),

@@ -38,11 +38,14 @@ class JointReference:
         live: bool = False,
         keep_cfg: bool = False,
         text_output: int = 0,
+        named: bool = True,
     ) -> None:
         self.pipe, self.gate = pipe, gate
         self.text_first, self.sequential = text_first, sequential
         self.mean, self.live, self.keep_cfg = mean, live, keep_cfg
         self.text_output = text_output  # where a block's output tuple has the text stream
+        self.named = named  # sequential calls named by cache_context; else cond first, then uncond
+        self.calls_in_step = 0
         self.step = 0
         self.branch = "cond"
         self.kv: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -140,6 +143,9 @@ class JointReference:
 
         def forward(*args, **kwargs):
             text = kwargs["encoder_hidden_states"]
+            if ref.sequential and not ref.named:
+                ref.branch = ("cond", "uncond")[ref.calls_in_step]
+                ref.calls_in_step += 1
             ref.text_len = text.shape[1]
             ref.capturing = True
             ref.halved = False
@@ -190,4 +196,5 @@ class JointReference:
 
     def on_step_end(self, pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
         self.step = i + 1
+        self.calls_in_step = 0
         return {}

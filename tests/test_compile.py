@@ -259,7 +259,9 @@ def test_bench_compiled_rows(sd_pipe):
     assert not crossgate.is_applied(sd_pipe) and not isinstance(sd_pipe.unet, torch._dynamo.OptimizedModule)
 
 
-@pytest.mark.parametrize("family", ["SD3", "FLUX.1", "Qwen-Image", "HunyuanVideo, true CFG"])
+@pytest.mark.parametrize(
+    "family", ["SD3", "FLUX.1", "FLUX.1 img2img", "Qwen-Image", "HunyuanVideo, true CFG"]
+)
 def test_joint_attention_transformers(family):
     """Joint attention: the text-stream freeze traces cleanly too (0 breaks, a bounded set of graphs)."""
     from joint_cases import JOINT_CASES
@@ -277,7 +279,11 @@ def test_joint_attention_transformers(family):
     # after the gate (image rows against the frozen text stream); true CFG adds the skipped uncond
     # call. Qwen-Image's plain call already makes 2: its prompt and negative prompt are encoded to
     # lengths of their own, so dynamo's second graph has a dynamic text length (no more after that)
-    plain, gated = {"SD3": (1, 4), "FLUX.1": (1, 5), "Qwen-Image": (2, 6), "HunyuanVideo, true CFG": (1, 5)}[
-        family
-    ]
+    plain, gated = {
+        "SD3": (1, 4),
+        "FLUX.1": (1, 5),
+        "FLUX.1 img2img": (1, 5),  # unnamed true-CFG calls (cond, then uncond)
+        "Qwen-Image": (2, 6),
+        "HunyuanVideo, true CFG": (1, 5),
+    }[family]
     assert graphs == {"plain": plain, "gated": gated, "other": gated, "removed": gated}, graphs

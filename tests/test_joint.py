@@ -109,6 +109,7 @@ def test_after_the_gate_one_branch_runs_and_no_text_side_module_runs(case_and_pl
         image_tokens = plain.shape[2] * plain.shape[3] * plain.shape[4]
     else:
         image_tokens = plain.shape[1] if plain.ndim == 3 else (plain.shape[-1] // 2) * (plain.shape[-2] // 2)
+    image_tokens *= case.token_multiple
     assert (single_rows and set(single_rows) == {image_tokens}) or not single_rows
     assert not torch.equal(gated, plain)
 
@@ -138,6 +139,7 @@ def test_equals_the_independent_reference(case_and_plain, variant):
         live=variant == "live",
         keep_cfg=variant == "keep_cfg",
         text_output=case.text_output,
+        named=case.named,
     )
     with reference:
         expected = _run(pipe, case, callback_on_step_end=reference.on_step_end)

@@ -730,6 +730,14 @@ class DenoiserGate(_ModelGate):
             self.lane.call = None
             return None
         call.begin_pass()
+        order = call.adapter.branch_order
+        if order and call.layout.sequential:  # unnamed calls: the branch is the call's place in the step
+            if call.slot >= len(order):
+                raise RuntimeError(
+                    f"crossgate: the {call.adapter.family} pipeline called its denoiser {call.slot + 1} "
+                    f"times in one step; crossgate expects at most {len(order)} (one per CFG branch)."
+                )
+            call.branch = order[call.slot]
         if not call.runs_cfg() and call.layout.sequential and call.branch == "uncond":
             call.cfg = True  # a pipeline that names an uncond call runs CFG (FLUX's true CFG has no flag)
         full = latent_batch(args, kwargs)

@@ -652,12 +652,13 @@ def tiny_sd3_pipeline(seed: int = 0, num_layers: int = 2, dual_attention_layers:
     return ready(pipe)
 
 
-def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, cls: Any = None):
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, cls: Any = None, in_channels: int = 16):
     """A FLUX.1 pipeline (double- and single-stream joint blocks) with tiny widths and random weights.
 
     Two double-stream and two single-stream blocks, rotary positions over (text, height, width),
     ``guidance_embeds`` as FLUX.1-dev (distilled guidance; ``true_cfg_scale`` adds real CFG), 32x32
     images from a one-level VAE with 4 latent channels (packed 2x2 into 16-channel tokens).
+    ``in_channels``: 48 for Fill (latents, masked image, mask), 32 for Control (latents, control image).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
@@ -666,7 +667,8 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, cls: Any = N
     t5_tokenizer = char_fast_tokenizer(max_length=77)
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16,
+        in_channels=in_channels,
+        out_channels=16,
         num_layers=2,
         num_single_layers=2,
         attention_head_dim=8,

@@ -134,6 +134,10 @@ class ModelAdapter:
     # Joint-attention transformers (SD3, FLUX): no cross-attention; after the gate each joint block's
     # text stream is frozen (crossgate.joint).
     joint: bool = False
+    # Sequential CFG whose pipeline does not name its calls (FLUX img2img, inpainting, Kontext): the
+    # branches in the order the loop calls the denoiser within a step (the first call is the cond
+    # one; a second call in a step is the uncond one and means the call runs CFG).
+    branch_order: tuple[str, ...] = ()
     # Joint families whose CFG branches' text streams always have one length (padded to a fixed
     # length): only those can average them (``text_stream="frozen_mean"``). Qwen-Image's do not.
     branch_texts_aligned: bool = True

@@ -86,7 +86,12 @@ def resolve_adapter(pipe: object) -> ModelAdapter:
         # SD3's second denoiser call is skip-layer guidance (a plain extra pass, see crossgate.hooks)
         batched_refusal = family.cfg_layout == "batched" and not family.joint
         if per_branch and (
-            batched_refusal or (family.cfg_layout == "sequential" and not names_cfg_branches(type(pipe)))
+            batched_refusal
+            or (
+                family.cfg_layout == "sequential"
+                and not family.branch_order  # an adapter that knows the unnamed calls' order
+                and not names_cfg_branches(type(pipe))
+            )
         ):
             raise UnsupportedPipelineError(per_branch_refusal(type(pipe)))
         if support.overrides_call(type(pipe)) and not support.is_allowed(type(pipe)):

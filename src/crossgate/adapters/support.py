@@ -65,6 +65,17 @@ SD3 = ModelAdapter(family="sd3", denoiser_attr="transformer", post_gate_inputs="
 FLUX = ModelAdapter(
     family="flux", denoiser_attr="transformer", post_gate_inputs="cond", cfg_layout="sequential", joint=True
 )
+# FLUX.1's other pipelines (img2img, inpainting, Kontext) run the same true CFG without naming the
+# calls: the cond call first, then the uncond one. Fill and Control (channel-concatenated
+# conditioning) are guidance-distilled and call the transformer once per step.
+FLUX_UNNAMED = ModelAdapter(
+    family="flux",
+    denoiser_attr="transformer",
+    post_gate_inputs="cond",
+    cfg_layout="sequential",
+    joint=True,
+    branch_order=("cond", "uncond"),
+)
 # Qwen-Image and HunyuanVideo run real CFG like FLUX (`true_cfg_scale > 1`, named calls). Qwen-Image
 # encodes the prompt and the negative prompt each to its own length, so their text streams cannot be
 # averaged; HunyuanVideo pads both to max_sequence_length.
@@ -168,6 +179,14 @@ SUPPORTED: dict[str, Supported] = {
     "StableDiffusion3Img2ImgPipeline": Supported(SD3, "SD3 img2img"),
     "StableDiffusion3InpaintPipeline": Supported(SD3, "SD3 inpainting"),
     "FluxPipeline": Supported(FLUX, "FLUX.1"),
+    "FluxImg2ImgPipeline": Supported(FLUX_UNNAMED, "FLUX.1 img2img"),
+    "FluxInpaintPipeline": Supported(FLUX_UNNAMED, "FLUX.1 inpainting"),
+    "FluxKontextPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Kontext"),
+    "FluxKontextInpaintPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Kontext inpainting"),
+    "FluxFillPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Fill"),
+    "FluxControlPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Control"),
+    "FluxControlImg2ImgPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Control img2img"),
+    "FluxControlInpaintPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Control inpainting"),
     "QwenImagePipeline": Supported(QWEN_IMAGE, "Qwen-Image"),
     "QwenImageImg2ImgPipeline": Supported(QWEN_IMAGE, "Qwen-Image img2img"),
     "QwenImageInpaintPipeline": Supported(QWEN_IMAGE, "Qwen-Image inpainting"),
@@ -507,17 +526,9 @@ NOT_APPLICABLE: dict[str, str] = {
             "EasyAnimateControlPipeline",
             "EasyAnimateInpaintPipeline",
             "ErnieImagePipeline",
-            "FluxImg2ImgPipeline",
-            "FluxInpaintPipeline",
-            "FluxControlPipeline",
-            "FluxControlImg2ImgPipeline",
-            "FluxControlInpaintPipeline",
             "FluxControlNetPipeline",
             "FluxControlNetImg2ImgPipeline",
             "FluxControlNetInpaintPipeline",
-            "FluxFillPipeline",
-            "FluxKontextPipeline",
-            "FluxKontextInpaintPipeline",
             "Flux2Pipeline",
             "Flux2KleinPipeline",
             "Flux2KleinInpaintPipeline",
