@@ -1,6 +1,6 @@
 """TGATE for joint-attention transformers: after the gate, freeze the text stream.
 
-In MMDiT models (SD3, FLUX) text and image tokens share one attention; there is no cross-attention
+In MMDiT models (SD3, FLUX, Qwen-Image, HunyuanVideo) text and image tokens share one attention; there is no cross-attention
 output to cache. The counterpart of TGATE's cache is the **text stream**: what the text tokens
 contribute to every block (their keys and values) and what each block hands on for them. It converges
 in the first steps like cross-attention does, so after the gate crossgate stops computing it.
@@ -18,9 +18,10 @@ the default, and the family's ``post_gate_inputs="cond"``):
   it handed on at step ``m-1``. No text-side module runs: in double-stream blocks no ``norm1_context``,
   ``add_q/k/v_proj``, ``to_add_out``, ``ff_context`` and no text query rows; in single-stream blocks
   (FLUX's ``single_transformer_blocks``, shared weights over ``[text; image]``) the projections run on
-  the image rows only. Image tokens attend over their fresh keys/values and the frozen text ones, in
-  the block's own token order (SD3 ``[image; text]``, FLUX ``[text; image]``);
-* without CFG (FLUX.1-dev's distilled guidance) only the text freeze applies after the gate.
+  the image rows only (Qwen-Image: no ``txt_mod``/``txt_norm*``/``txt_mlp``). Image tokens attend over
+  their fresh keys/values and the frozen text ones, in the block's own token order (SD3 and
+  HunyuanVideo ``[image; text]``, FLUX and Qwen-Image ``[text; image]``) under the block's own mask;
+* without CFG (FLUX.1-dev's distilled guidance, HunyuanVideo's default) only the text freeze applies.
 
 Named variants (``TGateConfig.text_stream``): ``"frozen_mean"`` freezes the CFG mean of the two
 branches' step ``m-1`` text keys, values and outputs (TGATE's mean, applied to the text stream);
