@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from crossgate.testing import (
+    tiny_cogvideox_pipeline,
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_qwen_image_pipeline,
@@ -37,7 +38,6 @@ class JointCase:
     text_output: int = 0  # where a block's output tuple has the text stream
     mean: bool = True  # the two branches' text streams have one length (text_stream="frozen_mean")
     named: bool = True  # sequential CFG: calls named cond/uncond (False: cond call first, then uncond)
-    token_multiple: int = 1  # image tokens per latent token (Kontext: the reference image's ride along)
 
     @property
     def cfg_text(self) -> str:
@@ -78,7 +78,6 @@ def _flux(cls_name: str, cfg: bool, in_channels: int = 16, **call: Any) -> Joint
         cfg=cfg,
         sequential=True,
         named=cls_name == "FluxPipeline",
-        token_multiple=2 if "Kontext" in cls_name else 1,
     )
 
 
@@ -111,6 +110,16 @@ def _hunyuan_video(cfg: bool) -> JointCase:
         text_first=False,
         text_output=1,
     )
+
+
+def _cogvideox(cls_name: str, **call: Any) -> JointCase:
+    def build() -> Any:
+        import diffusers
+
+        return tiny_cogvideox_pipeline(cls=getattr(diffusers, cls_name))
+
+    video = {"height": 16, "width": 16, "negative_prompt": "a blue square", "guidance_scale": 6.0}
+    return JointCase(build, cls_name, {**video, **call}, text_output=1)
 
 
 _INPAINT = {"image": _image(1), "mask_image": Image.new("L", (32, 32), 255), "strength": 1.0}
@@ -150,4 +159,8 @@ JOINT_CASES: dict[str, JointCase] = {
     "Qwen-Image inpainting": _qwen("QwenImageInpaintPipeline", cfg=True, **_INPAINT),
     "HunyuanVideo": _hunyuan_video(cfg=False),
     "HunyuanVideo, true CFG": _hunyuan_video(cfg=True),
+    "CogVideoX": _cogvideox("CogVideoXPipeline", num_frames=8),
+    "CogVideoX video-to-video": _cogvideox(
+        "CogVideoXVideoToVideoPipeline", video=[_image(i).resize((16, 16)) for i in range(8)], strength=1.0
+    ),
 }

@@ -132,12 +132,9 @@ class JointReference:
         ]
         self.current: int | None = None
         for i, block in enumerate(blocks):  # which joint attention an SDPA call belongs to
-            self.handles.append(
-                block.attn.register_forward_pre_hook(lambda m, a, i=i: setattr(self, "current", i))
-            )
-            self.handles.append(
-                block.attn.register_forward_hook(lambda m, a, o: setattr(self, "current", None))
-            )
+            attn = block.attn if hasattr(block, "attn") else block.attn1  # CogVideoX: attn1
+            self.handles.append(attn.register_forward_pre_hook(lambda m, a, i=i: setattr(self, "current", i)))
+            self.handles.append(attn.register_forward_hook(lambda m, a, o: setattr(self, "current", None)))
         original_forward = transformer.forward
         ref = self
 
@@ -153,7 +150,8 @@ class JointReference:
             if ref.sequential and ref.branch == "uncond":
                 ref.cfg = True
             if not ref.sequential:
-                ref.cfg = bool(ref.pipe.do_classifier_free_guidance)
+                flag = getattr(ref.pipe, "do_classifier_free_guidance", None)  # CogVideoX has none
+                ref.cfg = bool(ref.pipe.guidance_scale > 1 if flag is None else flag)
             with ref._attention():
                 if ref.step < ref.gate or ref.keep_cfg:
                     return original_forward(*args, **kwargs)

@@ -84,6 +84,10 @@ class JointKind:
     # read by name; positional arguments past these are ones the block ignores (``*args``)
     arg_names: tuple[str, ...] = ("hidden_states", "encoder_hidden_states", "temb")
     text_output: int = 0  # where the block's output tuple has the text stream (the image one: the other)
+    attn_name: str = "attn"  # the block's joint attention module
+
+    def attention(self, block: Any) -> Any:
+        return getattr(block, self.attn_name)
 
     def bind(self, args: tuple, kwargs: dict) -> dict:
         """The block's arguments by name."""
@@ -105,10 +109,10 @@ class JointKind:
 
     def check(self, block: Any) -> str | None:
         """Why this block cannot be gated (a processor crossgate does not know), or None."""
-        processor = type(block.attn.processor).__name__
+        processor = type(self.attention(block).processor).__name__
         if processor not in self.processors:
             return (
-                f"{type(block).__name__}.attn uses {processor}; crossgate freezes the text stream only "
+                f"{type(block).__name__}.{self.attn_name} uses {processor}; crossgate freezes the text stream only "
                 f"with the stock processor ({', '.join(self.processors)}). Remove the custom processor "
                 "(e.g. an IP-Adapter) or leave this pipeline ungated."
             )
@@ -304,7 +308,9 @@ class QwenDouble(JointKind):
         from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
         table = kwargs.get("image_rotary_emb")
-        return x if table is None else cast(torch.Tensor, apply_rotary_emb_qwen(x, table[index], use_real=False))
+        return (
+            x if table is None else cast(torch.Tensor, apply_rotary_emb_qwen(x, table[index], use_real=False))
+        )
 
     def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
         attn, text, temb = block.attn, kwargs["encoder_hidden_states"], kwargs["temb"]
@@ -417,6 +423,48 @@ class HunyuanSingle(JointKind):
         return hidden, frozen.output
 
 
+class CogVideoXJoint(JointKind):
+    """``CogVideoXBlock``: shared weights over ``[text; image]`` (``attn1``), per-stream modulation by
+    ``CogVideoXLayerNormZero``, rotary on image rows; output ``(image, text)``. Only image rows run."""
+
+    block_types = ("CogVideoXBlock",)
+    processors = ("CogVideoXAttnProcessor2_0",)
+    arg_names = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb", "attention_kwargs")
+    text_output = 1
+    attn_name = "attn1"
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        attn, text = block.attn1, kwargs["encoder_hidden_states"]
+        normed = block.norm1(text[:, :0], text, kwargs["temb"])[1]  # the text rows' modulation only
+        key, value = (_heads(p(normed), attn.heads) for p in (attn.to_k, attn.to_v))
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        return TextStream(key, value, output[1])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        attn, hidden, temb = block.attn1, kwargs["hidden_states"], kwargs["temb"]
+        normed, _, gate_msa, _ = block.norm1(hidden, hidden[:, :0], temb)
+        query, key, value = (_heads(p(normed), attn.heads) for p in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        rotary = kwargs.get("image_rotary_emb")
+        if rotary is not None:
+            query = apply_rotary_emb(query, rotary)
+            if not attn.is_cross_attention:
+                key = apply_rotary_emb(key, rotary)
+        key, value = torch.cat([frozen.key, key], dim=2), torch.cat([frozen.value, value], dim=2)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(hidden.shape[0], -1, attn.heads * out.shape[-1])
+        hidden = hidden + gate_msa * attn.to_out[1](attn.to_out[0](out))
+        normed, _, gate_ff, _ = block.norm2(hidden, hidden[:, :0], temb)
+        hidden = hidden + gate_ff * block.ff(normed)
+        return hidden, frozen.output
+
+
 KINDS: tuple[JointKind, ...] = (
     SD3Joint(),
     FluxDouble(),
@@ -424,6 +472,7 @@ KINDS: tuple[JointKind, ...] = (
     QwenDouble(),
     HunyuanDouble(),
     HunyuanSingle(),
+    CogVideoXJoint(),
 )
 
 

@@ -839,6 +839,57 @@ def tiny_hunyuan_video_pipeline(seed: int = 0):
     )
 
 
+def tiny_cogvideox_pipeline(seed: int = 0, cls: Any = None):
+    """A CogVideoX pipeline (one ``CogVideoXBlock``: shared weights over ``[text; image]``) with tiny
+    widths, random weights and rotary positions (as CogVideoX-5B); 16x16 videos of 8 frames (3 latent
+    frames), a random T5 over a character tokenizer, CFG batched ``[uncond; cond]``."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=16)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=32,
+        num_layers=2,
+        sample_width=2,
+        sample_height=2,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=16,
+        use_rotary_positional_embeddings=True,
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    return ready(
+        (cls or CogVideoXPipeline)(
+            transformer=transformer,
+            vae=vae,
+            scheduler=CogVideoXDDIMScheduler(),
+            text_encoder=tiny_t5_encoder(tokenizer, width=32),
+            tokenizer=tokenizer,
+        )
+    )
+
+
 def joint_architecture_pipeline(
     transformer_config: dict[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
 ):

@@ -87,6 +87,8 @@ QWEN_IMAGE = ModelAdapter(
     joint=True,
     branch_texts_aligned=False,
 )
+# CogVideoX batches CFG as [uncond; cond] like SD3.
+COGVIDEOX = ModelAdapter(family="cogvideox", denoiser_attr="transformer", post_gate_inputs="cond", joint=True)
 HUNYUAN_VIDEO = ModelAdapter(
     family="hunyuan-video",
     denoiser_attr="transformer",
@@ -191,6 +193,8 @@ SUPPORTED: dict[str, Supported] = {
     "QwenImageImg2ImgPipeline": Supported(QWEN_IMAGE, "Qwen-Image img2img"),
     "QwenImageInpaintPipeline": Supported(QWEN_IMAGE, "Qwen-Image inpainting"),
     "HunyuanVideoPipeline": Supported(HUNYUAN_VIDEO, "HunyuanVideo"),
+    "CogVideoXPipeline": Supported(COGVIDEOX, "CogVideoX"),
+    "CogVideoXVideoToVideoPipeline": Supported(COGVIDEOX, "CogVideoX video-to-video"),
 }
 
 # Per-branch CFG with cross-attention (Wan's family). Status and reason: adapters/sequential.py.
@@ -491,7 +495,8 @@ UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if
 _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
     "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
-    "knows the joint blocks of SD3, FLUX.1, Qwen-Image and HunyuanVideo with their stock processors, "
+    "knows the joint blocks of SD3, FLUX.1, Qwen-Image, HunyuanVideo and CogVideoX with their stock "
+    "processors, "
     "and the pipelines tested end to end with them; this class is not one of those."
 )
 _UNCONDITIONAL = (
@@ -513,9 +518,7 @@ NOT_APPLICABLE: dict[str, str] = {
             "ChromaPipeline",
             "ChromaImg2ImgPipeline",
             "ChromaInpaintPipeline",
-            "CogVideoXPipeline",
             "CogVideoXImageToVideoPipeline",
-            "CogVideoXVideoToVideoPipeline",
             "CogVideoXFunControlPipeline",
             "CogView3PlusPipeline",
             "CogView4Pipeline",
