@@ -453,9 +453,9 @@ class CogVideoXJoint(JointKind):
             key = attn.norm_k(key)
         rotary = kwargs.get("image_rotary_emb")
         if rotary is not None:
-            query = apply_rotary_emb(query, rotary)
+            query = cast(torch.Tensor, apply_rotary_emb(query, rotary))
             if not attn.is_cross_attention:
-                key = apply_rotary_emb(key, rotary)
+                key = cast(torch.Tensor, apply_rotary_emb(key, rotary))
         key, value = torch.cat([frozen.key, key], dim=2), torch.cat([frozen.value, value], dim=2)
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(hidden.shape[0], -1, attn.heads * out.shape[-1])
