@@ -15,6 +15,7 @@ from PIL import Image
 
 from crossgate.testing import (
     tiny_cogvideox_pipeline,
+    tiny_cogview4_pipeline,
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_qwen_image_pipeline,
@@ -159,6 +160,14 @@ JOINT_CASES: dict[str, JointCase] = {
     "Qwen-Image inpainting": _qwen("QwenImageInpaintPipeline", cfg=True, **_INPAINT),
     "HunyuanVideo": _hunyuan_video(cfg=False),
     "HunyuanVideo, true CFG": _hunyuan_video(cfg=True),
+    "CogView4": JointCase(
+        tiny_cogview4_pipeline,
+        "CogView4Pipeline",
+        {"guidance_scale": 5.0, "negative_prompt": "a blue square"},
+        sequential=True,
+        text_output=1,
+        mean=False,
+    ),
     "CogVideoX": _cogvideox("CogVideoXPipeline", num_frames=8),
     "CogVideoX video-to-video": _cogvideox(
         "CogVideoXVideoToVideoPipeline", video=[_image(i).resize((16, 16)) for i in range(8)], strength=1.0

@@ -326,3 +326,56 @@ def test_a_processor_swapped_after_apply_is_refused_when_the_call_starts():
     pipe.transformer.transformer_blocks[0].attn.set_processor(original)
     crossgate.remove(pipe)
     assert torch.equal(_run(pipe, case), plain)  # the pipeline stays usable
+
+
+# one build per transformer class: every JointKind (SD3's last, context_pre_only block included)
+@pytest.mark.parametrize(
+    "name",
+    ["SD3.5 (dual attention, qk-norm)", "FLUX.1", "Qwen-Image", "HunyuanVideo", "CogVideoX", "CogView4"],
+)
+def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock_block(name):
+    """The identity the method rests on: at one step, every block's ``image_only`` run against the
+    ``text_stream`` it returns reproduces the stock block's image output (and hands its text on)."""
+    case = JOINT_CASES[name]
+    pipe = case.build()
+    seen: list[tuple[torch.nn.Module, Any, tuple, dict, Any]] = []
+    handles = []
+    for _, block, kind in joint_blocks(pipe.transformer):
+
+        def hook(module, args, kwargs, output, kind=kind):
+            if len(seen) < 64:
+                seen.append((module, kind, args, dict(kwargs), output))
+
+        handles.append(block.register_forward_hook(hook, with_kwargs=True))
+    try:
+        _run(pipe, case, num_inference_steps=1)
+    finally:
+        for h in handles:
+            h.remove()
+    kinds = {type(kind).__name__ for _, kind, _, _, _ in seen}
+    assert seen and kinds == {type(k).__name__ for _, _, k in joint_blocks(pipe.transformer)}
+    with torch.no_grad():
+        for module, kind, args, kwargs, output in seen:
+            named = kind.bind(args, kwargs)
+            frozen = kind.text_stream(module, named, output)
+            replayed = kind.image_only(module, frozen, named)
+            image = 1 - kind.text_output
+            torch.testing.assert_close(replayed[image], output[image], rtol=0, atol=1e-5)
+            assert replayed[kind.text_output] is output[kind.text_output]
+
+
+def test_cogview4_text_mask_is_applied_to_the_image_queries_as_the_stock_processor_does():
+    pipe = JOINT_CASES["CogView4"].build()
+    _, block, kind = joint_blocks(pipe.transformer)[0]
+    torch.manual_seed(0)
+    dim = block.norm2.normalized_shape[0]
+    hidden, text = torch.randn(2, 9, dim), torch.randn(2, 6, dim)
+    temb = torch.randn(2, block.norm1.linear.in_features)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        stock = block(hidden, text, temb, None, mask)
+        named = kind.bind((hidden, text, temb, None, mask), {})
+        replayed = kind.image_only(block, kind.text_stream(block, named, stock), named)
+        unmasked = block(hidden, text, temb, None, None)
+    torch.testing.assert_close(replayed[0], stock[0], rtol=0, atol=1e-5)
+    assert not torch.allclose(unmasked[0], stock[0])  # the mask matters for these inputs

@@ -465,6 +465,67 @@ class CogVideoXJoint(JointKind):
         return hidden, frozen.output
 
 
+class CogView4Joint(JointKind):
+    """``CogView4TransformerBlock``: shared weights over ``[text; image]`` (``attn1``, one ``ff``),
+    per-stream modulation, rotary on image rows, an optional text mask; output ``(image, text)``."""
+
+    block_types = ("CogView4TransformerBlock",)
+    processors = ("CogView4AttnProcessor",)
+    arg_names = (
+        "hidden_states",
+        "encoder_hidden_states",
+        "temb",
+        "image_rotary_emb",
+        "attention_mask",
+        "attention_kwargs",
+    )
+    text_output = 1
+    attn_name = "attn1"
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        attn, text = block.attn1, kwargs["encoder_hidden_states"]
+        normed = block.norm1(text[:, :0], text, kwargs["temb"])[5]  # the text rows' modulation only
+        key, value = (
+            p(normed).unflatten(2, (attn.heads, -1)).transpose(1, 2) for p in (attn.to_k, attn.to_v)
+        )
+        if attn.norm_k is not None:
+            key = attn.norm_k(key).to(dtype=text.dtype)
+        return TextStream(key, value, output[1])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        attn, hidden = block.attn1, kwargs["hidden_states"]
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, hidden[:, :0], kwargs["temb"])[
+            :5
+        ]
+        query, key, value = (
+            p(normed).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+            for p in (attn.to_q, attn.to_k, attn.to_v)
+        )
+        if attn.norm_q is not None:
+            query = attn.norm_q(query).to(dtype=hidden.dtype)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key).to(dtype=hidden.dtype)
+        rotary = kwargs.get("image_rotary_emb")
+        if rotary is not None:
+            query = cast(torch.Tensor, apply_rotary_emb(query, rotary, use_real_unbind_dim=-2))
+            key = cast(torch.Tensor, apply_rotary_emb(key, rotary, use_real_unbind_dim=-2))
+        text_mask, mask = kwargs.get("attention_mask"), None
+        if text_mask is not None:  # the processor's mask, rows of the image queries: [text mask, ones]
+            keys = torch.cat([text_mask.float(), torch.ones(hidden.shape[:2], device=hidden.device)], dim=1)
+            mask = (torch.ones_like(hidden[..., :1]) @ keys.unsqueeze(1) > 0).unsqueeze(1).to(query.dtype)
+        key, value = torch.cat([frozen.key, key], dim=2), torch.cat([frozen.value, value], dim=2)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False
+        )
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        hidden = hidden + attn.to_out[1](attn.to_out[0](out)) * gate_msa.unsqueeze(1)
+        normed = block.norm2(hidden) * (1 + scale_mlp.unsqueeze(1)) + shift_mlp.unsqueeze(1)
+        hidden = hidden + block.ff(normed) * gate_mlp.unsqueeze(1)
+        return hidden, frozen.output
+
+
 KINDS: tuple[JointKind, ...] = (
     SD3Joint(),
     FluxDouble(),
@@ -473,6 +534,7 @@ KINDS: tuple[JointKind, ...] = (
     HunyuanDouble(),
     HunyuanSingle(),
     CogVideoXJoint(),
+    CogView4Joint(),
 )
 
 

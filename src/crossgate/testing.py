@@ -890,6 +890,54 @@ def tiny_cogvideox_pipeline(seed: int = 0, cls: Any = None):
     )
 
 
+def tiny_cogview4_pipeline(seed: int = 0):
+    """A CogView4 pipeline (two ``CogView4TransformerBlock``s: shared weights over ``[text; image]``)
+    with tiny widths and random weights: a two-layer random GLM under a character tokenizer, the tiny
+    VAE, 32x32 images; CFG as two calls named cond/uncond."""
+    from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import GlmConfig, GlmModel
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=1024)
+    transformer = CogView4Transformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=4,
+        num_attention_heads=4,
+        out_channels=4,
+        text_embed_dim=32,
+        time_embed_dim=8,
+        condition_dim=4,
+    )
+    glm = GlmConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_shift=0.25,
+        max_shift=0.75,
+        base_image_seq_len=256,
+        use_dynamic_shifting=True,
+        time_shift_type="linear",
+    )
+    return ready(
+        CogView4Pipeline(
+            tokenizer=tokenizer,
+            text_encoder=GlmModel(glm),
+            vae=tiny_vae(),
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+    )
+
+
 def joint_architecture_pipeline(
     transformer_config: dict[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
 ):

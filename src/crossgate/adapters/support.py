@@ -87,6 +87,15 @@ QWEN_IMAGE = ModelAdapter(
     joint=True,
     branch_texts_aligned=False,
 )
+# CogView4 names its two CFG calls like Qwen-Image, and pads each prompt to its own multiple of 16.
+COGVIEW4 = ModelAdapter(
+    family="cogview4",
+    denoiser_attr="transformer",
+    post_gate_inputs="cond",
+    cfg_layout="sequential",
+    joint=True,
+    branch_texts_aligned=False,
+)
 # CogVideoX batches CFG as [uncond; cond] like SD3.
 COGVIDEOX = ModelAdapter(family="cogvideox", denoiser_attr="transformer", post_gate_inputs="cond", joint=True)
 HUNYUAN_VIDEO = ModelAdapter(
@@ -194,6 +203,7 @@ SUPPORTED: dict[str, Supported] = {
     "QwenImageInpaintPipeline": Supported(QWEN_IMAGE, "Qwen-Image inpainting"),
     "HunyuanVideoPipeline": Supported(HUNYUAN_VIDEO, "HunyuanVideo"),
     "CogVideoXPipeline": Supported(COGVIDEOX, "CogVideoX"),
+    "CogView4Pipeline": Supported(COGVIEW4, "CogView4"),
     "CogVideoXVideoToVideoPipeline": Supported(COGVIDEOX, "CogVideoX video-to-video"),
 }
 
@@ -495,7 +505,7 @@ UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if
 _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
     "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
-    "knows the joint blocks of SD3, FLUX.1, Qwen-Image, HunyuanVideo and CogVideoX with their stock "
+    "knows the joint blocks of SD3, FLUX.1, Qwen-Image, HunyuanVideo, CogVideoX and CogView4 with their stock "
     "processors, "
     "and the pipelines tested end to end with them; this class is not one of those."
 )
@@ -521,7 +531,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "CogVideoXImageToVideoPipeline",
             "CogVideoXFunControlPipeline",
             "CogView3PlusPipeline",
-            "CogView4Pipeline",
             "CogView4ControlPipeline",
             "ConsisIDPipeline",
             "Cosmos3OmniPipeline",
