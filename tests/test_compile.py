@@ -260,7 +260,17 @@ def test_bench_compiled_rows(sd_pipe):
 
 
 @pytest.mark.parametrize(
-    "family", ["SD3", "FLUX.1", "FLUX.1 img2img", "Qwen-Image", "HunyuanVideo, true CFG"]
+    "family",
+    [
+        "SD3",
+        "FLUX.1",
+        "FLUX.1 img2img",
+        # the rest run with the slow tests (make test-slow): ~18 s of dynamo tracing each
+        *(
+            pytest.param(f, marks=pytest.mark.slow)
+            for f in ("Qwen-Image", "HunyuanVideo, true CFG", "CogVideoX", "CogView4")
+        ),
+    ],
 )
 def test_joint_attention_transformers(family):
     """Joint attention: the text-stream freeze traces cleanly too (0 breaks, a bounded set of graphs)."""
@@ -285,5 +295,7 @@ def test_joint_attention_transformers(family):
         "FLUX.1 img2img": (1, 5),  # unnamed true-CFG calls (cond, then uncond)
         "Qwen-Image": (2, 6),
         "HunyuanVideo, true CFG": (1, 5),
+        "CogVideoX": (1, 4),  # batched [uncond; cond], like SD3
+        "CogView4": (1, 5),
     }[family]
     assert graphs == {"plain": plain, "gated": gated, "other": gated, "removed": gated}, graphs
