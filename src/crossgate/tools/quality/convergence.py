@@ -122,8 +122,8 @@ def record_convergence(
 
     def make_text_hook(name: str):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            with torch.no_grad():
-                text = kinds[name].text_stream(module, kwargs, output)
+            with torch.no_grad():  # blocks called positionally (HunyuanVideo) are read by name
+                text = kinds[name].text_stream(module, kinds[name].bind(args, kwargs), output)
             parts = [text.key, text.value] + ([] if text.output is None else [text.output])
             rows = text.key.shape[0]
             latest[name] = torch.cat([p.detach().float().reshape(rows, -1) for p in parts], dim=1)
