@@ -622,101 +622,126 @@ def controller_of(model) -> TGateController | None:
     return None
 
 
-class TGate:
-    """ComfyUI node: MODEL in, MODEL out with TGATE."""
+# The node's inputs, once: the V1 class (INPUT_TYPES) and the V3 schema (tgate_v3.py) are built from
+# this table. (name, type, options with tooltip, required)
+INPUTS: tuple[tuple[str, str, dict, bool], ...] = (
+    (
+        "gate_mode",
+        "COMBO",
+        {
+            "options": list(GATE_MODES),
+            "default": "fraction",
+            "tooltip": "fraction: gate_fraction of the steps; step: gate_step.",
+        },
+        True,
+    ),
+    (
+        "gate_fraction",
+        "FLOAT",
+        {
+            "default": 0.4,
+            "min": 0.01,
+            "max": 1.0,
+            "step": 0.01,
+            "tooltip": "Share of the sampling steps that still run cross-attention and CFG "
+            "(rounded half up, at least 1). 1.0 never gates.",
+        },
+        True,
+    ),
+    (
+        "gate_step",
+        "INT",
+        {
+            "default": 10,
+            "min": 1,
+            "max": 10000,
+            "tooltip": "Steps that still run cross-attention and CFG. At or past the last step: no change.",
+        },
+        True,
+    ),
+    (
+        "self_attention_interval",
+        "INT",
+        {
+            "default": 0,
+            "min": 0,
+            "max": 1000,
+            "tooltip": "TGATE v2: before the gate, recompute self-attention every "
+            "k-th step after the warm-up and reuse it in between. 0: off (TGATE v1).",
+        },
+        True,
+    ),
+    (
+        "self_attention_interval_after",
+        "INT",
+        {
+            "default": 1,
+            "min": 1,
+            "max": 1000,
+            "tooltip": "TGATE v2: interval after the gate (1: always compute).",
+        },
+        False,
+    ),
+    (
+        "self_attention_warm_up",
+        "INT",
+        {"default": 2, "min": 0, "max": 1000, "tooltip": "TGATE v2: steps that always compute first."},
+        False,
+    ),
+)
+DESCRIPTION = (
+    "TGATE: after the gate, cross-attention is replayed from a cache (the mean of the conditional "
+    "and unconditional outputs at the step before the gate) and the unconditional CFG branch is "
+    "dropped, so the UNet runs at half the batch. No retraining. A gate at or after the last step "
+    "changes nothing. Place it after other attention-patch nodes (IPAdapter, ...) to skip all "
+    "cross-attention work; placed before them it still works, but their attention keeps running."
+)
+DISPLAY_NAME = "TGATE (cache cross-attention, drop CFG after the gate)"
 
-    DESCRIPTION = (
-        "TGATE: after the gate, cross-attention is replayed from a cache (the mean of the conditional "
-        "and unconditional outputs at the step before the gate) and the unconditional CFG branch is "
-        "dropped, so the UNet runs at half the batch. No retraining. A gate at or after the last step "
-        "changes nothing. Place it after other attention-patch nodes (IPAdapter, ...) to skip all "
-        "cross-attention work; placed before them it still works, but their attention keeps running."
+
+def patch_model(
+    model,
+    gate_mode="fraction",
+    gate_fraction=0.4,
+    gate_step=10,
+    self_attention_interval=0,
+    self_attention_interval_after=1,
+    self_attention_warm_up=2,
+):
+    """What the node does, whichever node API calls it: the widgets' values to a patched clone."""
+    settings = TGateSettings(
+        gate_mode=gate_mode,
+        gate_step=int(gate_step),
+        gate_fraction=float(gate_fraction),
+        self_attention_interval=int(self_attention_interval) or None,
+        self_attention_interval_after=int(self_attention_interval_after),
+        self_attention_warm_up=int(self_attention_warm_up),
     )
+    return apply_tgate(model, settings)
+
+
+def _v1_input(kind: str, options: dict) -> tuple:
+    if kind == "COMBO":
+        rest = {k: v for k, v in options.items() if k != "options"}
+        return (list(options["options"]), rest)
+    return (kind, dict(options))
+
+
+class TGate:
+    """ComfyUI node (V1 API, for ComfyUI releases without ``comfy_api``): MODEL in, MODEL out."""
+
+    DESCRIPTION = DESCRIPTION
     CATEGORY = "model_patches"
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "gate_mode": (
-                    list(GATE_MODES),
-                    {
-                        "default": "fraction",
-                        "tooltip": "fraction: gate_fraction of the steps; step: gate_step.",
-                    },
-                ),
-                "gate_fraction": (
-                    "FLOAT",
-                    {
-                        "default": 0.4,
-                        "min": 0.01,
-                        "max": 1.0,
-                        "step": 0.01,
-                        "tooltip": "Share of the sampling steps that still run cross-attention and CFG "
-                        "(rounded half up, at least 1). 1.0 never gates.",
-                    },
-                ),
-                "gate_step": (
-                    "INT",
-                    {
-                        "default": 10,
-                        "min": 1,
-                        "max": 10000,
-                        "tooltip": "Steps that still run cross-attention and CFG. At or past the last step: no change.",
-                    },
-                ),
-                "self_attention_interval": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 1000,
-                        "tooltip": "TGATE v2: before the gate, recompute self-attention every k-th step "
-                        "after the warm-up and reuse it in between. 0: off (TGATE v1).",
-                    },
-                ),
-            },
-            "optional": {
-                "self_attention_interval_after": (
-                    "INT",
-                    {
-                        "default": 1,
-                        "min": 1,
-                        "max": 1000,
-                        "tooltip": "TGATE v2: interval after the gate (1: always compute).",
-                    },
-                ),
-                "self_attention_warm_up": (
-                    "INT",
-                    {
-                        "default": 2,
-                        "min": 0,
-                        "max": 1000,
-                        "tooltip": "TGATE v2: steps that always compute first.",
-                    },
-                ),
-            },
-        }
+        required = {"model": ("MODEL",)}
+        optional = {}
+        for name, kind, options, is_required in INPUTS:
+            (required if is_required else optional)[name] = _v1_input(kind, options)
+        return {"required": required, "optional": optional}
 
-    def patch(
-        self,
-        model,
-        gate_mode="fraction",
-        gate_fraction=0.4,
-        gate_step=10,
-        self_attention_interval=0,
-        self_attention_interval_after=1,
-        self_attention_warm_up=2,
-    ):
-        settings = TGateSettings(
-            gate_mode=gate_mode,
-            gate_step=int(gate_step),
-            gate_fraction=float(gate_fraction),
-            self_attention_interval=int(self_attention_interval) or None,
-            self_attention_interval_after=int(self_attention_interval_after),
-            self_attention_warm_up=int(self_attention_warm_up),
-        )
-        return (apply_tgate(model, settings),)
+    def patch(self, model, **widgets):
+        return (patch_model(model, **widgets),)

@@ -153,6 +153,12 @@ def test_comfyui_loads_the_pack(facts):
     assert f["pyproject_name"] == "crossgate-tgate"  # parsed by ComfyUI's own comfy_config
 
 
+def test_v3_node_loaded_and_the_v1_export_kept_for_older_comfyui(facts):
+    f = _check(facts, "node_apis")
+    assert f["loaded_is_v3"] and f["same_inputs"] and f["same_output"] and f["gated_differs_from_plain"], f
+    assert f["v1_only_exports"] == ["TGATE"] and f["v1_only_class"] == "patch", f
+
+
 def test_gate_past_the_end_is_bit_identical(facts):
     f = _check(facts, "past_end_exact")
     assert len(f) == 12 and all(f.values()), f

@@ -90,6 +90,49 @@ class Checks:
             "pyproject_display_name": cfg.tool_comfy.display_name if cfg else None,
         }
 
+    def check_node_apis(self) -> dict:
+        """This ComfyUI loads the V3 node; the V1 export (older ComfyUI) has the same inputs and
+        gives the same model output, and is what the pack exports when ``comfy_api`` is missing."""
+        import importlib.util
+
+        torch = self.torch
+        v1 = self.env.node_module.TGate
+        widgets = {"gate_mode": "step", "gate_step": 2}
+        outs = {}
+        for api, gated in (
+            ("v3", self.env.tgate(self.model, **widgets)),
+            ("v1", v1().patch(self.model, **widgets)[0]),
+        ):
+            outs[api] = self.sample(gated)
+        spec_v1, spec_v3 = v1.INPUT_TYPES(), self.env.TGate.INPUT_TYPES()
+        # the pack imported as on a ComfyUI without comfy_api: the V1 mappings
+        blocked = {name: sys.modules.get(name) for name in ("comfy_api", "comfy_api.latest")}
+        sys.modules.update(dict.fromkeys(blocked))  # None: importing them raises ImportError
+        try:
+            init = self.env.pack_dir / "__init__.py"
+            spec = importlib.util.spec_from_file_location(
+                "crossgate_tgate_v1only", init, submodule_search_locations=[str(self.env.pack_dir)]
+            )
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            v1_only = module.NODE_CLASS_MAPPINGS
+        finally:
+            for name, mod in blocked.items():
+                if mod is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = mod
+        return {
+            "loaded_is_v3": hasattr(self.env.TGate, "define_schema"),
+            "same_inputs": list(spec_v1["required"]) == list(spec_v3["required"])
+            and list(spec_v1.get("optional", {})) == list(spec_v3.get("optional", {})),
+            "same_output": bool(torch.equal(outs["v1"], outs["v3"])),
+            "gated_differs_from_plain": not torch.equal(outs["v3"], self.sample(self.model)),
+            "v1_only_exports": sorted(v1_only or {}),
+            "v1_only_class": getattr((v1_only or {}).get("TGATE"), "FUNCTION", None),
+        }
+
     def check_past_end_exact(self) -> dict:
         """A gate at or past the last step: bit-identical to the unpatched model, every sampler."""
         out = {}

@@ -101,8 +101,9 @@ class Comfy:
         loaded = asyncio.run(nodes.load_custom_node(str(self.pack_dir)))
         if not loaded or "TGATE" not in nodes.NODE_CLASS_MAPPINGS:
             raise RuntimeError("ComfyUI did not load the node pack")
-        self.TGate = nodes.NODE_CLASS_MAPPINGS["TGATE"]
-        self.node_module = sys.modules[self.TGate.__module__]
+        self.TGate = nodes.NODE_CLASS_MAPPINGS["TGATE"]  # the V3 node where ComfyUI has that API
+        pack = sys.modules[self.TGate.__module__].__name__.rsplit(".", 1)[0]
+        self.node_module = sys.modules[f"{pack}.tgate_node"]  # the mechanism (either API calls it)
         self._text = None
 
     def close(self) -> None:
@@ -167,7 +168,9 @@ class Comfy:
         return [[out.last_hidden_state.clone(), {"pooled_output": out.pooler_output.clone()}]]
 
     def tgate(self, model, **widgets):
-        """The node exactly as a workflow calls it."""
+        """The node exactly as a workflow calls it (V3: the ``execute`` classmethod; V1: ``patch``)."""
+        if hasattr(self.TGate, "execute"):
+            return self.TGate.execute(model, **widgets)[0]
         return self.TGate().patch(model, **widgets)[0]
 
     def sample(
