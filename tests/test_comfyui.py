@@ -166,7 +166,10 @@ def test_gate_past_the_end_is_bit_identical(facts):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_after_the_gate_batch_is_b_and_no_cross_attention_runs(facts, sampler):
-    f = _check(facts, "batches")
+    _assert_batches(_check(facts, "batches"), sampler)
+
+
+def _assert_batches(f: dict, sampler: str) -> None:
     blocks = f["transformer_blocks"]
     plain, tgate = f[f"{sampler} plain"], f[f"{sampler} tgate"]
     assert plain["steps"] == tgate["steps"]
@@ -198,6 +201,20 @@ def test_matches_the_hand_written_reference(facts, sampler):
     assert f[f"{sampler} plain vs hand loop"]["max_rel"] <= REL_TOL  # the reference loop is ComfyUI's
     assert f[f"{sampler} tgate vs reference"]["max_rel"] <= REL_TOL
     assert f[f"{sampler} tgate vs plain"]["max_rel"] > 1e-3  # TGATE did change something
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sdxl_past_the_end_exact_batches_halved_and_equal_to_the_reference(facts, sampler):
+    """ComfyUI's own SDXL model class (tiny, random weights; linear transformer projections, the ADM
+    vector): the SD-1.5 checks, and the node's latent bit-identical to the hand-written TGATE."""
+    f = _check(facts, "sdxl")
+    assert f["transformer_blocks"] == f["batches"]["transformer_blocks"] > 0
+    assert all(v for k, v in f["past_end"].items() if k.startswith(sampler)) and len(f["past_end"]) == 12
+    _assert_batches(f["batches"], sampler)
+    ref = f["reference"]
+    assert ref[f"{sampler} plain vs hand loop"]["equal"] and ref[f"{sampler} tgate vs reference"]["equal"]
+    assert ref[f"{sampler} tgate vs plain"]["max_abs"] > 0  # TGATE did change something
+    assert ref["euler cfg=1 tgate vs reference"]["equal"] and ref["euler batch=2 tgate vs reference"]["equal"]
 
 
 def test_without_cfg_and_with_two_latents(facts):

@@ -90,6 +90,17 @@ class Checks:
             "pyproject_display_name": cfg.tool_comfy.display_name if cfg else None,
         }
 
+    def check_sdxl(self) -> dict:
+        """SDXL (ComfyUI's own SDXL model class, tiny): the same past-the-end, batch and reference
+        checks as for SD-1.5."""
+        sdxl = SDXLChecks(self.env)
+        return {
+            "transformer_blocks": len(self.env.transformer_blocks(sdxl.model)),
+            "past_end": sdxl.check_past_end_exact(),
+            "batches": sdxl.check_batches(),
+            "reference": sdxl.check_reference(),
+        }
+
     def check_node_apis(self) -> dict:
         """This ComfyUI loads the V3 node; the V1 export (older ComfyUI) has the same inputs and
         gives the same model output, and is what the pack exports when ``comfy_api`` is missing."""
@@ -607,6 +618,18 @@ def _no_cross_model(torch):
             return 0
 
     return Model()
+
+
+class SDXLChecks(Checks):
+    """The SD-1.5 checks on the tiny SDXL (its model, SDXL-shaped conditioning)."""
+
+    def __init__(self, env: Comfy) -> None:
+        self.env = env
+        self.torch = env.torch
+        self.model = env.build_sdxl_model()
+        self.pos = env.sdxl_conditioning(PROMPT)
+        self.pos_b = env.sdxl_conditioning(PROMPT_B)
+        self.neg = env.sdxl_conditioning("")
 
 
 CHECKS = [name.removeprefix("check_") for name in dir(Checks) if name.startswith("check_")]

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # tests/comfyui/harness.py -> the repository
@@ -68,6 +69,9 @@ def load_schedule_reference():
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+SDXL_WIDTH = 32  # the tiny SDXL's text width (cross-attention context and pooled output)
 
 
 class Comfy:
@@ -145,6 +149,56 @@ class Comfy:
         model.eval()
         cpu = torch.device("cpu")
         return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+    def build_sdxl_model(self):
+        """A fresh ComfyUI ModelPatcher over a tiny SDXL (``supported_models.SDXL``, ``model_base.SDXL``:
+        linear projections in the transformers, the ADM vector of pooled text and six size embeddings),
+        random weights. ComfyUI detects SDXL only from a full-depth checkpoint, so it is built from
+        the config as ComfyUI's loader would, at two levels and 32 channels."""
+        import comfy.model_base
+        import comfy.model_patcher
+        import comfy.supported_models
+
+        torch = self.torch
+        unet = {
+            "model_channels": 32,
+            "use_linear_in_transformer": True,
+            "transformer_depth": [0, 1],
+            "transformer_depth_output": [0, 0, 1, 1],
+            "transformer_depth_middle": 1,
+            "context_dim": SDXL_WIDTH,
+            "adm_in_channels": SDXL_WIDTH + 6 * 256,  # pooled text + height, width, crops, target size
+            "use_temporal_attention": False,
+            "in_channels": 4,
+            "out_channels": 4,
+            "num_res_blocks": [1, 1],
+            "channel_mult": [1, 2],
+            "num_head_channels": 16,
+            "num_heads": -1,
+            "image_size": 32,
+            "use_spatial_transformer": True,
+            "legacy": False,
+            "num_classes": "sequential",
+            "dtype": torch.float32,
+        }
+        config = comfy.supported_models.SDXL(unet)
+        config.set_inference_dtype(torch.float32, None)
+        model = comfy.model_base.SDXL(config, device=torch.device("cpu"))
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # comfy.ops leaves the weights uninitialised
+            for param in model.diffusion_model.parameters():
+                fan_in = param[0].numel() if param.ndim > 1 else 1
+                scale = fan_in**-0.5 if param.ndim > 1 else 0.02
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+        model.eval()
+        cpu = torch.device("cpu")
+        return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+    def sdxl_conditioning(self, prompt: str):
+        """SDXL-shaped CONDITIONING (tokens and pooled output), random but fixed per prompt."""
+        generator = self.torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
+        tokens = self.torch.randn(1, 77, SDXL_WIDTH, generator=generator)
+        return [[tokens, {"pooled_output": self.torch.randn(1, SDXL_WIDTH, generator=generator)}]]
 
     def conditioning(self, prompt: str):
         """ComfyUI CONDITIONING from the embedded CLIP text model (as the diffusers pipeline encodes)."""
@@ -348,6 +402,12 @@ def reference_sample(
     selfc = _ReferenceCache([b.attn1.to_out for b in blocks]) if v2 is not None else None
     cond_ctx = positive[0][0].expand(batch, -1, -1)
     uncond_ctx = negative[0][0].expand(batch, -1, -1)
+    # SDXL's ADM vector (pooled text and size embeddings) as ComfyUI's encode_model_conds builds it:
+    # the size defaults to the latent's times 8
+    pixels = {"width": size * 8, "height": size * 8}
+    cond_y = base.encode_adm(**{**pixels, **positive[0][1]})
+    uncond_y = base.encode_adm(**{**pixels, **negative[0][1]})
+    extra = {} if cond_y is None else {"y": cond_y.expand(batch, -1)}
     options = dict(transformer_options or {})
     gated_once = [False, False]
 
@@ -376,12 +436,13 @@ def reference_sample(
         if use_cfg and not after:
             x_in = torch.cat([x, x])
             ctx = torch.cat([uncond_ctx, cond_ctx])
+            both = {} if cond_y is None else {"y": torch.cat([uncond_y.expand(batch, -1), extra["y"]])}
             out = base.apply_model(
-                x_in, torch.cat([s, s]), c_crossattn=ctx, transformer_options=dict(options)
+                x_in, torch.cat([s, s]), c_crossattn=ctx, transformer_options=dict(options), **both
             )
             u, c = out.chunk(2)
             return u + (c - u) * cfg
-        return base.apply_model(x, s, c_crossattn=cond_ctx, transformer_options=dict(options))
+        return base.apply_model(x, s, c_crossattn=cond_ctx, transformer_options=dict(options), **extra)
 
     latent = torch.zeros(batch, 4, size, size)
     noise = comfy.sample.prepare_noise(latent, seed)
