@@ -22,6 +22,7 @@ import torch
 
 import crossgate
 from families import pixart_alpha, sd
+from joint_cases import JOINT_CASES
 from sequential_cases import wan_t2v
 
 cache_dit = pytest.importorskip(
@@ -29,6 +30,8 @@ cache_dit = pytest.importorskip(
 )
 
 GATE = 2
+JOINT = {"sd3": "SD3", "flux": "FLUX.1"}  # FLUX.1 with true CFG: two named calls per step
+FAMILIES = ["wan", "pixart"]
 
 
 class Family:
@@ -38,12 +41,22 @@ class Family:
             self.pipe, self.kwargs, self.steps = case.pipe, case.kwargs, case.steps
             self.model, self.out = case.pipe.transformer, "frames"
             self.feed_forwards = [block.ffn for block in self.model.blocks]
+        elif name in JOINT:  # joint attention: the text-stream freeze under cache-dit's block loop
+            joint = JOINT_CASES[JOINT[name]]
+            self.pipe, self.steps, self.out = joint.build(), 5, "images"
+            self.kwargs = {"prompt": "a red circle", "height": 32, "width": 32, "max_sequence_length": 16}
+            self.kwargs.update(joint.call)
+            self.model = self.pipe.transformer
+            self.feed_forwards = [block.ff for block in self.model.transformer_blocks]
+            self.feed_forwards += [
+                block.proj_mlp for block in getattr(self.model, "single_transformer_blocks", [])
+            ]
         else:
             case = pixart_alpha()
             self.pipe, self.kwargs, self.steps = case.pipe, case.kwargs, 4
             self.model, self.out = case.pipe.transformer, "images"
             self.feed_forwards = [block.ff for block in self.model.transformer_blocks]
-        self.sequential = name == "wan"
+        self.sequential = name in ("wan", "flux")
 
     def __call__(self, seed: int = 0, **overrides) -> torch.Tensor:
         kwargs = dict(self.kwargs, num_inference_steps=self.steps, output_type="latent", **overrides)
@@ -71,7 +84,7 @@ def _quiet():
     cache_dit.disable_print() if hasattr(cache_dit, "disable_print") else None
 
 
-@pytest.mark.parametrize("family", ["wan", "pixart"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("order", ["cache-dit-first", "crossgate-first"])
 def test_stacks_with_cache_dit(family, order):
     f = Family(family)
@@ -96,7 +109,7 @@ def test_stacks_with_cache_dit(family, order):
     assert torch.equal(f(), plain)
 
 
-@pytest.mark.parametrize("family", ["wan", "pixart"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_cache_dit_never_reusing_adds_nothing_to_crossgate(family):
     """The stacked output checked against crossgate alone: with cache-dit computing every block
     (threshold 0) through its own block loop, the stack is crossgate's output."""
@@ -107,6 +120,28 @@ def test_cache_dit_never_reusing_adds_nothing_to_crossgate(family):
     with crossgate.enabled(f.pipe, gate_step=GATE):
         stacked = f()
     torch.testing.assert_close(stacked, crossgate_alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(JOINT))
+def test_joint_attention_with_cache_dit_is_refused_before_anything_runs(family):
+    """A skipped block at the step before the gate would leave its text stream uncaptured mid-call:
+    refused at apply() (cache-dit first) or when the call starts (crossgate first), naming cache-dit;
+    the pipeline stays usable."""
+    f = Family(family)
+    f.enable_cache()
+    cache_alone = f()
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="cache-dit"):
+        crossgate.apply(f.pipe, gate_step=GATE)
+    assert not crossgate.is_applied(f.pipe) and torch.equal(f(), cache_alone)
+    cache_dit.disable_cache(f.pipe)
+    plain = f()
+    crossgate.apply(f.pipe, gate_step=GATE)  # crossgate first, cache-dit after
+    f.enable_cache()
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="cache-dit"):
+        f()
+    crossgate.remove(f.pipe)
+    cache_dit.disable_cache(f.pipe)
+    assert torch.equal(f(), plain)
 
 
 def test_cache_dit_refuses_a_unet_pipeline():
@@ -159,7 +194,7 @@ def table(family: str) -> dict[str, tuple[int, int]]:
     return result
 
 
-@pytest.mark.parametrize("family", ["wan", "pixart"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_savings_stack(family):
     t = table(family)
     assert t["cache-dit + crossgate"][0] < t["cache-dit"][0] < t["plain"][0]
@@ -169,7 +204,7 @@ def test_savings_stack(family):
 
 if __name__ == "__main__":  # the table in docs/accelerators.md
     _quiet()
-    for name in ("wan", "pixart"):
+    for name in FAMILIES:
         rows = table(name)
         for combination, (blocks, macs) in rows.items():
             print(f"| {name} | {combination} | {blocks} | {macs:,} | {macs / rows['plain'][1]:.2f} |")

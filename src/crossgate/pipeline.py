@@ -461,7 +461,10 @@ _BATCH_STATEFUL_CACHES = (
 
 
 def _check_diffusers_caches(pipe: Any, adapter: ModelAdapter) -> None:
-    """Refuse a diffusers cache whose kept state cannot follow the batch halving at the gate."""
+    """Refuse a diffusers cache whose kept state cannot follow the batch halving at the gate, and,
+    on joint-attention families, any block cache (diffusers' or cache-dit's)."""
+    if adapter.joint:
+        _check_joint_caches(pipe, adapter)
     if adapter.cfg_layout == "sequential":
         return
     for part in _parts(adapter, pipe):
@@ -477,6 +480,28 @@ def _check_diffusers_caches(pipe: Any, adapter: ModelAdapter) -> None:
                             "would no longer fit). Disable the cache, or use a per-branch CFG pipeline (Wan) "
                             "where both compose."
                         )
+
+
+def _check_joint_caches(pipe: Any, adapter: ModelAdapter) -> None:
+    """Joint families freeze each block's text stream from the step before the gate, which needs every
+    joint block to run its own forward at that step. Block caches decide per step whether blocks (or
+    their attention) run, so they would leave the capture incomplete mid-call: refused up front."""
+    name = type(pipe).__name__
+    why = (
+        f"crossgate freezes each joint block's text stream from the step before the gate, so every block "
+        f"of {name}'s transformer must run at that step; {{cache}} skips blocks (or their attention) on "
+        "steps it decides at run time. Disable {cache} to use crossgate on this pipeline, or remove "
+        "crossgate to use {cache}."
+    )
+    denoiser = adapter.denoiser(pipe)
+    if getattr(denoiser, "_is_cached", False):  # cache-dit's mark on a transformer it patched
+        raise UnsupportedPipelineError(why.format(cache="cache-dit (cache_dit.enable_cache)"))
+    for module in denoiser.modules():
+        registry = module.__dict__.get("_diffusers_hook")
+        for hook_name in getattr(registry, "hooks", {}):
+            for prefix, cache in _BATCH_STATEFUL_CACHES:
+                if hook_name.startswith(prefix):
+                    raise UnsupportedPipelineError(why.format(cache=f"diffusers' {cache}"))
 
 
 def _check_per_pass(name: str, config: TGateConfig) -> None:
