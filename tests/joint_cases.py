@@ -82,6 +82,32 @@ def _flux(cls_name: str, cfg: bool, in_channels: int = 16, **call: Any) -> Joint
     )
 
 
+def _sd3_controlnet() -> JointCase:
+    def build() -> Any:
+        import diffusers
+        import torch
+
+        pipe = tiny_sd3_pipeline()
+        torch.manual_seed(1)
+        controlnet = diffusers.SD3ControlNetModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=16,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            joint_attention_dim=32,
+            caption_projection_dim=32,
+            pooled_projection_dim=64,
+            out_channels=16,
+            pos_embed_max_size=16,
+        )
+        return diffusers.StableDiffusion3ControlNetPipeline(**pipe.components, controlnet=controlnet)
+
+    call = {"guidance_scale": 5.0, "control_image": _image(2)}
+    return JointCase(build, "StableDiffusion3ControlNetPipeline", call, text_first=False)
+
+
 def _qwen(cls_name: str, cfg: bool, **call: Any) -> JointCase:
     def build() -> Any:
         import diffusers
@@ -129,6 +155,7 @@ JOINT_CASES: dict[str, JointCase] = {
     "SD3.5 (dual attention, qk-norm)": _sd3("StableDiffusion3Pipeline", dual=(0,)),
     "SD3 img2img": _sd3("StableDiffusion3Img2ImgPipeline", image=_image(), strength=1.0),
     "SD3 inpainting": _sd3("StableDiffusion3InpaintPipeline", **_INPAINT),
+    "SD3 ControlNet": _sd3_controlnet(),
     "FLUX.1": _flux("FluxPipeline", cfg=True),
     "FLUX.1, distilled guidance (no CFG)": _flux("FluxPipeline", cfg=False),
     "FLUX.1 img2img": _flux("FluxImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),

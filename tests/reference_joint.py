@@ -164,10 +164,16 @@ class JointReference:
                 if not ref.cfg:
                     return original_forward(*args, **kwargs)
                 ref.halved = True
-                half = {
-                    k: (v.chunk(2)[1] if isinstance(v, torch.Tensor) and v.shape[:1] == text.shape[:1] else v)
-                    for k, v in kwargs.items()
-                }
+
+                def cond_half(v):
+                    if isinstance(v, torch.Tensor) and v.shape[:1] == text.shape[:1]:
+                        return v.chunk(2)[1]
+                    if isinstance(v, (list, tuple)):  # a ControlNet's block residuals
+                        return type(v)(cond_half(x) for x in v)
+                    return v
+
+                # rotary tables are per token, not per sample (their rows can equal the batch)
+                half = {k: v if k == "image_rotary_emb" else cond_half(v) for k, v in kwargs.items()}
                 out = original_forward(*args, **half)
                 return tuple(torch.cat([o, o]) if isinstance(o, torch.Tensor) else o for o in out)
 

@@ -379,3 +379,13 @@ def test_cogview4_text_mask_is_applied_to_the_image_queries_as_the_stock_process
         unmasked = block(hidden, text, temb, None, None)
     torch.testing.assert_close(replayed[0], stock[0], rtol=0, atol=1e-5)
     assert not torch.allclose(unmasked[0], stock[0])  # the mask matters for these inputs
+
+
+def test_sd3_controlnet_runs_the_cond_half_after_the_gate():
+    case = JOINT_CASES["SD3 ControlNet"]
+    pipe = case.build()
+    with crossgate.enabled(pipe, gate_step=GATE):
+        _run(pipe, case)
+        stats = crossgate.last_call(pipe)
+    assert stats.denoiser_batches == [2] * GATE + [1] * (STEPS - GATE)
+    assert list(stats.control_batches.values()) == [[2] * GATE + [1] * (STEPS - GATE)]

@@ -160,7 +160,7 @@ class ModelAdapter:
         """
         if self.control_attr is None:
             return []
-        from diffusers import ControlNetModel, ControlNetUnionModel
+        from diffusers import ControlNetModel, ControlNetUnionModel, SD3ControlNetModel
 
         model = getattr(pipe, self.control_attr, None)
         if not isinstance(model, torch.nn.Module):
@@ -174,7 +174,9 @@ class ModelAdapter:
         return [
             (path, net)
             for path, net in parts
-            if isinstance(getattr(net, "_orig_mod", net), (ControlNetModel, ControlNetUnionModel))
+            if isinstance(
+                getattr(net, "_orig_mod", net), (ControlNetModel, ControlNetUnionModel, SD3ControlNetModel)
+            )
         ]  # a compiled ControlNet (``torch.compile(net)``'s OptimizedModule) is listed as the pipeline holds it
 
     def cross_attention(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:

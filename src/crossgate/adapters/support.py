@@ -65,6 +65,12 @@ SD3 = ModelAdapter(family="sd3", denoiser_attr="transformer", post_gate_inputs="
 FLUX = ModelAdapter(
     family="flux", denoiser_attr="transformer", post_gate_inputs="cond", cfg_layout="sequential", joint=True
 )
+# SD3's ControlNet pipeline runs an SD3ControlNetModel (joint blocks of its own) beside the transformer
+# at the same [uncond; cond] batch: after the gate it runs the cond half and its block residuals are
+# handed back for both halves (the ControlNet's own text stream keeps computing).
+SD3_CONTROLNET = ModelAdapter(
+    family="sd3", denoiser_attr="transformer", post_gate_inputs="cond", joint=True, control_attr="controlnet"
+)
 # FLUX.1's other pipelines (img2img, inpainting, Kontext) run the same true CFG without naming the
 # calls: the cond call first, then the uncond one. Fill and Control (channel-concatenated
 # conditioning) are guidance-distilled and call the transformer once per step.
@@ -189,6 +195,7 @@ SUPPORTED: dict[str, Supported] = {
     "StableDiffusion3Pipeline": Supported(SD3, "SD3"),
     "StableDiffusion3Img2ImgPipeline": Supported(SD3, "SD3 img2img"),
     "StableDiffusion3InpaintPipeline": Supported(SD3, "SD3 inpainting"),
+    "StableDiffusion3ControlNetPipeline": Supported(SD3_CONTROLNET, "SD3 ControlNet"),
     "FluxPipeline": Supported(FLUX, "FLUX.1"),
     "FluxImg2ImgPipeline": Supported(FLUX_UNNAMED, "FLUX.1 img2img"),
     "FluxInpaintPipeline": Supported(FLUX_UNNAMED, "FLUX.1 inpainting"),
@@ -574,7 +581,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "QwenImageLayeredPipeline",
             "QwenImage21Pipeline",
             "RFD4ProteinaPipeline",
-            "StableDiffusion3ControlNetPipeline",
             "StableDiffusion3ControlNetInpaintingPipeline",
             "StableDiffusion3PAGPipeline",
             "StableDiffusion3PAGImg2ImgPipeline",
