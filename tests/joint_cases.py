@@ -6,6 +6,7 @@ and the README's support matrix lists them (scripts/support_matrix.py).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,34 @@ def _sd3_controlnet() -> JointCase:
     return JointCase(build, "StableDiffusion3ControlNetPipeline", call, text_first=False)
 
 
+def _flux_controlnet(cls_name: str, cfg: bool, **call: Any) -> JointCase:
+    def build() -> Any:
+        import diffusers
+        import torch
+
+        pipe = tiny_flux_pipeline()
+        torch.manual_seed(1)
+        controlnet = diffusers.FluxControlNetModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            guidance_embeds=True,
+            axes_dims_rope=(2, 2, 4),
+        )
+        cls = getattr(diffusers, cls_name)
+        parts = {k: v for k, v in pipe.components.items() if k in inspect.signature(cls.__init__).parameters}
+        return cls(**parts, controlnet=controlnet)
+
+    extra = {"true_cfg_scale": 4.0, "negative_prompt": "a blue square"} if cfg else {}
+    call = {"guidance_scale": 3.5, "control_image": _image(2), **extra, **call}
+    return JointCase(build, cls_name, call, cfg=cfg, sequential=True, named=False)
+
+
 def _qwen(cls_name: str, cfg: bool, **call: Any) -> JointCase:
     def build() -> Any:
         import diffusers
@@ -166,6 +195,11 @@ JOINT_CASES: dict[str, JointCase] = {
     "FLUX.1 Kontext inpainting": _flux(
         "FluxKontextInpaintPipeline", cfg=True, _auto_resize=False, max_area=32 * 32, **_INPAINT
     ),
+    "FLUX.1 ControlNet": _flux_controlnet("FluxControlNetPipeline", cfg=True),
+    "FLUX.1 ControlNet img2img": _flux_controlnet(
+        "FluxControlNetImg2ImgPipeline", cfg=False, image=_image(), strength=1.0
+    ),
+    "FLUX.1 ControlNet inpainting": _flux_controlnet("FluxControlNetInpaintPipeline", cfg=False, **_INPAINT),
     "FLUX.1 Fill": _flux(
         "FluxFillPipeline", cfg=False, in_channels=48, image=_image(), mask_image=_INPAINT["mask_image"]
     ),

@@ -73,7 +73,9 @@ SD3_CONTROLNET = ModelAdapter(
 )
 # FLUX.1's other pipelines (img2img, inpainting, Kontext) run the same true CFG without naming the
 # calls: the cond call first, then the uncond one. Fill and Control (channel-concatenated
-# conditioning) are guidance-distilled and call the transformer once per step.
+# conditioning) are guidance-distilled and call the transformer once per step. The ControlNet
+# pipelines run their FluxControlNetModel once per step (the prompt's) and hand its residuals to both
+# transformer calls; it is not gated (its text stream keeps computing).
 FLUX_UNNAMED = ModelAdapter(
     family="flux",
     denoiser_attr="transformer",
@@ -201,6 +203,9 @@ SUPPORTED: dict[str, Supported] = {
     "FluxInpaintPipeline": Supported(FLUX_UNNAMED, "FLUX.1 inpainting"),
     "FluxKontextPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Kontext"),
     "FluxKontextInpaintPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Kontext inpainting"),
+    "FluxControlNetPipeline": Supported(FLUX_UNNAMED, "FLUX.1 ControlNet"),
+    "FluxControlNetImg2ImgPipeline": Supported(FLUX_UNNAMED, "FLUX.1 ControlNet img2img"),
+    "FluxControlNetInpaintPipeline": Supported(FLUX_UNNAMED, "FLUX.1 ControlNet inpainting"),
     "FluxFillPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Fill"),
     "FluxControlPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Control"),
     "FluxControlImg2ImgPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Control img2img"),
@@ -545,9 +550,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "EasyAnimateControlPipeline",
             "EasyAnimateInpaintPipeline",
             "ErnieImagePipeline",
-            "FluxControlNetPipeline",
-            "FluxControlNetImg2ImgPipeline",
-            "FluxControlNetInpaintPipeline",
             "Flux2Pipeline",
             "Flux2KleinPipeline",
             "Flux2KleinInpaintPipeline",
