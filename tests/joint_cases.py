@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from crossgate.testing import (
+    tiny_chroma_pipeline,
     tiny_cogvideox_pipeline,
     tiny_cogview4_pipeline,
     tiny_flux_pipeline,
@@ -137,6 +138,16 @@ def _flux_controlnet(cls_name: str, cfg: bool, **call: Any) -> JointCase:
     return JointCase(build, cls_name, call, cfg=cfg, sequential=True, named=False)
 
 
+def _chroma(cls_name: str, **call: Any) -> JointCase:
+    def build() -> Any:
+        import diffusers
+
+        return tiny_chroma_pipeline(cls=getattr(diffusers, cls_name))
+
+    call = {"guidance_scale": 4.0, "negative_prompt": "a blue square", **call}
+    return JointCase(build, cls_name, call, sequential=True, named=False)
+
+
 def _qwen(cls_name: str, cfg: bool, **call: Any) -> JointCase:
     def build() -> Any:
         import diffusers
@@ -215,6 +226,8 @@ JOINT_CASES: dict[str, JointCase] = {
     "FLUX.1 Control inpainting": _flux(
         "FluxControlInpaintPipeline", cfg=False, in_channels=32, control_image=_image(2), **_INPAINT
     ),
+    "Chroma": _chroma("ChromaPipeline"),
+    "Chroma img2img": _chroma("ChromaImg2ImgPipeline", image=_image(), strength=1.0),
     "Qwen-Image": _qwen("QwenImagePipeline", cfg=True),
     "Qwen-Image, no CFG": _qwen("QwenImagePipeline", cfg=False),
     "Qwen-Image img2img": _qwen("QwenImageImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),

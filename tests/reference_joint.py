@@ -113,6 +113,13 @@ class JointReference:
     def _block_hook(self, index: int):
         def hook(module, args, kwargs, output):
             t = self.text_output
+            if isinstance(output, torch.Tensor):  # one [text; image] sequence (Chroma's single blocks)
+                if self.step == self.gate - 1 and self.capturing:
+                    self.outputs.setdefault(self.store_key, []).append(output[:, : self.text_len])
+                elif self.step >= self.gate and not self.live:
+                    text = self._fed(self._frozen(self.outputs, index), self.halved)
+                    return torch.cat([text, output[:, self.text_len :]], dim=1)
+                return None
             if self.step == self.gate - 1 and self.capturing:
                 self.outputs.setdefault(self.store_key, []).append(output[t])
             elif self.step >= self.gate and not self.live:

@@ -15,7 +15,7 @@ import torch
 
 import crossgate
 from crossgate import ConfigError
-from crossgate.joint import joint_blocks
+from crossgate.joint import joint_blocks, kind_of
 from joint_cases import JOINT_CASES, JointCase
 from reference_joint import JointReference
 
@@ -89,7 +89,8 @@ def test_after_the_gate_one_branch_runs_and_no_text_side_module_runs(case_and_pl
     image_rows: list[int] = [0]
 
     def block_input(module, args, kwargs):
-        image_rows[0] = (args[0] if args else kwargs["hidden_states"]).shape[1]
+        if not kind_of(module).concatenated:  # [text; image] blocks: the double blocks' count holds
+            image_rows[0] = (args[0] if args else kwargs["hidden_states"]).shape[1]
 
     def key_rows(module, args, output):
         if state["after"]:
@@ -389,3 +390,23 @@ def test_sd3_controlnet_runs_the_cond_half_after_the_gate():
         stats = crossgate.last_call(pipe)
     assert stats.denoiser_batches == [2] * GATE + [1] * (STEPS - GATE)
     assert list(stats.control_batches.values()) == [[2] * GATE + [1] * (STEPS - GATE)]
+
+
+def test_chroma_inpainting_is_refused_because_it_fails_without_crossgate():
+    """The refusal's reason holds: the plain pipeline fails in diffusers itself."""
+    import diffusers
+
+    from crossgate.testing import tiny_chroma_pipeline
+
+    pipe = tiny_chroma_pipeline(cls=diffusers.ChromaInpaintPipeline)
+    case = JOINT_CASES["Chroma"]
+    with pytest.raises(AttributeError, match="guidance_embeds"):
+        _run(pipe, case, image=_inpaint_image(), mask_image=_inpaint_image().convert("L"), strength=1.0)
+    with pytest.raises(crossgate.UnsupportedPipelineError, match="guidance_embeds"):
+        crossgate.apply(pipe)
+
+
+def _inpaint_image():
+    from joint_cases import _image
+
+    return _image(1)

@@ -103,14 +103,18 @@ _SHARED_INPUTS = frozenset({"image_rotary_emb"})
 class Lane:
     """What every hook inside one model reads during one pass; written only by the model's gate.
 
-    ``mode`` and ``self_action`` are the only values compiled code is specialised on (a handful of
-    graphs). Tensors go in and out through each hook's own slots (``cache``, ``kept``), never keyed by
+    ``mode`` and ``self_action`` are the values compiled code is specialised on (a handful of
+    graphs; ``text_tokens`` too where a concatenated joint block reads it: it changes with the text
+    length, which changes the shapes anyway). Tensors go in and out through each hook's own slots (``cache``, ``kept``), never keyed by
     the layer's name, so identical blocks trace to one graph (regional compilation).
     """
 
     mode: int = PASS
     self_action: Action = Action.COMPUTE
     capture: bool = False  # joint blocks: keep the text stream in this KEEP pass (the step before the gate)
+    # joint blocks over one concatenated [text; image] sequence (Chroma's single-stream blocks) are not
+    # told where the text ends: the gate writes the pass's text length here (a constant per prompt)
+    text_tokens: int = 0
     # eager only: the call whose pass is running, the batch the gate halved it to, the pass lock
     # and its holder, and whether the pass was entered around a compiled call (``outer``: the
     # model's own hooks stand by)
@@ -257,6 +261,8 @@ class JointBlockHook(ModuleHook):
 
     def run(self, compute: Compute, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         named = self.kind.bind(args, kwargs)  # by name for crossgate; the block gets its own call
+        if self.kind.concatenated:
+            named = {**named, "text_tokens": self.lane.text_tokens}
         mode = self.lane.mode
         if mode == SKIP:
             return self.kind.passthrough(named)
@@ -730,6 +736,8 @@ class DenoiserGate(_ModelGate):
             self.lane.call = None
             return None
         call.begin_pass()
+        text = kwargs.get("encoder_hidden_states")
+        self.lane.text_tokens = text.shape[1] if isinstance(text, torch.Tensor) and text.ndim == 3 else 0
         order = call.adapter.branch_order
         if order and call.layout.sequential:  # unnamed calls: the branch is the call's place in the step
             if call.slot >= len(order):

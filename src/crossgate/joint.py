@@ -85,6 +85,9 @@ class JointKind:
     arg_names: tuple[str, ...] = ("hidden_states", "encoder_hidden_states", "temb")
     text_output: int = 0  # where the block's output tuple has the text stream (the image one: the other)
     attn_name: str = "attn"  # the block's joint attention module
+    # the block takes one [text; image] sequence and returns one tensor (Chroma's single-stream
+    # blocks); its hook adds ``text_tokens`` (where the text ends) to the arguments it hands over
+    concatenated: bool = False
 
     def attention(self, block: Any) -> Any:
         return getattr(block, self.attn_name)
@@ -190,7 +193,9 @@ def _with_rotary(x: torch.Tensor, kwargs: dict, start: int, stop: int | None) ->
     return x if table is None else _rope(x, tuple(t[start:stop] for t in table))
 
 
-def _flux_image_attention(attn: Any, normed: torch.Tensor, frozen: TextStream, kwargs: dict) -> torch.Tensor:
+def _flux_image_attention(
+    attn: Any, normed: torch.Tensor, frozen: TextStream, kwargs: dict, mask: Any = None
+) -> torch.Tensor:
     """The image rows' attention output (before any output projection) against the frozen text.
 
     Image queries/keys/values from ``normed`` (qk-norm, rotary of the image rows), keys and values in
@@ -206,6 +211,7 @@ def _flux_image_attention(attn: Any, normed: torch.Tensor, frozen: TextStream, k
         query,
         torch.cat([frozen.key, key], dim=1),
         torch.cat([frozen.value, value], dim=1),
+        attn_mask=mask,
         backend=attn.processor._attention_backend,
         parallel_config=attn.processor._parallel_config,
     )
@@ -265,6 +271,86 @@ class FluxSingle(JointKind):
         if hidden.dtype == torch.float16:
             hidden = hidden.clip(-65504, 65504)
         return frozen.output, hidden
+
+
+def _chroma_image_rows_mask(kwargs: dict, text_tokens: int) -> Any:
+    """Chroma's pairwise mask (``m[:, None, None, :] * m[:, None, :, None]``), the image query rows."""
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        return None
+    return mask[:, None, None, :] * mask[:, None, text_tokens:, None]
+
+
+class ChromaDouble(JointKind):
+    """``ChromaTransformerBlock``: FLUX's double-stream block with pruned modulation (``temb`` holds the
+    image's 6 vectors, then the text's) and a text padding mask."""
+
+    block_types = ("ChromaTransformerBlock",)
+    processors = ("FluxAttnProcessor",)
+    arg_names = (
+        "hidden_states",
+        "encoder_hidden_states",
+        "temb",
+        "image_rotary_emb",
+        "attention_mask",
+        "joint_attention_kwargs",
+    )
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        attn, text = block.attn, kwargs["encoder_hidden_states"]
+        normed = block.norm1_context(text, emb=kwargs["temb"][:, 6:])[0]
+        if attn.fused_projections:
+            _, key, value = attn.to_added_qkv(normed).chunk(3, dim=-1)
+        else:
+            key, value = attn.add_k_proj(normed), attn.add_v_proj(normed)
+        key, value = key.unflatten(-1, (-1, attn.head_dim)), value.unflatten(-1, (-1, attn.head_dim))
+        key = _with_rotary(attn.norm_added_k(key), kwargs, 0, text.shape[1])
+        return TextStream(key, value, output[0])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        hidden, attn = kwargs["hidden_states"], block.attn
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=kwargs["temb"][:, :6])
+        mask = _chroma_image_rows_mask(kwargs, frozen.key.shape[1])
+        out = _flux_image_attention(attn, normed, frozen, kwargs, mask)
+        hidden = hidden + gate_msa.unsqueeze(1) * attn.to_out[1](attn.to_out[0](out.contiguous()))
+        normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
+        return frozen.output, hidden
+
+
+class ChromaSingle(JointKind):
+    """``ChromaSingleTransformerBlock``: one ``[text; image]`` sequence in and out (shared weights);
+    only the image rows run, the text rows handed on are the frozen ones."""
+
+    block_types = ("ChromaSingleTransformerBlock",)
+    processors = ("FluxAttnProcessor",)
+    arg_names = ("hidden_states", "temb", "image_rotary_emb", "attention_mask", "joint_attention_kwargs")
+    concatenated = True
+
+    def passthrough(self, kwargs: dict) -> Any:
+        return kwargs["hidden_states"]
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        attn, tokens = block.attn, kwargs["text_tokens"]
+        normed, _ = block.norm(kwargs["hidden_states"][:, :tokens], emb=kwargs["temb"])  # per token
+        if attn.fused_projections:
+            _, key, value = _flux_qkv(attn, normed)
+        else:
+            key, value = (p(normed).unflatten(-1, (-1, attn.head_dim)) for p in (attn.to_k, attn.to_v))
+        key = _with_rotary(attn.norm_k(key), kwargs, 0, tokens)
+        return TextStream(key, value, output[:, :tokens])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        attn, tokens = block.attn, frozen.key.shape[1]
+        hidden = kwargs["hidden_states"][:, tokens:]
+        normed, gate = block.norm(hidden, emb=kwargs["temb"])
+        mlp = block.act_mlp(block.proj_mlp(normed))
+        out = _flux_image_attention(attn, normed, frozen, kwargs, _chroma_image_rows_mask(kwargs, tokens))
+        hidden = hidden + gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2))
+        if hidden.dtype == torch.float16:
+            hidden = hidden.clip(-65504, 65504)
+        assert frozen.output is not None  # a single-stream block always hands its text rows on
+        return torch.cat([frozen.output, hidden], dim=1)
 
 
 def _attend(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any = None) -> Any:
@@ -535,6 +621,8 @@ KINDS: tuple[JointKind, ...] = (
     HunyuanSingle(),
     CogVideoXJoint(),
     CogView4Joint(),
+    ChromaDouble(),
+    ChromaSingle(),
 )
 
 

@@ -693,6 +693,40 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True, cls: Any = N
     )
 
 
+def tiny_chroma_pipeline(seed: int = 0, cls: Any = None):
+    """A Chroma pipeline (FLUX-like double- and single-stream blocks, pruned modulation, a text padding
+    mask) with tiny widths and random weights: a random T5 over a character tokenizer, the tiny VAE,
+    32x32 images; CFG as two unnamed calls per step (cond first)."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=77)
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=(2, 2, 4),
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+        approximator_num_channels=16,
+    )
+    vae = tiny_vae()
+    vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
+    return ready(
+        (cls or ChromaPipeline)(
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=tiny_t5_encoder(tokenizer, width=32),
+            tokenizer=tokenizer,
+        )
+    )
+
+
 def tiny_qwen_image_pipeline(seed: int = 0, cls: Any = None):
     """A Qwen-Image pipeline (double-stream joint blocks, text first) with tiny widths and random weights.
 

@@ -84,6 +84,16 @@ FLUX_UNNAMED = ModelAdapter(
     joint=True,
     branch_order=("cond", "uncond"),
 )
+# Chroma runs CFG like FLUX's unnamed pipelines (the cond call first); prompts are padded to
+# max_sequence_length, so the branches' texts align.
+CHROMA = ModelAdapter(
+    family="chroma",
+    denoiser_attr="transformer",
+    post_gate_inputs="cond",
+    cfg_layout="sequential",
+    joint=True,
+    branch_order=("cond", "uncond"),
+)
 # Qwen-Image and HunyuanVideo run real CFG like FLUX (`true_cfg_scale > 1`, named calls). Qwen-Image
 # encodes the prompt and the negative prompt each to its own length, so their text streams cannot be
 # averaged; HunyuanVideo pads both to max_sequence_length.
@@ -210,6 +220,8 @@ SUPPORTED: dict[str, Supported] = {
     "FluxControlPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Control"),
     "FluxControlImg2ImgPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Control img2img"),
     "FluxControlInpaintPipeline": Supported(FLUX_UNNAMED, "FLUX.1 Control inpainting"),
+    "ChromaPipeline": Supported(CHROMA, "Chroma"),
+    "ChromaImg2ImgPipeline": Supported(CHROMA, "Chroma img2img"),
     "QwenImagePipeline": Supported(QWEN_IMAGE, "Qwen-Image"),
     "QwenImageImg2ImgPipeline": Supported(QWEN_IMAGE, "Qwen-Image img2img"),
     "QwenImageInpaintPipeline": Supported(QWEN_IMAGE, "Qwen-Image inpainting"),
@@ -286,6 +298,11 @@ _UNRECOGNISED = (
 )
 
 REFUSED: dict[str, str] = {
+    "ChromaInpaintPipeline": (
+        "reads `self.transformer.config.guidance_embeds`, which ChromaTransformer2DModel's config does not "
+        "have, so in diffusers 0.42.1 its __call__ fails with AttributeError before the first step, with "
+        "or without crossgate; crossgate gates ChromaPipeline and ChromaImg2ImgPipeline."
+    ),
     **dict.fromkeys(
         (
             "AnimateDiffPAGPipeline",
@@ -517,7 +534,7 @@ UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if
 _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
     "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
-    "knows the joint blocks of SD3, FLUX.1, Qwen-Image, HunyuanVideo, CogVideoX and CogView4 with their stock "
+    "knows the joint blocks of SD3, FLUX.1, Chroma, Qwen-Image, HunyuanVideo, CogVideoX and CogView4 with their stock "
     "processors, "
     "and the pipelines tested end to end with them; this class is not one of those."
 )
@@ -537,9 +554,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "BriaPipeline",
             "BriaFiboPipeline",
             "BriaFiboEditPipeline",
-            "ChromaPipeline",
-            "ChromaImg2ImgPipeline",
-            "ChromaInpaintPipeline",
             "CogVideoXImageToVideoPipeline",
             "CogVideoXFunControlPipeline",
             "CogView3PlusPipeline",
