@@ -332,7 +332,15 @@ def test_a_processor_swapped_after_apply_is_refused_when_the_call_starts():
 # one build per transformer class: every JointKind (SD3's last, context_pre_only block included)
 @pytest.mark.parametrize(
     "name",
-    ["SD3.5 (dual attention, qk-norm)", "FLUX.1", "Qwen-Image", "HunyuanVideo", "CogVideoX", "CogView4"],
+    [
+        "SD3.5 (dual attention, qk-norm)",
+        "FLUX.1",
+        "Chroma",
+        "Qwen-Image",
+        "HunyuanVideo",
+        "CogVideoX",
+        "CogView4",
+    ],
 )
 def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock_block(name):
     """The identity the method rests on: at one step, every block's ``image_only`` run against the
@@ -356,10 +364,21 @@ def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock
     kinds = {type(kind).__name__ for _, kind, _, _, _ in seen}
     assert seen and kinds == {type(k).__name__ for _, _, k in joint_blocks(pipe.transformer)}
     with torch.no_grad():
+        text_tokens = 0
         for module, kind, args, kwargs, output in seen:
             named = kind.bind(args, kwargs)
+            if kind.concatenated:  # one [text; image] sequence: the text length the gate hands in
+                named["text_tokens"] = text_tokens
+            else:
+                text_tokens = named["encoder_hidden_states"].shape[1]
             frozen = kind.text_stream(module, named, output)
             replayed = kind.image_only(module, frozen, named)
+            if kind.concatenated:
+                torch.testing.assert_close(
+                    replayed[:, text_tokens:], output[:, text_tokens:], rtol=0, atol=1e-5
+                )
+                assert torch.equal(replayed[:, :text_tokens], output[:, :text_tokens])
+                continue
             image = 1 - kind.text_output
             torch.testing.assert_close(replayed[image], output[image], rtol=0, atol=1e-5)
             assert replayed[kind.text_output] is output[kind.text_output]
