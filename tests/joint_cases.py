@@ -148,6 +148,30 @@ def _chroma(cls_name: str, **call: Any) -> JointCase:
     return JointCase(build, cls_name, call, sequential=True, named=False)
 
 
+def _qwen_controlnet() -> JointCase:
+    def build() -> Any:
+        import diffusers
+        import torch
+
+        pipe = tiny_qwen_image_pipeline()
+        torch.manual_seed(1)
+        controlnet = diffusers.QwenImageControlNetModel(
+            patch_size=2,
+            in_channels=16,
+            out_channels=4,
+            num_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=(8, 4, 4),
+        )
+        return diffusers.QwenImageControlNetPipeline(**pipe.components, controlnet=controlnet)
+
+    call = {"max_sequence_length": 512, "true_cfg_scale": 4.0, "negative_prompt": "a blue square"}
+    call["control_image"] = _image(2)
+    return JointCase(build, "QwenImageControlNetPipeline", call, sequential=True, mean=False)
+
+
 def _qwen(cls_name: str, cfg: bool, **call: Any) -> JointCase:
     def build() -> Any:
         import diffusers
@@ -231,6 +255,7 @@ JOINT_CASES: dict[str, JointCase] = {
     "Qwen-Image": _qwen("QwenImagePipeline", cfg=True),
     "Qwen-Image, no CFG": _qwen("QwenImagePipeline", cfg=False),
     "Qwen-Image img2img": _qwen("QwenImageImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),
+    "Qwen-Image ControlNet": _qwen_controlnet(),
     "Qwen-Image inpainting": _qwen("QwenImageInpaintPipeline", cfg=True, **_INPAINT),
     "HunyuanVideo": _hunyuan_video(cfg=False),
     "HunyuanVideo, true CFG": _hunyuan_video(cfg=True),

@@ -94,6 +94,8 @@ CHROMA = ModelAdapter(
     joint=True,
     branch_order=("cond", "uncond"),
 )
+# (Qwen-Image's ControlNet pipeline runs its QwenImageControlNetModel once per step, outside the named
+# calls, and hands the residuals to both: the ControlNet runs as written, as for FLUX.)
 # Qwen-Image and HunyuanVideo run real CFG like FLUX (`true_cfg_scale > 1`, named calls). Qwen-Image
 # encodes the prompt and the negative prompt each to its own length, so their text streams cannot be
 # averaged; HunyuanVideo pads both to max_sequence_length.
@@ -225,6 +227,7 @@ SUPPORTED: dict[str, Supported] = {
     "QwenImagePipeline": Supported(QWEN_IMAGE, "Qwen-Image"),
     "QwenImageImg2ImgPipeline": Supported(QWEN_IMAGE, "Qwen-Image img2img"),
     "QwenImageInpaintPipeline": Supported(QWEN_IMAGE, "Qwen-Image inpainting"),
+    "QwenImageControlNetPipeline": Supported(QWEN_IMAGE, "Qwen-Image ControlNet"),
     "HunyuanVideoPipeline": Supported(HUNYUAN_VIDEO, "HunyuanVideo"),
     "CogVideoXPipeline": Supported(COGVIDEOX, "CogVideoX"),
     "CogView4Pipeline": Supported(COGVIEW4, "CogView4"),
@@ -592,7 +595,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "QwenImageEditPipeline",
             "QwenImageEditInpaintPipeline",
             "QwenImageEditPlusPipeline",
-            "QwenImageControlNetPipeline",
             "QwenImageControlNetInpaintPipeline",
             "QwenImageLayeredPipeline",
             "QwenImage21Pipeline",
