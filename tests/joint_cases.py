@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from crossgate.testing import (
+    tiny_auraflow_pipeline,
     tiny_chroma_pipeline,
     tiny_cogvideox_pipeline,
     tiny_cogview4_pipeline,
@@ -249,6 +250,11 @@ JOINT_CASES: dict[str, JointCase] = {
     ),
     "FLUX.1 Control inpainting": _flux(
         "FluxControlInpaintPipeline", cfg=False, in_channels=32, control_image=_image(2), **_INPAINT
+    ),
+    "AuraFlow": JointCase(
+        tiny_auraflow_pipeline,
+        "AuraFlowPipeline",
+        {"guidance_scale": 4.0, "negative_prompt": "a blue square"},
     ),
     "Chroma": _chroma("ChromaPipeline"),
     "Chroma img2img": _chroma("ChromaImg2ImgPipeline", image=_image(), strength=1.0),

@@ -133,7 +133,10 @@ class JointReference:
     def __enter__(self) -> JointReference:
         pipe = self.pipe
         transformer = pipe.transformer
-        blocks = [*transformer.transformer_blocks, *getattr(transformer, "single_transformer_blocks", [])]
+        double = (
+            getattr(transformer, "transformer_blocks", None) or transformer.joint_transformer_blocks
+        )  # AuraFlow
+        blocks = [*double, *getattr(transformer, "single_transformer_blocks", [])]
         self.handles = [
             b.register_forward_hook(self._block_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
         ]
@@ -147,10 +150,11 @@ class JointReference:
 
         def forward(*args, **kwargs):
             text = kwargs["encoder_hidden_states"]
+            registers = getattr(transformer, "register_tokens", None)  # AuraFlow puts 8 before the text
             if ref.sequential and not ref.named:
                 ref.branch = ("cond", "uncond")[ref.calls_in_step]
                 ref.calls_in_step += 1
-            ref.text_len = text.shape[1]
+            ref.text_len = text.shape[1] + (0 if registers is None else registers.shape[1])
             ref.capturing = True
             ref.halved = False
             ref.store_key = ref.branch if ref.sequential else "batch"
@@ -181,7 +185,7 @@ class JointReference:
 
                 # rotary tables are per token, not per sample (their rows can equal the batch)
                 half = {k: v if k == "image_rotary_emb" else cond_half(v) for k, v in kwargs.items()}
-                out = original_forward(*args, **half)
+                out = original_forward(*(cond_half(a) for a in args), **half)  # AuraFlow: latents positional
                 return tuple(torch.cat([o, o]) if isinstance(o, torch.Tensor) else o for o in out)
 
         transformer.forward = forward

@@ -191,7 +191,7 @@ def test_not_applicable_claims_hold():
             continue  # not installed here (ONNX, note-seq, opencv extras), or the base class
         types = _denoiser_types(cls)
         if (
-            reason == support.NOT_APPLICABLE["AuraFlowPipeline"]
+            reason == support.NOT_APPLICABLE["Lumina2Pipeline"]
             or reason == support.NOT_APPLICABLE["DDPMPipeline"]
         ):
             assert types, f"{name}: expected a unet/transformer to inspect"
@@ -272,7 +272,7 @@ def test_allow_untested_admits_untested_classes_only(monkeypatch):
     with pytest.raises(crossgate.UnsupportedPipelineError, match="perturbed-attention"):
         support.allow_untested(diffusers.StableDiffusionPAGPipeline)
     with pytest.raises(crossgate.UnsupportedPipelineError, match="joint"):
-        support.allow_untested(diffusers.AuraFlowPipeline)
+        support.allow_untested(diffusers.Lumina2Pipeline)
     untested = _cls(sorted(support.UNTESTED)[0])
     assert support.allow_untested(untested) is untested and support.is_allowed(untested)
 

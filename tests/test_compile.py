@@ -268,7 +268,7 @@ def test_bench_compiled_rows(sd_pipe):
         # the rest run with the slow tests (make test-slow): ~18 s of dynamo tracing each
         *(
             pytest.param(f, marks=pytest.mark.slow)
-            for f in ("Qwen-Image", "HunyuanVideo, true CFG", "CogVideoX", "CogView4", "Chroma")
+            for f in ("Qwen-Image", "HunyuanVideo, true CFG", "CogVideoX", "CogView4", "Chroma", "AuraFlow")
         ),
     ],
 )
@@ -298,5 +298,6 @@ def test_joint_attention_transformers(family):
         "CogVideoX": (1, 4),  # batched [uncond; cond], like SD3
         "CogView4": (1, 5),
         "Chroma": (1, 5),  # unnamed CFG calls; single blocks read the text length the gate wrote
+        "AuraFlow": (1, 4),  # batched [uncond; cond], like SD3
     }[family]
     assert graphs == {"plain": plain, "gated": gated, "other": gated, "removed": gated}, graphs

@@ -336,6 +336,7 @@ def test_a_processor_swapped_after_apply_is_refused_when_the_call_starts():
         "SD3.5 (dual attention, qk-norm)",
         "FLUX.1",
         "Chroma",
+        "AuraFlow",
         "Qwen-Image",
         "HunyuanVideo",
         "CogVideoX",

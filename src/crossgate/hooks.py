@@ -84,7 +84,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from crossgate.gate import CallState, current_call
-from crossgate.joint import JointKind, TextStream
+from crossgate.joint import JointKind, TextStream, prepended_text_tokens
 from crossgate.schedule import Action, self_attention_action
 from crossgate.tensors import latent_batch, map_batch, relative_change
 
@@ -737,7 +737,11 @@ class DenoiserGate(_ModelGate):
             return None
         call.begin_pass()
         text = kwargs.get("encoder_hidden_states")
-        self.lane.text_tokens = text.shape[1] if isinstance(text, torch.Tensor) and text.ndim == 3 else 0
+        self.lane.text_tokens = (
+            text.shape[1] + prepended_text_tokens(self.model)
+            if isinstance(text, torch.Tensor) and text.ndim == 3
+            else 0
+        )
         order = call.adapter.branch_order
         if order and call.layout.sequential:  # unnamed calls: the branch is the call's place in the step
             if call.slot >= len(order):

@@ -353,6 +353,91 @@ class ChromaSingle(JointKind):
         return torch.cat([frozen.output, hidden], dim=1)
 
 
+def _aura_heads(attn: Any, x: torch.Tensor) -> torch.Tensor:
+    return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads)
+
+
+def _aura_image_attention(attn: Any, normed: torch.Tensor, frozen: TextStream) -> torch.Tensor:
+    """AuraFlow's processor for the image queries: keys and values ``[text; image]``, its own scale."""
+    query, key, value = (_aura_heads(attn, p(normed)) for p in (attn.to_q, attn.to_k, attn.to_v))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    key, value = torch.cat([frozen.key, key], dim=1), torch.cat([frozen.value, value], dim=1)
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p=0.0, scale=attn.scale
+    )
+    out = out.transpose(1, 2).reshape(normed.shape[0], -1, attn.heads * out.shape[-1]).to(query.dtype)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+def _aura_rest(block: Any, hidden: torch.Tensor, out: torch.Tensor, modulation: tuple) -> torch.Tensor:
+    """The block after its attention, image rows: fp32 norm, modulation, feed-forward, residuals."""
+    gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
+    normed = block.norm2(hidden + gate_msa.unsqueeze(1) * out)
+    normed = normed * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+    return hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
+
+
+class AuraFlowDouble(JointKind):
+    """``AuraFlowJointTransformerBlock`` (MMDiT, ``[text; image]``, qk-norm, fp32 norms)."""
+
+    block_types = ("AuraFlowJointTransformerBlock",)
+    processors = ("AuraFlowAttnProcessor2_0",)
+    arg_names = ("hidden_states", "encoder_hidden_states", "temb", "attention_kwargs")
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        attn = block.attn
+        normed = block.norm1_context(kwargs["encoder_hidden_states"], emb=kwargs["temb"])[0]
+        key, value = _aura_heads(attn, attn.add_k_proj(normed)), _aura_heads(attn, attn.add_v_proj(normed))
+        if attn.norm_added_k is not None:
+            key = attn.norm_added_k(key)
+        return TextStream(key, value, output[0])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        hidden = kwargs["hidden_states"]
+        normed, *modulation = block.norm1(hidden, emb=kwargs["temb"])
+        out = _aura_image_attention(block.attn, normed, frozen)
+        return frozen.output, _aura_rest(block, hidden, out, tuple(modulation))
+
+
+class AuraFlowSingle(JointKind):
+    """``AuraFlowSingleTransformerBlock``: one ``[text; image]`` sequence (the text rows after the
+    model's register tokens), shared weights; only the image rows run."""
+
+    block_types = ("AuraFlowSingleTransformerBlock",)
+    processors = ("AuraFlowAttnProcessor2_0",)
+    arg_names = ("hidden_states", "temb", "attention_kwargs")
+    concatenated = True
+
+    def passthrough(self, kwargs: dict) -> Any:
+        return kwargs["hidden_states"]
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        attn, tokens = block.attn, kwargs["text_tokens"]
+        normed = block.norm1(kwargs["hidden_states"][:, :tokens], emb=kwargs["temb"])[0]  # per token
+        key, value = _aura_heads(attn, attn.to_k(normed)), _aura_heads(attn, attn.to_v(normed))
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        return TextStream(key, value, output[:, :tokens])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        tokens = frozen.key.shape[1]
+        hidden = kwargs["hidden_states"][:, tokens:]
+        normed, *modulation = block.norm1(hidden, emb=kwargs["temb"])
+        out = _aura_image_attention(block.attn, normed, frozen)
+        assert frozen.output is not None  # a single-stream block always hands its text rows on
+        return torch.cat([frozen.output, _aura_rest(block, hidden, out, tuple(modulation))], dim=1)
+
+
+def prepended_text_tokens(model: Any) -> int:
+    """Tokens a transformer puts before the text it is given (AuraFlow's register tokens): they ride in
+    its text stream, so a concatenated block's text length is the prompt's plus these."""
+    registers = getattr(model, "register_tokens", None)
+    return int(registers.shape[1]) if isinstance(registers, torch.Tensor) else 0
+
+
 def _attend(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any = None) -> Any:
     """Attention over ``(batch, tokens, heads, dim)`` with the processor's backend, heads merged."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -623,6 +708,8 @@ KINDS: tuple[JointKind, ...] = (
     CogView4Joint(),
     ChromaDouble(),
     ChromaSingle(),
+    AuraFlowDouble(),
+    AuraFlowSingle(),
 )
 
 

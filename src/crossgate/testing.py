@@ -727,6 +727,38 @@ def tiny_chroma_pipeline(seed: int = 0, cls: Any = None):
     )
 
 
+def tiny_auraflow_pipeline(seed: int = 0):
+    """An AuraFlow pipeline (MMDiT and single-stream blocks over ``[registers + text; image]``) with tiny
+    widths and random weights: a random umT5 over a character tokenizer, the tiny VAE, 32x32 images,
+    CFG batched ``[uncond; cond]``."""
+    from diffusers import AuraFlowPipeline, AuraFlowTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=256)
+    transformer = AuraFlowTransformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        num_mmdit_layers=2,
+        num_single_dit_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        out_channels=4,
+        pos_embed_max_size=256,
+    )
+    return ready(
+        AuraFlowPipeline(
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=tiny_vae(),
+            text_encoder=t5_encoder(tokenizer, 32, d_kv=8, d_ff=37, num_heads=4, umt5=True),
+            tokenizer=tokenizer,
+        )
+    )
+
+
 def tiny_qwen_image_pipeline(seed: int = 0, cls: Any = None):
     """A Qwen-Image pipeline (double-stream joint blocks, text first) with tiny widths and random weights.
 

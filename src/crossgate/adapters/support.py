@@ -116,6 +116,8 @@ COGVIEW4 = ModelAdapter(
     joint=True,
     branch_texts_aligned=False,
 )
+# AuraFlow batches CFG as [uncond; cond] like SD3; its text stream starts with 8 register tokens.
+AURAFLOW = ModelAdapter(family="auraflow", denoiser_attr="transformer", post_gate_inputs="cond", joint=True)
 # CogVideoX batches CFG as [uncond; cond] like SD3.
 COGVIDEOX = ModelAdapter(family="cogvideox", denoiser_attr="transformer", post_gate_inputs="cond", joint=True)
 HUNYUAN_VIDEO = ModelAdapter(
@@ -229,6 +231,7 @@ SUPPORTED: dict[str, Supported] = {
     "QwenImageInpaintPipeline": Supported(QWEN_IMAGE, "Qwen-Image inpainting"),
     "QwenImageControlNetPipeline": Supported(QWEN_IMAGE, "Qwen-Image ControlNet"),
     "HunyuanVideoPipeline": Supported(HUNYUAN_VIDEO, "HunyuanVideo"),
+    "AuraFlowPipeline": Supported(AURAFLOW, "AuraFlow"),
     "CogVideoXPipeline": Supported(COGVIDEOX, "CogVideoX"),
     "CogView4Pipeline": Supported(COGVIEW4, "CogView4"),
     "CogVideoXVideoToVideoPipeline": Supported(COGVIDEOX, "CogVideoX video-to-video"),
@@ -537,7 +540,8 @@ UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if
 _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
     "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
-    "knows the joint blocks of SD3, FLUX.1, Chroma, Qwen-Image, HunyuanVideo, CogVideoX and CogView4 with their stock "
+    "knows the joint blocks of SD3, FLUX.1, Chroma, AuraFlow, Qwen-Image, HunyuanVideo, CogVideoX and CogView4 with "
+    "their stock "
     "processors, "
     "and the pipelines tested end to end with them; this class is not one of those."
 )
@@ -553,7 +557,6 @@ _NO_DENOISER = (
 NOT_APPLICABLE: dict[str, str] = {
     **dict.fromkeys(
         (
-            "AuraFlowPipeline",
             "BriaPipeline",
             "BriaFiboPipeline",
             "BriaFiboEditPipeline",
