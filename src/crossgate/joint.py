@@ -193,6 +193,23 @@ def _with_rotary(x: torch.Tensor, kwargs: dict, start: int, stop: int | None) ->
     return x if table is None else _rope(x, tuple(t[start:stop] for t in table))
 
 
+def _attend(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any = None) -> Any:
+    """Attention over ``(batch, tokens, heads, dim)`` with the processor's backend, heads merged."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    out = dispatch_attention_fn(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=0.0,
+        is_causal=False,
+        backend=attn.processor._attention_backend,
+        parallel_config=attn.processor._parallel_config,
+    )
+    return out.flatten(2, 3).to(query.dtype)
+
+
 def _flux_image_attention(
     attn: Any, normed: torch.Tensor, frozen: TextStream, kwargs: dict, mask: Any = None
 ) -> torch.Tensor:
@@ -201,32 +218,36 @@ def _flux_image_attention(
     Image queries/keys/values from ``normed`` (qk-norm, rotary of the image rows), keys and values in
     FLUX's ``[text; image]`` order, dispatched with the processor's attention backend.
     """
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
     query, key, value = _flux_qkv(attn, normed)
     text_len = frozen.key.shape[1]
     query = _with_rotary(attn.norm_q(query), kwargs, text_len, None)
     key = _with_rotary(attn.norm_k(key), kwargs, text_len, None)
-    out = dispatch_attention_fn(
-        query,
-        torch.cat([frozen.key, key], dim=1),
-        torch.cat([frozen.value, value], dim=1),
-        attn_mask=mask,
-        backend=attn.processor._attention_backend,
-        parallel_config=attn.processor._parallel_config,
+    return _attend(
+        attn, query, torch.cat([frozen.key, key], dim=1), torch.cat([frozen.value, value], dim=1), mask
     )
-    return out.flatten(2, 3).to(query.dtype)
 
 
 class FluxDouble(JointKind):
-    """``FluxTransformerBlock`` (FLUX.1 and its pipelines): tokens ``[text; image]``, rotary on both."""
+    """``FluxTransformerBlock`` (FLUX.1 and its pipelines): tokens ``[text; image]``, rotary on both.
+
+    Chroma's block is this one with other modulation inputs and a mask: the three small methods below
+    are what it overrides."""
 
     block_types = ("FluxTransformerBlock",)
     processors = ("FluxAttnProcessor",)
 
+    def _text_emb(self, kwargs: dict) -> torch.Tensor:
+        return cast(torch.Tensor, kwargs["temb"])
+
+    def _image_emb(self, kwargs: dict) -> torch.Tensor:
+        return cast(torch.Tensor, kwargs["temb"])
+
+    def _mask(self, kwargs: dict, text_tokens: int) -> Any:
+        return None
+
     def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
         attn, text = block.attn, kwargs["encoder_hidden_states"]
-        normed = block.norm1_context(text, emb=kwargs["temb"])[0]
+        normed = block.norm1_context(text, emb=self._text_emb(kwargs))[0]
         if attn.fused_projections:
             _, key, value = attn.to_added_qkv(normed).chunk(3, dim=-1)
         else:
@@ -236,9 +257,9 @@ class FluxDouble(JointKind):
         return TextStream(key, value, output[0])
 
     def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
-        hidden, temb, attn = kwargs["hidden_states"], kwargs["temb"], block.attn
-        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)
-        out = _flux_image_attention(attn, normed, frozen, kwargs)
+        hidden, attn = kwargs["hidden_states"], block.attn
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=self._image_emb(kwargs))
+        out = _flux_image_attention(attn, normed, frozen, kwargs, self._mask(kwargs, frozen.key.shape[1]))
         out = attn.to_out[1](attn.to_out[0](out.contiguous()))
         hidden = hidden + gate_msa.unsqueeze(1) * out
         normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
@@ -252,25 +273,37 @@ class FluxSingle(JointKind):
     block_types = ("FluxSingleTransformerBlock",)
     processors = ("FluxAttnProcessor",)
 
-    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
-        attn, text = block.attn, kwargs["encoder_hidden_states"]
+    @staticmethod
+    def _text_rows(block: Any, kwargs: dict, text: torch.Tensor, output: torch.Tensor) -> TextStream:
+        """The text rows' keys and values (``text``: the rows the block's norm takes) and their output."""
+        attn = block.attn
         normed, _ = block.norm(text, emb=kwargs["temb"])  # per token: the text rows of the joint norm
         if attn.fused_projections:  # one fused projection: the query columns come with it
             _, key, value = _flux_qkv(attn, normed)
         else:  # keys and values only: no text query rows
             key, value = (p(normed).unflatten(-1, (-1, attn.head_dim)) for p in (attn.to_k, attn.to_v))
         key = _with_rotary(attn.norm_k(key), kwargs, 0, text.shape[1])
-        return TextStream(key, value, output[0])
+        return TextStream(key, value, output)
 
-    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
-        hidden, attn = kwargs["hidden_states"], block.attn
+    @staticmethod
+    def _image_rows(
+        block: Any, frozen: TextStream, hidden: torch.Tensor, kwargs: dict, mask: Any = None
+    ) -> Any:
+        """The block's output for the image rows ``hidden`` against the frozen text."""
+        attn = block.attn
         normed, gate = block.norm(hidden, emb=kwargs["temb"])
         mlp = block.act_mlp(block.proj_mlp(normed))
-        out = _flux_image_attention(attn, normed, frozen, kwargs)
+        out = _flux_image_attention(attn, normed, frozen, kwargs, mask)
         hidden = hidden + gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2))
         if hidden.dtype == torch.float16:
             hidden = hidden.clip(-65504, 65504)
-        return frozen.output, hidden
+        return hidden
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        return self._text_rows(block, kwargs, kwargs["encoder_hidden_states"], output[0])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        return frozen.output, self._image_rows(block, frozen, kwargs["hidden_states"], kwargs)
 
 
 def _chroma_image_rows_mask(kwargs: dict, text_tokens: int) -> Any:
@@ -281,12 +314,11 @@ def _chroma_image_rows_mask(kwargs: dict, text_tokens: int) -> Any:
     return mask[:, None, None, :] * mask[:, None, text_tokens:, None]
 
 
-class ChromaDouble(JointKind):
+class ChromaDouble(FluxDouble):
     """``ChromaTransformerBlock``: FLUX's double-stream block with pruned modulation (``temb`` holds the
     image's 6 vectors, then the text's) and a text padding mask."""
 
     block_types = ("ChromaTransformerBlock",)
-    processors = ("FluxAttnProcessor",)
     arg_names = (
         "hidden_states",
         "encoder_hidden_states",
@@ -296,34 +328,21 @@ class ChromaDouble(JointKind):
         "joint_attention_kwargs",
     )
 
-    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
-        attn, text = block.attn, kwargs["encoder_hidden_states"]
-        normed = block.norm1_context(text, emb=kwargs["temb"][:, 6:])[0]
-        if attn.fused_projections:
-            _, key, value = attn.to_added_qkv(normed).chunk(3, dim=-1)
-        else:
-            key, value = attn.add_k_proj(normed), attn.add_v_proj(normed)
-        key, value = key.unflatten(-1, (-1, attn.head_dim)), value.unflatten(-1, (-1, attn.head_dim))
-        key = _with_rotary(attn.norm_added_k(key), kwargs, 0, text.shape[1])
-        return TextStream(key, value, output[0])
+    def _text_emb(self, kwargs: dict) -> torch.Tensor:
+        return cast(torch.Tensor, kwargs["temb"][:, 6:])
 
-    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
-        hidden, attn = kwargs["hidden_states"], block.attn
-        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=kwargs["temb"][:, :6])
-        mask = _chroma_image_rows_mask(kwargs, frozen.key.shape[1])
-        out = _flux_image_attention(attn, normed, frozen, kwargs, mask)
-        hidden = hidden + gate_msa.unsqueeze(1) * attn.to_out[1](attn.to_out[0](out.contiguous()))
-        normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
-        return frozen.output, hidden
+    def _image_emb(self, kwargs: dict) -> torch.Tensor:
+        return cast(torch.Tensor, kwargs["temb"][:, :6])
+
+    def _mask(self, kwargs: dict, text_tokens: int) -> Any:
+        return _chroma_image_rows_mask(kwargs, text_tokens)
 
 
-class ChromaSingle(JointKind):
-    """``ChromaSingleTransformerBlock``: one ``[text; image]`` sequence in and out (shared weights);
-    only the image rows run, the text rows handed on are the frozen ones."""
+class ChromaSingle(FluxSingle):
+    """``ChromaSingleTransformerBlock``: FLUX's single-stream computation on one ``[text; image]``
+    sequence in and out; only the image rows run, the text rows handed on are the frozen ones."""
 
     block_types = ("ChromaSingleTransformerBlock",)
-    processors = ("FluxAttnProcessor",)
     arg_names = ("hidden_states", "temb", "image_rotary_emb", "attention_mask", "joint_attention_kwargs")
     concatenated = True
 
@@ -331,24 +350,13 @@ class ChromaSingle(JointKind):
         return kwargs["hidden_states"]
 
     def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
-        attn, tokens = block.attn, kwargs["text_tokens"]
-        normed, _ = block.norm(kwargs["hidden_states"][:, :tokens], emb=kwargs["temb"])  # per token
-        if attn.fused_projections:
-            _, key, value = _flux_qkv(attn, normed)
-        else:
-            key, value = (p(normed).unflatten(-1, (-1, attn.head_dim)) for p in (attn.to_k, attn.to_v))
-        key = _with_rotary(attn.norm_k(key), kwargs, 0, tokens)
-        return TextStream(key, value, output[:, :tokens])
+        tokens = kwargs["text_tokens"]
+        return self._text_rows(block, kwargs, kwargs["hidden_states"][:, :tokens], output[:, :tokens])
 
     def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
-        attn, tokens = block.attn, frozen.key.shape[1]
-        hidden = kwargs["hidden_states"][:, tokens:]
-        normed, gate = block.norm(hidden, emb=kwargs["temb"])
-        mlp = block.act_mlp(block.proj_mlp(normed))
-        out = _flux_image_attention(attn, normed, frozen, kwargs, _chroma_image_rows_mask(kwargs, tokens))
-        hidden = hidden + gate.unsqueeze(1) * block.proj_out(torch.cat([out, mlp], dim=2))
-        if hidden.dtype == torch.float16:
-            hidden = hidden.clip(-65504, 65504)
+        tokens = frozen.key.shape[1]
+        mask = _chroma_image_rows_mask(kwargs, tokens)
+        hidden = self._image_rows(block, frozen, kwargs["hidden_states"][:, tokens:], kwargs, mask)
         assert frozen.output is not None  # a single-stream block always hands its text rows on
         return torch.cat([frozen.output, hidden], dim=1)
 
@@ -436,23 +444,6 @@ def prepended_text_tokens(model: Any) -> int:
     its text stream, so a concatenated block's text length is the prompt's plus these."""
     registers = getattr(model, "register_tokens", None)
     return int(registers.shape[1]) if isinstance(registers, torch.Tensor) else 0
-
-
-def _attend(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any = None) -> Any:
-    """Attention over ``(batch, tokens, heads, dim)`` with the processor's backend, heads merged."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-    out = dispatch_attention_fn(
-        query,
-        key,
-        value,
-        attn_mask=mask,
-        dropout_p=0.0,
-        is_causal=False,
-        backend=attn.processor._attention_backend,
-        parallel_config=attn.processor._parallel_config,
-    )
-    return out.flatten(2, 3).to(query.dtype)
 
 
 class QwenDouble(JointKind):

@@ -29,7 +29,7 @@ start that would fail midway). Every reason names what can be checked in the pip
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from crossgate.adapters.base import ModelAdapter
 from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
@@ -65,68 +65,33 @@ SD3 = ModelAdapter(family="sd3", denoiser_attr="transformer", post_gate_inputs="
 FLUX = ModelAdapter(
     family="flux", denoiser_attr="transformer", post_gate_inputs="cond", cfg_layout="sequential", joint=True
 )
+# The other joint families are one of these two CFG layouts with a few differences, written as such.
 # SD3's ControlNet pipeline runs an SD3ControlNetModel (joint blocks of its own) beside the transformer
 # at the same [uncond; cond] batch: after the gate it runs the cond half and its block residuals are
 # handed back for both halves (the ControlNet's own text stream keeps computing).
-SD3_CONTROLNET = ModelAdapter(
-    family="sd3", denoiser_attr="transformer", post_gate_inputs="cond", joint=True, control_attr="controlnet"
-)
+SD3_CONTROLNET = replace(SD3, control_attr="controlnet")
+# AuraFlow and CogVideoX batch CFG as [uncond; cond] like SD3 (AuraFlow's text stream starts with 8
+# register tokens: crossgate.joint.prepended_text_tokens).
+AURAFLOW = replace(SD3, family="auraflow")
+COGVIDEOX = replace(SD3, family="cogvideox")
 # FLUX.1's other pipelines (img2img, inpainting, Kontext) run the same true CFG without naming the
 # calls: the cond call first, then the uncond one. Fill and Control (channel-concatenated
 # conditioning) are guidance-distilled and call the transformer once per step. The ControlNet
 # pipelines run their FluxControlNetModel once per step (the prompt's) and hand its residuals to both
 # transformer calls; it is not gated (its text stream keeps computing).
-FLUX_UNNAMED = ModelAdapter(
-    family="flux",
-    denoiser_attr="transformer",
-    post_gate_inputs="cond",
-    cfg_layout="sequential",
-    joint=True,
-    branch_order=("cond", "uncond"),
-)
+FLUX_UNNAMED = replace(FLUX, branch_order=("cond", "uncond"))
 # Chroma runs CFG like FLUX's unnamed pipelines (the cond call first); prompts are padded to
 # max_sequence_length, so the branches' texts align.
-CHROMA = ModelAdapter(
-    family="chroma",
-    denoiser_attr="transformer",
-    post_gate_inputs="cond",
-    cfg_layout="sequential",
-    joint=True,
-    branch_order=("cond", "uncond"),
-)
-# (Qwen-Image's ControlNet pipeline runs its QwenImageControlNetModel once per step, outside the named
-# calls, and hands the residuals to both: the ControlNet runs as written, as for FLUX.)
+CHROMA = replace(FLUX_UNNAMED, family="chroma")
 # Qwen-Image and HunyuanVideo run real CFG like FLUX (`true_cfg_scale > 1`, named calls). Qwen-Image
 # encodes the prompt and the negative prompt each to its own length, so their text streams cannot be
-# averaged; HunyuanVideo pads both to max_sequence_length.
-QWEN_IMAGE = ModelAdapter(
-    family="qwen-image",
-    denoiser_attr="transformer",
-    post_gate_inputs="cond",
-    cfg_layout="sequential",
-    joint=True,
-    branch_texts_aligned=False,
-)
+# averaged; HunyuanVideo pads both to max_sequence_length. (Qwen-Image's ControlNet pipeline runs its
+# QwenImageControlNetModel once per step, outside the named calls, and hands the residuals to both:
+# the ControlNet runs as written, as for FLUX.)
+QWEN_IMAGE = replace(FLUX, family="qwen-image", branch_texts_aligned=False)
+HUNYUAN_VIDEO = replace(FLUX, family="hunyuan-video")
 # CogView4 names its two CFG calls like Qwen-Image, and pads each prompt to its own multiple of 16.
-COGVIEW4 = ModelAdapter(
-    family="cogview4",
-    denoiser_attr="transformer",
-    post_gate_inputs="cond",
-    cfg_layout="sequential",
-    joint=True,
-    branch_texts_aligned=False,
-)
-# AuraFlow batches CFG as [uncond; cond] like SD3; its text stream starts with 8 register tokens.
-AURAFLOW = ModelAdapter(family="auraflow", denoiser_attr="transformer", post_gate_inputs="cond", joint=True)
-# CogVideoX batches CFG as [uncond; cond] like SD3.
-COGVIDEOX = ModelAdapter(family="cogvideox", denoiser_attr="transformer", post_gate_inputs="cond", joint=True)
-HUNYUAN_VIDEO = ModelAdapter(
-    family="hunyuan-video",
-    denoiser_attr="transformer",
-    post_gate_inputs="cond",
-    cfg_layout="sequential",
-    joint=True,
-)
+COGVIEW4 = replace(QWEN_IMAGE, family="cogview4")
 
 # The diffusers release this table was made against: there the classified names and the exported
 # names must be equal; on other releases every exported name must still be classified.
