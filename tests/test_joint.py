@@ -16,7 +16,7 @@ import torch
 import crossgate
 from crossgate import ConfigError
 from crossgate.joint import joint_blocks, kind_of
-from joint_cases import JOINT_CASES, JointCase
+from joint_cases import JOINT_CASES, JointCase, _image
 from reference_joint import JointReference
 
 STEPS, GATE = 5, 2
@@ -420,13 +420,8 @@ def test_chroma_inpainting_is_refused_because_it_fails_without_crossgate():
 
     pipe = tiny_chroma_pipeline(cls=diffusers.ChromaInpaintPipeline)
     case = JOINT_CASES["Chroma"]
+    image = _image(1)
     with pytest.raises(AttributeError, match="guidance_embeds"):
-        _run(pipe, case, image=_inpaint_image(), mask_image=_inpaint_image().convert("L"), strength=1.0)
+        _run(pipe, case, image=image, mask_image=image.convert("L"), strength=1.0)
     with pytest.raises(crossgate.UnsupportedPipelineError, match="guidance_embeds"):
         crossgate.apply(pipe)
-
-
-def _inpaint_image():
-    from joint_cases import _image
-
-    return _image(1)
