@@ -30,13 +30,23 @@ What runs where, for a MODEL patched by the node (``apply_tgate``):
   what the block returns), so foreign code never gets 0-token tensors (IPAdapter divides by them).
 * TGATE v2 (``self_attention_interval``): the same three hooks on attn1 (self-attention) follow the
   published schedule (``tgate_schedule.self_attention_action``).
+* Wan 2.1 / 2.2 (``comfy.ldm.wan.model.WanModel``): its blocks have no attn2 hooks, so each block's
+  ``cross_attn`` is swapped through an object patch (``add_object_patch``, applied and restored by
+  ComfyUI with the model) for a shallow copy of that module sharing its weights, whose ``forward``
+  keeps, replays or computes like the attn2 hooks above; after the gate it returns the cache without
+  running q/k/v/o. The batch is dropped by the same ``CALC_COND_BATCH`` wrapper.
+* Two models over one schedule (Wan 2.2's high- and low-noise experts in two KSamplerAdvanced):
+  ``start_at_step`` / ``total_steps`` place the run in the whole schedule; the gate is a step of that
+  schedule, and a model whose run starts after the gate computes its cross-attention on the
+  conditional batch (it has no measured output to replay), as crossgate's diffusers engine does.
 
-Supported: UNets with ComfyUI transformer blocks (SD 1.x, SD 2.x, SDXL and their fine-tunes). A model
-without them is refused with a clear error.
+Supported: UNets with ComfyUI transformer blocks (SD 1.x, SD 2.x, SDXL and their fine-tunes) and Wan
+(``WanModel``). A model without either is refused with a clear error.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from dataclasses import dataclass
@@ -72,6 +82,8 @@ class TGateSettings:
     self_attention_interval: int | None = None
     self_attention_interval_after: int = 1
     self_attention_warm_up: int = 2
+    start_at_step: int = 0  # where the run starts in the whole schedule (KSamplerAdvanced's)
+    total_steps: int = 0  # the whole schedule's steps; 0: start_at_step + the run's own steps
 
     def validated(self) -> TGateSettings:
         resolve_gate(self.gate_mode, self.gate_step, self.gate_fraction, 25)
@@ -79,7 +91,25 @@ class TGateSettings:
             _check_int("self_attention_interval", self.self_attention_interval, 1)
         _check_int("self_attention_interval_after", self.self_attention_interval_after, 1)
         _check_int("self_attention_warm_up", self.self_attention_warm_up, 0)
+        _check_int("start_at_step", self.start_at_step, 0)
+        _check_int("total_steps", self.total_steps, 0)
+        if self.total_steps and self.start_at_step >= self.total_steps:
+            raise ValueError(
+                f"TGATE: start_at_step ({self.start_at_step}) must be below total_steps ({self.total_steps})"
+            )
         return self
+
+    def schedule(self, run_steps: int) -> tuple[int, int]:
+        """``(start, total)``: the run's first step and the step count of the whole schedule."""
+        start = self.start_at_step
+        total = self.total_steps or start + run_steps
+        if start + run_steps > total:
+            raise ValueError(
+                f"TGATE: this run's {run_steps} steps from start_at_step {start} go past total_steps "
+                f"{total}; set start_at_step and total_steps to the KSamplerAdvanced's start_at_step "
+                "and steps"
+            )
+        return start, total
 
     @property
     def caches_self_attention(self) -> bool:
@@ -101,6 +131,21 @@ class TGateSettings:
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"TGATE: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def wan_block_keys(diffusion_model: Any) -> list[tuple[str, int, int]]:
+    """``("wan", i, 0)`` of every block of a ComfyUI Wan model (``WanModel``) with ``cross_attn``."""
+    try:
+        from comfy.ldm.wan.model import WanModel
+    except ImportError:  # a ComfyUI without Wan
+        return []
+    if not isinstance(diffusion_model, WanModel):
+        return []
+    return [("wan", i, 0) for i, b in enumerate(diffusion_model.blocks) if hasattr(b, "cross_attn")]
+
+
+def _wan_path(key: tuple) -> str:
+    return f"diffusion_model.blocks.{key[1]}.cross_attn"
 
 
 def transformer_block_keys(diffusion_model: Any) -> list[tuple[str, int, int]]:
@@ -300,10 +345,16 @@ class _Steps:
 class _Run:
     """One sampling run: its gate, its current step, its caches and what it did (``report``)."""
 
-    def __init__(self, settings: TGateSettings, sigmas: list[float], sampler: str | None) -> None:
+    def __init__(
+        self, settings: TGateSettings, sigmas: list[float], sampler: str | None, start: int, total: int
+    ) -> None:
         self.settings = settings
         self.num_steps = len(sigmas) - 1
-        self.gate = settings.gate(self.num_steps)
+        self.start = start  # the run's step 0 is step `start` of the whole schedule
+        self.schedule_gate = settings.gate(total)
+        self.gate = max(0, self.schedule_gate - start)  # in the run's own steps
+        # a model whose run starts after the gate measured nothing to replay: it computes
+        self.replays = self.gate > 0
         self.steps = _Steps(sampler, sigmas)
         self.disabled: str | None = None
         self.first_call = True
@@ -313,6 +364,7 @@ class _Run:
         self.report: dict[str, Any] = {
             "steps": self.num_steps,
             "gate": self.gate,
+            "schedule": {"start": start, "total": total, "gate": self.schedule_gate},
             "sampler": sampler,
             "engaged": True,
             "cfg": None,
@@ -366,16 +418,25 @@ class TGateController:
     def sampler_sample(self, executor, guider, sigmas, extra_args, callback, *args, **kwargs):
         sigma_list = [float(s) for s in sigmas]
         num_steps = len(sigma_list) - 1
-        gate = self.settings.gate(max(num_steps, 1))
+        start, total = self.settings.schedule(max(num_steps, 1))
+        gate = self.settings.gate(total) - start  # in this run's steps
         reason = None
         if num_steps < 1 or gate >= num_steps:
             reason = "the gate is at or after the last step"
         elif extra_args.get("model_options", {}).get("context_handler") is not None:
             reason = "context windows (each window would need caches of its own)"
         if reason is not None:
-            self.last_report = {"steps": num_steps, "gate": gate, "engaged": False, "disabled": reason}
+            self.last_report = {
+                "steps": num_steps,
+                "gate": gate,
+                "schedule": {"start": start, "total": total, "gate": gate + start},
+                "engaged": False,
+                "disabled": reason,
+            }
             return executor(guider, sigmas, extra_args, callback, *args, **kwargs)
-        run = _Run(self.settings, sigma_list, sampler_name(getattr(executor, "class_obj", None)))
+        run = _Run(
+            self.settings, sigma_list, sampler_name(getattr(executor, "class_obj", None)), start, total
+        )
         model_options = dict(extra_args.get("model_options", {}))
         transformer_options = dict(model_options.get("transformer_options", {}))
         run.shrinkable = self._shrinkable(transformer_options)
@@ -448,11 +509,13 @@ class TGateController:
 
     # -- cross-attention (attn2) -----------------------------------------------------------------
 
-    def _cross_decision(self, extra: dict) -> tuple[str, Any]:
+    def _cross_decision(self, extra: dict, key: tuple | None = None) -> tuple[str, Any]:
         run = _run_of(extra)
-        key = _layer_key(extra)
+        key = _layer_key(extra) if key is None else key
         if run is None or key not in self.keys or "uuids" not in extra:
             return "pass", None
+        if run.gated and not run.replays:
+            return "compute", None
         if run.gated:
             cached = run.cross.get(key, extra, after_gate=True)
             return ("replay", cached) if cached is not None else ("compute", None)
@@ -488,6 +551,31 @@ class TGateController:
             run.cross.put(_layer_key(extra), extra, n)
         return n
 
+    def wan_cross_attn(self, key: tuple, module: Any) -> Any:
+        """A shallow copy of a Wan block's ``cross_attn`` (same parameters and submodules) whose
+        ``forward`` keeps, replays or computes the module's output; installed as an object patch."""
+        original = getattr(module, "_crossgate_original", module)
+        twin = copy.copy(original)
+        compute = type(original).forward
+
+        def forward(x, context, *args, transformer_options=None, **kwargs):
+            extra = transformer_options if transformer_options is not None else {}
+            decision, cached = self._cross_decision(extra, key)
+            if decision == "replay":
+                extra[KEY].report["cross_attention"]["replayed"] += 1
+                return cached
+            out = compute(twin, x, context, *args, transformer_options=extra, **kwargs)
+            if decision != "pass":
+                extra[KEY].report["cross_attention"]["computed"] += 1
+            if decision == "store":
+                extra[KEY].cross.put(key, extra, out)
+            return out
+
+        twin.forward = forward
+        twin._crossgate_original = original
+        twin._crossgate_owner = self
+        return twin
+
     # -- self-attention (attn1), TGATE v2 --------------------------------------------------------
 
     def _self_decision(self, extra: dict) -> tuple[str, Any]:
@@ -495,7 +583,7 @@ class TGateController:
         key = _layer_key(extra)
         if run is None or key not in self.keys or "uuids" not in extra:
             return "pass", None
-        action = self.settings.self_attention_action(run.step, run.gate)
+        action = self.settings.self_attention_action(run.start + run.step, run.schedule_gate)
         after_gate = run.gated
         if action == REUSE:
             cached = run.self_attn.get(key, extra, after_gate=after_gate)
@@ -581,16 +669,18 @@ def _remove_previous_tgate(model) -> None:
 
 def apply_tgate(model, settings: TGateSettings):
     """A clone of ``model`` (a ComfyUI ModelPatcher) with TGATE installed; ``model`` is untouched."""
-    import comfy.patcher_extension as ext
-
     settings = settings.validated()
     patched = model.clone()
     _remove_previous_tgate(patched)
-    keys = transformer_block_keys(patched.get_model_object("diffusion_model"))
+    diffusion_model = patched.get_model_object("diffusion_model")
+    wan_keys = wan_block_keys(diffusion_model)
+    if wan_keys:
+        return _apply_wan(patched, settings, wan_keys)
+    keys = transformer_block_keys(diffusion_model)
     if not keys:
         raise ValueError(
             "TGATE: this model has no transformer blocks with cross-attention that ComfyUI can patch "
-            "(supported: SD 1.x, SD 2.x and SDXL UNets)"
+            "(supported: SD 1.x, SD 2.x and SDXL UNets, Wan 2.1 / 2.2)"
         )
     controller = TGateController(settings, keys)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {})
@@ -605,10 +695,30 @@ def apply_tgate(model, settings: TGateSettings):
             patched.set_model_attn1_replace(controller.attn1_replace(key, previous), key[0], key[1], key[2])
         patched.set_model_attn1_patch(controller.attn1_patch)
         patched.set_model_attn1_output_patch(controller.attn1_output_patch)
+    return _add_wrappers(patched, controller)
+
+
+def _add_wrappers(patched, controller: TGateController):
+    import comfy.patcher_extension as ext
+
     patched.add_wrapper_with_key(ext.WrappersMP.SAMPLER_SAMPLE, KEY, controller.sampler_sample)
     patched.add_wrapper_with_key(ext.WrappersMP.PREDICT_NOISE, KEY, controller.predict_noise)
     patched.add_wrapper_with_key(ext.WrappersMP.CALC_COND_BATCH, KEY, controller.calc_cond_batch)
     return patched
+
+
+def _apply_wan(patched, settings: TGateSettings, keys: list[tuple[str, int, int]]):
+    """Wan: each block's ``cross_attn`` object-patched (a previous TGATE's twin is replaced, another
+    node's object patch is kept inside the twin). Self-attention caching (v2) is not offered here."""
+    if settings.caches_self_attention:
+        raise ValueError(
+            "TGATE: self_attention_interval (TGATE v2) is not supported for Wan models; set it to 0"
+        )
+    controller = TGateController(settings, keys)
+    for key in keys:
+        path = _wan_path(key)
+        patched.add_object_patch(path, controller.wan_cross_attn(key, patched.get_model_object(path)))
+    return _add_wrappers(patched, controller)
 
 
 def controller_of(model) -> TGateController | None:
@@ -688,13 +798,40 @@ INPUTS: tuple[tuple[str, str, dict, bool], ...] = (
         {"default": 2, "min": 0, "max": 1000, "tooltip": "TGATE v2: steps that always compute first."},
         False,
     ),
+    (
+        "start_at_step",
+        "INT",
+        {
+            "default": 0,
+            "min": 0,
+            "max": 10000,
+            "tooltip": "Two models over one schedule (Wan 2.2 high/low noise, two KSamplerAdvanced): "
+            "the start_at_step of the KSamplerAdvanced this model runs in. The gate is then a step of "
+            "the whole schedule. 0: the run is the whole schedule.",
+        },
+        False,
+    ),
+    (
+        "total_steps",
+        "INT",
+        {
+            "default": 0,
+            "min": 0,
+            "max": 10000,
+            "tooltip": "Two models over one schedule: the steps of that KSamplerAdvanced (the whole "
+            "schedule). 0: start_at_step plus the steps this run samples.",
+        },
+        False,
+    ),
 )
 DESCRIPTION = (
     "TGATE: after the gate, cross-attention is replayed from a cache (the mean of the conditional "
     "and unconditional outputs at the step before the gate) and the unconditional CFG branch is "
-    "dropped, so the UNet runs at half the batch. No retraining. A gate at or after the last step "
-    "changes nothing. Place it after other attention-patch nodes (IPAdapter, ...) to skip all "
-    "cross-attention work; placed before them it still works, but their attention keeps running."
+    "dropped, so the model runs at half the batch. No retraining. A gate at or after the last step "
+    "changes nothing. SD 1.x/2.x, SDXL, Wan 2.1/2.2 (for Wan 2.2's two models in two "
+    "KSamplerAdvanced, set start_at_step/total_steps on each). Place it after other attention-patch "
+    "nodes (IPAdapter, ...) to skip all cross-attention work; placed before them it still works, but "
+    "their attention keeps running."
 )
 DISPLAY_NAME = "TGATE (cache cross-attention, drop CFG after the gate)"
 
@@ -707,6 +844,8 @@ def patch_model(
     self_attention_interval=0,
     self_attention_interval_after=1,
     self_attention_warm_up=2,
+    start_at_step=0,
+    total_steps=0,
 ):
     """What the node does, whichever node API calls it: the widgets' values to a patched clone."""
     settings = TGateSettings(
@@ -716,6 +855,8 @@ def patch_model(
         self_attention_interval=int(self_attention_interval) or None,
         self_attention_interval_after=int(self_attention_interval_after),
         self_attention_warm_up=int(self_attention_warm_up),
+        start_at_step=int(start_at_step),
+        total_steps=int(total_steps),
     )
     return apply_tgate(model, settings)
 

@@ -27,7 +27,7 @@ class TGateNode(io.ComfyNode):
             description=DESCRIPTION,
             category="model_patches",
             inputs=[
-                io.Model.Input("model", tooltip="The model to gate (SD 1.x, SD 2.x, SDXL UNets)."),
+                io.Model.Input("model", tooltip="The model to gate (SD 1.x, SD 2.x, SDXL, Wan 2.1 / 2.2)."),
                 *(_v3_input(*spec) for spec in INPUTS),
             ],
             outputs=[io.Model.Output(tooltip="The model with TGATE.")],

@@ -217,6 +217,69 @@ def test_sdxl_past_the_end_exact_batches_halved_and_equal_to_the_reference(facts
     assert ref["euler cfg=1 tgate vs reference"]["equal"] and ref["euler batch=2 tgate vs reference"]["equal"]
 
 
+WAN_STEPS, WAN_GATE, WAN22_BOUNDARY = 8, 3, 4  # as in tests/comfyui/checks.py
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_wan21_past_the_end_exact_batch_halved_cross_attn_idle_and_equal_to_the_reference(facts, sampler):
+    """ComfyUI's own Wan 2.1 model class (tiny WanModel, random weights): past the end `torch.equal`
+    to plain; after the gate batch 1 and no q/k/v/o call in any block's cross_attn; the latent
+    `torch.equal` to the hand-written TGATE (cfg 5, and cfg 1 for Euler); the input MODEL untouched."""
+    f = _check(facts, "wan")
+    blocks = f["blocks"]
+    assert blocks == 2
+    assert all(v for k, v in f["past_end"].items() if k.startswith(sampler)) and len(f["past_end"]) == 9
+    run = f[sampler]
+    assert set(run["plain batch"]) == {2} and set(run["plain attention"]) == {2 * blocks}
+    assert len(run["steps"]) == len(run["batch"])
+    for step, batch, projections, attention in zip(
+        run["steps"], run["batch"], run["cross_projections"], run["attention"]
+    ):
+        if step < WAN_GATE:  # CFG batch; per block one self- and one cross-attention, q/k/v/o
+            assert (batch, projections, attention) == (2, 4 * blocks, 2 * blocks)
+        else:  # cond batch only; cross_attn runs no projection and no attention
+            assert (batch, projections, attention) == (1, 0, blocks)
+    before = sum(1 for s in run["steps"] if s < WAN_GATE)
+    assert run["report"]["cross_attention"] == {
+        "computed": before * blocks,
+        "replayed": (len(run["steps"]) - before) * blocks,
+    }
+    assert run["plain vs hand loop"]["equal"] and run["tgate vs reference"]["equal"]
+    assert run["tgate vs plain"]["max_abs"] > 1e-2  # TGATE did change something
+    assert f["euler cfg=1 tgate vs reference"]["equal"]
+    assert f["input model untouched"] and f["second TGATE replaces the first"]
+    assert f["v2 refused"].startswith("TGATE:")
+
+
+@pytest.mark.parametrize("sampler", ("euler", "heun"))
+@pytest.mark.parametrize("where", ("gate-before-boundary", "gate-after-boundary"))
+def test_wan22_two_models_follow_the_engines_expert_rule(facts, sampler, where):
+    """Wan 2.2's high- and low-noise models in two KSamplerAdvanced (steps 0-3, 4-7 of 8), each with
+    TGATE given its start_at_step: the gate is a step of the whole schedule; the uncond branch is
+    dropped from the gate on in both; a model that ran before the gate replays its own cache, one
+    whose run starts after the gate computes its cross-attention on the cond batch. The final latent
+    `torch.equal` to the hand-written chain."""
+    f = _check(facts, "wan22")
+    run = f[f"{sampler} {where}"]
+    gate, hi, lo = run["gate"], run["high report"], run["low report"]
+    assert f[f"{sampler} plain vs hand loop"]["equal"] and run["tgate vs reference"]["equal"]
+    assert run["tgate vs plain"]["max_abs"] > 1e-2
+    assert hi["schedule"] == {"start": 0, "total": WAN_STEPS, "gate": gate}
+    assert lo["schedule"] == {"start": WAN22_BOUNDARY, "total": WAN_STEPS, "gate": gate}
+    if gate < WAN22_BOUNDARY:
+        assert hi["engaged"] and hi["cross_attention"]["replayed"] > 0
+        assert 2 in run["high batch"] and run["high batch"][-1] == 1
+        assert set(run["low batch"]) == {1}  # the whole low-noise run is after the gate
+        assert lo["cross_attention"]["replayed"] == 0 and 0 not in run["low cross_projections"]
+    else:
+        assert not hi["engaged"] and set(run["high batch"]) == {2}  # all before the gate: plain
+        assert run["low batch"][0] == 2 and run["low batch"][-1] == 1
+        assert lo["cross_attention"]["replayed"] > 0 and run["low cross_projections"][-1] == 0
+    assert f["fraction 0.25 equals step 2"]
+    assert f["schedule error"].startswith("TGATE:") and "total_steps" in f["schedule error"]
+    assert f["input models untouched"]
+
+
 def test_without_cfg_and_with_two_latents(facts):
     f = _check(facts, "reference")
     assert f["euler cfg=1 tgate vs reference"]["max_rel"] <= REL_TOL

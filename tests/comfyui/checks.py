@@ -20,13 +20,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Comfy, Probe, expected_steps, reference_sample, run_sigmas
+from harness import (
+    WAN_LATENT,
+    Comfy,
+    Probe,
+    expected_steps,
+    reference_sample,
+    reference_sample_wan,
+    run_sigmas,
+)
 
 SAMPLERS = ("euler", "dpmpp_2m", "heun")
 STEPS = 10
 GATE = 4
 PROMPT = "a red circle left of a blue square"
 PROMPT_B = "a green triangle above a yellow circle"
+WAN_STEPS, WAN_GATE = 8, 3  # Wan 2.1: 8 steps, gate 3
+WAN22_BOUNDARY = 4  # Wan 2.2: the high-noise model runs steps 0-3, the low-noise model 4-7
+WAN22_GATES = {"gate-before-boundary": 2, "gate-after-boundary": 6}
 
 
 class Checks:
@@ -100,6 +111,16 @@ class Checks:
             "batches": sdxl.check_batches(),
             "reference": sdxl.check_reference(),
         }
+
+    def check_wan(self) -> dict:
+        """Wan 2.1 (ComfyUI's WAN21 / WanModel, tiny): past the end exact, batch 2 then 1 with each
+        block's cross_attn idle after the gate, bit-identical to the hand-written TGATE, input untouched."""
+        return WanChecks(self.env).run_wan21()
+
+    def check_wan22(self) -> dict:
+        """Wan 2.2's two models over one schedule (two KSamplerAdvanced), gate before and after the
+        boundary, vs the hand-written TGATE with the diffusers engine's rule for experts."""
+        return WanChecks(self.env).run_wan22()
 
     def check_node_apis(self) -> dict:
         """This ComfyUI loads the V3 node; the V1 export (older ComfyUI) has the same inputs and
@@ -630,6 +651,187 @@ class SDXLChecks(Checks):
         self.pos = env.sdxl_conditioning(PROMPT)
         self.pos_b = env.sdxl_conditioning(PROMPT_B)
         self.neg = env.sdxl_conditioning("")
+
+
+class WanChecks:
+    """The Wan checks: tiny ComfyUI Wan models, 5-D latents, samplers via the KSampler nodes' code."""
+
+    def __init__(self, env: Comfy) -> None:
+        self.env = env
+        self.torch = env.torch
+        self.model = env.build_wan_model(0)
+        self.pos = env.wan_conditioning(PROMPT)
+        self.neg = env.wan_conditioning("")
+
+    def diff(self, a, b) -> dict:
+        return Checks.diff(self, a, b)
+
+    def latent(self) -> dict:
+        return {"samples": self.torch.zeros(1, *WAN_LATENT)}
+
+    def sample(self, model, sampler="euler", steps=WAN_STEPS, cfg=5.0):
+        (out,) = self.env.nodes.common_ksampler(
+            model, 0, steps, cfg, sampler, "simple", self.pos, self.neg, self.latent()
+        )
+        return out["samples"]
+
+    def advanced(self, model, start, end, sampler, first: bool):
+        """One KSamplerAdvanced of Wan 2.2's chain (the first adds noise and keeps the leftover)."""
+        node = self.env.nodes.KSamplerAdvanced()
+        return node.sample(
+            model,
+            "enable" if first else "disable",
+            0,
+            WAN_STEPS,
+            5.0,
+            sampler,
+            "simple",
+            self.pos,
+            self.neg,
+            self.latent() if first else {"samples": start},
+            0 if first else WAN22_BOUNDARY,
+            WAN22_BOUNDARY if first else 10000,
+            "enable" if first else "disable",
+        )[0]["samples"]
+
+    def probed(self, model, sample):
+        probe = Probe(self.env, model, wan=True)
+        try:
+            out = sample(probe.model)
+        finally:
+            probe.remove()
+        return out, probe.calls
+
+    def untouched(self, model, originals) -> bool:
+        """The input MODEL once it runs again after a patched clone: its own cross_attn modules (ComfyUI
+        restores object patches when it swaps the loaded patcher), no object patch of its own, no
+        instance ``forward`` left on a module."""
+        blocks = model.model.diffusion_model.blocks
+        return (
+            all(b.cross_attn is o for b, o in zip(blocks, originals))
+            and not model.object_patches
+            and not any("forward" in vars(o) for o in originals)
+        )
+
+    def run_wan21(self) -> dict:
+        torch, env = self.torch, self.env
+        out: dict = {}
+        originals = [b.cross_attn for _, b in env.wan_blocks(self.model)]
+        out["blocks"] = len(originals)
+        plain = {}
+        for sampler in SAMPLERS:
+            plain[sampler] = self.sample(self.model, sampler)
+            for label, widgets in {
+                "step=steps": {"gate_mode": "step", "gate_step": WAN_STEPS},
+                "step=steps+5": {"gate_mode": "step", "gate_step": WAN_STEPS + 5},
+                "fraction=1.0": {"gate_mode": "fraction", "gate_fraction": 1.0},
+            }.items():
+                gated = self.sample(env.tgate(self.model, **widgets), sampler)
+                out.setdefault("past_end", {})[f"{sampler} {label}"] = bool(
+                    torch.equal(gated, plain[sampler])
+                )
+        for sampler in SAMPLERS:
+            patched = env.tgate(self.model, gate_mode="step", gate_step=WAN_GATE)
+            node, calls = self.probed(patched, lambda m, s=sampler: self.sample(m, s))
+            _, plain_calls = self.probed(self.model, lambda m, s=sampler: self.sample(m, s))
+            sigmas = [float(v) for v in run_sigmas(env, self.model, WAN_STEPS)]
+            steps = expected_steps(sampler, sigmas)
+            ref_plain, _ = reference_sample_wan(
+                env, [(self.model, 0, WAN_STEPS)], self.pos, self.neg, steps=WAN_STEPS, sampler=sampler
+            )
+            ref, counts = reference_sample_wan(
+                env,
+                [(self.model, 0, WAN_STEPS)],
+                self.pos,
+                self.neg,
+                steps=WAN_STEPS,
+                sampler=sampler,
+                gate=WAN_GATE,
+            )
+            out[sampler] = {
+                "steps": steps,
+                "batch": [c["batch"] for c in calls],
+                "cross_projections": [c["attn2_projections"] for c in calls],
+                "attention": [c["attention"] for c in calls],
+                "plain batch": [c["batch"] for c in plain_calls],
+                "plain attention": [c["attention"] for c in plain_calls],
+                "report": env.controller(patched).last_report,
+                "plain vs hand loop": self.diff(plain[sampler], ref_plain),
+                "tgate vs reference": dict(self.diff(node, ref), reference_counts=counts),
+                "tgate vs plain": self.diff(node, plain[sampler]),
+            }
+        node = self.sample(env.tgate(self.model, gate_mode="step", gate_step=WAN_GATE), cfg=1.0)
+        ref, _ = reference_sample_wan(
+            env, [(self.model, 0, WAN_STEPS)], self.pos, self.neg, steps=WAN_STEPS, cfg=1.0, gate=WAN_GATE
+        )
+        out["euler cfg=1 tgate vs reference"] = self.diff(node, ref)
+        out["input model untouched"] = self.untouched(self.model, originals) and bool(
+            torch.equal(self.sample(self.model), plain["euler"])
+        )
+        try:
+            env.tgate(self.model, self_attention_interval=2)
+            out["v2 refused"] = None
+        except ValueError as e:
+            out["v2 refused"] = str(e)
+        twice = env.tgate(
+            env.tgate(self.model, gate_mode="step", gate_step=2), gate_mode="step", gate_step=WAN_GATE
+        )
+        once = env.tgate(self.model, gate_mode="step", gate_step=WAN_GATE)
+        out["second TGATE replaces the first"] = bool(torch.equal(self.sample(twice), self.sample(once)))
+        return out
+
+    def run_wan22(self) -> dict:
+        torch, env = self.torch, self.env
+        high, low = self.model, env.build_wan_model(1)
+        originals = [b.cross_attn for _, b in env.wan_blocks(low)]
+        out: dict = {"boundary": WAN22_BOUNDARY, "steps": WAN_STEPS}
+        experts = [(high, 0, WAN22_BOUNDARY), (low, WAN22_BOUNDARY, WAN_STEPS)]
+        for sampler in ("euler", "heun"):
+            first = self.advanced(high, None, None, sampler, True)
+            plain = self.advanced(low, first, None, sampler, False)
+            ref_plain, _ = reference_sample_wan(
+                env, experts, self.pos, self.neg, steps=WAN_STEPS, sampler=sampler
+            )
+            out[f"{sampler} plain vs hand loop"] = self.diff(plain, ref_plain)
+            for label, gate in WAN22_GATES.items():
+                hi = env.tgate(high, gate_mode="step", gate_step=gate, start_at_step=0, total_steps=WAN_STEPS)
+                lo = env.tgate(low, gate_mode="step", gate_step=gate, start_at_step=WAN22_BOUNDARY)
+                x, hi_calls = self.probed(hi, lambda m, s=sampler: self.advanced(m, None, None, s, True))
+                node, lo_calls = self.probed(
+                    lo, lambda m, s=sampler, x=x: self.advanced(m, x, None, s, False)
+                )
+                ref, counts = reference_sample_wan(
+                    env, experts, self.pos, self.neg, steps=WAN_STEPS, sampler=sampler, gate=gate
+                )
+                out[f"{sampler} {label}"] = {
+                    "gate": gate,
+                    "high batch": [c["batch"] for c in hi_calls],
+                    "low batch": [c["batch"] for c in lo_calls],
+                    "high cross_projections": [c["attn2_projections"] for c in hi_calls],
+                    "low cross_projections": [c["attn2_projections"] for c in lo_calls],
+                    "high report": env.controller(hi).last_report,
+                    "low report": env.controller(lo).last_report,
+                    "tgate vs reference": dict(self.diff(node, ref), reference_counts=counts),
+                    "tgate vs plain": self.diff(node, plain),
+                }
+        # the gate as a fraction of the whole schedule: 0.25 of 8 steps is step 2, in both models
+        hi = env.tgate(high, gate_mode="fraction", gate_fraction=0.25, total_steps=WAN_STEPS)
+        lo = env.tgate(low, gate_mode="fraction", gate_fraction=0.25, start_at_step=WAN22_BOUNDARY)
+        by_fraction = self.advanced(lo, self.advanced(hi, None, None, "euler", True), None, "euler", False)
+        hi = env.tgate(high, gate_mode="step", gate_step=2, total_steps=WAN_STEPS)
+        lo = env.tgate(low, gate_mode="step", gate_step=2, start_at_step=WAN22_BOUNDARY)
+        by_step = self.advanced(lo, self.advanced(hi, None, None, "euler", True), None, "euler", False)
+        out["fraction 0.25 equals step 2"] = bool(torch.equal(by_fraction, by_step))
+        # total_steps too small for the run: a clear error at sampling
+        bad = env.tgate(low, gate_mode="step", gate_step=2, start_at_step=WAN22_BOUNDARY, total_steps=6)
+        try:
+            self.advanced(bad, by_step, None, "euler", False)
+            out["schedule error"] = None
+        except ValueError as e:
+            out["schedule error"] = str(e)
+        again = self.advanced(low, first, None, "heun", False)  # the plain low-noise model once more
+        out["input models untouched"] = self.untouched(low, originals) and bool(torch.equal(again, plain))
+        return out
 
 
 CHECKS = [name.removeprefix("check_") for name in dir(Checks) if name.startswith("check_")]

@@ -72,6 +72,25 @@ def load_schedule_reference():
 
 
 SDXL_WIDTH = 32  # the tiny SDXL's text width (cross-attention context and pooled output)
+# The tiny Wan 2.1 T2V (ComfyUI's WanModel): 2 blocks of width 32 (2 heads), text width 24, 16 text tokens.
+WAN_CONFIG = {
+    "image_model": "wan2.1",
+    "model_type": "t2v",
+    "dim": 32,
+    "ffn_dim": 64,
+    "freq_dim": 16,
+    "text_dim": 24,
+    "num_heads": 2,
+    "num_layers": 2,
+    "in_dim": 16,
+    "out_dim": 16,
+    "text_len": 16,
+    "patch_size": (1, 2, 2),
+    "eps": 1e-6,
+    "qk_norm": True,
+    "cross_attn_norm": True,
+}
+WAN_LATENT = (16, 2, 8, 8)  # channels, frames, height, width of one latent
 
 
 class Comfy:
@@ -184,15 +203,39 @@ class Comfy:
         config = comfy.supported_models.SDXL(unet)
         config.set_inference_dtype(torch.float32, None)
         model = comfy.model_base.SDXL(config, device=torch.device("cpu"))
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():  # comfy.ops leaves the weights uninitialised
-            for param in model.diffusion_model.parameters():
-                fan_in = param[0].numel() if param.ndim > 1 else 1
-                scale = fan_in**-0.5 if param.ndim > 1 else 0.02
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+        _randomize(torch, model.diffusion_model, 0)
         model.eval()
         cpu = torch.device("cpu")
         return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+    def build_wan_model(self, seed: int = 0):
+        """A fresh ComfyUI ModelPatcher over a tiny Wan 2.1 T2V: ``supported_models.WAN21_T2V`` makes
+        ``model_base.WAN21`` (its ``WanModel``, flow matching with shift 8) from ``WAN_CONFIG``, as
+        ComfyUI's loader would from a detected checkpoint; random weights (``seed``)."""
+        import comfy.model_patcher
+        import comfy.supported_models
+
+        torch = self.torch
+        config = comfy.supported_models.WAN21_T2V(dict(WAN_CONFIG, dtype=torch.float32))
+        config.set_inference_dtype(torch.float32, None)
+        model = config.get_model({}, device=torch.device("cpu"))
+        _randomize(torch, model.diffusion_model, seed)
+        model.eval()
+        cpu = torch.device("cpu")
+        return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+    def wan_conditioning(self, prompt: str):
+        """Wan-shaped CONDITIONING (text tokens of the tiny model's width), random but fixed per prompt."""
+        generator = self.torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
+        return [
+            [self.torch.randn(1, WAN_CONFIG["text_len"], WAN_CONFIG["text_dim"], generator=generator), {}]
+        ]
+
+    def wan_blocks(self, model):
+        """(key, WanAttentionBlock) of every block."""
+        diffusion_model = model.get_model_object("diffusion_model")
+        keys = self.node_module.wan_block_keys(diffusion_model)
+        return list(zip(keys, diffusion_model.blocks))
 
     def sdxl_conditioning(self, prompt: str):
         """SDXL-shaped CONDITIONING (tokens and pooled output), random but fixed per prompt."""
@@ -265,25 +308,47 @@ class Comfy:
         return list(zip(keys, blocks))
 
 
-class Probe:
-    """Per UNet call: batch, sigma, tokens each attn2 projection got, attention computations."""
+def _randomize(torch, module, seed: int) -> None:
+    """Random weights (comfy.ops leaves them uninitialised): fan-in scaled matrices, small vectors."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            fan_in = param[0].numel() if param.ndim > 1 else 1
+            scale = fan_in**-0.5 if param.ndim > 1 else 0.02
+            param.copy_(torch.randn(param.shape, generator=generator) * scale)
 
-    def __init__(self, comfy_env: Comfy, model) -> None:
+
+class Probe:
+    """Per UNet call: batch, sigma, tokens each attn2 projection got, attention computations.
+    ``wan=True``: the projections of each Wan block's cross_attn (q, k, v, o) instead of attn2's."""
+
+    def __init__(self, comfy_env: Comfy, model, wan: bool = False) -> None:
         self.env = comfy_env
         self.calls: list[dict] = []
         self.handles = []
         self.model = model.clone()
         diffusion_model = self.model.get_model_object("diffusion_model")
         self.handles.append(diffusion_model.register_forward_pre_hook(self._unet, with_kwargs=True))
-        for _, block in comfy_env.transformer_blocks(self.model):
-            for proj in (block.attn2.to_q, block.attn2.to_k, block.attn2.to_v, block.attn2.to_out[0]):
-                self.handles.append(proj.register_forward_pre_hook(self._proj))
+        if wan:
+            projections = [
+                proj
+                for _, block in comfy_env.wan_blocks(self.model)
+                for proj in (block.cross_attn.q, block.cross_attn.k, block.cross_attn.v, block.cross_attn.o)
+            ]
+        else:
+            projections = [
+                proj
+                for _, block in comfy_env.transformer_blocks(self.model)
+                for proj in (block.attn2.to_q, block.attn2.to_k, block.attn2.to_v, block.attn2.to_out[0])
+            ]
+        for proj in projections:
+            self.handles.append(proj.register_forward_pre_hook(self._proj))
         to = self.model.model_options.setdefault("transformer_options", {})
         to["optimized_attention_override"] = self._attention
 
     def _unet(self, module, args, kwargs):
         x = args[0]
-        timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
+        timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps", kwargs.get("timestep"))
         to = kwargs.get("transformer_options", {})
         self.calls.append(
             {
@@ -500,3 +565,79 @@ def _solve(sampler, denoise, x, sigmas):
             old = den
         return x
     raise ValueError(sampler)
+
+
+def reference_sample_wan(
+    comfy_env: Comfy,
+    experts,
+    positive,
+    negative,
+    *,
+    steps=6,
+    cfg=5.0,
+    sampler="euler",
+    scheduler="simple",
+    seed=0,
+    gate=None,
+):
+    """TGATE by hand on Wan, over one schedule split between models: ``experts`` is a list of
+    ``(model, start, end)`` (steps ``start .. end-1`` of the ``steps``-step schedule each), run as
+    ComfyUI's KSamplerAdvanced chain runs them (noise added by the first, the latent handed on through
+    ``process_latent_out`` / ``process_latent_in``). ``gate=None``: plain CFG.
+
+    Forward hooks on each block's ``cross_attn`` keep its output at step ``gate - 1`` and replay the
+    mean of the CFG halves after it; a model whose first step is at or after the gate has nothing kept
+    and computes (the diffusers engine's rule for experts). After the gate only the conditional batch runs.
+    """
+    import comfy.model_management
+    import comfy.sample
+
+    torch = comfy_env.torch
+    m = steps if gate is None else gate
+    use_cfg = abs(cfg - 1.0) > 1e-9
+    cond_ctx, uncond_ctx = positive[0][0], negative[0][0]
+    out = torch.zeros(1, *WAN_LATENT)
+    counts = {"cross_computed": 0, "cross_replayed": 0}
+    for index, (model, start, end) in enumerate(experts):
+        comfy.model_management.load_models_gpu([model])
+        base = model.model
+        ms = base.model_sampling
+        full = run_sigmas(comfy_env, model, steps, scheduler)
+        sigmas = full[start : end + 1]
+        cross = _ReferenceCache([b.cross_attn for _, b in comfy_env.wan_blocks(model)])
+        halved = [False]
+
+        def denoise(x, sigma, step, base=base, cross=cross, halved=halved, start=start):
+            g = start + step  # the step in the whole schedule
+            after = g >= m
+            if after and start < m and not halved[0]:
+                halved[0] = True
+                if use_cfg:
+                    cross.halve()
+            if after:
+                cross.set("replay" if start < m else "compute")
+            else:
+                cross.set("store" if g == m - 1 else "compute")
+            s = sigma * torch.ones(x.shape[0])
+            if use_cfg and not after:
+                both = base.apply_model(
+                    torch.cat([x, x]), torch.cat([s, s]), c_crossattn=torch.cat([uncond_ctx, cond_ctx])
+                )
+                u, c = both.chunk(2)
+                return u + (c - u) * cfg
+            return base.apply_model(x, s, c_crossattn=cond_ctx)
+
+        latent = out
+        if torch.count_nonzero(latent) > 0:
+            latent = base.process_latent_in(latent)
+        noise = comfy.sample.prepare_noise(latent, seed) if index == 0 else torch.zeros_like(latent)
+        x = ms.noise_scaling(sigmas[0], noise, latent, True)
+        try:
+            with torch.no_grad():
+                x = _solve(sampler, denoise, x, sigmas)
+        finally:
+            cross.remove()
+        counts["cross_computed"] += cross.computed
+        counts["cross_replayed"] += cross.replayed
+        out = base.process_latent_out(ms.inverse_noise_scaling(sigmas[-1], x).to(torch.float32))
+    return out, counts
