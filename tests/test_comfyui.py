@@ -419,7 +419,7 @@ def test_example_workflow_runs_through_comfyuis_server():
     assert status and status["completed"] and status["status_str"] == "success", facts["log_tail"]
     assert len(facts["files"]) == 1
     image = facts["files"][0]
-    assert image["exists"] and image["png_size"] == [64, 64] and image["served_equal"]
+    assert image["exists"] and tuple(image["png_size"]) == (64, 64) and image["served_equal"]
     assert len(facts["tgate_log"]) == 1 and "gate 10 of 25 steps, CFG True" in facts["tgate_log"][0]
     print(
         f"server started in {facts['startup_s']} s, the workflow ran in {facts['run_s']} s", file=sys.stderr
