@@ -286,6 +286,7 @@ def test_wan22_two_models_follow_the_engines_expert_rule(facts, sampler, where):
         assert lo["cross_attention"]["replayed"] > 0 and run["low cross_projections"][-1] == 0
     assert f["fraction 0.25 equals step 2"]
     assert f["schedule error"].startswith("TGATE:") and "total_steps" in f["schedule error"]
+    assert f["start past total refused"].startswith("TGATE: start_at_step")
     assert f["input models untouched"]
 
 

@@ -829,6 +829,11 @@ class WanChecks:
             out["schedule error"] = None
         except ValueError as e:
             out["schedule error"] = str(e)
+        try:  # a start at or past the whole schedule's end: refused when the node runs
+            env.tgate(low, start_at_step=WAN_STEPS, total_steps=WAN_STEPS)
+            out["start past total refused"] = None
+        except ValueError as e:
+            out["start past total refused"] = str(e)
         again = self.advanced(low, first, None, "heun", False)  # the plain low-noise model once more
         out["input models untouched"] = self.untouched(low, originals) and bool(torch.equal(again, plain))
         return out
