@@ -21,6 +21,7 @@ from crossgate.testing import (
     tiny_cogview4_pipeline,
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
+    tiny_lumina2_pipeline,
     tiny_qwen_image_pipeline,
     tiny_sd3_pipeline,
 )
@@ -271,6 +272,20 @@ JOINT_CASES: dict[str, JointCase] = {
         {"guidance_scale": 5.0, "negative_prompt": "a blue square"},
         sequential=True,
         text_output=1,
+        mean=False,
+    ),
+    # no system prompt and room for the whole prompt: the two branches' unpadded lengths differ
+    "Lumina2": JointCase(
+        tiny_lumina2_pipeline,
+        "Lumina2Pipeline",
+        {
+            "guidance_scale": 4.0,
+            "negative_prompt": "a blue square",
+            "system_prompt": "",
+            "max_sequence_length": 64,
+        },
+        sequential=True,
+        named=False,
         mean=False,
     ),
     "CogVideoX": _cogvideox("CogVideoXPipeline", num_frames=8),

@@ -134,8 +134,10 @@ class JointReference:
         pipe = self.pipe
         transformer = pipe.transformer
         double = (
-            getattr(transformer, "transformer_blocks", None) or transformer.joint_transformer_blocks
-        )  # AuraFlow
+            getattr(transformer, "transformer_blocks", None)
+            or getattr(transformer, "joint_transformer_blocks", None)  # AuraFlow
+            or transformer.layers  # Lumina2's unified layers (its refiners are text or image alone)
+        )
         blocks = [*double, *getattr(transformer, "single_transformer_blocks", [])]
         self.handles = [
             b.register_forward_hook(self._block_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
@@ -155,6 +157,8 @@ class JointReference:
                 ref.branch = ("cond", "uncond")[ref.calls_in_step]
                 ref.calls_in_step += 1
             ref.text_len = text.shape[1] + (0 if registers is None else registers.shape[1])
+            if hasattr(transformer, "context_refiner"):  # Lumina2 joins the prompt unpadded (one prompt)
+                ref.text_len = int(kwargs["encoder_attention_mask"].sum())
             ref.capturing = True
             ref.halved = False
             ref.store_key = ref.branch if ref.sequential else "batch"
@@ -189,7 +193,8 @@ class JointReference:
                 return tuple(torch.cat([o, o]) if isinstance(o, torch.Tensor) else o for o in out)
 
         transformer.forward = forward
-        if self.sequential:
+        self.named_calls = self.sequential and hasattr(transformer, "cache_context")  # Lumina2: none
+        if self.named_calls:
             original_context = transformer.cache_context
 
             @contextlib.contextmanager
@@ -206,7 +211,7 @@ class JointReference:
         for h in self.handles:
             h.remove()
         del transformer.forward
-        if self.sequential:
+        if self.named_calls:
             del transformer.cache_context
 
     def on_step_end(self, pipe: Any, i: int, t: Any, kwargs: dict) -> dict:

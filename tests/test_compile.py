@@ -57,8 +57,14 @@ def _compile(pipe, attr: str, idiom: str, backend: str = "aot_eager") -> None:
         setattr(pipe, attr, torch.compile(model, backend=backend, fullgraph=True))
     elif idiom == "inplace":
         model.compile(backend=backend, fullgraph=True)
-    else:
+    elif getattr(model, "_repeated_blocks", None):
         model.compile_repeated_blocks(backend=backend, fullgraph=True)
+    else:  # no `_repeated_blocks` declared (Lumina2): its repeated blocks, the unified layers
+        from crossgate.joint import joint_blocks
+
+        for _, block, kind in joint_blocks(model):
+            if kind.stream == "joint":
+                block.compile(backend=backend, fullgraph=True)
 
 
 def _graphs() -> int:
@@ -268,7 +274,15 @@ def test_bench_compiled_rows(sd_pipe):
         # the rest run with the slow tests (make test-slow): ~18 s of dynamo tracing each
         *(
             pytest.param(f, marks=pytest.mark.slow)
-            for f in ("Qwen-Image", "HunyuanVideo, true CFG", "CogVideoX", "CogView4", "Chroma", "AuraFlow")
+            for f in (
+                "Qwen-Image",
+                "HunyuanVideo, true CFG",
+                "CogVideoX",
+                "CogView4",
+                "Chroma",
+                "AuraFlow",
+                "Lumina2",
+            )
         ),
     ],
 )
@@ -284,12 +298,15 @@ def test_joint_attention_transformers(family):
         return _run(pipe, case, prompt=prompt, num_inference_steps=steps)
 
     eager = _eager_reference(pipe, call)
-    graphs = _sequence(pipe, "transformer", "assign", "compile-first", call, eager)
+    # Lumina2's model reads its prompts' lengths into Python (`tolist`), so the whole model breaks
+    # fullgraph plain; its blocks compile (regional)
+    idiom = "regional" if family == "Lumina2" else "assign"
+    graphs = _sequence(pipe, "transformer", idiom, "compile-first", call, eager)
     # plain; before the gate (2B, or each named branch at B); the step that keeps the text stream;
     # after the gate (image rows against the frozen text stream); true CFG adds the skipped uncond
     # call. Qwen-Image's plain call already makes 2: its prompt and negative prompt are encoded to
     # lengths of their own, so dynamo's second graph has a dynamic text length (no more after that)
-    plain, gated = {
+    plain, gated, *other = {
         "SD3": (1, 4),
         "FLUX.1": (1, 5),
         "FLUX.1 img2img": (1, 5),  # unnamed true-CFG calls (cond, then uncond)
@@ -299,5 +316,9 @@ def test_joint_attention_transformers(family):
         "CogView4": (1, 5),
         "Chroma": (1, 5),  # unnamed CFG calls; single blocks read the text length the gate wrote
         "AuraFlow": (1, 4),  # batched [uncond; cond], like SD3
+        # blocks compiled (regional); prompts joined unpadded: the plain call's two lengths make 2, and a
+        # prompt of another length keeps its text rows (a length the gate writes) in 2 more graphs
+        "Lumina2": (2, 8, 10),
     }[family]
-    assert graphs == {"plain": plain, "gated": gated, "other": gated, "removed": gated}, graphs
+    after = other[0] if other else gated
+    assert graphs == {"plain": plain, "gated": gated, "other": after, "removed": after}, graphs

@@ -15,7 +15,7 @@ import torch
 
 import crossgate
 from crossgate import ConfigError
-from crossgate.joint import joint_blocks, kind_of
+from crossgate.joint import joint_blocks, kind_of, text_tokens
 from joint_cases import JOINT_CASES, JointCase, _image
 from reference_joint import JointReference
 
@@ -47,6 +47,8 @@ _TEXT_ATTN = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_added_
 def _text_side_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:
     found = []
     for _, block, _kind in joint_blocks(transformer):
+        if _kind.stream == "text":  # a block of the text alone (Lumina2's context refiner): all of it
+            found += list(block.children())
         found += [getattr(block, n) for n in _TEXT_SIDE if getattr(block, n, None) is not None]
         attn = _kind.attention(block)
         found += [getattr(attn, n) for n in _TEXT_ATTN if getattr(attn, n, None) is not None]
@@ -89,15 +91,19 @@ def test_after_the_gate_one_branch_runs_and_no_text_side_module_runs(case_and_pl
     image_rows: list[int] = [0]
 
     def block_input(module, args, kwargs):
-        if not kind_of(module).concatenated:  # [text; image] blocks: the double blocks' count holds
+        # [text; image] blocks: the double blocks' count holds (Lumina2: its image refiner's)
+        if not kind_of(module, names[id(module)]).concatenated:
             image_rows[0] = (args[0] if args else kwargs["hidden_states"]).shape[1]
+
+    names = {id(block): name for name, block, _ in joint_blocks(pipe.transformer)}
 
     def key_rows(module, args, output):
         if state["after"]:
             rows.append((args[0].shape[1], image_rows[0]))
 
     for _, block, kind in joint_blocks(pipe.transformer):
-        handles.append(block.register_forward_pre_hook(block_input, with_kwargs=True))
+        if kind.stream != "text":
+            handles.append(block.register_forward_pre_hook(block_input, with_kwargs=True))
         handles.append(kind.attention(block).to_k.register_forward_hook(key_rows))
     try:
         with crossgate.enabled(pipe, gate_step=GATE):
@@ -341,6 +347,7 @@ def test_a_processor_swapped_after_apply_is_refused_when_the_call_starts():
         "HunyuanVideo",
         "CogVideoX",
         "CogView4",
+        "Lumina2",
     ],
 )
 def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock_block(name):
@@ -348,13 +355,18 @@ def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock
     ``text_stream`` it returns reproduces the stock block's image output (and hands its text on)."""
     case = JOINT_CASES[name]
     pipe = case.build()
-    seen: list[tuple[torch.nn.Module, Any, tuple, dict, Any]] = []
-    handles = []
+    seen: list[tuple[torch.nn.Module, Any, tuple, dict, Any, int]] = []
+    tokens = [0]  # the text length the gate would hand a concatenated block in this denoiser call
+
+    def call_hook(module, args, kwargs):
+        tokens[0] = text_tokens(module, kwargs)
+
+    handles = [pipe.transformer.register_forward_pre_hook(call_hook, with_kwargs=True)]
     for _, block, kind in joint_blocks(pipe.transformer):
 
         def hook(module, args, kwargs, output, kind=kind):
             if len(seen) < 64:
-                seen.append((module, kind, args, dict(kwargs), output))
+                seen.append((module, kind, args, dict(kwargs), output, tokens[0]))
 
         handles.append(block.register_forward_hook(hook, with_kwargs=True))
     try:
@@ -362,23 +374,24 @@ def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock
     finally:
         for h in handles:
             h.remove()
-    kinds = {type(kind).__name__ for _, kind, _, _, _ in seen}
+    kinds = {type(kind).__name__ for _, kind, _, _, _, _ in seen}
     assert seen and kinds == {type(k).__name__ for _, _, k in joint_blocks(pipe.transformer)}
     with torch.no_grad():
-        text_tokens = 0
-        for module, kind, args, kwargs, output in seen:
+        for module, kind, args, kwargs, output, length in seen:
             named = kind.bind(args, kwargs)
             if kind.concatenated:  # one [text; image] sequence: the text length the gate hands in
-                named["text_tokens"] = text_tokens
-            else:
-                text_tokens = named["encoder_hidden_states"].shape[1]
+                named["text_tokens"] = length
             frozen = kind.text_stream(module, named, output)
             replayed = kind.image_only(module, frozen, named)
+            if kind.stream == "text":  # nothing reads it after the gate: handed on as it came
+                assert replayed is named["hidden_states"]
+                continue
+            if kind.stream == "image":  # the image alone: the stock block
+                torch.testing.assert_close(replayed, output, rtol=0, atol=1e-5)
+                continue
             if kind.concatenated:
-                torch.testing.assert_close(
-                    replayed[:, text_tokens:], output[:, text_tokens:], rtol=0, atol=1e-5
-                )
-                assert torch.equal(replayed[:, :text_tokens], output[:, :text_tokens])
+                torch.testing.assert_close(replayed[:, length:], output[:, length:], rtol=0, atol=1e-5)
+                assert torch.equal(replayed[:, :length], output[:, :length])
                 continue
             image = 1 - kind.text_output
             torch.testing.assert_close(replayed[image], output[image], rtol=0, atol=1e-5)
@@ -425,3 +438,25 @@ def test_chroma_inpainting_is_refused_because_it_fails_without_crossgate():
         _run(pipe, case, image=image, mask_image=image.convert("L"), strength=1.0)
     with pytest.raises(crossgate.UnsupportedPipelineError, match="guidance_embeds"):
         crossgate.apply(pipe)
+
+
+def test_lumina2_prompts_of_different_lengths_are_gated_each_as_alone():
+    """Lumina2 joins each prompt unpadded, so a batch of prompts of different lengths puts each
+    sample's image rows at its own offset (a mask pads the batch): gated together, each image equals
+    that prompt gated alone."""
+    case = JOINT_CASES["Lumina2"]
+    pipe = case.build()
+    prompts = ["a red circle", "a green triangle on a long table"]
+    latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    masks: list[Any] = []
+    _, block, _ = joint_blocks(pipe.transformer)[-1]
+    handle = block.register_forward_pre_hook(lambda m, a, kw: masks.append(a[1]), with_kwargs=True)
+    with crossgate.enabled(pipe, gate_step=GATE):
+        together = _run(pipe, case, prompt=prompts, negative_prompt=["", "a blue square"], latents=latents)
+        handle.remove()
+        alone = [
+            _run(pipe, case, prompt=p, negative_prompt=n, latents=latents[i : i + 1])
+            for i, (p, n) in enumerate(zip(prompts, ["", "a blue square"]))
+        ]
+    assert masks and all(m is not None for m in masks)  # the batch was padded: rows at two offsets
+    torch.testing.assert_close(together, torch.cat(alone), rtol=0, atol=TOLERANCE)

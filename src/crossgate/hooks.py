@@ -84,7 +84,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from crossgate.gate import CallState, current_call
-from crossgate.joint import JointKind, TextStream, prepended_text_tokens
+from crossgate.joint import JointKind, TextStream, text_tokens
 from crossgate.schedule import Action, self_attention_action
 from crossgate.tensors import latent_batch, map_batch, relative_change
 
@@ -736,12 +736,7 @@ class DenoiserGate(_ModelGate):
             self.lane.call = None
             return None
         call.begin_pass()
-        text = kwargs.get("encoder_hidden_states")
-        self.lane.text_tokens = (
-            text.shape[1] + prepended_text_tokens(self.model)
-            if isinstance(text, torch.Tensor) and text.ndim == 3
-            else 0
-        )
+        self.lane.text_tokens = text_tokens(self.model, kwargs)
         order = call.adapter.branch_order
         if order and call.layout.sequential:  # unnamed calls: the branch is the call's place in the step
             if call.slot >= len(order):

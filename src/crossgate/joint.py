@@ -88,6 +88,15 @@ class JointKind:
     # the block takes one [text; image] sequence and returns one tensor (Chroma's single-stream
     # blocks); its hook adds ``text_tokens`` (where the text ends) to the arguments it hands over
     concatenated: bool = False
+    # what the block's sequence holds: "joint" (text and image), or one stream alone where a model
+    # refines each before joining them (Lumina2's ``context_refiner`` "text", ``noise_refiner`` "image")
+    stream: str = "joint"
+    # the ``ModuleList`` the block sits in, where one block class plays several parts (Lumina2); "" any
+    parent: str = ""
+
+    def claims(self, name: str) -> bool:
+        """Whether the block at ``name`` (its path in the denoiser) is this kind's."""
+        return not self.parent or name.rsplit(".", 2)[-2:-1] == [self.parent]
 
     def attention(self, block: Any) -> Any:
         return getattr(block, self.attn_name)
@@ -446,6 +455,151 @@ def prepended_text_tokens(model: Any) -> int:
     return int(registers.shape[1]) if isinstance(registers, torch.Tensor) else 0
 
 
+def text_tokens(model: Any, kwargs: dict) -> int:
+    """Where the text rows end in a concatenated block's sequence for one denoiser call (the gate writes
+    it into the lane). Lumina2 drops each prompt's padding before joining text and image: the text
+    rows are the longest prompt's unpadded length (``encoder_attention_mask``)."""
+    text = kwargs.get("encoder_hidden_states")
+    if not (isinstance(text, torch.Tensor) and text.ndim == 3):
+        return 0
+    mask = kwargs.get("encoder_attention_mask")
+    if isinstance(mask, torch.Tensor) and type(model).__name__ == "Lumina2Transformer2DModel":
+        return int(mask.sum(dim=1).max())
+    return int(text.shape[1]) + prepended_text_tokens(model)
+
+
+def _lumina2_rows(kwargs: dict, text: int) -> tuple[Any, Any]:
+    """The image rows of a Lumina2 unified sequence ``[text_i; image; padding]`` (``text``: the
+    longest prompt's rows): ``(index, key mask)``. Prompts of one length (the model passes no mask) are
+    a plain slice; otherwise each sample's image starts after its own prompt, and the text keys past
+    that prompt are masked as the model masks them."""
+    hidden, mask = kwargs["hidden_states"], kwargs.get("attention_mask")
+    if mask is None:
+        return (slice(None), slice(text, None)), None
+    image = hidden.shape[1] - text
+    lengths = mask.sum(dim=1) - image  # each sample's prompt rows
+    index = lengths[:, None] + torch.arange(image, device=hidden.device)
+    text_mask = torch.arange(text, device=hidden.device) < lengths[:, None]
+    keys = torch.cat([text_mask, text_mask.new_ones(hidden.shape[0], image)], dim=1)
+    return (torch.arange(hidden.shape[0], device=hidden.device)[:, None], index), keys[:, None, None, :]
+
+
+def _lumina2_kv(attn: Any, normed: torch.Tensor, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lumina2's keys (qk-norm, rotary) and values, ``kv_heads`` of them (grouped-query attention)."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    key, value = attn.to_k(normed), attn.to_v(normed)
+    head_dim = attn.inner_dim // attn.heads
+    key, value = (t.view(normed.shape[0], -1, t.shape[-1] // head_dim, head_dim) for t in (key, value))
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    if rotary is not None:
+        key = apply_rotary_emb(key, rotary, use_real=False)
+    return key.to(normed.dtype), value
+
+
+class Lumina2Joint(JointKind):
+    """``Lumina2TransformerBlock`` in ``layers``: shared weights over one ``[text; image]`` sequence
+    per sample (each prompt unpadded, the batch padded at the end), rotary on both, grouped-query
+    attention; only the image rows run."""
+
+    block_types = ("Lumina2TransformerBlock",)
+    processors = ("Lumina2AttnProcessor2_0",)
+    arg_names = ("hidden_states", "attention_mask", "image_rotary_emb", "temb")
+    concatenated = True
+    parent = "layers"
+
+    def passthrough(self, kwargs: dict) -> Any:
+        return kwargs["hidden_states"]
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        tokens, rotary = kwargs["text_tokens"], kwargs["image_rotary_emb"]
+        normed = block.norm1(kwargs["hidden_states"][:, :tokens], kwargs["temb"])[0]  # per token
+        key, value = _lumina2_kv(block.attn, normed, None if rotary is None else rotary[:, :tokens])
+        return TextStream(key, value, output[:, :tokens])
+
+    @staticmethod
+    def _image_rows(
+        block: Any, frozen: TextStream | None, hidden: torch.Tensor, rotary: Any, temb: Any, mask: Any = None
+    ) -> torch.Tensor:
+        """The stock block on the image rows ``hidden``, attending over ``[frozen text; image]`` (over
+        the image alone without ``frozen``)."""
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        attn = block.attn
+        normed, gate_msa, scale_mlp, gate_mlp = block.norm1(hidden, temb)
+        head_dim = attn.inner_dim // attn.heads
+        query = attn.to_q(normed).view(hidden.shape[0], -1, attn.heads, head_dim)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if rotary is not None:
+            query = apply_rotary_emb(query, rotary, use_real=False)
+        key, value = _lumina2_kv(attn, normed, rotary)
+        if frozen is not None:
+            key, value = torch.cat([frozen.key, key], dim=1), torch.cat([frozen.value, value], dim=1)
+        repeat = attn.heads // key.shape[2]
+        key, value = (t.repeat_interleave(repeat, dim=2) for t in (key, value))
+        out = F.scaled_dot_product_attention(
+            query.to(normed.dtype).transpose(1, 2),
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            attn_mask=mask,
+            scale=attn.scale,
+        )
+        out = out.transpose(1, 2).reshape(hidden.shape[0], -1, attn.heads * head_dim).type_as(query)
+        out = attn.to_out[1](attn.to_out[0](out))
+        hidden = hidden + gate_msa.unsqueeze(1).tanh() * block.norm2(out)
+        mlp = block.feed_forward(block.ffn_norm1(hidden) * (1 + scale_mlp.unsqueeze(1)))
+        return hidden + gate_mlp.unsqueeze(1).tanh() * block.ffn_norm2(mlp)
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        hidden, rotary, tokens = kwargs["hidden_states"], kwargs["image_rotary_emb"], frozen.key.shape[1]
+        rows, mask = _lumina2_rows(kwargs, tokens)
+        image = self._image_rows(
+            block, frozen, hidden[rows], None if rotary is None else rotary[rows], kwargs["temb"], mask
+        )
+        assert frozen.output is not None  # a unified block always hands its text rows on
+        if mask is None:
+            return torch.cat([frozen.output, image], dim=1)
+        # each sample's image rows after its own prompt; rows past them are padding nothing reads
+        return torch.cat([frozen.output, torch.zeros_like(image)], dim=1).index_put(rows, image)
+
+
+class Lumina2Context(JointKind):
+    """``Lumina2TransformerBlock`` in ``context_refiner`` (the prompt alone, before the unified
+    layers). After the gate those layers take their text rows from the frozen stream, so nothing reads
+    this block's output: it runs nothing and hands its input on."""
+
+    block_types = Lumina2Joint.block_types
+    processors = Lumina2Joint.processors
+    arg_names = Lumina2Joint.arg_names
+    stream = "text"
+    parent = "context_refiner"
+
+    def passthrough(self, kwargs: dict) -> Any:
+        return kwargs["hidden_states"]
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        empty = kwargs["hidden_states"][:, :0]
+        return TextStream(empty, empty, None)  # nothing to keep
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        return kwargs["hidden_states"]
+
+
+class Lumina2Noise(Lumina2Context):
+    """``Lumina2TransformerBlock`` in ``noise_refiner`` (the image alone): runs as written, through
+    crossgate only so that the uncond call sequential CFG skips after the gate skips it too."""
+
+    stream = "image"
+    parent = "noise_refiner"
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        return Lumina2Joint._image_rows(
+            block, None, kwargs["hidden_states"], kwargs["image_rotary_emb"], kwargs["temb"]
+        )
+
+
 class QwenDouble(JointKind):
     """``QwenImageTransformerBlock`` (Qwen-Image and its Edit pipelines): tokens ``[text; image]``.
 
@@ -701,20 +855,24 @@ KINDS: tuple[JointKind, ...] = (
     ChromaSingle(),
     AuraFlowDouble(),
     AuraFlowSingle(),
+    Lumina2Joint(),
+    Lumina2Context(),
+    Lumina2Noise(),
 )
 
 
-def kind_of(block: Any) -> JointKind | None:
-    """The :class:`JointKind` of ``block`` (by its class or a base's name), or None."""
+def kind_of(block: Any, name: str = "") -> JointKind | None:
+    """The :class:`JointKind` of ``block`` (by its class or a base's name, and where one class plays
+    several parts, its place ``name`` in the denoiser), or None."""
     names = {cls.__name__ for cls in type(block).__mro__}
-    return next((kind for kind in KINDS if names.intersection(kind.block_types)), None)
+    return next((k for k in KINDS if names.intersection(k.block_types) and k.claims(name)), None)
 
 
 def joint_blocks(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module, JointKind]]:
     """Every joint-attention block of ``denoiser`` crossgate knows, in order."""
     found = []
     for name, module in denoiser.named_modules():
-        kind = kind_of(module)
+        kind = kind_of(module, name)
         if kind is not None:
             found.append((name, module, kind))
     return found

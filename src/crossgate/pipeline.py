@@ -21,7 +21,7 @@ import inspect
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -558,7 +558,8 @@ def _branch_context_for(denoiser: torch.nn.Module):
     Sequential-CFG pipelines name each denoiser call (``with denoiser.cache_context("uncond"):``);
     the name is observed and the denoiser's own ``cache_context`` (diffusers' caches) still runs.
     """
-    original = cast(Any, type(denoiser)).cache_context.__get__(denoiser)  # CacheMixin's
+    own = getattr(type(denoiser), "cache_context", None)  # CacheMixin's; Lumina2's model has none
+    original = own.__get__(denoiser) if own is not None else (lambda name, **kwargs: contextlib.nullcontext())
 
     @contextlib.contextmanager
     def cache_context(name: str, **kwargs: Any) -> Iterator[None]:

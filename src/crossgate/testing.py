@@ -759,6 +759,38 @@ def tiny_auraflow_pipeline(seed: int = 0):
     )
 
 
+def tiny_lumina2_pipeline(seed: int = 0):
+    """A Lumina2 pipeline (text and noise refiners, then unified layers over ``[text; image]`` with
+    grouped-query attention) with tiny widths and random weights: a one-layer Gemma-2 over a character
+    tokenizer, the tiny VAE, 32x32 images; CFG as two unnamed calls, the cond one first."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=256)
+    transformer = Lumina2Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=16,
+        num_layers=2,
+        num_refiner_layers=1,
+        num_attention_heads=2,
+        num_kv_heads=1,
+        multiple_of=16,
+        axes_dim_rope=(4, 2, 2),
+        cap_feat_dim=8,
+    )
+    return ready(
+        Lumina2Pipeline(
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=tiny_vae(),
+            text_encoder=tiny_gemma2_encoder(tokenizer),
+            tokenizer=tokenizer,
+        )
+    )
+
+
 def tiny_qwen_image_pipeline(seed: int = 0, cls: Any = None):
     """A Qwen-Image pipeline (double-stream joint blocks, text first) with tiny widths and random weights.
 

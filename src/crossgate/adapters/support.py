@@ -92,6 +92,10 @@ QWEN_IMAGE = replace(FLUX, family="qwen-image", branch_texts_aligned=False)
 HUNYUAN_VIDEO = replace(FLUX, family="hunyuan-video")
 # CogView4 names its two CFG calls like Qwen-Image, and pads each prompt to its own multiple of 16.
 COGVIEW4 = replace(QWEN_IMAGE, family="cogview4")
+# Lumina2 runs CFG as FLUX's unnamed pipelines do (the cond call first; `cfg_trunc_ratio` drops the
+# uncond call in late steps). Its unified layers take each prompt unpadded, so the two branches' text
+# streams differ in length.
+LUMINA2 = replace(FLUX_UNNAMED, family="lumina2", branch_texts_aligned=False)
 
 # The diffusers release this table was made against: there the classified names and the exported
 # names must be equal; on other releases every exported name must still be classified.
@@ -199,6 +203,7 @@ SUPPORTED: dict[str, Supported] = {
     "AuraFlowPipeline": Supported(AURAFLOW, "AuraFlow"),
     "CogVideoXPipeline": Supported(COGVIDEOX, "CogVideoX"),
     "CogView4Pipeline": Supported(COGVIEW4, "CogView4"),
+    "Lumina2Pipeline": Supported(LUMINA2, "Lumina2"),
     "CogVideoXVideoToVideoPipeline": Supported(COGVIDEOX, "CogVideoX video-to-video"),
 }
 
@@ -505,7 +510,8 @@ UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if
 _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
     "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
-    "knows the joint blocks of SD3, FLUX.1, Chroma, AuraFlow, Qwen-Image, HunyuanVideo, CogVideoX and CogView4 with "
+    "knows the joint blocks of SD3, FLUX.1, Chroma, AuraFlow, Qwen-Image, HunyuanVideo, CogVideoX, CogView4 and "
+    "Lumina2 with "
     "their stock "
     "processors, "
     "and the pipelines tested end to end with them; this class is not one of those."
@@ -555,7 +561,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "Krea2Pipeline",
             "LongCatImagePipeline",
             "LongCatImageEditPipeline",
-            "Lumina2Pipeline",
             "MochiPipeline",
             "NucleusMoEImagePipeline",
             "OmniGenPipeline",
