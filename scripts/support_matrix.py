@@ -59,6 +59,7 @@ def render_support_matrix() -> str:
         sys.path.insert(0, str(ROOT / "tests"))
     from families import CASES, OTHER_ROWS
     from joint_cases import JOINT_CASES
+    from modular_cases import MODULAR_CASES
 
     found = verdicts()
     counts = classification_counts(found)
@@ -90,6 +91,16 @@ def render_support_matrix() -> str:
     ]
     for name, case in JOINT_CASES.items():
         lines.append(f"| {name} | `{case.pipeline}` | {case.cfg_text} | `test_joint.py[{name}]` |")
+    lines += [
+        "",
+        f"Modular Diffusers (`adapters/modular.py`: the loop block's steps and the guider's cond / uncond "
+        f"calls; after the gate the uncond call is skipped; {len(MODULAR_CASES)} cases):",
+        "",
+        "| family | pipeline class | guider | tested in |",
+        "|---|---|---|---|",
+    ]
+    for name, spec in MODULAR_CASES.items():
+        lines.append(f"| {name} | `{spec.pipeline}` | {spec.guider} | `test_modular.py[{name}]` |")
     supported_seq = sum(v.status == support.SUPPORTED_STATUS for v in sequential.values())
     lines += [
         "",

@@ -121,6 +121,17 @@ def test_every_supported_class_has_a_family_case_that_builds_it():
         )
 
 
+def test_every_supported_modular_class_has_a_modular_case_that_builds_it():
+    from modular_cases import MODULAR_CASES
+
+    cased = {spec.pipeline for spec in MODULAR_CASES.values()}
+    assert cased == set(support.MODULAR)
+    for name in support.MODULAR:
+        verdict = support.classify(_cls(name))
+        assert verdict is not None and verdict.status == support.SUPPORTED_STATUS
+        assert verdict.adapter is support.MODULAR[name] and verdict.adapter.modular
+
+
 def test_sequential_family_status_comes_from_the_sequential_module():
     assert set(SEQUENTIAL_ADAPTERS) <= set(support.SEQUENTIAL_CFG)
     for name in support.SEQUENTIAL_CFG:

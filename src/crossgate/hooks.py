@@ -467,7 +467,7 @@ class _ModelGate:
         lane.entered, lane.thread = True, threading.get_ident()
         try:
             call = current_call()
-            if call is None or not call.runs(self.model) or _calling_pipeline() is not call.owner:
+            if call is None or not call.runs(self.model) or calling_pipeline() is not call.owner:
                 return None  # no gated call, or another pipeline sharing the model: a plain pass
             lane.call = call
             return self._begin(call, args, kwargs)
@@ -737,14 +737,10 @@ class DenoiserGate(_ModelGate):
             return None
         call.begin_pass()
         self.lane.text_tokens = text_tokens(self.model, kwargs)
-        order = call.adapter.branch_order
-        if order and call.layout.sequential:  # unnamed calls: the branch is the call's place in the step
-            if call.slot >= len(order):
-                raise RuntimeError(
-                    f"crossgate: the {call.adapter.family} pipeline called its denoiser {call.slot + 1} "
-                    f"times in one step; crossgate expects at most {len(order)} (one per CFG branch)."
-                )
-            call.branch = order[call.slot]
+        if call.layout.sequential:  # unnamed calls: the guider's, or the call's place in the step
+            branch = call.adapter.unnamed_branch(call.owner, self.model, call.slot)
+            if branch is not None:
+                call.branch = branch
         if not call.runs_cfg() and call.layout.sequential and call.branch == "uncond":
             call.cfg = True  # a pipeline that names an uncond call runs CFG (FLUX's true CFG has no flag)
         full = latent_batch(args, kwargs)
@@ -902,19 +898,20 @@ def _map_first(
     return type(output)([fn(first), *list(output)[1:]])
 
 
-def _calling_pipeline() -> Any:
-    """The innermost diffusers pipeline on the Python stack: the one whose code called the model.
+def calling_pipeline() -> Any:
+    """The innermost diffusers pipeline (classic or modular) on the Python stack: the one whose code
+    called the model.
 
     A pipeline that shares the denoiser with a gated one and is called from the gated call's
     callback runs in the same context; only the stack tells its passes apart. Runs eagerly, in the
     model's gate, never inside a compiled region.
     """
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, ModularPipeline
 
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
-        if isinstance(owner, DiffusionPipeline):
+        if isinstance(owner, (DiffusionPipeline, ModularPipeline)):
             return owner
         frame = frame.f_back
     return None

@@ -118,7 +118,7 @@ def layout_for(adapter: ModelAdapter, post_gate_inputs: str) -> CfgLayout:
     """The layout ``adapter``'s pipeline uses, feeding ``post_gate_inputs`` after the gate."""
     feeds_cond = post_gate_inputs == "cond"
     if adapter.cfg_layout == "sequential":
-        return Sequential(feeds_cond)
+        return Sequential(feeds_cond=True)  # the cond call runs; the uncond one is skipped
     if adapter.cfg_interleaved:
         return Interleaved(feeds_cond)
     return Contiguous(feeds_cond, cond_first=adapter.cond_first)

@@ -32,6 +32,7 @@ from crossgate.adapters import (
     resolve_adapter,
     self_attention_modules,
 )
+from crossgate.adapters.modular import check_guiders
 from crossgate.config import ConfigError, TGateConfig, coerce_config
 from crossgate.gate import CallState, CallStats, current_call, enter_call, gate_policy, leave_call
 from crossgate.hooks import (
@@ -44,6 +45,7 @@ from crossgate.hooks import (
     ModuleHook,
     SelfAttentionCacheHook,
     attach,
+    calling_pipeline,
     detach,
 )
 from crossgate.joint import joint_blocks
@@ -109,6 +111,8 @@ class _Installation:
         try:
             if fresh:
                 installation._hook(session.adapter)
+            else:
+                installation.follow_branches(session.adapter)
             installation.users.append(session)
             installation.sync()
         except BaseException:
@@ -163,20 +167,21 @@ class _Installation:
                 self.joint[name] = joint_hook
         kind = ControlGate if self.control else DenoiserGate
         self.gate = kind(denoiser, lane, self.cross_attention, self.self_attention, self.joint)
-        if self.control:
+        self.follow_branches(adapter)
+
+    def follow_branches(self, adapter: ModelAdapter) -> None:
+        """Per-branch CFG: name the calls and skip the uncond one after the gate.
+
+        On first hooking, and again when a session of another layout joins (a modular pipeline built
+        from a classic one's components shares its denoiser).
+        """
+        denoiser = self.model
+        if self.control or adapter.cfg_layout != "sequential" or "cache_context" in denoiser.__dict__:
             return
-        if adapter.cfg_layout == "sequential" and adapter.joint:  # the joint hooks skip the uncond call
-            denoiser.__dict__["cache_context"] = _branch_context_for(denoiser)
-        elif adapter.cfg_layout == "sequential":
-            blocks = adapter.blocks(denoiser)
-            if not blocks:
-                raise UnsupportedPipelineError(
-                    f"crossgate: {type(denoiser).__name__} has no `blocks` / `transformer_blocks` to skip in "
-                    "the uncond call after the gate; sequential CFG needs them."
-                )
-            for block, passthrough in blocks:
-                self._register(block, BlockSkipHook(lane, passthrough))
-            denoiser.__dict__["cache_context"] = _branch_context_for(denoiser)
+        if not adapter.joint:  # the joint hooks skip the uncond call themselves
+            for block, passthrough in adapter.blocks(denoiser):
+                self._register(block, BlockSkipHook(self.lane, passthrough))
+        denoiser.__dict__["cache_context"] = _branch_context_for(denoiser)
 
     def changes(self, call: CallState) -> list[float]:
         """The relative changes its cross-attention layers measured at ``call``'s current step."""
@@ -235,6 +240,7 @@ class _Session:
 
     def begin_loop(self, pipe: Any, num_steps: int) -> CallState:
         _check_diffusers_caches(pipe, self.adapter)  # a cache enabled after apply()
+        check_guiders(pipe, self.adapter)  # a guider swapped after apply()
         if self.adapter.joint:  # a processor swapped after apply() (an IP-Adapter loaded)
             _check_joint_processors(self.adapter.denoiser(pipe))
         parts = _parts(self.adapter, pipe)
@@ -344,12 +350,16 @@ def apply(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> Any
     session = _Session(config=config, adapter=adapter, parts=_parts(adapter, pipe))
     try:
         session.install()
-        pipe.progress_bar = _progress_bar_for(pipe, session)
+        if adapter.modular:
+            _follow_loop_blocks(pipe, session)
+        else:
+            pipe.progress_bar = _progress_bar_for(pipe, session)
         if callable(getattr(type(pipe), "encode_prompt", None)):
             pipe.encode_prompt = _encode_prompt_for(pipe, session)
         setattr(pipe, _SESSION_ATTR, session)
     except BaseException:
         session.uninstall()
+        _unfollow_loop_blocks(pipe, session)
         for name in _INSTANCE_PATCHES:
             pipe.__dict__.pop(name, None)
         raise
@@ -365,6 +375,7 @@ def remove(pipe: Any) -> Any:
     if session is None:
         return pipe
     session.uninstall()
+    _unfollow_loop_blocks(pipe, session)
     for name in _INSTANCE_PATCHES:
         pipe.__dict__.pop(name, None)
     delattr(pipe, _SESSION_ATTR)
@@ -398,6 +409,12 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
     config = coerce_config(config, overrides)
     adapter = resolve_adapter(pipe)
     _check_joint(type(pipe).__name__, adapter, config)
+    if adapter.cfg_layout == "sequential" and config.post_gate_inputs == "uncond":
+        raise ConfigError(
+            f"post_gate_inputs='uncond' does not apply to {type(pipe).__name__}: it runs CFG as one "
+            "denoiser call per branch, and after the gate the cond call runs while the uncond call is "
+            "skipped. Leave post_gate_inputs=None (or 'cond')."
+        )
     if adapter.cfg_layout == "sequential" and config.caches_self_attention:
         raise ConfigError(
             f"TGATE v2's self-attention caching is not supported for {type(pipe).__name__}, which runs "
@@ -407,6 +424,7 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
     if adapter.per_pass_caches:
         _check_per_pass(type(pipe).__name__, config)
     _check_diffusers_caches(pipe, adapter)
+    check_guiders(pipe, adapter)
     return config
 
 
@@ -588,6 +606,65 @@ def _progress_bar_for(pipe: Any, session: _Session):
 
     def progress_bar(iterable: Any = None, total: int | None = None) -> _LoopTracker:
         bar = make_bar(iterable=iterable, total=total)
+        steps = total if total is not None else len(iterable)
+        return _LoopTracker(bar, pipe, session, steps)
+
+    return progress_bar
+
+
+# Modular pipelines: the loop block ticks its own progress bar (docs/modular-diffusers.md). Its shadow
+# lives on the block instance while some gated pipeline runs that block; these are its users.
+_LOOP_USERS_ATTR = "_crossgate_loop_users"
+
+
+def _loop_blocks(pipe: Any) -> list[Any]:
+    """Every denoise-loop block of a modular pipeline, each alternative of its auto blocks included."""
+    from diffusers.modular_pipelines import LoopSequentialPipelineBlocks
+
+    found, todo = [], [pipe._blocks]
+    while todo:
+        block = todo.pop()
+        if isinstance(block, LoopSequentialPipelineBlocks):
+            found.append(block)
+        todo += list(getattr(block, "sub_blocks", {}).values())
+    return found
+
+
+def _follow_loop_blocks(pipe: Any, session: _Session) -> None:
+    """Shadow ``progress_bar`` on ``pipe``'s loop blocks: the running pipeline's session follows it.
+
+    Blocks can be shared by pipelines (``ModularPipeline(blocks=b)`` twice), so the shadow dispatches on
+    the pipeline running it (the innermost one on the stack) and stays while any of its users does.
+    """
+    for block in _loop_blocks(pipe):
+        users: list[_Session] = block.__dict__.setdefault(_LOOP_USERS_ATTR, [])
+        if "progress_bar" not in block.__dict__:
+            block.__dict__["progress_bar"] = _loop_progress_bar_for(block)
+        users.append(session)
+
+
+def _unfollow_loop_blocks(pipe: Any, session: _Session) -> None:
+    if not session.adapter.modular:
+        return
+    for block in _loop_blocks(pipe):
+        users = block.__dict__.get(_LOOP_USERS_ATTR, [])
+        if session in users:
+            users.remove(session)
+        if not users:
+            block.__dict__.pop(_LOOP_USERS_ATTR, None)
+            block.__dict__.pop("progress_bar", None)
+
+
+def _loop_progress_bar_for(block: Any):
+    """A loop block's ``progress_bar`` that reports to the session of the gated pipeline running it."""
+    make_bar = type(block).progress_bar.__get__(block)
+
+    def progress_bar(iterable: Any = None, total: int | None = None) -> Any:
+        bar = make_bar(iterable=iterable, total=total)
+        pipe = calling_pipeline()
+        session = _session(pipe) if pipe is not None else None
+        if session is None or session not in block.__dict__.get(_LOOP_USERS_ATTR, ()):
+            return bar  # a pipeline without TGATE runs this block
         steps = total if total is not None else len(iterable)
         return _LoopTracker(bar, pipe, session, steps)
 

@@ -141,6 +141,11 @@ class ModelAdapter:
     # Joint families whose CFG branches' text streams always have one length (padded to a fixed
     # length): only those can average them (``text_stream="frozen_mean"``). Qwen-Image's do not.
     branch_texts_aligned: bool = True
+    # Modular Diffusers pipelines (crossgate.adapters.modular): the loop block ticks the steps, and the
+    # guider components (one per denoiser in ``denoisers()`` order; Wan 2.2: `guider` and `guider_2`)
+    # run CFG as unnamed calls. Modular FLUX has no guider (guidance-distilled, one call per step).
+    modular: bool = False
+    guiders: tuple[str, ...] = ()
 
     def denoiser(self, pipe: object) -> torch.nn.Module:
         return getattr(pipe, self.denoiser_attr)
@@ -150,6 +155,27 @@ class ModelAdapter:
         experts = [(attr, getattr(pipe, attr, None)) for attr in self.extra_attrs]
         primary = (self.denoiser_attr, self.denoiser(pipe))
         return [primary, *((a, e) for a, e in experts if isinstance(e, torch.nn.Module))]
+
+    def unnamed_branch(self, pipe: object, denoiser: torch.nn.Module, slot: int) -> str | None:
+        """The CFG branch of a denoiser call the pipeline does not name, or None for a named call.
+
+        A modular pipeline's guider says it (``is_conditional``: its ``prepare_models`` ran just before
+        the call); other unnamed pipelines (FLUX img2img) call the branches in ``branch_order``, and
+        ``slot`` is the call's place in the step.
+        """
+        if self.guiders:
+            for (_, model), attr in zip(self.denoisers(pipe), self.guiders):
+                if getattr(model, "_orig_mod", model) is denoiser:
+                    return "cond" if getattr(pipe, attr).is_conditional else "uncond"
+            return None
+        if not self.branch_order:
+            return None
+        if slot >= len(self.branch_order):
+            raise RuntimeError(
+                f"crossgate: the {self.family} pipeline called its denoiser {slot + 1} times in one step; "
+                f"crossgate expects at most {len(self.branch_order)} (one per CFG branch)."
+            )
+        return self.branch_order[slot]
 
     def controls(self, pipe: object) -> list[tuple[str, torch.nn.Module]]:
         """Each ControlNet the loop runs beside the denoiser, with its attribute path in ``pipe``.
@@ -191,7 +217,8 @@ class ModelAdapter:
 
         A skipped sequential-CFG pass (its output is discarded) runs none of them. Main blocks hand
         their hidden states through; VACE's control blocks hand back their control states twice
-        (the hint and the next block's input).
+        (the hint and the next block's input). A UNet has no such blocks (a down block returns its
+        residuals too), so the whole model is its one block: the skipped pass computes nothing.
         """
         found: list[tuple[torch.nn.Module, Passthrough]] = []
         for attr, passthrough in (("blocks", _first_input), ("transformer_blocks", _first_input)):
@@ -202,7 +229,7 @@ class ModelAdapter:
         vace = getattr(denoiser, "vace_blocks", None)
         if isinstance(vace, torch.nn.ModuleList):
             found += [(block, _control_states_twice) for block in vace]
-        return found
+        return found or [(denoiser, _first_input)]
 
     def cfg_active(self, pipe: object, from_encode_prompt: bool | None) -> bool:
         """Whether the running call batches ``[uncond; cond]``; read once per call, mid-call.
@@ -213,8 +240,10 @@ class ModelAdapter:
         """
         if self.fixed_cfg is not None:
             return self.fixed_cfg
-        if self.cfg_layout == "sequential" and self.joint:
-            return False  # true CFG (FLUX, Qwen-Image, HunyuanVideo) has no flag: the first "uncond" call turns it on
+        if self.cfg_layout == "sequential" and (self.joint or self.guiders):
+            # true CFG (FLUX, Qwen-Image, HunyuanVideo) and a guider's CFG have no flag: the first
+            # "uncond" call turns it on
+            return False
         try:
             flag = None if self.cfg_from_encode_prompt else getattr(pipe, "do_classifier_free_guidance", None)
         except AttributeError:  # the property reads a value set only inside __call__

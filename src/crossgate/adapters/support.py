@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from crossgate.adapters.base import ModelAdapter
-from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, per_branch_refusal
+from crossgate.adapters.sequential import SEQUENTIAL_ADAPTERS, WAN, per_branch_refusal
 
 UNET = ModelAdapter(family="unet", denoiser_attr="unet", control_attr="controlnet")
 TRANSFORMER = ModelAdapter(family="transformer", denoiser_attr="transformer")
@@ -96,6 +96,17 @@ COGVIEW4 = replace(QWEN_IMAGE, family="cogview4")
 # uncond call in late steps). Its unified layers take each prompt unpadded, so the two branches' text
 # streams differ in length.
 LUMINA2 = replace(FLUX_UNNAMED, family="lumina2", branch_texts_aligned=False)
+
+# Modular Diffusers pipelines (crossgate.adapters.modular): the loop block ticks the steps; the guider
+# runs CFG as two unnamed calls of B rows, cond first, so every one of them is sequential CFG (SD3's
+# too, though its classic pipeline batches). Modular FLUX has no guider: one call per step.
+MODULAR_SDXL = ModelAdapter(
+    family="modular-sdxl", denoiser_attr="unet", cfg_layout="sequential", modular=True, guiders=("guider",)
+)
+MODULAR_WAN = replace(WAN, family="modular-wan", modular=True, guiders=("guider", "guider_2"))
+MODULAR_SD3 = replace(SD3, family="modular-sd3", cfg_layout="sequential", modular=True, guiders=("guider",))
+MODULAR_FLUX = replace(FLUX, family="modular-flux", modular=True)
+MODULAR_QWEN_IMAGE = replace(QWEN_IMAGE, family="modular-qwen-image", modular=True, guiders=("guider",))
 
 # The diffusers release this table was made against: there the classified names and the exported
 # names must be equal; on other releases every exported name must still be classified.
@@ -651,14 +662,22 @@ NOT_APPLICABLE: dict[str, str] = {
     ),
 }
 
-# Modular pipelines (``ModularPipeline`` and its subclasses) are refused by rule, until crossgate follows
-# their loop (docs/modular-diffusers.md): the loop block, not the pipeline, ticks its own progress bar,
-# and the guider runs the CFG branches as unnamed denoiser calls.
+# Modular pipelines (``ModularPipeline`` and its subclasses): those listed in
+# crossgate.adapters.modular are supported (tests/test_modular.py); the others are refused by rule.
 MODULAR_REFUSAL = (
-    "is a modular pipeline, not supported yet: its denoise loop ticks the loop block's own "
-    "`progress_bar` (not the pipeline's, which crossgate follows to learn a call's steps) and its guider "
-    "runs the CFG branches as unnamed denoiser calls of B rows, cond first; use the classic pipeline class."
+    "is a modular pipeline crossgate has not tested: crossgate follows a modular pipeline's denoise "
+    "loop block and its guider's unnamed cond/uncond calls only where tests/test_modular.py runs it "
+    "(see the support matrix); use the classic pipeline class."
 )
+# Tested modular classes (tests/test_modular.py), and their adapters.
+MODULAR: dict[str, ModelAdapter] = {
+    "StableDiffusionXLModularPipeline": MODULAR_SDXL,
+    "WanModularPipeline": MODULAR_WAN,
+    "Wan22ModularPipeline": MODULAR_WAN,
+    "StableDiffusion3ModularPipeline": MODULAR_SD3,
+    "FluxModularPipeline": MODULAR_FLUX,
+    "QwenImageModularPipeline": MODULAR_QWEN_IMAGE,
+}
 _MODULAR_BASE = "ModularPipeline"
 _BASES = ("DiffusionPipeline", _MODULAR_BASE)
 
@@ -773,6 +792,9 @@ def classify(pipeline_cls: type) -> Verdict | None:
     if name in NOT_APPLICABLE:
         return Verdict(name, NOT_APPLICABLE_STATUS, NOT_APPLICABLE[name])
     if name == _MODULAR_BASE or any(c.__name__ == _MODULAR_BASE and _is_diffusers(c) for c in base.__mro__):
+        adapter = MODULAR.get(name)
+        if adapter is not None:
+            return Verdict(name, SUPPORTED_STATUS, "tests/test_modular.py", adapter)
         return Verdict(name, REFUSED_STATUS, MODULAR_REFUSAL)
     return Verdict(
         name,
