@@ -6,7 +6,8 @@ Needs the ComfyUI venv with the server's packages (`make comfy-env`), Debian's c
 chromium-driver, and Selenium (in the main venv). It starts ComfyUI's server the way the server test
 does (tests/comfyui/server.py: `main.py --cpu`, a temporary base directory, the pack in its
 custom_nodes), opens the page, loads comfyui/example_workflows/tgate_sd15.json with the frontend's
-own `app.loadGraphData`, and saves the window. Same inputs, same picture (the page's fonts aside).
+own `app.loadGraphData`, and saves the window. The canvas statistics and the minimap are turned off
+through the user's settings; two runs on the same machine gave byte-identical PNGs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ SETTINGS = {  # the first-run dialogs closed before the page opens (user/default
     "Comfy.InstalledVersion": "1.47.12",
     "Comfy.Workflow.ShowMissingModelsWarning": False,
     "Comfy.Workflow.ShowMissingNodesWarning": False,
+    "Comfy.Graph.CanvasInfo": False,  # the render statistics (FPS...) would differ between shots
+    "Comfy.Minimap.Visible": False,
 }
 
 
