@@ -322,3 +322,29 @@ def test_joint_attention_transformers(family):
     }[family]
     after = other[0] if other else gated
     assert graphs == {"plain": plain, "gated": gated, "other": after, "removed": after}, graphs
+
+
+@pytest.mark.parametrize(
+    "family, idiom",
+    [
+        ("Wan 2.1 modular", "assign"),
+        pytest.param("SDXL modular", "inplace", marks=pytest.mark.slow),  # ~40 s of dynamo tracing
+        pytest.param("Wan 2.1 modular", "regional", marks=pytest.mark.slow),
+    ],
+)
+def test_modular_pipelines(family, idiom):
+    """Modular Diffusers (the guider's two calls of B rows): compile-clean, one graph per kind of pass."""
+    from modular_cases import MODULAR_CASES
+
+    case = MODULAR_CASES[family].build()
+    attr = "unet" if hasattr(case.modular, "unet") and case.modular.unet is not None else "transformer"
+
+    def call(pipe, prompt: str = "a red circle", steps: int = 6):
+        case.steps, case.call["prompt"] = steps, prompt
+        return case.run_modular()
+
+    eager = _eager_reference(case.modular, call)
+    graphs = _sequence(case.modular, attr, idiom, "compile-first", call, eager)
+    # plain; before the gate; after it the cond call (replay) and the skipped uncond call: as for
+    # classic Wan (test_wan_sequential_cfg), nothing new after the first gated call
+    assert graphs == {"plain": 1, "gated": 4, "other": 4, "removed": 4}, graphs
