@@ -117,6 +117,44 @@ def wan22() -> ModularCase:
     )
 
 
+def wan_i2v() -> ModularCase:
+    from diffusers import WanImage2VideoAutoBlocks
+    from sequential_cases import wan_i2v as classic_wan_i2v
+
+    classic = classic_wan_i2v()
+    call = {k: v for k, v in classic.kwargs.items() if k != "guidance_scale"}
+    return ModularCase(
+        classic.pipe,
+        _modular(WanImage2VideoAutoBlocks(), classic.pipe, guider=_cfg(5.0)),
+        call,
+        {"guidance_scale": 5.0},
+        probe="blocks.0.attn1",
+        text="attn2",
+    )
+
+
+def ltx_video() -> ModularCase:
+    from diffusers import LTXAutoBlocks, LTXPipeline
+    from families import ltx_video as classic_ltx
+
+    classic = classic_ltx().pipe
+    call = {"prompt": "a red circle", "negative_prompt": "blurry", "height": 32, "width": 32, "num_frames": 9}
+    return ModularCase(
+        classic,
+        _modular(LTXAutoBlocks(), classic, guider=_cfg(3.0)),
+        {**call, "max_sequence_length": 16},
+        {"guidance_scale": 3.0},
+        classic_config={"post_gate_inputs": "cond"},
+        # the classic pipeline packs the latents into tokens: 3 latent frames of 8 x 8
+        unpack=lambda latents: LTXPipeline._unpack_latents(latents, 3, 8, 8, 1, 1),
+        probe="transformer_blocks.0.attn1",
+        text="attn2",
+        steps=4,
+        gate=2,
+        tolerance=1e-4,  # one batch of 2 against two calls of 1
+    )
+
+
 def sd3() -> ModularCase:
     from diffusers import StableDiffusion3AutoBlocks
 
@@ -142,6 +180,27 @@ def flux() -> ModularCase:
         _modular(FluxAutoBlocks(), classic),
         {"prompt": "a red circle", "height": 32, "width": 32, "guidance_scale": 3.5},
         unpack=lambda latents: FluxPipeline._unpack_latents(latents, 32, 32, classic.vae_scale_factor),
+        probe="transformer_blocks.0.attn.to_q",
+        text="add_k_proj",
+        joint=True,
+        cfg=False,
+    )
+
+
+def flux_kontext() -> ModularCase:
+    import numpy as np
+    from diffusers import FluxKontextAutoBlocks, FluxKontextPipeline
+    from PIL import Image
+
+    classic = rp.tiny_flux_pipeline(cls=FluxKontextPipeline)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return ModularCase(
+        classic,
+        _modular(FluxKontextAutoBlocks(), classic),
+        # both resize the image to a preferred Kontext resolution (1024 px) unless told not to
+        {"prompt": "a red circle", "image": image, "height": 32, "width": 32, "guidance_scale": 3.5}
+        | {"_auto_resize": False, "max_area": 32 * 32},
+        unpack=lambda latents: FluxKontextPipeline._unpack_latents(latents, 32, 32, classic.vae_scale_factor),
         probe="transformer_blocks.0.attn.to_q",
         text="add_k_proj",
         joint=True,
@@ -180,7 +239,12 @@ MODULAR_CASES: dict[str, Spec] = {
     "Wan 2.2 modular (two experts)": Spec(
         wan22, "Wan22ModularPipeline", "`guider` and `guider_2`, one per expert"
     ),
+    "Wan 2.1 image-to-video modular": Spec(wan_i2v, "WanImage2VideoModularPipeline"),
+    "LTX-Video modular": Spec(ltx_video, "LTXModularPipeline"),
     "SD3 modular": Spec(sd3, "StableDiffusion3ModularPipeline"),
     "FLUX.1 modular": Spec(flux, "FluxModularPipeline", "none (guidance-distilled): text stream frozen"),
+    "FLUX.1 Kontext modular": Spec(
+        flux_kontext, "FluxKontextModularPipeline", "none (guidance-distilled): text stream frozen"
+    ),
     "Qwen-Image modular": Spec(qwen_image, "QwenImageModularPipeline"),
 }

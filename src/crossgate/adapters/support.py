@@ -106,6 +106,7 @@ MODULAR_SDXL = ModelAdapter(
 MODULAR_WAN = replace(WAN, family="modular-wan", modular=True, guiders=("guider", "guider_2"))
 MODULAR_SD3 = replace(SD3, family="modular-sd3", cfg_layout="sequential", modular=True, guiders=("guider",))
 MODULAR_FLUX = replace(FLUX, family="modular-flux", modular=True)
+MODULAR_LTX = replace(MODULAR_SDXL, family="modular-ltx", denoiser_attr="transformer")
 MODULAR_QWEN_IMAGE = replace(QWEN_IMAGE, family="modular-qwen-image", modular=True, guiders=("guider",))
 
 # The diffusers release this table was made against: there the classified names and the exported
@@ -677,6 +678,9 @@ MODULAR: dict[str, ModelAdapter] = {
     "StableDiffusion3ModularPipeline": MODULAR_SD3,
     "FluxModularPipeline": MODULAR_FLUX,
     "QwenImageModularPipeline": MODULAR_QWEN_IMAGE,
+    "WanImage2VideoModularPipeline": MODULAR_WAN,
+    "LTXModularPipeline": MODULAR_LTX,
+    "FluxKontextModularPipeline": MODULAR_FLUX,
 }
 _MODULAR_BASE = "ModularPipeline"
 _BASES = ("DiffusionPipeline", _MODULAR_BASE)
