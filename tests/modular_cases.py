@@ -119,6 +119,7 @@ def wan22() -> ModularCase:
 
 def wan_i2v() -> ModularCase:
     from diffusers import WanImage2VideoAutoBlocks
+
     from sequential_cases import wan_i2v as classic_wan_i2v
 
     classic = classic_wan_i2v()
@@ -135,6 +136,7 @@ def wan_i2v() -> ModularCase:
 
 def ltx_video() -> ModularCase:
     from diffusers import LTXAutoBlocks, LTXPipeline
+
     from families import ltx_video as classic_ltx
 
     classic = classic_ltx().pipe
