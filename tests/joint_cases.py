@@ -24,6 +24,7 @@ from crossgate.testing import (
     tiny_lumina2_pipeline,
     tiny_qwen_image_pipeline,
     tiny_sd3_pipeline,
+    tiny_z_image_pipeline,
 )
 
 
@@ -43,6 +44,7 @@ class JointCase:
     text_output: int = 0  # where a block's output tuple has the text stream
     mean: bool = True  # the two branches' text streams have one length (text_stream="frozen_mean")
     named: bool = True  # sequential CFG: calls named cond/uncond (False: cond call first, then uncond)
+    cond_first: bool = False  # batched CFG as [cond; uncond] (Z-Image)
 
     @property
     def cfg_text(self) -> str:
@@ -52,6 +54,8 @@ class JointCase:
             return "sequential (`true_cfg_scale`, cond call then uncond call): uncond call skipped"
         if self.sequential:
             return "sequential (`true_cfg_scale`, calls named cond/uncond): uncond call skipped"
+        if self.cond_first:
+            return "batched `[cond; uncond]`: cond half runs"
         return "batched `[uncond; cond]`: cond half runs"
 
 
@@ -215,6 +219,19 @@ def _cogvideox(cls_name: str, **call: Any) -> JointCase:
     return JointCase(build, cls_name, {**video, **call}, text_output=1)
 
 
+def _z_image(cls_name: str, cfg: bool, **call: Any) -> JointCase:
+    def build() -> Any:
+        import diffusers
+
+        return tiny_z_image_pipeline(cls=getattr(diffusers, cls_name))
+
+    # each caption unpadded (then to a multiple of 32): the branches' text lengths differ
+    negative = "a blue square on a grey table, blurry"  # past 32 tokens: 64 text rows, the prompt's 32
+    guidance = {"guidance_scale": 4.0, "negative_prompt": negative} if cfg else {"guidance_scale": 0.0}
+    call = {"max_sequence_length": 64, **guidance, **call}
+    return JointCase(build, cls_name, call, cfg=cfg, text_first=False, mean=False, cond_first=True)
+
+
 _INPAINT = {"image": _image(1), "mask_image": Image.new("L", (32, 32), 255), "strength": 1.0}
 JOINT_CASES: dict[str, JointCase] = {
     "SD3": _sd3("StableDiffusion3Pipeline"),
@@ -288,6 +305,10 @@ JOINT_CASES: dict[str, JointCase] = {
         named=False,
         mean=False,
     ),
+    "Z-Image": _z_image("ZImagePipeline", cfg=True),
+    "Z-Image-Turbo (no CFG)": _z_image("ZImagePipeline", cfg=False),
+    "Z-Image img2img": _z_image("ZImageImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),
+    "Z-Image inpainting": _z_image("ZImageInpaintPipeline", cfg=True, **_INPAINT),
     "CogVideoX": _cogvideox("CogVideoXPipeline", num_frames=8),
     "CogVideoX video-to-video": _cogvideox(
         "CogVideoXVideoToVideoPipeline", video=[_image(i).resize((16, 16)) for i in range(8)], strength=1.0

@@ -25,6 +25,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _caption_rows(captions: list) -> int:
+    """Z-Image's text rows: the longest caption, padded to a multiple of 32 (``SEQ_MULTI_OF``)."""
+    return max(len(c) + (-len(c)) % 32 for c in captions)
+
+
 class JointReference:
     """Run ``pipe`` with the reference semantics: ``with JointReference(pipe, gate, ...): pipe(...)``."""
 
@@ -39,12 +44,14 @@ class JointReference:
         keep_cfg: bool = False,
         text_output: int = 0,
         named: bool = True,
+        cond_first: bool = False,
     ) -> None:
         self.pipe, self.gate = pipe, gate
         self.text_first, self.sequential = text_first, sequential
         self.mean, self.live, self.keep_cfg = mean, live, keep_cfg
         self.text_output = text_output  # where a block's output tuple has the text stream
         self.named = named  # sequential calls named by cache_context; else cond first, then uncond
+        self.cond_first = cond_first  # batched CFG as [cond; uncond] (Z-Image)
         self.calls_in_step = 0
         self.step = 0
         self.branch = "cond"
@@ -54,6 +61,8 @@ class JointReference:
         self.text_len = 0
         self.block_index = 0
         self.cfg = False
+        self.rows = 0  # the rows of the running pass
+        self.first_rows: int | None = None  # of the call's first pass (Z-Image: 2B under CFG)
 
     # --- pieces ----------------------------------------------------------------------------------
 
@@ -67,9 +76,9 @@ class JointReference:
 
     def _fed(self, t: torch.Tensor, halved: bool) -> torch.Tensor:
         """The frozen tensor for the rows of this pass (batched: [uncond; cond] rows at capture)."""
-        if self.sequential or not self.cfg:
-            return t
-        uncond, cond = t.chunk(2)
+        if self.sequential or not self.cfg or t.shape[0] == self.rows:
+            return t  # (Z-Image: captured in a pass its pipeline ran without CFG, `cfg_truncation`)
+        uncond, cond = t.chunk(2)[::-1] if self.cond_first else t.chunk(2)
         if self.mean:
             mean = (uncond + cond) / 2
             return mean if halved else torch.cat([mean, mean])
@@ -100,7 +109,11 @@ class JointReference:
                 ref.kv.setdefault(ref.store_key, []).append((ref._text_slice(key), ref._text_slice(value)))
             elif ref.step >= ref.gate and not ref.live:
                 k, v = ref._frozen(ref.kv, i)
-                k, v = ref._fed(k, ref.halved), ref._fed(v, ref.halved)
+                # this pass's text rows: Z-Image's cond half alone pads its captions to fewer
+                k, v = (
+                    ref._fed(k, ref.halved)[:, :, : ref.text_len],
+                    ref._fed(v, ref.halved)[:, :, : ref.text_len],
+                )
                 key, value = ref._with_text(key, k), ref._with_text(value, v)
             return original(query, key, value, *args, **kwargs)
 
@@ -113,12 +126,16 @@ class JointReference:
     def _block_hook(self, index: int):
         def hook(module, args, kwargs, output):
             t = self.text_output
-            if isinstance(output, torch.Tensor):  # one [text; image] sequence (Chroma's single blocks)
+            if isinstance(output, torch.Tensor):  # one sequence (Chroma's single blocks; Z-Image: text last)
+                cut = self.text_len if self.text_first else output.shape[1] - self.text_len
                 if self.step == self.gate - 1 and self.capturing:
-                    self.outputs.setdefault(self.store_key, []).append(output[:, : self.text_len])
+                    text = output[:, :cut] if self.text_first else output[:, cut:]
+                    self.outputs.setdefault(self.store_key, []).append(text)
                 elif self.step >= self.gate and not self.live:
-                    text = self._fed(self._frozen(self.outputs, index), self.halved)
-                    return torch.cat([text, output[:, self.text_len :]], dim=1)
+                    text = self._fed(self._frozen(self.outputs, index), self.halved)[:, : self.text_len]
+                    if self.text_first:
+                        return torch.cat([text, output[:, cut:]], dim=1)
+                    return torch.cat([output[:, :cut], text], dim=1)
                 return None
             if self.step == self.gate - 1 and self.capturing:
                 self.outputs.setdefault(self.store_key, []).append(output[t])
@@ -144,21 +161,29 @@ class JointReference:
         ]
         self.current: int | None = None
         for i, block in enumerate(blocks):  # which joint attention an SDPA call belongs to
-            attn = block.attn if hasattr(block, "attn") else block.attn1  # CogVideoX: attn1
+            # CogVideoX: attn1; Z-Image: attention
+            attn = next(getattr(block, n) for n in ("attn", "attn1", "attention") if hasattr(block, n))
             self.handles.append(attn.register_forward_pre_hook(lambda m, a, i=i: setattr(self, "current", i)))
             self.handles.append(attn.register_forward_hook(lambda m, a, o: setattr(self, "current", None)))
         original_forward = transformer.forward
         ref = self
 
         def forward(*args, **kwargs):
-            text = kwargs["encoder_hidden_states"]
+            # Z-Image: latents and captions as lists of per-sample tensors, positional
+            captions = args[2] if args and isinstance(args[0], list) else None
+            text = kwargs["encoder_hidden_states"] if captions is None else args[0]  # its batch
             registers = getattr(transformer, "register_tokens", None)  # AuraFlow puts 8 before the text
             if ref.sequential and not ref.named:
                 ref.branch = ("cond", "uncond")[ref.calls_in_step]
                 ref.calls_in_step += 1
-            ref.text_len = text.shape[1] + (0 if registers is None else registers.shape[1])
-            if hasattr(transformer, "context_refiner"):  # Lumina2 joins the prompt unpadded (one prompt)
+            if captions is None:
+                ref.text_len = text.shape[1] + (0 if registers is None else registers.shape[1])
+            if hasattr(transformer, "context_refiner") and captions is None:  # Lumina2: prompt unpadded
                 ref.text_len = int(kwargs["encoder_attention_mask"].sum())
+            if captions is not None:
+                ref.text_len = _caption_rows(captions)
+                ref.first_rows = len(text) if ref.first_rows is None else ref.first_rows
+            ref.rows = len(text) if captions is not None else 0
             ref.capturing = True
             ref.halved = False
             ref.store_key = ref.branch if ref.sequential else "batch"
@@ -178,19 +203,36 @@ class JointReference:
                     return out
                 if not ref.cfg:
                     return original_forward(*args, **kwargs)
+                if captions is not None and 2 * len(text) == ref.first_rows:
+                    ref.halved, ref.rows = True, len(text)  # the pipeline left CFG out: the cond half
+                    return original_forward(*args, **kwargs)
                 ref.halved = True
+                ref.rows = len(text) // 2 if captions is not None else 0
+
+                rows = len(text)
 
                 def cond_half(v):
-                    if isinstance(v, torch.Tensor) and v.shape[:1] == text.shape[:1]:
-                        return v.chunk(2)[1]
+                    if isinstance(v, list) and len(v) == rows:  # Z-Image's per-sample lists
+                        return v[: rows // 2] if ref.cond_first else v[rows // 2 :]
+                    if isinstance(v, torch.Tensor) and v.shape[:1] == (rows,):
+                        return v.chunk(2)[0 if ref.cond_first else 1]
                     if isinstance(v, (list, tuple)):  # a ControlNet's block residuals
                         return type(v)(cond_half(x) for x in v)
                     return v
 
                 # rotary tables are per token, not per sample (their rows can equal the batch)
                 half = {k: v if k == "image_rotary_emb" else cond_half(v) for k, v in kwargs.items()}
-                out = original_forward(*(cond_half(a) for a in args), **half)  # AuraFlow: latents positional
-                return tuple(torch.cat([o, o]) if isinstance(o, torch.Tensor) else o for o in out)
+                args = tuple(cond_half(a) for a in args)  # AuraFlow, Z-Image: latents positional
+                if captions is not None:
+                    ref.text_len = _caption_rows(args[2])
+                out = original_forward(*args, **half)
+
+                def twice(o):
+                    return torch.cat([o, o]) if isinstance(o, torch.Tensor) else o + o  # Z-Image: a list
+
+                if isinstance(out, dict):  # an output dataclass (Z-Image img2img's)
+                    return type(out)(**{k: twice(v) for k, v in out.items()})
+                return tuple(twice(o) for o in out)
 
         transformer.forward = forward
         self.named_calls = self.sequential and hasattr(transformer, "cache_context")  # Lumina2: none

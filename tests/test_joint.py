@@ -91,8 +91,9 @@ def test_after_the_gate_one_branch_runs_and_no_text_side_module_runs(case_and_pl
     image_rows: list[int] = [0]
 
     def block_input(module, args, kwargs):
-        # [text; image] blocks: the double blocks' count holds (Lumina2: its image refiner's)
-        if not kind_of(module, names[id(module)]).concatenated:
+        # [text; image] blocks: the double blocks' count holds (Lumina2, Z-Image: their image refiner's)
+        kind = kind_of(module, names.get(id(module), ""))
+        if kind is None or not kind.concatenated:
             image_rows[0] = (args[0] if args else kwargs["hidden_states"]).shape[1]
 
     names = {id(block): name for name, block, _ in joint_blocks(pipe.transformer)}
@@ -105,6 +106,9 @@ def test_after_the_gate_one_branch_runs_and_no_text_side_module_runs(case_and_pl
         if kind.stream != "text":
             handles.append(block.register_forward_pre_hook(block_input, with_kwargs=True))
         handles.append(kind.attention(block).to_k.register_forward_hook(key_rows))
+    for block in getattr(pipe.transformer, "noise_refiner", []):  # Z-Image's is not gated: the image alone
+        if id(block) not in names:
+            handles.append(block.register_forward_pre_hook(block_input, with_kwargs=True))
     try:
         with crossgate.enabled(pipe, gate_step=GATE):
             gated = _run(pipe, case, callback_on_step_end=on_step_end)
@@ -118,6 +122,8 @@ def test_after_the_gate_one_branch_runs_and_no_text_side_module_runs(case_and_pl
     if case.sequential:
         per_step = 2 if case.cfg else 1
         assert stats.denoiser_batches == [batch] * (GATE * per_step + (STEPS - GATE))
+    elif not case.cfg:  # Z-Image-Turbo: one batch, no CFG to drop
+        assert stats.denoiser_batches == [batch] * STEPS
     else:
         assert stats.denoiser_batches == [2 * batch] * GATE + [batch] * (STEPS - GATE)
     assert set(stats.text_stream_replays.values()) == {STEPS - GATE}
@@ -151,6 +157,7 @@ def test_equals_the_independent_reference(case_and_plain, variant):
         keep_cfg=variant == "keep_cfg",
         text_output=case.text_output,
         named=case.named,
+        cond_first=case.cond_first,
     )
     with reference:
         expected = _run(pipe, case, callback_on_step_end=reference.on_step_end)
@@ -348,6 +355,7 @@ def test_a_processor_swapped_after_apply_is_refused_when_the_call_starts():
         "CogVideoX",
         "CogView4",
         "Lumina2",
+        "Z-Image",
     ],
 )
 def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock_block(name):
@@ -359,7 +367,7 @@ def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock
     tokens = [0]  # the text length the gate would hand a concatenated block in this denoiser call
 
     def call_hook(module, args, kwargs):
-        tokens[0] = text_tokens(module, kwargs)
+        tokens[0] = text_tokens(module, args, kwargs)
 
     handles = [pipe.transformer.register_forward_pre_hook(call_hook, with_kwargs=True)]
     for _, block, kind in joint_blocks(pipe.transformer):
@@ -384,7 +392,12 @@ def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock
             frozen = kind.text_stream(module, named, output)
             replayed = kind.image_only(module, frozen, named)
             if kind.stream == "text":  # nothing reads it after the gate: handed on as it came
-                assert replayed is named["hidden_states"]
+                assert replayed is named[kind.arg_names[0]]
+                continue
+            if kind.concatenated and not kind.text_first:  # [image; text] (Z-Image): the text rows last
+                image = output.shape[1] - length
+                torch.testing.assert_close(replayed[:, :image], output[:, :image], rtol=0, atol=1e-5)
+                assert torch.equal(replayed[:, image:], output[:, image:])
                 continue
             if kind.stream == "image":  # the image alone: the stock block
                 torch.testing.assert_close(replayed, output, rtol=0, atol=1e-5)
@@ -460,3 +473,31 @@ def test_lumina2_prompts_of_different_lengths_are_gated_each_as_alone():
         ]
     assert masks and all(m is not None for m in masks)  # the batch was padded: rows at two offsets
     torch.testing.assert_close(together, torch.cat(alone), rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("truncation, batches", [(0.5, [2, 2, 2, 1, 1]), (0.1, [2, 1, 1, 1, 1])])
+def test_z_image_cfg_truncation_after_and_before_the_gate(truncation, batches):
+    """Z-Image's `cfg_truncation` leaves CFG out of late passes itself (batch B): those replay the cond
+    half's frozen stream as they are. After the gate that is what the gate feeds anyway, so the image
+    is the untruncated gated one; before it, the captured stream is the cond half's already."""
+    case = JOINT_CASES["Z-Image"]
+    pipe = case.build()
+    with crossgate.enabled(pipe, gate_step=GATE):
+        untruncated = _run(pipe, case)
+        truncated = _run(pipe, case, cfg_truncation=truncation)
+        stats = crossgate.last_call(pipe)
+    assert stats.denoiser_batches == [2] * GATE + [1] * (STEPS - GATE) if truncation > 0.4 else batches
+    if truncation > 0.4:  # the pipeline's own cut comes after the gate (t_norm of step 3 is 0.6)
+        assert torch.equal(truncated, untruncated)
+    reference = JointReference(pipe, GATE, text_first=False, sequential=False, cond_first=True)
+    with reference:
+        expected = _run(pipe, case, cfg_truncation=truncation, callback_on_step_end=reference.on_step_end)
+    torch.testing.assert_close(truncated, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_z_image_refuses_guidance_after_the_gate_before_anything_changes():
+    """Its transformer returns a list (one tensor per sample), which the kept guidance does not follow."""
+    pipe = JOINT_CASES["Z-Image"].build()
+    with pytest.raises(ConfigError, match="guidance_after_gate"):
+        crossgate.apply(pipe, gate_step=GATE, guidance_after_gate=0.5)
+    assert not crossgate.is_applied(pipe)

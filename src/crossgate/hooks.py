@@ -675,7 +675,9 @@ class _ModelGate:
         else:
             frozen = latest.get(_BATCH)
             if frozen is not None and call.cfg_batched(self.model):
-                if halved:
+                if halved and frozen.key.shape[0] == self.lane.halved:
+                    pass  # captured in a pass the pipeline ran without CFG (Z-Image's cfg_truncation)
+                elif halved:
                     frozen = frozen.map(layout.mean if mean else layout.half)
                 elif mean:
                     frozen = frozen.map(lambda t: layout.double(layout.mean(t)))
@@ -736,7 +738,7 @@ class DenoiserGate(_ModelGate):
             self.lane.call = None
             return None
         call.begin_pass()
-        self.lane.text_tokens = text_tokens(self.model, kwargs)
+        self.lane.text_tokens = text_tokens(self.model, args, kwargs)
         if call.layout.sequential:  # unnamed calls: the guider's, or the call's place in the step
             branch = call.adapter.unnamed_branch(call.owner, self.model, call.slot)
             if branch is not None:
@@ -760,6 +762,15 @@ class DenoiserGate(_ModelGate):
         if call.layout.sequential:
             self._begin_sequential(call, full)
             return None
+        samples = call.adapter.sample_lists
+        if samples and call.denoiser_batches and 2 * full == call.denoiser_batches[0]:
+            # the pipeline itself left CFG out of this pass (Z-Image's `cfg_truncation`): its batch
+            # is the fed half already; it replays that half's frozen stream and keeps its output
+            call.denoiser_batches.append(full)
+            self.lane.halved = full
+            self._arm(call, REPLAY, full)
+            self.lane.halved = None
+            return None
         if full % 2:
             raise RuntimeError(
                 f"crossgate: expected a [uncond; cond] batch after the gate but the denoiser got batch "
@@ -769,8 +780,9 @@ class DenoiserGate(_ModelGate):
         call.denoiser_batches.append(half)
         self.lane.halved = half
         per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS}
-        sliced_args, sliced_kwargs = map_batch((args, per_sample), full, layout.half)
+        sliced_args, sliced_kwargs = map_batch((args, per_sample), full, layout.half, samples)
         sliced_kwargs.update({k: v for k, v in kwargs.items() if k in _SHARED_INPUTS})
+        self.lane.text_tokens = text_tokens(self.model, sliced_args, sliced_kwargs)  # Z-Image's: the half's
         if call.cond_only and not layout.feeds_cond:
             # a guess-mode ControlNet ran on the cond half alone and the pipeline padded its
             # residuals with zeros for the uncond half: take them from the cond half, or the
@@ -806,7 +818,7 @@ class DenoiserGate(_ModelGate):
                 call.guidance_delta = cond - uncond
             return None
         if not keep_guidance or call.guidance_delta is None:
-            return map_batch(output, half, layout.double)
+            return map_batch(output, half, layout.double, call.adapter.sample_lists)
         shift = call.guidance_delta * (call.config.guidance_weight(call.step - call.gate) / 2)
         return _map_first(output, lambda t: layout.join(t - shift, t + shift), half, layout.double)
 

@@ -93,6 +93,8 @@ class JointKind:
     stream: str = "joint"
     # the ``ModuleList`` the block sits in, where one block class plays several parts (Lumina2); "" any
     parent: str = ""
+    # a concatenated block's token order: ``[text; image]``, or ``[image; text]`` (Z-Image)
+    text_first: bool = True
 
     def claims(self, name: str) -> bool:
         """Whether the block at ``name`` (its path in the denoiser) is this kind's."""
@@ -455,10 +457,17 @@ def prepended_text_tokens(model: Any) -> int:
     return int(registers.shape[1]) if isinstance(registers, torch.Tensor) else 0
 
 
-def text_tokens(model: Any, kwargs: dict) -> int:
-    """Where the text rows end in a concatenated block's sequence for one denoiser call (the gate writes
-    it into the lane). Lumina2 drops each prompt's padding before joining text and image: the text
-    rows are the longest prompt's unpadded length (``encoder_attention_mask``)."""
+def text_tokens(model: Any, args: tuple, kwargs: dict) -> int:
+    """How many text rows a concatenated block's sequence has in one denoiser call (the gate writes it
+    into the lane). Lumina2 drops each prompt's padding before joining text and image: the text
+    rows are the longest prompt's unpadded length (``encoder_attention_mask``). Z-Image takes one
+    caption per sample (``cap_feats``, a list) and pads each to a multiple of 32 before appending it
+    to the image: the longest padded caption."""
+    if type(model).__name__ == "ZImageTransformer2DModel":
+        from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF
+
+        captions = args[2] if len(args) > 2 else kwargs.get("cap_feats")
+        return max((len(c) + (-len(c)) % SEQ_MULTI_OF for c in captions or ()), default=0)
     text = kwargs.get("encoder_hidden_states")
     if not (isinstance(text, torch.Tensor) and text.ndim == 3):
         return 0
@@ -572,19 +581,19 @@ class Lumina2Context(JointKind):
 
     block_types = Lumina2Joint.block_types
     processors = Lumina2Joint.processors
-    arg_names = Lumina2Joint.arg_names
+    arg_names: tuple[str, ...] = Lumina2Joint.arg_names
     stream = "text"
     parent = "context_refiner"
 
     def passthrough(self, kwargs: dict) -> Any:
-        return kwargs["hidden_states"]
+        return kwargs[self.arg_names[0]]
 
     def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
-        empty = kwargs["hidden_states"][:, :0]
+        empty = kwargs[self.arg_names[0]][:, :0]
         return TextStream(empty, empty, None)  # nothing to keep
 
     def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
-        return kwargs["hidden_states"]
+        return kwargs[self.arg_names[0]]
 
 
 class Lumina2Noise(Lumina2Context):
@@ -598,6 +607,85 @@ class Lumina2Noise(Lumina2Context):
         return Lumina2Joint._image_rows(
             block, None, kwargs["hidden_states"], kwargs["image_rotary_emb"], kwargs["temb"]
         )
+
+
+def _zimage_rope(x: torch.Tensor, freqs: Any) -> torch.Tensor:
+    """Z-Image's processor's own rotary embedding (complex, per sample and token)."""
+    if freqs is None:
+        return x
+    rotated = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2)) * freqs.unsqueeze(2)
+    return torch.view_as_real(rotated).flatten(3).type_as(x)
+
+
+def _zimage_kv(attn: Any, normed: torch.Tensor, freqs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    key, value = (p(normed).unflatten(-1, (attn.heads, -1)) for p in (attn.to_k, attn.to_v))
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return _zimage_rope(key, freqs), value
+
+
+class ZImageJoint(JointKind):
+    """``ZImageTransformerBlock`` in ``layers``: shared weights over one ``[image; text]`` sequence per
+    sample (each caption padded to a multiple of 32, the batch padded at the end under a mask), one
+    modulation for all tokens; only the image rows run. The image rows come first and have one length
+    in a batch, so the text rows are the last ``text_tokens`` of the sequence."""
+
+    block_types = ("ZImageTransformerBlock",)
+    processors = ("ZSingleStreamAttnProcessor",)
+    arg_names = ("x", "attn_mask", "freqs_cis", "adaln_input", "noise_mask", "adaln_noisy", "adaln_clean")
+    attn_name = "attention"
+    concatenated = True
+    parent = "layers"
+    text_first = False
+
+    def passthrough(self, kwargs: dict) -> Any:
+        return kwargs["x"]
+
+    @staticmethod
+    def _modulation(block: Any, kwargs: dict) -> tuple[torch.Tensor, ...]:
+        scale_msa, gate_msa, scale_mlp, gate_mlp = (
+            block.adaLN_modulation(kwargs["adaln_input"]).unsqueeze(1).chunk(4, dim=2)
+        )
+        return 1.0 + scale_msa, gate_msa.tanh(), 1.0 + scale_mlp, gate_mlp.tanh()
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        hidden, freqs = kwargs["x"], kwargs.get("freqs_cis")
+        image = hidden.shape[1] - kwargs["text_tokens"]
+        normed = block.attention_norm1(hidden[:, image:]) * self._modulation(block, kwargs)[0]
+        key, value = _zimage_kv(block.attention, normed, None if freqs is None else freqs[:, image:])
+        return TextStream(key, value, output[:, image:])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        hidden, freqs, attn = kwargs["x"], kwargs.get("freqs_cis"), block.attention
+        text = kwargs["text_tokens"]  # this pass's; the frozen rows past it are padding here
+        image = hidden.shape[1] - text
+        rows, freqs = hidden[:, :image], None if freqs is None else freqs[:, :image]
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self._modulation(block, kwargs)
+        normed = block.attention_norm1(rows) * scale_msa
+        query = attn.to_q(normed).unflatten(-1, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        key, value = _zimage_kv(attn, normed, freqs)
+        key = torch.cat([key, frozen.key[:, :text]], dim=1)
+        value = torch.cat([value, frozen.value[:, :text]], dim=1)
+        mask = kwargs.get("attn_mask")
+        mask = mask[:, None, None, :] if mask is not None and mask.ndim == 2 else mask
+        out = attn.to_out[0](_attend(attn, _zimage_rope(query, freqs), key, value, mask))
+        if len(attn.to_out) > 1:
+            out = attn.to_out[1](out)
+        rows = rows + gate_msa * block.attention_norm2(out)
+        rows = rows + gate_mlp * block.ffn_norm2(block.feed_forward(block.ffn_norm1(rows) * scale_mlp))
+        assert frozen.output is not None  # a unified block always hands its text rows on
+        return torch.cat([rows, frozen.output[:, :text]], dim=1)
+
+
+class ZImageContext(Lumina2Context):
+    """``ZImageTransformerBlock`` in ``context_refiner``: as Lumina2's, nothing reads it after the gate."""
+
+    block_types = ZImageJoint.block_types
+    processors = ZImageJoint.processors
+    arg_names = ZImageJoint.arg_names
+    attn_name = "attention"
 
 
 class QwenDouble(JointKind):
@@ -858,6 +946,8 @@ KINDS: tuple[JointKind, ...] = (
     Lumina2Joint(),
     Lumina2Context(),
     Lumina2Noise(),
+    ZImageJoint(),
+    ZImageContext(),
 )
 
 

@@ -461,6 +461,11 @@ def _check_joint(name: str, adapter: ModelAdapter, config: TGateConfig) -> None:
             f"{name} encodes the prompt and the negative prompt separately, to lengths of their own; "
             "use text_stream='frozen' (the prompt's) or keep_cfg=True (each branch its own)."
         )
+    if config.guidance_after_gate > 0 and adapter.sample_lists:
+        raise ConfigError(
+            f"guidance_after_gate is not available for {name}: its transformer returns one tensor per "
+            "sample (a list), which the kept guidance does not follow; leave guidance_after_gate=0."
+        )
 
 
 # diffusers caches (their HookRegistry hook names) that keep tensors shaped by the denoiser's batch

@@ -22,24 +22,35 @@ def latent_batch(args: tuple, kwargs: dict) -> int:
     ``hidden_states`` (transformers).
     """
     sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+    if isinstance(sample, list) and sample and all(isinstance(s, torch.Tensor) for s in sample):
+        return len(sample)  # one tensor per sample (Z-Image)
     if not isinstance(sample, torch.Tensor):
         raise RuntimeError("crossgate: could not find the denoiser's latent input to read the batch size.")
     return sample.shape[0]
 
 
-def map_batch(tree: Any, batch: int, fn: Callable[[torch.Tensor], Any]) -> Any:
+def map_batch(tree: Any, batch: int, fn: Callable[[torch.Tensor], Any], samples: bool = False) -> Any:
     """Apply ``fn`` to every tensor in ``tree`` whose leading dimension is ``batch``.
 
     Walks tensors, dicts (and ``BaseOutput``-style mappings), lists, tuples and named tuples; every
     other value (and every tensor of another batch, e.g. a shared timestep) is returned unchanged.
+    With ``samples``, a list of ``batch`` tensors is one tensor per sample (Z-Image's inputs and
+    output): ``fn`` must then pick rows (a CFG half, the half twice), and picks list items.
     """
     if isinstance(tree, torch.Tensor):
         return fn(tree) if tree.dim() > 0 and tree.shape[0] == batch else tree
+    if (
+        samples
+        and type(tree) is list
+        and len(tree) == batch
+        and all(isinstance(t, torch.Tensor) for t in tree)
+    ):
+        return [tree[i] for i in fn(torch.arange(batch)).tolist()]
     if isinstance(tree, dict):
-        mapped = {key: map_batch(value, batch, fn) for key, value in tree.items()}
+        mapped = {key: map_batch(value, batch, fn, samples) for key, value in tree.items()}
         return mapped if type(tree) is dict else type(tree)(**mapped)
     if isinstance(tree, (list, tuple)):
-        items = [map_batch(value, batch, fn) for value in tree]
+        items = [map_batch(value, batch, fn, samples) for value in tree]
         return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
     return tree
 

@@ -791,6 +791,54 @@ def tiny_lumina2_pipeline(seed: int = 0):
     )
 
 
+def tiny_z_image_pipeline(seed: int = 0, cls: Any = None):
+    """A Z-Image pipeline (text and noise refiners, then unified layers over ``[image; text]``) with
+    tiny widths and random weights: a one-layer Qwen3 over a character tokenizer (its chat template
+    the bare prompt), the tiny VAE, 32x32 images; CFG batched ``[cond; uncond]`` as lists."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    tokenizer = char_fast_tokenizer(max_length=512)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=4,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=16,
+        axes_dims=[8, 4, 4],
+        axes_lens=[256, 32, 32],
+    )
+    encoder = Qwen3Model(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    vae = tiny_vae()
+    vae.register_to_config(shift_factor=0.0)  # Z-Image's img2img reads it
+    return ready(
+        (cls or ZImagePipeline)(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+        )
+    )
+
+
 def tiny_qwen_image_pipeline(seed: int = 0, cls: Any = None):
     """A Qwen-Image pipeline (double-stream joint blocks, text first) with tiny widths and random weights.
 

@@ -141,6 +141,9 @@ class ModelAdapter:
     # Joint families whose CFG branches' text streams always have one length (padded to a fixed
     # length): only those can average them (``text_stream="frozen_mean"``). Qwen-Image's do not.
     branch_texts_aligned: bool = True
+    # The denoiser takes its latents and captions as lists of per-sample tensors and returns a list
+    # (Z-Image): the CFG halves are list items, not tensor rows.
+    sample_lists: bool = False
     # Modular Diffusers pipelines (crossgate.adapters.modular): the loop block ticks the steps, and the
     # guider components (one per denoiser in ``denoisers()`` order; Wan 2.2: `guider` and `guider_2`)
     # run CFG as unnamed calls. Modular FLUX has no guider (guidance-distilled, one call per step).

@@ -96,6 +96,9 @@ COGVIEW4 = replace(QWEN_IMAGE, family="cogview4")
 # uncond call in late steps). Its unified layers take each prompt unpadded, so the two branches' text
 # streams differ in length.
 LUMINA2 = replace(FLUX_UNNAMED, family="lumina2", branch_texts_aligned=False)
+# Z-Image batches CFG as [cond; uncond] (prompt first) in lists of per-sample tensors, each caption at
+# its own length; guidance_scale=0 (Z-Image-Turbo) runs no CFG.
+Z_IMAGE = replace(SD3, family="z-image", cond_first=True, branch_texts_aligned=False, sample_lists=True)
 
 # Modular Diffusers pipelines (crossgate.adapters.modular): the loop block ticks the steps; the guider
 # runs CFG as two unnamed calls of B rows, cond first, so every one of them is sequential CFG (SD3's
@@ -216,6 +219,9 @@ SUPPORTED: dict[str, Supported] = {
     "CogVideoXPipeline": Supported(COGVIDEOX, "CogVideoX"),
     "CogView4Pipeline": Supported(COGVIEW4, "CogView4"),
     "Lumina2Pipeline": Supported(LUMINA2, "Lumina2"),
+    "ZImagePipeline": Supported(Z_IMAGE, "Z-Image"),
+    "ZImageImg2ImgPipeline": Supported(Z_IMAGE, "Z-Image img2img"),
+    "ZImageInpaintPipeline": Supported(Z_IMAGE, "Z-Image inpainting"),
     "CogVideoXVideoToVideoPipeline": Supported(COGVIDEOX, "CogVideoX video-to-video"),
 }
 
@@ -290,6 +296,18 @@ REFUSED: dict[str, str] = {
         "reads `self.transformer.config.guidance_embeds`, which ChromaTransformer2DModel's config does not "
         "have, so in diffusers 0.42.1 its __call__ fails with AttributeError before the first step, with "
         "or without crossgate; crossgate gates ChromaPipeline and ChromaImg2ImgPipeline."
+    ),
+    **dict.fromkeys(
+        ("ZImageControlNetPipeline", "ZImageControlNetInpaintPipeline"),
+        "runs a ZImageControlNetModel beside the transformer at every step and adds its residuals to the "
+        "whole unified [image; text] sequence after the layers it names (`controlnet_block_samples`); "
+        "crossgate's Z-Image gating has not been run with it (untested, not one of the tested Z-Image "
+        "pipelines: ZImagePipeline, ZImageImg2ImgPipeline, ZImageInpaintPipeline).",
+    ),
+    "ZImageOmniPipeline": (
+        "calls its transformer in omni mode: one list of images per sample, SigLIP image tokens and a "
+        "sequence ordered [text; image; SigLIP] with per-token modulation (`noise_mask`); crossgate's Z-Image "
+        "gating knows the basic mode only ([image; text], one modulation), so it would freeze the wrong rows."
     ),
     **dict.fromkeys(
         (
@@ -522,8 +540,8 @@ UNTESTED: frozenset[str] = frozenset(name for name, reason in REFUSED.items() if
 _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
     "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
-    "knows the joint blocks of SD3, FLUX.1, Chroma, AuraFlow, Qwen-Image, HunyuanVideo, CogVideoX, CogView4 and "
-    "Lumina2 with "
+    "knows the joint blocks of SD3, FLUX.1, Chroma, AuraFlow, Qwen-Image, HunyuanVideo, CogVideoX, CogView4, "
+    "Lumina2 and Z-Image with "
     "their stock "
     "processors, "
     "and the pipelines tested end to end with them; this class is not one of those."
@@ -590,12 +608,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "UniDiffuserPipeline",
             "VisualClozePipeline",
             "VisualClozeGenerationPipeline",
-            "ZImagePipeline",
-            "ZImageImg2ImgPipeline",
-            "ZImageInpaintPipeline",
-            "ZImageControlNetPipeline",
-            "ZImageControlNetInpaintPipeline",
-            "ZImageOmniPipeline",
         ),
         _JOINT,
     ),
