@@ -22,6 +22,7 @@ from crossgate.testing import (
     tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_lumina2_pipeline,
+    tiny_qwen_image_edit_pipeline,
     tiny_qwen_image_pipeline,
     tiny_sd3_pipeline,
     tiny_z_image_pipeline,
@@ -190,6 +191,36 @@ def _qwen(cls_name: str, cfg: bool, **call: Any) -> JointCase:
     return JointCase(build, cls_name, call, cfg=cfg, sequential=True, mean=False)
 
 
+def _small_edit_conditions() -> None:
+    """Qwen-Image Edit resizes the condition image to 1024 x 1024 px (384 px for Edit Plus's vision
+    input) whatever the output size: a minute per tiny call on a CPU. The cases shrink that target to
+    32 x 32 px by wrapping each Edit module's ``calculate_dimensions``; the pipelines' own ``__call__``
+    and transformer calls are unchanged (the condition's tokens are image rows like any other)."""
+    import importlib
+
+    for name in ("edit", "edit_plus", "edit_inpaint"):
+        module = importlib.import_module(f"diffusers.pipelines.qwenimage.pipeline_qwenimage_{name}")
+        original = module.calculate_dimensions
+        if not getattr(original, "small", False):
+
+            def small(target_area: int, ratio: float, original: Callable = original) -> Any:
+                return original(32 * 32, ratio)
+
+            small.small = True  # type: ignore[attr-defined]
+            module.calculate_dimensions = small
+
+
+def _qwen_edit(cls_name: str, **call: Any) -> JointCase:
+    def build() -> Any:
+        import diffusers
+
+        _small_edit_conditions()
+        return tiny_qwen_image_edit_pipeline(cls=getattr(diffusers, cls_name))
+
+    call = {"true_cfg_scale": 4.0, "negative_prompt": "a blue square", **call}
+    return JointCase(build, cls_name, call, sequential=True, mean=False)
+
+
 def _hunyuan_video(cfg: bool) -> JointCase:
     extra = {"true_cfg_scale": 4.0, "negative_prompt": "a blue square"} if cfg else {}
     call = {
@@ -281,6 +312,9 @@ JOINT_CASES: dict[str, JointCase] = {
     "Qwen-Image img2img": _qwen("QwenImageImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),
     "Qwen-Image ControlNet": _qwen_controlnet(),
     "Qwen-Image inpainting": _qwen("QwenImageInpaintPipeline", cfg=True, **_INPAINT),
+    "Qwen-Image Edit": _qwen_edit("QwenImageEditPipeline", image=_image()),
+    "Qwen-Image Edit Plus, two images": _qwen_edit("QwenImageEditPlusPipeline", image=[_image(0), _image(1)]),
+    "Qwen-Image Edit inpainting": _qwen_edit("QwenImageEditInpaintPipeline", **_INPAINT),
     "HunyuanVideo": _hunyuan_video(cfg=False),
     "HunyuanVideo, true CFG": _hunyuan_video(cfg=True),
     "CogView4": JointCase(

@@ -914,6 +914,58 @@ def tiny_qwen_image_pipeline(seed: int = 0, cls: Any = None):
     )
 
 
+def tiny_qwen_image_edit_pipeline(seed: int = 0, cls: Any = None):
+    """Qwen-Image Edit (``QwenImageEditPipeline`` or ``cls``): the tiny Qwen-Image pipeline's transformer and
+    VAE, and a Qwen2.5-VL encoder that sees the condition image through a tiny vision tower.
+
+    The processor is built in memory: the character tokenizer with Qwen's vision tokens added, and
+    Qwen2-VL's image processor capped at 4 patches of 28 px (its video processor needs torchvision,
+    and an image-editing call sends no video).
+    """
+    from diffusers import QwenImageEditPipeline
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    base = tiny_qwen_image_pipeline(seed)
+    tokenizer = char_fast_tokenizer(max_length=1024)
+    vision = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": vision})
+    ids = dict(zip(vision, tokenizer.convert_tokens_to_ids(vision)))
+    torch.manual_seed(seed)
+    config = base.text_encoder.config.to_dict()
+    config["text_config"]["vocab_size"] = config["vocab_size"] = len(tokenizer)
+    config.update(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**config)).eval()
+    processor = _image_only_qwen2vl_processor(
+        Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=4 * 28 * 28), tokenizer
+    )
+    parts = {k: v for k, v in base.components.items() if k not in ("text_encoder", "tokenizer")}
+    return ready(
+        (cls or QwenImageEditPipeline)(
+            **parts, text_encoder=text_encoder, tokenizer=tokenizer, processor=processor
+        )
+    )
+
+
+def _image_only_qwen2vl_processor(image_processor: Any, tokenizer: Any) -> Any:
+    """A ``Qwen2VLProcessor`` without its video processor (which needs torchvision)."""
+    from transformers import Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer)
+
+    return ImageOnlyQwen2VLProcessor(image_processor, tokenizer)
+
+
 def tiny_hunyuan_video_pipeline(seed: int = 0):
     """A HunyuanVideo pipeline (double- and single-stream blocks, text last) with tiny widths, random weights.
 
