@@ -20,6 +20,7 @@ from crossgate.testing import (
     tiny_cogvideox_pipeline,
     tiny_cogview4_pipeline,
     tiny_flux_pipeline,
+    tiny_hidream_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_lumina2_pipeline,
     tiny_qwen_image_edit_pipeline,
@@ -343,6 +344,13 @@ JOINT_CASES: dict[str, JointCase] = {
     "Z-Image-Turbo (no CFG)": _z_image("ZImagePipeline", cfg=False),
     "Z-Image img2img": _z_image("ZImageImg2ImgPipeline", cfg=True, image=_image(), strength=1.0),
     "Z-Image inpainting": _z_image("ZImageInpaintPipeline", cfg=True, **_INPAINT),
+    "HiDream": JointCase(
+        tiny_hidream_pipeline,
+        "HiDreamImagePipeline",
+        {"guidance_scale": 5.0, "negative_prompt": "a blue square"},
+        text_first=False,
+        text_output=1,
+    ),
     "CogVideoX": _cogvideox("CogVideoXPipeline", num_frames=8),
     "CogVideoX video-to-video": _cogvideox(
         "CogVideoXVideoToVideoPipeline", video=[_image(i).resize((16, 16)) for i in range(8)], strength=1.0

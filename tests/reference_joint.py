@@ -153,16 +153,19 @@ class JointReference:
         double = (
             getattr(transformer, "transformer_blocks", None)
             or getattr(transformer, "joint_transformer_blocks", None)  # AuraFlow
+            or getattr(transformer, "double_stream_blocks", None)  # HiDream
             or transformer.layers  # Lumina2's unified layers (its refiners are text or image alone)
         )
-        blocks = [*double, *getattr(transformer, "single_transformer_blocks", [])]
+        single = getattr(transformer, "single_transformer_blocks", None)
+        blocks = [*double, *(getattr(transformer, "single_stream_blocks", []) if single is None else single)]
         self.handles = [
             b.register_forward_hook(self._block_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
         ]
         self.current: int | None = None
         for i, block in enumerate(blocks):  # which joint attention an SDPA call belongs to
-            # CogVideoX: attn1; Z-Image: attention
-            attn = next(getattr(block, n) for n in ("attn", "attn1", "attention") if hasattr(block, n))
+            # CogVideoX: attn1; Z-Image: attention; HiDream: its wrapped block's attn1
+            inner = getattr(block, "block", block)
+            attn = next(getattr(inner, n) for n in ("attn", "attn1", "attention") if hasattr(inner, n))
             self.handles.append(attn.register_forward_pre_hook(lambda m, a, i=i: setattr(self, "current", i)))
             self.handles.append(attn.register_forward_hook(lambda m, a, o: setattr(self, "current", None)))
         original_forward = transformer.forward
@@ -171,13 +174,19 @@ class JointReference:
         def forward(*args, **kwargs):
             # Z-Image: latents and captions as lists of per-sample tensors, positional
             captions = args[2] if args and isinstance(args[0], list) else None
-            text = kwargs["encoder_hidden_states"] if captions is None else args[0]  # its batch
+            llama = kwargs.get("encoder_hidden_states_llama3")  # HiDream: layers first, then the batch
+            if captions is not None:
+                text = args[0]  # its batch
+            else:
+                text = kwargs["encoder_hidden_states" if llama is None else "encoder_hidden_states_t5"]
             registers = getattr(transformer, "register_tokens", None)  # AuraFlow puts 8 before the text
             if ref.sequential and not ref.named:
                 ref.branch = ("cond", "uncond")[ref.calls_in_step]
                 ref.calls_in_step += 1
             if captions is None:
                 ref.text_len = text.shape[1] + (0 if registers is None else registers.shape[1])
+            if llama is not None:  # every HiDream block's text: T5, the last LLaMA layer, its own LLaMA layer
+                ref.text_len = text.shape[1] + 2 * llama.shape[2]
             if hasattr(transformer, "context_refiner") and captions is None:  # Lumina2: prompt unpadded
                 ref.text_len = int(kwargs["encoder_attention_mask"].sum())
             if captions is not None:
@@ -222,6 +231,8 @@ class JointReference:
 
                 # rotary tables are per token, not per sample (their rows can equal the batch)
                 half = {k: v if k == "image_rotary_emb" else cond_half(v) for k, v in kwargs.items()}
+                if llama is not None:
+                    half["encoder_hidden_states_llama3"] = llama.chunk(2, dim=1)[1]
                 args = tuple(cond_half(a) for a in args)  # AuraFlow, Z-Image: latents positional
                 if captions is not None:
                     ref.text_len = _caption_rows(args[2])

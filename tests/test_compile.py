@@ -352,3 +352,20 @@ def test_modular_pipelines(family, idiom):
     # plain; before the gate; after it the cond call (replay) and the skipped uncond call: as for
     # classic Wan (test_wan_sequential_cfg), nothing new after the first gated call
     assert graphs == {"plain": 1, "gated": 4, "other": 4, "removed": 4}, graphs
+
+
+@pytest.mark.slow
+def test_hidream_blocks_break_fullgraph_without_crossgate():
+    """Why HiDream has no graph count above: its mixture-of-experts feed-forward reads the routing
+    counts into Python (diffusers' `moe_infer`), so its blocks do not compile with fullgraph=True even
+    plain."""
+    from joint_cases import JOINT_CASES
+    from test_joint import _run
+
+    case = JOINT_CASES["HiDream"]
+    pipe = case.build()
+    _fresh_dynamo()
+    for block in [*pipe.transformer.double_stream_blocks, *pipe.transformer.single_stream_blocks]:
+        block.compile(backend="aot_eager", fullgraph=True)
+    with pytest.raises(torch._dynamo.exc.UserError, match="data-dependent"):
+        _run(pipe, case, num_inference_steps=1)

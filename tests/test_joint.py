@@ -40,8 +40,14 @@ def _run(pipe: Any, case: JointCase, **extra: Any) -> torch.Tensor:
     return pipe(**kwargs)[0]  # images, or a video pipeline's frames
 
 
-_TEXT_SIDE = ("norm1_context", "norm2_context", "ff_context", "txt_mod", "txt_norm1", "txt_norm2", "txt_mlp")
-_TEXT_ATTN = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_added_qkv")
+_TEXT_SIDE = (
+    *("norm1_context", "norm2_context", "ff_context", "txt_mod", "txt_norm1", "txt_norm2", "txt_mlp"),
+    *("norm1_t", "norm3_t", "ff_t"),  # HiDream
+)
+_TEXT_ATTN = (
+    *("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_added_qkv"),
+    *("to_q_t", "to_k_t", "to_v_t", "to_out_t", "q_rms_norm_t", "k_rms_norm_t"),  # HiDream
+)
 
 
 def _text_side_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:
@@ -49,7 +55,8 @@ def _text_side_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:
     for _, block, _kind in joint_blocks(transformer):
         if _kind.stream == "text":  # a block of the text alone (Lumina2's context refiner): all of it
             found += list(block.children())
-        found += [getattr(block, n) for n in _TEXT_SIDE if getattr(block, n, None) is not None]
+        inner = getattr(block, "block", block)  # HiDream wraps each block
+        found += [getattr(inner, n) for n in _TEXT_SIDE if getattr(inner, n, None) is not None]
         attn = _kind.attention(block)
         found += [getattr(attn, n) for n in _TEXT_ATTN if getattr(attn, n, None) is not None]
     return found
@@ -323,6 +330,38 @@ def test_after_the_gate_each_block_holds_one_frozen_row_per_image_and_the_captur
     assert held and set(held) == {(0, expected)}
 
 
+@pytest.mark.parametrize("name", ["FLUX.1", "HunyuanVideo", "CogVideoX", "AuraFlow", "Chroma", "Qwen-Image"])
+def test_each_frozen_tensor_owns_its_storage(name):
+    """A frozen text stream sliced from a block's whole [text; image] output would keep the image rows
+    alive until the call ends: every frozen tensor holds exactly its own elements."""
+    from crossgate.gate import current_call
+    from crossgate.hooks import JointRecord
+
+    case = JOINT_CASES[name]
+    pipe = case.build()
+    seen: list[tuple[int, int]] = []
+
+    def after_pass(*_: Any) -> None:
+        call = current_call()
+        if call is None or not call.gated:
+            return
+        for record in call.records.values():
+            if isinstance(record, JointRecord):
+                for stream in record.frozen.values():
+                    for tensor in (stream.key, stream.value, stream.output):
+                        if tensor is not None:
+                            held = tensor.untyped_storage().nbytes()
+                            seen.append((held, tensor.numel() * tensor.element_size()))
+
+    handle = pipe.transformer.register_forward_hook(after_pass)
+    try:
+        with crossgate.enabled(pipe, gate_step=GATE):
+            _run(pipe, case)
+    finally:
+        handle.remove()
+    assert seen and all(held == own for held, own in seen), [s for s in seen if s[0] != s[1]][:3]
+
+
 def test_a_processor_swapped_after_apply_is_refused_when_the_call_starts():
     case = JOINT_CASES["SD3"]
     pipe = case.build()
@@ -356,6 +395,7 @@ def test_a_processor_swapped_after_apply_is_refused_when_the_call_starts():
         "CogView4",
         "Lumina2",
         "Z-Image",
+        "HiDream",
     ],
 )
 def test_each_block_kind_image_side_against_its_own_text_stream_equals_the_stock_block(name):

@@ -271,7 +271,9 @@ class JointBlockHook(ModuleHook):
             return self.kind.image_only(module, self.cache, named)
         output = compute(module, *args, **kwargs)
         if mode == KEEP and self.lane.capture:
-            self.kept = self.kind.text_stream(module, named, output)
+            # copies, once per call: a slice of the block's [text; image] output would keep the image
+            # rows alive until the call ends (scripts/joint_memory.py measured it on FLUX's single blocks)
+            self.kept = self.kind.text_stream(module, named, output).map(torch.clone)
         return output
 
 
@@ -677,8 +679,8 @@ class _ModelGate:
             if frozen is not None and call.cfg_batched(self.model):
                 if halved and frozen.key.shape[0] == self.lane.halved:
                     pass  # captured in a pass the pipeline ran without CFG (Z-Image's cfg_truncation)
-                elif halved:
-                    frozen = frozen.map(layout.mean if mean else layout.half)
+                elif halved:  # a copy of the half: a view would keep the other branch's rows alive
+                    frozen = frozen.map(layout.mean if mean else (lambda t: layout.half(t).clone()))
                 elif mean:
                     frozen = frozen.map(lambda t: layout.double(layout.mean(t)))
         if frozen is None:
@@ -779,9 +781,13 @@ class DenoiserGate(_ModelGate):
         half, layout = full // 2, call.layout
         call.denoiser_batches.append(half)
         self.lane.halved = half
-        per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS}
+        second = call.adapter.batch_dim1
+        per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS and k not in second}
         sliced_args, sliced_kwargs = map_batch((args, per_sample), full, layout.half, samples)
         sliced_kwargs.update({k: v for k, v in kwargs.items() if k in _SHARED_INPUTS})
+        for key in second:  # batch second (HiDream's LLaMA layers first)
+            if isinstance(kwargs.get(key), torch.Tensor):
+                sliced_kwargs[key] = layout.half(kwargs[key].transpose(0, 1)).transpose(0, 1)
         self.lane.text_tokens = text_tokens(self.model, sliced_args, sliced_kwargs)  # Z-Image's: the half's
         if call.cond_only and not layout.feeds_cond:
             # a guess-mode ControlNet ran on the cond half alone and the pipeline padded its

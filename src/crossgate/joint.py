@@ -463,6 +463,9 @@ def text_tokens(model: Any, args: tuple, kwargs: dict) -> int:
     rows are the longest prompt's unpadded length (``encoder_attention_mask``). Z-Image takes one
     caption per sample (``cap_feats``, a list) and pads each to a multiple of 32 before appending it
     to the image: the longest padded caption."""
+    if type(model).__name__ == "HiDreamImageTransformer2DModel":  # its single blocks: T5, LLaMA, LLaMA
+        t5, llama = kwargs["encoder_hidden_states_t5"], kwargs["encoder_hidden_states_llama3"]
+        return int(t5.shape[1]) + 2 * int(llama.shape[2])
     if type(model).__name__ == "ZImageTransformer2DModel":
         from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF
 
@@ -686,6 +689,122 @@ class ZImageContext(Lumina2Context):
     processors = ZImageJoint.processors
     arg_names = ZImageJoint.arg_names
     attn_name = "attention"
+
+
+def _hidream_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """HiDream's ``apply_rope`` on one tensor (the whole head, or its first half as the processor does)."""
+    if x.shape[-1] != freqs.shape[-3] * 2:
+        first, second = x.chunk(2, dim=-1)
+        return torch.cat([_hidream_rope(first, freqs), second], dim=-1)
+    pairs = x.float().reshape(*x.shape[:-1], -1, 1, 2)
+    return (freqs[..., 0] * pairs[..., 0] + freqs[..., 1] * pairs[..., 1]).reshape(*x.shape).type_as(x)
+
+
+def _hidream_kv(
+    attn: Any, normed: torch.Tensor, freqs: Any, mask: Any, text: bool
+) -> tuple[torch.Tensor, ...]:
+    """Keys (rms-norm, the image key mask, rotary) and values of HiDream's processor, heads split."""
+    to_k, to_v, norm = (
+        (attn.to_k_t, attn.to_v_t, attn.k_rms_norm_t) if text else (attn.to_k, attn.to_v, attn.k_rms_norm)
+    )
+    batch, head_dim = normed.shape[0], attn.inner_dim // attn.heads
+    key = norm(to_k(normed)).to(dtype=normed.dtype).view(batch, -1, attn.heads, head_dim)
+    value = to_v(normed).view(batch, -1, attn.heads, head_dim)
+    if mask is not None:
+        key = key * mask.view(batch, -1, 1, 1)
+    return _hidream_rope(key, freqs), value
+
+
+class HiDreamDouble(JointKind):
+    """``HiDreamBlock`` around a ``HiDreamImageTransformerBlock`` (``double_stream_blocks``): tokens
+    ``[image; text]`` with the text ``[T5 and the last LLaMA layer (carried from block to block); this
+    block's own LLaMA layer]``, rotary on both, a mixture-of-experts feed-forward for the image. The
+    text stream frozen is the whole text side of the block at step ``m-1``, the LLaMA rows the model
+    feeds in included (their keys and values depend on the step's modulation)."""
+
+    block_types = ("HiDreamBlock",)
+    processors = ("HiDreamAttnProcessor",)
+    arg_names = ("hidden_states", "hidden_states_masks", "encoder_hidden_states", "temb", "image_rotary_emb")
+    text_output = 1
+    parent = "double_stream_blocks"
+
+    def attention(self, block: Any) -> Any:
+        return block.block.attn1
+
+    @staticmethod
+    def _modulation(block: Any, kwargs: dict, parts: int) -> tuple[torch.Tensor, ...]:
+        return tuple(block.adaLN_modulation(kwargs["temb"])[:, None].chunk(parts, dim=-1))
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        inner, text, hidden = block.block, kwargs["encoder_hidden_states"], kwargs["hidden_states"]
+        shift, scale = self._modulation(inner, kwargs, 12)[6:8]
+        normed = inner.norm1_t(text).to(dtype=hidden.dtype) * (1 + scale) + shift
+        freqs = kwargs["image_rotary_emb"][:, hidden.shape[1] :]
+        key, value = _hidream_kv(inner.attn1, normed, freqs, None, text=True)
+        return TextStream(key, value, output[1])
+
+    @staticmethod
+    def _image(inner: Any, frozen: TextStream, hidden: torch.Tensor, kwargs: dict, modulation: tuple) -> Any:
+        """The block's image rows ``hidden`` (the first rows of its sequence) against the frozen text."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
+        attn, rows = inner.attn1, hidden.shape[1]
+        normed = inner.norm1_i(hidden).to(dtype=hidden.dtype) * (1 + scale_msa) + shift_msa
+        freqs, mask = kwargs["image_rotary_emb"][:, :rows], kwargs.get("hidden_states_masks")
+        head_dim = attn.inner_dim // attn.heads
+        query = (
+            attn.q_rms_norm(attn.to_q(normed))
+            .to(dtype=normed.dtype)
+            .view(hidden.shape[0], -1, attn.heads, head_dim)
+        )
+        key, value = _hidream_kv(attn, normed, freqs, None if mask is None else mask[:, :rows], text=False)
+        key, value = torch.cat([key, frozen.key], dim=1), torch.cat([value, frozen.value], dim=1)
+        out = F.scaled_dot_product_attention(
+            _hidream_rope(query, freqs).transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        )
+        out = attn.to_out(
+            out.transpose(1, 2).reshape(hidden.shape[0], -1, attn.heads * head_dim).to(query.dtype)
+        )
+        hidden = gate_msa * out + hidden
+        normed = inner.norm3_i(hidden).to(dtype=hidden.dtype) * (1 + scale_mlp) + shift_mlp
+        return gate_mlp * inner.ff_i(normed) + hidden
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        modulation = self._modulation(block.block, kwargs, 12)[:6]
+        return self._image(block.block, frozen, kwargs["hidden_states"], kwargs, modulation), frozen.output
+
+
+class HiDreamSingle(HiDreamDouble):
+    """``HiDreamBlock`` around a ``HiDreamImageSingleTransformerBlock`` (``single_stream_blocks``): one
+    ``[image; text]`` sequence (the text: T5, the last LLaMA layer, this block's LLaMA layer), shared
+    weights; only the image rows run and the text rows handed on are the frozen ones."""
+
+    text_output = 0
+    concatenated = True
+    text_first = False
+    parent = "single_stream_blocks"
+
+    def passthrough(self, kwargs: dict) -> Any:
+        return kwargs["hidden_states"]
+
+    def text_stream(self, block: Any, kwargs: dict, output: Any) -> TextStream:
+        inner, hidden = block.block, kwargs["hidden_states"]
+        image = hidden.shape[1] - kwargs["text_tokens"]
+        shift, scale = self._modulation(inner, kwargs, 6)[:2]
+        normed = inner.norm1_i(hidden[:, image:]).to(dtype=hidden.dtype) * (1 + scale) + shift
+        mask = kwargs.get("hidden_states_masks")
+        freqs = kwargs["image_rotary_emb"][:, image:]
+        key, value = _hidream_kv(
+            inner.attn1, normed, freqs, None if mask is None else mask[:, image:], text=False
+        )
+        return TextStream(key, value, output[:, image:])
+
+    def image_only(self, block: Any, frozen: TextStream, kwargs: dict) -> Any:
+        hidden = kwargs["hidden_states"]
+        image = hidden.shape[1] - kwargs["text_tokens"]
+        modulation = self._modulation(block.block, kwargs, 6)
+        rows = self._image(block.block, frozen, hidden[:, :image], kwargs, modulation)
+        assert frozen.output is not None  # a single-stream block always hands its text rows on
+        return torch.cat([rows, frozen.output], dim=1)
 
 
 class QwenDouble(JointKind):
@@ -948,6 +1067,8 @@ KINDS: tuple[JointKind, ...] = (
     Lumina2Noise(),
     ZImageJoint(),
     ZImageContext(),
+    HiDreamDouble(),
+    HiDreamSingle(),
 )
 
 

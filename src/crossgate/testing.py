@@ -839,6 +839,69 @@ def tiny_z_image_pipeline(seed: int = 0, cls: Any = None):
     )
 
 
+def tiny_hidream_pipeline(seed: int = 0):
+    """A HiDream-I1 pipeline (double- and single-stream blocks with mixture-of-experts feed-forwards,
+    each block fed one LLaMA layer) with tiny widths and random weights: two CLIPs with projection, a
+    T5 and a three-layer LLaMA over character tokenizers, the tiny VAE; the pipeline scales every
+    request to its default area, set to 16x16 latents."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        HiDreamImagePipeline,
+        HiDreamImageTransformer2DModel,
+    )
+    from transformers import CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    clip_tokenizer = char_tokenizer()
+    tokenizer = char_fast_tokenizer(max_length=128)
+    clips = [CLIPTextModelWithProjection(clip_text_config(clip_tokenizer, 8, projection=8)) for _ in range(2)]
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            pad_token_id=tokenizer.pad_token_id,
+            attn_implementation="eager",  # the pipeline asks for attentions
+        )
+    )
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_channels=[32, 16],
+        text_emb_dim=16,
+        num_routed_experts=4,
+        num_activated_experts=2,
+        axes_dims_rope=(4, 2, 2),
+        max_resolution=(32, 32),
+        llama_layers=[0, 2],  # one per block
+    )
+    pipe = ready(
+        HiDreamImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=tiny_vae(),
+            text_encoder=clips[0],
+            tokenizer=clip_tokenizer,
+            text_encoder_2=clips[1],
+            tokenizer_2=clip_tokenizer,
+            text_encoder_3=tiny_t5_encoder(tokenizer),
+            tokenizer_3=tokenizer,
+            text_encoder_4=llama,
+            tokenizer_4=tokenizer,
+            transformer=transformer,
+        )
+    )
+    pipe.default_sample_size = 16  # the pipeline scales every request to this area (latents 16x16)
+    return pipe
+
+
 def tiny_qwen_image_pipeline(seed: int = 0, cls: Any = None):
     """A Qwen-Image pipeline (double-stream joint blocks, text first) with tiny widths and random weights.
 

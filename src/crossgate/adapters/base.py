@@ -144,6 +144,9 @@ class ModelAdapter:
     # The denoiser takes its latents and captions as lists of per-sample tensors and returns a list
     # (Z-Image): the CFG halves are list items, not tensor rows.
     sample_lists: bool = False
+    # Denoiser inputs whose batch is their second dimension (HiDream's per-layer LLaMA states, layers
+    # first): the gate halves them there.
+    batch_dim1: tuple[str, ...] = ()
     # Modular Diffusers pipelines (crossgate.adapters.modular): the loop block ticks the steps, and the
     # guider components (one per denoiser in ``denoisers()`` order; Wan 2.2: `guider` and `guider_2`)
     # run CFG as unnamed calls. Modular FLUX has no guider (guidance-distilled, one call per step).

@@ -99,6 +99,8 @@ LUMINA2 = replace(FLUX_UNNAMED, family="lumina2", branch_texts_aligned=False)
 # Z-Image batches CFG as [cond; uncond] (prompt first) in lists of per-sample tensors, each caption at
 # its own length; guidance_scale=0 (Z-Image-Turbo) runs no CFG.
 Z_IMAGE = replace(SD3, family="z-image", cond_first=True, branch_texts_aligned=False, sample_lists=True)
+# HiDream batches CFG as [uncond; cond] like SD3; its per-layer LLaMA states carry the batch second.
+HIDREAM = replace(SD3, family="hidream", batch_dim1=("encoder_hidden_states_llama3",))
 
 # Modular Diffusers pipelines (crossgate.adapters.modular): the loop block ticks the steps; the guider
 # runs CFG as two unnamed calls of B rows, cond first, so every one of them is sequential CFG (SD3's
@@ -225,6 +227,7 @@ SUPPORTED: dict[str, Supported] = {
     "ZImagePipeline": Supported(Z_IMAGE, "Z-Image"),
     "ZImageImg2ImgPipeline": Supported(Z_IMAGE, "Z-Image img2img"),
     "ZImageInpaintPipeline": Supported(Z_IMAGE, "Z-Image inpainting"),
+    "HiDreamImagePipeline": Supported(HIDREAM, "HiDream"),
     "CogVideoXVideoToVideoPipeline": Supported(COGVIDEOX, "CogVideoX video-to-video"),
 }
 
@@ -544,7 +547,7 @@ _JOINT = (
     "has no cross-attention layers: text and latent tokens share one joint (MMDiT / single-stream) "
     "attention. crossgate's joint-attention TGATE (freeze the text stream, drop CFG; crossgate.joint) "
     "knows the joint blocks of SD3, FLUX.1, Chroma, AuraFlow, Qwen-Image, HunyuanVideo, CogVideoX, CogView4, "
-    "Lumina2 and Z-Image with "
+    "Lumina2, Z-Image and HiDream with "
     "their stock "
     "processors, "
     "and the pipelines tested end to end with them; this class is not one of those."
@@ -579,7 +582,6 @@ NOT_APPLICABLE: dict[str, str] = {
             "Flux2KleinInpaintPipeline",
             "Flux2KleinKVPipeline",
             "GlmImagePipeline",
-            "HiDreamImagePipeline",
             "HunyuanImagePipeline",
             "HunyuanImageRefinerPipeline",
             "HunyuanVideoImageToVideoPipeline",
