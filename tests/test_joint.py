@@ -541,3 +541,26 @@ def test_z_image_refuses_guidance_after_the_gate_before_anything_changes():
     with pytest.raises(ConfigError, match="guidance_after_gate"):
         crossgate.apply(pipe, gate_step=GATE, guidance_after_gate=0.5)
     assert not crossgate.is_applied(pipe)
+
+
+def test_lumina2_noise_refiner_is_skipped_with_the_uncond_call():
+    """The image refiner runs as written, once per denoiser call: after the gate only the cond call's."""
+    case = JOINT_CASES["Lumina2"]
+    pipe = case.build()
+    calls = {"before": 0, "after": 0}
+    state = {"after": False}
+
+    def on_step_end(p, i, t, kwargs):
+        state["after"] = i + 1 >= GATE
+        return {}
+
+    def count(module, args, output):
+        calls["after" if state["after"] else "before"] += 1
+
+    handle = pipe.transformer.noise_refiner[0].attn.to_q.register_forward_hook(count)
+    try:
+        with crossgate.enabled(pipe, gate_step=GATE):
+            _run(pipe, case, callback_on_step_end=on_step_end)
+    finally:
+        handle.remove()
+    assert calls == {"before": 2 * GATE, "after": STEPS - GATE}, calls
