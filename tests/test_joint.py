@@ -330,7 +330,20 @@ def test_after_the_gate_each_block_holds_one_frozen_row_per_image_and_the_captur
     assert held and set(held) == {(0, expected)}
 
 
-@pytest.mark.parametrize("name", ["FLUX.1", "HunyuanVideo", "CogVideoX", "AuraFlow", "Chroma", "Qwen-Image"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "FLUX.1",
+        "HunyuanVideo",
+        "CogVideoX",
+        "AuraFlow",
+        "Chroma",
+        "Qwen-Image",
+        "Lumina2",
+        "Z-Image",
+        "HiDream",
+    ],
+)
 def test_each_frozen_tensor_owns_its_storage(name):
     """A frozen text stream sliced from a block's whole [text; image] output would keep the image rows
     alive until the call ends: every frozen tensor holds exactly its own elements."""
