@@ -491,18 +491,26 @@ def _check_diffusers_caches(pipe: Any, adapter: ModelAdapter) -> None:
     if adapter.cfg_layout == "sequential":
         return
     for part in _parts(adapter, pipe):
-        for module in part.module.modules():
-            registry = module.__dict__.get("_diffusers_hook")
-            for hook_name in getattr(registry, "hooks", {}):
-                for prefix, cache in _BATCH_STATEFUL_CACHES:
-                    if hook_name.startswith(prefix):
-                        raise UnsupportedPipelineError(
-                            f"crossgate cannot gate {type(pipe).__name__} with diffusers' {cache} on its "
-                            f"{part.path}: {type(pipe).__name__} runs CFG as one batch, which halves after "
-                            f"the gate, and {cache} keeps tensors of the full batch from step to step (they "
-                            "would no longer fit). Disable the cache, or use a per-branch CFG pipeline (Wan) "
-                            "where both compose."
-                        )
+        cache = _block_cache(part.module)
+        if cache is not None:
+            raise UnsupportedPipelineError(
+                f"crossgate cannot gate {type(pipe).__name__} with diffusers' {cache} on its "
+                f"{part.path}: {type(pipe).__name__} runs CFG as one batch, which halves after "
+                f"the gate, and {cache} keeps tensors of the full batch from step to step (they "
+                "would no longer fit). Disable the cache, or use a per-branch CFG pipeline (Wan) "
+                "where both compose."
+            )
+
+
+def _block_cache(model: torch.nn.Module) -> str | None:
+    """The diffusers cache (of ``_BATCH_STATEFUL_CACHES``) registered on ``model`` or its modules, if any."""
+    for module in model.modules():
+        registry = module.__dict__.get("_diffusers_hook")
+        for hook_name in getattr(registry, "hooks", {}):
+            for prefix, cache in _BATCH_STATEFUL_CACHES:
+                if hook_name.startswith(prefix):
+                    return cache
+    return None
 
 
 def _check_joint_caches(pipe: Any, adapter: ModelAdapter) -> None:
@@ -519,12 +527,9 @@ def _check_joint_caches(pipe: Any, adapter: ModelAdapter) -> None:
     denoiser = adapter.denoiser(pipe)
     if getattr(denoiser, "_is_cached", False):  # cache-dit's mark on a transformer it patched
         raise UnsupportedPipelineError(why.format(cache="cache-dit (cache_dit.enable_cache)"))
-    for module in denoiser.modules():
-        registry = module.__dict__.get("_diffusers_hook")
-        for hook_name in getattr(registry, "hooks", {}):
-            for prefix, cache in _BATCH_STATEFUL_CACHES:
-                if hook_name.startswith(prefix):
-                    raise UnsupportedPipelineError(why.format(cache=f"diffusers' {cache}"))
+    cache = _block_cache(denoiser)
+    if cache is not None:
+        raise UnsupportedPipelineError(why.format(cache=f"diffusers' {cache}"))
 
 
 def _check_per_pass(name: str, config: TGateConfig) -> None:
