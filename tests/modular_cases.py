@@ -47,8 +47,9 @@ class ModularCase:
         return self.unpack(out.frames if hasattr(out, "frames") else out.images)
 
 
-def _modular(blocks: Any, classic: Any, **extra: Any) -> Any:
-    pipe = blocks.init_pipeline()
+def _modular(blocks: Any, classic: Any, pipeline_cls: Any = None, **extra: Any) -> Any:
+    """A modular pipeline of ``blocks`` (its default class, or ``pipeline_cls``) on ``classic``'s models."""
+    pipe = blocks.init_pipeline() if pipeline_cls is None else pipeline_cls(blocks=blocks)
     pipe.update_components(**{k: v for k, v in classic.components.items() if v is not None}, **extra)
     return pipe
 
@@ -106,9 +107,8 @@ def wan22() -> ModularCase:
             boundary_ratio=0.87,  # 6 shifted steps: 1000, 966, 914 | 826, 644, 47
         )
     )
-    modular = Wan22ModularPipeline(blocks=Wan22Blocks())
-    components = {k: v for k, v in classic.components.items() if v is not None}
-    modular.update_components(**components, guider=_cfg(5.0), guider_2=_cfg(5.0))
+    # Wan22Blocks().init_pipeline() makes a WanModularPipeline: the class is named
+    modular = _modular(Wan22Blocks(), classic, Wan22ModularPipeline, guider=_cfg(5.0), guider_2=_cfg(5.0))
     modular.register_to_config(boundary_ratio=0.87)
     # gate 4: both experts run before it (an expert first running after the gate computes its
     # cross-attention, the rule test_sequential.py::test_wan22_two_experts checks)
