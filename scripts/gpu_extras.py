@@ -72,6 +72,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch.compile mode (reduce-overhead: CUDA graphs, recorded once per batch shape: 2B before "
         "the gate, B after it)",
     )
+    p.add_argument(
+        "--compile-split-cfg",
+        action="store_true",
+        help="compile section: crossgate with compile_split_cfg=True (the passes before the gate as two "
+        "B-row passes, one batch shape on both sides of the gate)",
+    )
     p.add_argument("--time-budget", type=float, default=None, help="seconds for this call's sections")
     args = p.parse_args(argv)
     dry = args.dry_run
@@ -275,6 +281,7 @@ def section_compile(rec: Recorder, args: argparse.Namespace) -> None:
         dtype=args.dtype,
         backend=args.backend,
         mode=args.mode or "default",
+        compile_split_cfg=args.compile_split_cfg,
         tolerance=f"relative L2 of the final latents <= {TOLERANCE[args.dtype]:g} ({args.dtype})",
     )
     pipe = random_pipeline(args.model, args.device, getattr(torch, args.dtype))
@@ -282,7 +289,7 @@ def section_compile(rec: Recorder, args: argparse.Namespace) -> None:
     steps = args.steps
 
     timed_rounds(rec, entry, "eager_plain", lambda: generate(pipe, args, steps), args)
-    crossgate.apply(pipe, gate_step=args.gate_step)
+    crossgate.apply(pipe, gate_step=args.gate_step, compile_split_cfg=args.compile_split_cfg)
     eager = timed_rounds(rec, entry, "eager_crossgate", lambda: generate(pipe, args, steps), args)
 
     torch._dynamo.reset()

@@ -1626,6 +1626,13 @@ OTHER_ROWS: list[tuple[str, str, str]] = [
         "`remove()`; within 1e-4 of eager crossgate",
         "test_compile.py",
     ),
+    (
+        "`compile_split_cfg=True` with a denoiser compiled whole (UNet, PixArt: batched CFG)",
+        "supported: the steps before the gate run as two B-row passes, so the graphs before and after the "
+        "gate both take batch B; within 1e-4 of eager crossgate; refused for joint-attention and "
+        "sequential-CFG families and with TGATE v2's self-attention caching",
+        "test_compile.py",
+    ),
     ("sequential CPU offload", "not tested: accelerate's sequential offload fails on CPU-only machines", "-"),
     *MEMORY_ROWS,
     (

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import sys
 import threading
+from typing import Any
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def sd_pipe(_small_sd_template):
     return copy.deepcopy(_small_sd_template)
 
 
-def _compile(pipe, attr: str, idiom: str, backend: str = "aot_eager") -> None:
+def _compile(pipe, attr: str, idiom: str, backend: Any = "aot_eager") -> None:
     model = getattr(pipe, attr)
     if idiom == "assign":
         setattr(pipe, attr, torch.compile(model, backend=backend, fullgraph=True))
@@ -81,22 +82,29 @@ def _fresh_dynamo() -> None:
 
 
 def _sequence(
-    pipe, attr: str, idiom: str, order: str, call, eager: dict[str, torch.Tensor]
+    pipe,
+    attr: str,
+    idiom: str,
+    order: str,
+    call,
+    eager: dict[str, torch.Tensor],
+    backend="aot_eager",
+    **options,
 ) -> dict[str, int]:
     """Run the user sequence on ``pipe`` compiled by ``idiom`` in ``order``; check it against ``eager``."""
     _fresh_dynamo()
     graphs: dict[str, int] = {}
     if order == "compile-first":
-        _compile(pipe, attr, idiom)
+        _compile(pipe, attr, idiom, backend)
         torch.testing.assert_close(call(pipe), eager["plain"], **TOL)
         graphs["plain"] = _graphs()
-        crossgate.apply(pipe, gate_step=3)
+        crossgate.apply(pipe, gate_step=3, **options)
     else:
-        crossgate.apply(pipe, gate_step=3)
-        _compile(pipe, attr, idiom)
+        crossgate.apply(pipe, gate_step=3, **options)
+        _compile(pipe, attr, idiom, backend)
     torch.testing.assert_close(call(pipe), eager["gated"], **TOL)
     graphs["gated"] = _graphs()
-    crossgate.apply(pipe, gate_step=4)
+    crossgate.apply(pipe, gate_step=4, **options)
     torch.testing.assert_close(call(pipe, prompt="a blue square", steps=7), eager["other"], **TOL)
     graphs["other"] = _graphs()
     crossgate.remove(pipe)
@@ -106,11 +114,11 @@ def _sequence(
     return graphs
 
 
-def _eager_reference(pipe, call) -> dict[str, torch.Tensor]:
+def _eager_reference(pipe, call, **options) -> dict[str, torch.Tensor]:
     plain = call(pipe)
-    with crossgate.enabled(pipe, gate_step=3):
+    with crossgate.enabled(pipe, gate_step=3, **options):
         gated = call(pipe)
-    with crossgate.enabled(pipe, gate_step=4):
+    with crossgate.enabled(pipe, gate_step=4, **options):
         other = call(pipe, prompt="a blue square", steps=7)
     return {"plain": plain, "gated": gated, "other": other}
 
@@ -143,6 +151,63 @@ def test_unet_every_idiom_either_order(sd_pipe, idiom, order):
     assert crossgate.last_call(sd_pipe) is None  # removed
 
 
+def _latent_batches(batches: list[set[int]], latent: tuple[int, ...]):
+    """``aot_eager``, recording for each graph it is given the batches of its latent-shaped inputs."""
+    from torch._dynamo.backends.registry import lookup_backend
+
+    aot_eager = lookup_backend("aot_eager")
+
+    def backend(gm, inputs):
+        batches.append(
+            {t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and tuple(t.shape[1:]) == latent}
+        )
+        return aot_eager(gm, inputs)
+
+    return backend
+
+
+@pytest.mark.parametrize(
+    "idiom, split",
+    [
+        ("assign", True),
+        pytest.param("inplace", True, marks=pytest.mark.slow),
+        pytest.param("assign", False, marks=pytest.mark.slow),
+    ],
+)
+def test_compile_split_cfg_builds_the_graphs_on_both_sides_of_the_gate_at_one_batch(sd_pipe, idiom, split):
+    """``compile_split_cfg``: around a UNet compiled whole, each pass before the gate runs as two B-row
+    passes, so the graph before the gate and the graph after it both take a B-row latent (inductor
+    then builds their kernels once). Without it: 2B before, B after. Eager crossgate is unchanged by
+    the option; the compiled output stays within tolerance of it, with no new graph or break."""
+    options = {"compile_split_cfg": split}
+    eager = _eager_reference(sd_pipe, _sd_call, **options)
+    with crossgate.enabled(sd_pipe, gate_step=3, compile_split_cfg=not split):
+        assert torch.equal(_sd_call(sd_pipe), eager["gated"])  # eager: the option changes nothing
+    batches: list[set[int]] = []
+    latent = (sd_pipe.unet.config.in_channels, 16, 16)
+    backend = _latent_batches(batches, latent)
+    graphs = _sequence(sd_pipe, "unet", idiom, "compile-first", _sd_call, eager, backend, **options)
+    assert graphs == {"plain": 1, "gated": 3, "other": 3, "removed": 3}, graphs
+    assert batches == [{2}, {1}, {1}] if split else [{2}, {2}, {1}], batches  # plain, before, after
+
+
+def test_compile_split_cfg_bad_uses_are_refused_before_anything_changes():
+    from crossgate import ConfigError
+    from joint_cases import JOINT_CASES
+
+    with pytest.raises(ConfigError, match="compile_split_cfg must be True or False"):
+        crossgate.TGateConfig(compile_split_cfg="yes")
+    with pytest.raises(ConfigError, match="self-attention caching"):
+        crossgate.TGateConfig(compile_split_cfg=True, self_attention_interval=2)
+    for pipe, message in (
+        (JOINT_CASES["SD3"].build(), "not available for StableDiffusion3Pipeline"),
+        (wan_t2v().pipe, "already runs CFG as one denoiser call per branch"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            crossgate.apply(pipe, compile_split_cfg=True)
+        assert not crossgate.is_applied(pipe)
+
+
 @pytest.mark.parametrize("idiom", ["assign", "regional"])
 def test_wan_sequential_cfg(idiom):
     case = wan_t2v()
@@ -156,7 +221,8 @@ def test_wan_sequential_cfg(idiom):
     assert graphs == {"plain": 1, "gated": 4, "other": 4, "removed": 4}, graphs
 
 
-def test_pixart_transformer():
+@pytest.mark.parametrize("split", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_pixart_transformer(split):
     from families import pixart_alpha
 
     case = pixart_alpha()
@@ -166,8 +232,9 @@ def test_pixart_transformer():
         return family_call(case, prompt=prompt)
 
     assert case.kwargs["height"] == _PIXART_CALL["height"]
-    eager = _eager_reference(case.pipe, call)
-    graphs = _sequence(case.pipe, "transformer", "assign", "apply-first", call, eager)
+    options = {"compile_split_cfg": split}
+    eager = _eager_reference(case.pipe, call, **options)
+    graphs = _sequence(case.pipe, "transformer", "assign", "apply-first", call, eager, **options)
     assert graphs == {"gated": 2, "other": 2, "removed": 3}, graphs
 
 
@@ -195,10 +262,12 @@ def test_controlnet_and_unet_both_compiled(sd_pipe):
 
 
 @pytest.mark.slow
-def test_threads_on_one_compiled_unet_are_serialised_and_each_gets_its_own_output(sd_pipe):
+@pytest.mark.parametrize("split", [False, True])
+def test_threads_on_one_compiled_unet_are_serialised_and_each_gets_its_own_output(sd_pipe, split):
     """Two pipelines share one compiled UNet, each in its own thread, one gated and one plain: the
     model's gate runs their passes one at a time (the hooks inside read one lane), so each output
-    equals its own eager result."""
+    equals its own eager result; with ``compile_split_cfg`` too (both halves of a split pass run
+    under the one lock)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     # each thread its own scheduler and tokenizer (both keep per-call state); the UNet is shared
@@ -210,7 +279,7 @@ def test_threads_on_one_compiled_unet_are_serialised_and_each_gets_its_own_outpu
     expected_plain = _sd_call(twin)
     with crossgate.enabled(sd_pipe, gate_step=3):
         expected_gated = _sd_call(sd_pipe)
-    crossgate.apply(sd_pipe, gate_step=3)
+    crossgate.apply(sd_pipe, gate_step=3, compile_split_cfg=split)
     _fresh_dynamo()
     sd_pipe.unet.compile(backend="aot_eager", fullgraph=True)
     _sd_call(sd_pipe), _sd_call(twin)  # compile outside the race
@@ -236,11 +305,12 @@ def test_threads_on_one_compiled_unet_are_serialised_and_each_gets_its_own_outpu
 
 
 @pytest.mark.slow
-def test_inductor_compiled_unet_matches_eager(sd_pipe):
+@pytest.mark.parametrize("split", [False, True])
+def test_inductor_compiled_unet_matches_eager(sd_pipe, split):
     """One real codegen run (inductor, C++ on CPU): the same graphs, the same outputs."""
     eager = _eager_reference(sd_pipe, _sd_call)
     _fresh_dynamo()
-    crossgate.apply(sd_pipe, gate_step=3)
+    crossgate.apply(sd_pipe, gate_step=3, compile_split_cfg=split)
     sd_pipe.unet.compile(backend="inductor", fullgraph=True)
     torch.testing.assert_close(_sd_call(sd_pipe), eager["gated"], atol=1e-3, rtol=1e-3)
     assert _graphs() == 2 and _breaks() == 0
@@ -252,16 +322,18 @@ def test_bench_compiled_rows(sd_pipe):
     from crossgate.tools.bench import build_variants, compiled_variants, run_bench
 
     _fresh_dynamo()
-    variants = build_variants(sd_pipe, [2], []) + compiled_variants(sd_pipe, [2], "aot_eager")
+    variants = build_variants(sd_pipe, [2], []) + compiled_variants(sd_pipe, [2], "aot_eager", split=True)
     kwargs = {"prompt": "a red circle", "num_inference_steps": 4, "output_type": "latent"}
     report = run_bench(sd_pipe, variants, kwargs, repeats=1, warmup=1, log=lambda _: None)
     rows = {row["config"]: row for row in report.rows()}
-    assert list(rows) == ["plain", "crossgate m=2", "plain compiled", "crossgate m=2 compiled"]
-    assert rows["crossgate m=2 compiled"]["versus"] == "plain compiled"
+    split = "crossgate m=2 compiled, split"
+    assert list(rows) == ["plain", "crossgate m=2", "plain compiled", "crossgate m=2 compiled", split]
+    assert rows["crossgate m=2 compiled"]["versus"] == rows[split]["versus"] == "plain compiled"
     assert rows["plain compiled"]["versus"] == "plain"
     assert rows["crossgate m=2 compiled"]["gmacs"] == rows["crossgate m=2"]["gmacs"] < rows["plain"]["gmacs"]
     assert all(row["first_s"] is not None and row["note"] == "" for row in rows.values())
-    assert _breaks() == 0 and _graphs() == 3
+    # plain (2B), before the gate (2B; split: B) and after it (B, shared by both crossgate rows)
+    assert _breaks() == 0 and _graphs() == 4
     assert not crossgate.is_applied(sd_pipe) and not isinstance(sd_pipe.unet, torch._dynamo.OptimizedModule)
 
 
@@ -270,11 +342,11 @@ def test_bench_compiled_rows(sd_pipe):
     [
         "SD3",
         "FLUX.1",
-        "FLUX.1 img2img",
         # the rest run with the slow tests (make test-slow): ~18 s of dynamo tracing each
         *(
             pytest.param(f, marks=pytest.mark.slow)
             for f in (
+                "FLUX.1 img2img",
                 "Qwen-Image",
                 "HunyuanVideo, true CFG",
                 "CogVideoX",

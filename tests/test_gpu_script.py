@@ -82,3 +82,17 @@ def test_extras_dry_run_compiles_and_offloads_with_crossgate(tmp_path) -> None:
             )
     summary = (out / "extras.md").read_text()
     assert "## torch.compile (eager) with crossgate" in summary and "crossgate-then-offload" in summary
+
+
+@pytest.mark.slow
+def test_extras_compile_section_takes_compile_split_cfg(tmp_path) -> None:
+    """``--compile-split-cfg``: the compile section gates with the split passes, records that it did,
+    and the compiled output still matches eager crossgate."""
+    extras = _extras()
+    out = tmp_path / "extras"
+    argv = ["--dry-run", "--device", "cpu", "--backend", "eager", "--out", str(out), "--compile-split-cfg"]
+    assert extras.main([*argv, "--section", "compile"]) == 0
+    compile_ = json.loads((out / "extras.json").read_text())["compile"]
+    assert compile_["status"] == "done" and compile_["compile_split_cfg"] is True
+    assert compile_["output_vs_eager"]["matches"] and compile_["first_compiled_call"]["graph_breaks"] == 0
+    assert compile_["crossgate_engaged"] == {"gate": 2, "denoiser_batches": [2, 2, 1, 1]}

@@ -79,6 +79,15 @@ class TGateConfig:
             study in docs/joint-attention.md.
         keep_cfg: joint-attention families only: keep both CFG branches after the gate, each with
             its own frozen text stream (the text freeze without the CFG drop). Default ``False``.
+        compile_split_cfg: for a denoiser compiled whole (``torch.compile(model)`` assigned back, or
+            ``model.compile()``) in a batched-CFG pipeline: run each pass before the gate as two
+            passes of B rows (uncond, then cond) instead of one of 2B. The graphs before and after
+            the gate then have the same shapes, and inductor builds most kernels once, so the first
+            compiled call costs about one compilation instead of two. The steps before the gate
+            cost two B passes each instead of one 2B pass, which is slower wherever a 2B pass
+            costs less than two B passes (docs/benchmarks.md measures both). Default ``False``.
+            Eager and regionally compiled denoisers run as without it (their output within float
+            tolerance of it); not for joint-attention or sequential-CFG families.
     Per-layer gating (each layer freezing on its own convergence) was built, measured and removed:
     on our model it cost more compute for lower fidelity than one gate, because the CFG batch has
     to run until the last layer freezes (docs/quality-gate-selection.md).
@@ -96,6 +105,7 @@ class TGateConfig:
     guidance_after_gate_decay: float = 1.0
     text_stream: TextStream = "frozen"
     keep_cfg: bool = False
+    compile_split_cfg: bool = False
 
     def __post_init__(self) -> None:
         for name in _NUMERIC_FIELDS:  # numpy scalars, Fractions, 0-d tensors are numbers too
@@ -113,6 +123,16 @@ class TGateConfig:
             )
         if not isinstance(self.keep_cfg, bool):
             raise ConfigError(f"keep_cfg must be True or False, got {_shown(self.keep_cfg)}.")
+        if not isinstance(self.compile_split_cfg, bool):
+            raise ConfigError(
+                f"compile_split_cfg must be True or False, got {_shown(self.compile_split_cfg)}."
+            )
+        if self.compile_split_cfg and self.caches_self_attention:
+            raise ConfigError(
+                "compile_split_cfg does not combine with TGATE v2's self-attention caching (its caches "
+                "hold both CFG halves of one pass); leave self_attention_interval=None or "
+                "compile_split_cfg=False."
+            )
         if self.keep_cfg and self.text_stream == "live":
             raise ConfigError(
                 "keep_cfg=True with text_stream='live' changes nothing after the gate; freeze the text "

@@ -9,7 +9,11 @@ Two sides, so that a compiled denoiser traces cleanly (no graph break, a bounded
   variable, and a stack walk for passes of other pipelines sharing the model), decides what the pass
   does, writes that into the model's :class:`Lane`, and after the pass moves what the hooks kept into
   the call's records (caches, counts). It holds the lane's lock for the pass, so passes of one model
-  from several threads run one after another, each with its own call's lane contents.
+  from several threads run one after another, each with its own call's lane contents. Around a
+  model compiled whole, with ``compile_split_cfg``, it runs each batched-CFG pass before the gate as
+  two B-row passes (the uncond rows from its entry, the cond rows as the call itself) and joins their
+  outputs and kept cross-attention outputs into the 2B pass the pipeline asked for, so the graphs
+  before and after the gate take one batch shape and inductor builds their kernels once.
 * **Inside the model: the module hooks** (:class:`CrossAttentionGateHook`,
   :class:`SelfAttentionCacheHook`, :class:`BlockSkipHook`) read only their lane: a mode (a Python int
   dynamo guards on cheaply) and dicts of tensors. They never read the step, the gate, the prompt or
@@ -86,7 +90,7 @@ from diffusers.hooks import ModelHook
 from crossgate.gate import CallState, current_call
 from crossgate.joint import JointKind, TextStream, text_tokens
 from crossgate.schedule import Action, self_attention_action
-from crossgate.tensors import latent_batch, map_batch, relative_change
+from crossgate.tensors import latent_batch, map_batch, relative_change, zip_batch
 
 # What the hooks inside a model do in the running pass (``Lane.mode``).
 PASS, KEEP, REPLAY, SKIP = 0, 1, 2, 3
@@ -120,6 +124,11 @@ class Lane:
     # model's own hooks stand by)
     call: CallState | None = None
     halved: int | None = None
+    # ``compile_split_cfg``: this pass before the gate runs as two B-row passes around a compiled
+    # model; ``first`` holds the uncond pass's output and its cross-attention outputs until the cond
+    # pass ends and the two are joined
+    split: bool = False
+    first: tuple[Any, dict[str, torch.Tensor | None]] | None = None
     entered: bool = False
     thread: int = 0
     outer: bool = False
@@ -130,7 +139,8 @@ class Lane:
 
     def clear(self) -> None:
         self.mode, self.self_action, self.call, self.halved = PASS, Action.COMPUTE, None, None
-        self.capture = False
+        self.capture = self.split = False
+        self.first = None
 
 
 @dataclass
@@ -378,7 +388,7 @@ class _CompiledEntry:
         self.compiled = compiled
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        entered = self.gate._outer_before(None, args, kwargs)
+        entered = self.gate._enter_outer(self.compiled, args, kwargs)
         if entered is not None:
             args, kwargs = entered
         try:
@@ -455,18 +465,27 @@ class _ModelGate:
         return self.lane.outer and self.lane.thread == threading.get_ident()
 
     def _outer_before(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        entered = self._enter(args, kwargs)
-        self.lane.outer = True
-        return entered
+        return self._enter_outer(module.forward, args, kwargs)  # the wrapper's forward skips its hooks
+
+    def _enter_outer(self, run: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Enter a pass around a compiled model; ``run`` calls that model without entering again."""
+        entered = self._enter(args, kwargs, outer=True)
+        if not self.lane.split:
+            return entered
+        try:
+            return self._run_uncond_first(run, args, kwargs)
+        except BaseException:
+            self._release()
+            raise
 
     def _outer_after(self, module: Any, args: tuple, output: Any) -> Any:
         self.lane.outer = False
         return self._exit(output)
 
-    def _enter(self, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _enter(self, args: tuple, kwargs: dict, outer: bool = False) -> tuple[tuple, dict] | None:
         lane = self.lane
         lane.lock.acquire()
-        lane.entered, lane.thread = True, threading.get_ident()
+        lane.entered, lane.thread, lane.outer = True, threading.get_ident(), outer
         try:
             call = current_call()
             if call is None or not call.runs(self.model) or calling_pipeline() is not call.owner:
@@ -484,8 +503,12 @@ class _ModelGate:
             call = self.lane.call
             if call is None or output is None:
                 return None
+            joined = None
+            if self.lane.first is not None:
+                joined = output = self._join_uncond_first(call, output)
             self._collect(call)
-            return self._finish(call, output)
+            replaced = self._finish(call, output)
+            return joined if replaced is None else replaced
         finally:
             self._release()
 
@@ -496,6 +519,47 @@ class _ModelGate:
         lane.clear()
         lane.outer = lane.entered = False
         lane.lock.release()
+
+    def _run_uncond_first(self, run: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """``compile_split_cfg``: run the uncond rows now and hand back the cond rows for the call."""
+        lane = self.lane
+        call = cast(CallState, lane.call)
+        full, layout = latent_batch(args, kwargs), call.layout
+        uncond = self._rows(call, args, kwargs, full, lambda t: layout.split(t)[0])
+        cond = self._rows(call, args, kwargs, full, lambda t: layout.split(t)[1])
+        output = run(*uncond[0], **uncond[1])
+        lane.first = (output, {name: hook.kept for name, hook in self.cross.items()})
+        for hook in self.cross.values():
+            hook.kept = None
+        return cond
+
+    def _join_uncond_first(self, call: CallState, output: Any) -> Any:
+        """The two halves of a split pass as the one 2B pass the pipeline asked for."""
+        first, kept = cast(tuple, self.lane.first)
+        join = call.layout.join
+        for name, hook in self.cross.items():
+            uncond = kept.get(name)
+            # a layer that ran in one half only kept nothing of this step
+            hook.kept = None if uncond is None or hook.kept is None else join(uncond, hook.kept)
+        return zip_batch(first, output, join)
+
+    def _rows(
+        self,
+        call: CallState,
+        args: tuple,
+        kwargs: dict,
+        full: int,
+        pick: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[tuple, dict]:
+        """The denoiser's inputs with ``pick`` applied to the rows of every per-sample input."""
+        samples, second = call.adapter.sample_lists, call.adapter.batch_dim1
+        per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS and k not in second}
+        picked_args, picked_kwargs = map_batch((args, per_sample), full, pick, samples)
+        picked_kwargs.update({k: v for k, v in kwargs.items() if k in _SHARED_INPUTS})
+        for key in second:  # batch second (HiDream's LLaMA layers first)
+            if isinstance(kwargs.get(key), torch.Tensor):
+                picked_kwargs[key] = pick(kwargs[key].transpose(0, 1)).transpose(0, 1)
+        return picked_args, picked_kwargs
 
     # --- what a pass does ---------------------------------------------------------------------
 
@@ -752,6 +816,7 @@ class DenoiserGate(_ModelGate):
             call.ran_before_gate.add(id(self.model))
             call.denoiser_batches.append(full)
             self._arm(call, KEEP, full)
+            self.lane.split = self._splits(call, full)
             return None
         if not call.cfg:
             call.denoiser_batches.append(full)
@@ -781,13 +846,7 @@ class DenoiserGate(_ModelGate):
         half, layout = full // 2, call.layout
         call.denoiser_batches.append(half)
         self.lane.halved = half
-        second = call.adapter.batch_dim1
-        per_sample = {k: v for k, v in kwargs.items() if k not in _SHARED_INPUTS and k not in second}
-        sliced_args, sliced_kwargs = map_batch((args, per_sample), full, layout.half, samples)
-        sliced_kwargs.update({k: v for k, v in kwargs.items() if k in _SHARED_INPUTS})
-        for key in second:  # batch second (HiDream's LLaMA layers first)
-            if isinstance(kwargs.get(key), torch.Tensor):
-                sliced_kwargs[key] = layout.half(kwargs[key].transpose(0, 1)).transpose(0, 1)
+        sliced_args, sliced_kwargs = self._rows(call, args, kwargs, full, layout.half)
         self.lane.text_tokens = text_tokens(self.model, sliced_args, sliced_kwargs)  # Z-Image's: the half's
         if call.cond_only and not layout.feeds_cond:
             # a guess-mode ControlNet ran on the cond half alone and the pipeline padded its
@@ -798,6 +857,19 @@ class DenoiserGate(_ModelGate):
                     sliced_kwargs[key] = map_batch(kwargs[key], full, layout.cond)
         self._arm(call, REPLAY, half)
         return sliced_args, sliced_kwargs
+
+    def _splits(self, call: CallState, full: int) -> bool:
+        """Whether this pass before the gate runs as two B-row passes (``compile_split_cfg``): only
+        around a model compiled whole, under batched CFG, in a call whose gate closes."""
+        return (
+            self.lane.outer
+            and call.config.compile_split_cfg
+            and bool(call.cfg)
+            and not call.layout.sequential
+            and not self.joint
+            and full % 2 == 0
+            and call.gate < call.num_steps
+        )
 
     def _begin_sequential(self, call: CallState, full: int) -> None:
         if call.branch == "cond":

@@ -415,6 +415,11 @@ def check(pipe: Any, config: TGateConfig | None = None, **overrides: Any) -> TGa
             "denoiser call per branch, and after the gate the cond call runs while the uncond call is "
             "skipped. Leave post_gate_inputs=None (or 'cond')."
         )
+    if adapter.cfg_layout == "sequential" and config.compile_split_cfg:
+        raise ConfigError(
+            f"compile_split_cfg changes nothing for {type(pipe).__name__}: it already runs CFG as one "
+            "denoiser call per branch; leave compile_split_cfg=False."
+        )
     if adapter.cfg_layout == "sequential" and config.caches_self_attention:
         raise ConfigError(
             f"TGATE v2's self-attention caching is not supported for {type(pipe).__name__}, which runs "
@@ -445,6 +450,11 @@ def _check_joint(name: str, adapter: ModelAdapter, config: TGateConfig) -> None:
                 "cross-attention. Leave text_stream='frozen' and keep_cfg=False."
             )
         return
+    if config.compile_split_cfg:
+        raise ConfigError(
+            f"compile_split_cfg is not available for {name} (joint attention): it splits the passes of "
+            "cross-attention pipelines (UNet, PixArt, Sana); leave compile_split_cfg=False."
+        )
     if config.gate_step == "auto":
         raise ConfigError(
             f"gate_step='auto' is calibrated on cross-attention and not available for {name} (joint "

@@ -2,6 +2,7 @@
 
 * :func:`latent_batch`: the batch size of a denoiser call (its latent input's leading dimension);
 * :func:`map_batch`: apply a function to every batch-shaped tensor in nested inputs or outputs;
+* :func:`zip_batch`: join two such outputs tensor by tensor (the halves of a split pass);
 * :func:`cfg_mean`: the mean of the ``[uncond; cond]`` halves, what TGATE caches at the gate;
 * (how each CFG layout is sliced and handed back after the gate: :mod:`crossgate.layouts`);
 * :func:`relative_change`: the convergence statistic of ``gate_step="auto"`` and of the analysis tools.
@@ -53,6 +54,24 @@ def map_batch(tree: Any, batch: int, fn: Callable[[torch.Tensor], Any], samples:
         items = [map_batch(value, batch, fn, samples) for value in tree]
         return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
     return tree
+
+
+def zip_batch(first: Any, second: Any, fn: Callable[[torch.Tensor, torch.Tensor], Any]) -> Any:
+    """``fn(a, b)`` for each pair of tensors at the same place in two outputs of one structure.
+
+    Joins the outputs of two passes over the halves of one batch (tensors, dicts and
+    ``BaseOutput``-style mappings, lists, tuples, named tuples); any other value is taken from
+    ``first``.
+    """
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+        return fn(first, second) if first.dim() > 0 else first
+    if isinstance(first, dict) and isinstance(second, dict):
+        mapped = {key: zip_batch(value, second[key], fn) for key, value in first.items()}
+        return mapped if type(first) is dict else type(first)(**mapped)
+    if isinstance(first, (list, tuple)) and isinstance(second, (list, tuple)) and len(first) == len(second):
+        items = [zip_batch(a, b, fn) for a, b in zip(first, second, strict=True)]
+        return type(first)(*items) if hasattr(first, "_fields") else type(first)(items)
+    return first
 
 
 def cfg_mean(output: torch.Tensor) -> torch.Tensor:

@@ -146,6 +146,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="torch.compile mode for --compile (e.g. reduce-overhead: CUDA graphs, one per batch shape)",
     )
+    p.add_argument(
+        "--compile-split-cfg",
+        action="store_true",
+        help="with --compile: also time crossgate compiled with compile_split_cfg=True (the steps before "
+        "the gate as two B-row passes, so both sides of the gate share one batch shape)",
+    )
     p.add_argument("--guidance", type=finite_float, default=7.5, help="guidance_scale")
     p.add_argument("--decode", action="store_true", help="include the VAE decode (default: latents only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -222,7 +228,9 @@ def run(args: argparse.Namespace) -> int:
                 pipe = random_pipeline(model, args.device, DTYPES[args.dtype], num_layers=args.layers)
             variants = build_variants(pipe, args.gate_step, args.peers)
             if args.compile:
-                variants += compiled_variants(pipe, args.gate_step, args.compile, args.compile_mode)
+                variants += compiled_variants(
+                    pipe, args.gate_step, args.compile, args.compile_mode, split=args.compile_split_cfg
+                )
         except BenchError as error:
             raise CommandError(str(error)) from None
         log(f"  built in {time.perf_counter() - start:.1f} s")

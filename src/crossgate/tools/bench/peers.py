@@ -332,12 +332,13 @@ PEERS: tuple[str, ...] = tuple(PEER_REGISTRY)  # the built-in peers, in table or
 
 
 def compiled_variants(
-    pipe: Any, gates: Sequence[int], backend: str, mode: str | None = None
+    pipe: Any, gates: Sequence[int], backend: str, mode: str | None = None, split: bool = False
 ) -> list[Variant]:
     """Plain and crossgate at each gate with the denoiser compiled: ``torch.compile(denoiser)``
     (``fullgraph=True``) assigned to the pipeline while the row runs, the eager denoiser put back
     after it. One compiled module serves every row, so its graphs are made once (in the warm-ups,
-    whose first run is reported as the first-call time) and the timed rounds reuse them."""
+    whose first run is reported as the first-call time) and the timed rounds reuse them. With
+    ``split``, each gate gets a second row with ``compile_split_cfg=True``."""
     attr = next(a for a in ("unet", "transformer") if isinstance(getattr(pipe, a, None), torch.nn.Module))
     eager = getattr(pipe, attr)
     compiled = torch.compile(eager, backend=backend, mode=mode, fullgraph=True)
@@ -345,20 +346,20 @@ def compiled_variants(
     def use(model: torch.nn.Module) -> None:
         setattr(pipe, attr, model)
 
-    def gated(gate: int) -> Variant:
+    def gated(gate: int, split: bool) -> Variant:
         def enable() -> None:
             use(compiled)
-            crossgate.apply(pipe, gate_step=gate)
+            crossgate.apply(pipe, gate_step=gate, compile_split_cfg=split)
 
         def disable() -> None:
             crossgate.remove(pipe)
             use(eager)
 
-        name = f"crossgate m={gate} compiled"
+        name = f"crossgate m={gate} compiled" + (", split" if split else "")
         return Variant(name, enable, disable, versus="plain compiled", macs_from=f"crossgate m={gate}")
 
     plain = Variant("plain compiled", lambda: use(compiled), lambda: use(eager), macs_from="plain")
-    return [plain, *(gated(gate) for gate in gates)]
+    return [plain, *(gated(gate, s) for gate in gates for s in ((False, True) if split else (False,)))]
 
 
 def build_variants(
