@@ -1627,7 +1627,7 @@ OTHER_ROWS: list[tuple[str, str, str]] = [
         "test_compile.py",
     ),
     (
-        "`compile_split_cfg=True` with a denoiser compiled whole (UNet, PixArt: batched CFG)",
+        '`compile_split_cfg=True` with a denoiser compiled whole (UNet, PixArt, UNet with a compiled ControlNet; `gate_step="auto"` and `guidance_after_gate`)',
         "supported: the steps before the gate run as two B-row passes, so the graphs before and after the "
         "gate both take batch B; within 1e-4 of eager crossgate; refused for joint-attention and "
         "sequential-CFG families and with TGATE v2's self-attention caching",

@@ -130,9 +130,10 @@ def _sd_call(pipe, prompt: str = "a red circle", steps: int = 6):
 @pytest.mark.parametrize(
     "idiom, order",
     [
-        ("assign", "compile-first"),
         ("regional", "apply-first"),
-        # the rest run with the slow tests (make test-slow): each is ~20 s of dynamo tracing
+        # the rest run with the slow tests (make test-slow): each is ~20 s of dynamo tracing (assign,
+        # compile-first runs in the default suite as test_compile_split_cfg_...[assign-True], split)
+        pytest.param("assign", "compile-first", marks=pytest.mark.slow),
         pytest.param("assign", "apply-first", marks=pytest.mark.slow),
         pytest.param("inplace", "compile-first", marks=pytest.mark.slow),
         pytest.param("inplace", "apply-first", marks=pytest.mark.slow),
@@ -191,6 +192,25 @@ def test_compile_split_cfg_builds_the_graphs_on_both_sides_of_the_gate_at_one_ba
     assert batches == [{2}, {1}, {1}] if split else [{2}, {2}, {1}], batches  # plain, before, after
 
 
+@pytest.mark.slow
+def test_compile_split_cfg_keeps_the_auto_gate_and_the_kept_guidance(sd_pipe):
+    """The joined halves are what the auto gate measures and what ``guidance_after_gate`` keeps: the
+    compiled split call closes at eager crossgate's gate and matches its output."""
+    # a tolerance the changes cross between the earliest gate (2 of 8 steps) and the latest (6)
+    options = {"gate_step": "auto", "guidance_after_gate": 1.0, "auto_tolerance": 0.004}
+    with crossgate.enabled(sd_pipe, **options):
+        expected = _sd_call(sd_pipe, steps=8)
+        gate = crossgate.last_call(sd_pipe).gate
+    _fresh_dynamo()
+    crossgate.apply(sd_pipe, **options, compile_split_cfg=True)
+    _compile(sd_pipe, "unet", "assign")
+    torch.testing.assert_close(_sd_call(sd_pipe, steps=8), expected, **TOL)
+    stats = crossgate.last_call(sd_pipe)
+    assert stats.gate == gate and 2 < gate < 6, gate
+    assert stats.denoiser_batches == [2] * gate + [1] * (8 - gate)
+    assert _breaks() == 0
+
+
 def test_compile_split_cfg_bad_uses_are_refused_before_anything_changes():
     from crossgate import ConfigError
     from joint_cases import JOINT_CASES
@@ -239,7 +259,8 @@ def test_pixart_transformer(split):
 
 
 @pytest.mark.slow
-def test_controlnet_and_unet_both_compiled(sd_pipe):
+@pytest.mark.parametrize("split", [False, True])
+def test_controlnet_and_unet_both_compiled(sd_pipe, split):
     from diffusers import StableDiffusionControlNetPipeline
 
     pipe = StableDiffusionControlNetPipeline(**sd_pipe.components, controlnet=_controlnet(sd_pipe))
@@ -250,13 +271,14 @@ def test_controlnet_and_unet_both_compiled(sd_pipe):
         case.steps = steps
         return family_call(case, prompt=prompt)
 
-    eager = _eager_reference(pipe, call)
+    options = {"compile_split_cfg": split}  # the UNet's passes split; the ControlNet's run at 2B
+    eager = _eager_reference(pipe, call, **options)
     _fresh_dynamo()
     pipe.controlnet = torch.compile(pipe.controlnet, backend="aot_eager", fullgraph=True)
-    graphs = _sequence(pipe, "unet", "inplace", "compile-first", call, eager)
+    graphs = _sequence(pipe, "unet", "inplace", "compile-first", call, eager, **options)
     # plain: UNet + ControlNet; gated adds each one's before-gate and after-gate graphs
     assert graphs == {"plain": 2, "gated": 6, "other": 6, "removed": 6}, graphs
-    crossgate.apply(pipe, gate_step=3)
+    crossgate.apply(pipe, gate_step=3, **options)
     call(pipe)
     assert crossgate.last_call(pipe).control_batches == {"controlnet": [2, 2, 2, 1, 1, 1]}
 
