@@ -338,24 +338,28 @@ def test_inductor_compiled_unet_matches_eager(sd_pipe, split):
     assert _graphs() == 2 and _breaks() == 0
 
 
-def test_bench_compiled_rows(sd_pipe):
+@pytest.mark.parametrize("split", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_bench_compiled_rows(sd_pipe, split):
     """`crossgate bench --compile`: plain and crossgate compiled rows, each against plain compiled,
-    with their eager twin's MACs and the first call (compile included) kept apart from the rounds."""
+    with their eager twin's MACs and the first call (compile included) kept apart from the rounds;
+    with ``--compile-split-cfg`` a split row per gate too."""
     from crossgate.tools.bench import build_variants, compiled_variants, run_bench
 
     _fresh_dynamo()
-    variants = build_variants(sd_pipe, [2], []) + compiled_variants(sd_pipe, [2], "aot_eager", split=True)
+    variants = build_variants(sd_pipe, [2], []) + compiled_variants(sd_pipe, [2], "aot_eager", split=split)
     kwargs = {"prompt": "a red circle", "num_inference_steps": 4, "output_type": "latent"}
     report = run_bench(sd_pipe, variants, kwargs, repeats=1, warmup=1, log=lambda _: None)
     rows = {row["config"]: row for row in report.rows()}
-    split = "crossgate m=2 compiled, split"
-    assert list(rows) == ["plain", "crossgate m=2", "plain compiled", "crossgate m=2 compiled", split]
-    assert rows["crossgate m=2 compiled"]["versus"] == rows[split]["versus"] == "plain compiled"
+    compiled = ["crossgate m=2 compiled", *(["crossgate m=2 compiled, split"] if split else [])]
+    assert list(rows) == ["plain", "crossgate m=2", "plain compiled", *compiled]
+    assert all(rows[name]["versus"] == "plain compiled" for name in compiled)
     assert rows["plain compiled"]["versus"] == "plain"
-    assert rows["crossgate m=2 compiled"]["gmacs"] == rows["crossgate m=2"]["gmacs"] < rows["plain"]["gmacs"]
+    assert all(
+        rows[name]["gmacs"] == rows["crossgate m=2"]["gmacs"] < rows["plain"]["gmacs"] for name in compiled
+    )
     assert all(row["first_s"] is not None and row["note"] == "" for row in rows.values())
     # plain (2B), before the gate (2B; split: B) and after it (B, shared by both crossgate rows)
-    assert _breaks() == 0 and _graphs() == 4
+    assert _breaks() == 0 and _graphs() == (4 if split else 3)
     assert not crossgate.is_applied(sd_pipe) and not isinstance(sd_pipe.unet, torch._dynamo.OptimizedModule)
 
 
@@ -363,11 +367,11 @@ def test_bench_compiled_rows(sd_pipe):
     "family",
     [
         "SD3",
-        "FLUX.1",
         # the rest run with the slow tests (make test-slow): ~18 s of dynamo tracing each
         *(
             pytest.param(f, marks=pytest.mark.slow)
             for f in (
+                "FLUX.1",
                 "FLUX.1 img2img",
                 "Qwen-Image",
                 "HunyuanVideo, true CFG",
