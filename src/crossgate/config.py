@@ -86,8 +86,8 @@ class TGateConfig:
             compiled call costs about one compilation instead of two. The steps before the gate
             cost two B passes each instead of one 2B pass, which is slower wherever a 2B pass
             costs less than two B passes (docs/benchmarks.md measures both). Default ``False``.
-            Eager and regionally compiled denoisers run as without it (their output within float
-            tolerance of it); not for joint-attention or sequential-CFG families.
+            Eager and regionally compiled denoisers run exactly as without it; not for
+            joint-attention or sequential-CFG families.
     Per-layer gating (each layer freezing on its own convergence) was built, measured and removed:
     on our model it cost more compute for lower fidelity than one gate, because the CFG batch has
     to run until the last layer freezes (docs/quality-gate-selection.md).

@@ -864,8 +864,7 @@ class DenoiserGate(_ModelGate):
         return (
             self.lane.outer
             and call.config.compile_split_cfg
-            and bool(call.cfg)
-            and not call.layout.sequential
+            and call.cfg_batched(self.model)
             and not self.joint
             and full % 2 == 0
             and call.gate < call.num_steps

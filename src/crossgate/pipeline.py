@@ -453,7 +453,7 @@ def _check_joint(name: str, adapter: ModelAdapter, config: TGateConfig) -> None:
     if config.compile_split_cfg:
         raise ConfigError(
             f"compile_split_cfg is not available for {name} (joint attention): it splits the passes of "
-            "cross-attention pipelines (UNet, PixArt, Sana); leave compile_split_cfg=False."
+            "cross-attention pipelines with batched CFG (UNet, PixArt); leave compile_split_cfg=False."
         )
     if config.gate_step == "auto":
         raise ConfigError(
