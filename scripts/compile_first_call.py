@@ -6,6 +6,8 @@ before the gate, B after it). Run the two one after the other, alternating, and 
 
     for v in plain crossgate plain crossgate; do OMP_NUM_THREADS=1 python scripts/compile_first_call.py $v; done
 
+``--resolution 128`` runs the same model on larger images.
+
 Prints one line per run: the first call (compile included), the median of the later calls, the
 graphs dynamo built and the C++ kernels inductor built. ``--guidance-scale 1`` runs without CFG, so
 crossgate's two graphs have the same batch (B) and share most kernels; so does ``--split``
@@ -31,6 +33,9 @@ def main() -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
     parser.add_argument("--later-calls", type=int, default=1, help="calls timed after the first")
     parser.add_argument("--split", action="store_true", help="crossgate with compile_split_cfg=True")
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="height and width (default: the model's)"
+    )
     parser.add_argument("--backend", default="inductor")
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="inductor-cold-")
@@ -49,6 +54,8 @@ def main() -> None:
         crossgate.apply(pipe, gate_step=args.gate_step, compile_split_cfg=args.split)
     pipe.unet = torch.compile(pipe.unet, backend=args.backend, fullgraph=True)
     kwargs = {"prompt": "a red circle left of a blue square", "num_inference_steps": args.steps}
+    if args.resolution is not None:
+        kwargs["height"] = kwargs["width"] = args.resolution
     if args.guidance_scale is not None:
         kwargs["guidance_scale"] = args.guidance_scale
     seconds = []
@@ -59,7 +66,7 @@ def main() -> None:
     later = seconds[1:]
     kernels = sum(1 for _ in Path(cache).rglob("*.so"))
     print(
-        f"{args.variant}{' split' if args.split else ''}: first call {seconds[0]:.1f} s, later calls median {statistics.median(later):.3f} s "
+        f"{args.variant}{' split' if args.split else ''}{f' {args.resolution}px' if args.resolution else ''}: first call {seconds[0]:.1f} s, later calls median {statistics.median(later):.3f} s "
         f"({min(later):.3f}-{max(later):.3f}, {len(later)}), graphs {counters['stats']['unique_graphs']}, "
         f"C++ kernels built {kernels}"
     )

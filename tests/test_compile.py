@@ -260,6 +260,28 @@ def test_pixart_transformer(split):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("split", [False, True])
+def test_panorama_interleaved_cfg(split):
+    """SD Panorama batches CFG per sample ([u, c] for each view window) and runs one pass per window:
+    the windows share the compiled graphs, and the split takes the interleaved rows apart and back."""
+    from families import sd_panorama
+
+    case = sd_panorama()
+
+    def call(pipe, prompt: str = "a red circle", steps: int = 6):
+        case.steps = steps
+        return family_call(case, prompt=prompt)
+
+    options = {"compile_split_cfg": split}
+    eager = _eager_reference(case.pipe, call, **options)
+    batches: list[set[int]] = []
+    backend = _latent_batches(batches, (case.pipe.unet.config.in_channels, 4, 64))  # one view window
+    graphs = _sequence(case.pipe, "unet", "assign", "apply-first", call, eager, backend, **options)
+    assert graphs == {"gated": 2, "other": 2, "removed": 3}, graphs
+    assert batches == ([{1}, {1}, {2}] if split else [{2}, {1}, {2}]), batches  # before, after, plain
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", [False, True])
 def test_controlnet_and_unet_both_compiled(sd_pipe, split):
     from diffusers import StableDiffusionControlNetPipeline
 
