@@ -48,7 +48,7 @@ test: install browser
 	$(PY) -m pytest
 
 # The tests `make test` skips for time (marked slow: real ComfyUI and Chromium, inductor, killed
-# multi-process batches, the other torch.compile idioms), about 9 minutes on 2 cores.
+# multi-process batches, the other torch.compile idioms), about 17 minutes on 2 cores.
 test-slow: install browser
 	$(PY) -m pytest -m slow
 
