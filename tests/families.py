@@ -1620,14 +1620,14 @@ OTHER_ROWS: list[tuple[str, str, str]] = [
     (
         "`torch.compile` of the denoiser: `pipe.unet = torch.compile(pipe.unet)`, `pipe.unet.compile()`, "
         "regional `compile_repeated_blocks()`, all with `fullgraph=True`, compiled before or after `apply()` "
-        "(UNet, PixArt, Wan, ControlNet)",
+        "(UNet, PixArt, Wan, ControlNet; SD Panorama assigned after `apply()`)",
         "supported: 0 graph breaks; one graph per kind of pass (batched CFG: plain, before the gate, after "
         "it = 3; Wan: 4), none new after the first gated call (other prompt, steps, gate) nor after "
         "`remove()`; within 1e-4 of eager crossgate",
         "test_compile.py",
     ),
     (
-        '`compile_split_cfg=True` with a denoiser compiled whole (UNet, PixArt, UNet with a compiled ControlNet; `gate_step="auto"` and `guidance_after_gate`)',
+        '`compile_split_cfg=True` with a denoiser compiled whole (UNet, PixArt, SD Panorama with per-sample CFG, UNet with a compiled ControlNet; `gate_step="auto"` and `guidance_after_gate`)',
         "supported: the steps before the gate run as two B-row passes, so the graphs before and after the "
         "gate both take batch B; within 1e-4 of eager crossgate; refused for joint-attention and "
         "sequential-CFG families and with TGATE v2's self-attention caching",
