@@ -65,8 +65,11 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
     later = seconds[1:]
     kernels = sum(1 for _ in Path(cache).rglob("*.so"))
+    label = (
+        args.variant + (" split" if args.split else "") + (f" {args.resolution}px" if args.resolution else "")
+    )
     print(
-        f"{args.variant}{' split' if args.split else ''}{f' {args.resolution}px' if args.resolution else ''}: first call {seconds[0]:.1f} s, later calls median {statistics.median(later):.3f} s "
+        f"{label}: first call {seconds[0]:.1f} s, later calls median {statistics.median(later):.3f} s "
         f"({min(later):.3f}-{max(later):.3f}, {len(later)}), graphs {counters['stats']['unique_graphs']}, "
         f"C++ kernels built {kernels}"
     )

@@ -127,6 +127,16 @@ def _sd_call(pipe, prompt: str = "a red circle", steps: int = 6):
     return run(pipe, prompt=prompt, steps=steps)
 
 
+def _family_caller(case: Case):
+    """A ``call(pipe, prompt, steps)`` for ``_sequence`` that runs ``case`` (its pipe) as the families test does."""
+
+    def call(pipe, prompt: str = "a red circle", steps: int = 6):
+        case.steps = steps
+        return family_call(case, prompt=prompt)
+
+    return call
+
+
 @pytest.mark.parametrize(
     "idiom, order",
     [
@@ -247,10 +257,7 @@ def test_pixart_transformer(split):
 
     case = pixart_alpha()
 
-    def call(pipe, prompt: str = "a red circle", steps: int = 6):
-        case.steps = steps
-        return family_call(case, prompt=prompt)
-
+    call = _family_caller(case)
     assert case.kwargs["height"] == _PIXART_CALL["height"]
     options = {"compile_split_cfg": split}
     eager = _eager_reference(case.pipe, call, **options)
@@ -267,10 +274,7 @@ def test_panorama_interleaved_cfg(split):
 
     case = sd_panorama()
 
-    def call(pipe, prompt: str = "a red circle", steps: int = 6):
-        case.steps = steps
-        return family_call(case, prompt=prompt)
-
+    call = _family_caller(case)
     options = {"compile_split_cfg": split}
     eager = _eager_reference(case.pipe, call, **options)
     batches: list[set[int]] = []
@@ -289,10 +293,7 @@ def test_controlnet_and_unet_both_compiled(sd_pipe, split):
     pipe.set_progress_bar_config(disable=True)
     case = Case(pipe, {"prompt": "a red circle", "image": _image()})
 
-    def call(pipe, prompt: str = "a red circle", steps: int = 6):
-        case.steps = steps
-        return family_call(case, prompt=prompt)
-
+    call = _family_caller(case)
     options = {"compile_split_cfg": split}  # the UNet's passes split; the ControlNet's run at 2B
     eager = _eager_reference(pipe, call, **options)
     _fresh_dynamo()
